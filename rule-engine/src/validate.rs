@@ -1,0 +1,2194 @@
+//! Validation of rule input (spec 6.2.1 CREATE and 6.2.5 UPDATE `attributes`).
+//!
+//! Works on the raw JSON so that every failure can name the property it concerns
+//! (`filter.thingType`, `actions[0].config.url`) and a documented `messageKey`.
+//!
+//! The checks run in a fixed order and the first failure is returned, so that API tests can
+//! assert one exact error: `attributes`, `id`, `name`, `description`, `enabled`, `filter`
+//! (`domain`, `thingType`, `thingNames`), `expression` (`operator`, `resource`, `value`),
+//! `actions` (per entry: `type`, `config`, `config.url`, `config.method`, `config.headers`),
+//! `threshold` (`count`, `interval`).
+//!
+//! Conventions, the same for every property:
+//! - JSON `null` is the same as an absent property (clients send `null` for "not set").
+//! - Absent and required: `PROPERTY_REQUIRED`.
+//! - Wrong JSON type or a value outside an allowed set: `INVALID_ARGUMENTS`.
+//! - A string or list of the right type but the wrong length: `PROPERTY_NOT_IN_RANGE` with
+//!   `minLength`/`maxLength` (strings) or `min`/`max` (number of entries). Lengths count
+//!   characters (Unicode scalar values), not bytes. The webhook url is the one exception: the
+//!   brief makes every url failure `INVALID_ARGUMENTS`.
+//! - `threshold` numbers: `PROPERTY_NOT_A_NUMBER` for a non-number (spec 6.3 uses the same key for
+//!   `requestedSize`), `PROPERTY_NOT_IN_RANGE` with `min`/`max` for a bad number.
+
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use crate::rule::{Action, ActionType, Expression, Filter, Operator, Rule, Threshold};
+
+/// Longest rule id; ids are limited to `[A-Za-z0-9._:-]`.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest rule name.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest rule description.
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+/// Longest `filter.domain`, `filter.thingType` (as a string) and `filter.thingNames` entry.
+pub const MAX_FILTER_ID_LEN: usize = 128;
+/// Most entries in `filter.thingNames`.
+pub const MAX_THING_NAMES: usize = 10_000;
+/// Longest `expression.resource`.
+pub const MAX_RESOURCE_LEN: usize = 256;
+/// Most actions in one rule.
+pub const MAX_ACTIONS: usize = 10;
+/// Longest webhook url (before templates are filled).
+pub const MAX_URL_LEN: usize = 2048;
+/// Largest `threshold.count`.
+pub const MAX_THRESHOLD_COUNT: u64 = 1_000_000;
+/// Largest `threshold.interval`: one year in milliseconds.
+pub const MAX_THRESHOLD_INTERVAL: u64 = 31_536_000_000;
+/// Webhook methods accepted in `config.method` (compared case-insensitively).
+pub const WEBHOOK_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The `messageKey`s validation can answer with (spec 1.2; the keys follow the spec's naming).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKey {
+    /// A required property is missing or null.
+    PropertyRequired,
+    /// A property has the wrong JSON type or a value outside its allowed set.
+    InvalidArguments,
+    /// `threshold.count` / `threshold.interval` is not a number.
+    PropertyNotANumber,
+    /// A number or a length outside its allowed range.
+    PropertyNotInRange,
+}
+
+impl MessageKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKey::PropertyRequired => "PROPERTY_REQUIRED",
+            MessageKey::InvalidArguments => "INVALID_ARGUMENTS",
+            MessageKey::PropertyNotANumber => "PROPERTY_NOT_A_NUMBER",
+            MessageKey::PropertyNotInRange => "PROPERTY_NOT_IN_RANGE",
+        }
+    }
+}
+
+/// One validation failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub key: MessageKey,
+    /// Dotted path of the offending property, e.g. `filter.thingType`, `actions[0].config.url`.
+    pub property: String,
+    /// Human-readable, English.
+    pub message: String,
+    /// Extra facts for localization (`maxLength`, `allowed`, ...), when there are any.
+    pub params: Option<Map<String, Value>>,
+}
+
+impl Invalid {
+    fn new(key: MessageKey, property: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            key,
+            property: property.into(),
+            message: message.into(),
+            params: None,
+        }
+    }
+
+    fn required(property: &str) -> Self {
+        Invalid::new(
+            MessageKey::PropertyRequired,
+            property,
+            format!("{property} is required"),
+        )
+    }
+
+    fn invalid_arguments(property: &str, message: impl Into<String>) -> Self {
+        Invalid::new(MessageKey::InvalidArguments, property, message)
+    }
+
+    fn not_in_range(property: &str, message: impl Into<String>) -> Self {
+        Invalid::new(MessageKey::PropertyNotInRange, property, message)
+    }
+
+    /// `params` must be a JSON object literal; anything else leaves the params empty.
+    fn with_params(mut self, params: Value) -> Self {
+        if let Value::Object(map) = params {
+            self.params = Some(map);
+        }
+        self
+    }
+
+    /// The error object of spec 1.2: `{message, messageKey, messageParams?, property}`. The invoke
+    /// response carries it serialized as the `errorMessage` string.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("message".into(), Value::String(self.message.clone()));
+        out.insert("messageKey".into(), Value::String(self.key.as_str().into()));
+        if let Some(params) = &self.params {
+            out.insert("messageParams".into(), Value::Object(params.clone()));
+        }
+        out.insert("property".into(), Value::String(self.property.clone()));
+        Value::Object(out)
+    }
+}
+
+/// CREATE may omit `id` (the store generates one); UPDATE must name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidateMode {
+    Create,
+    Update,
+}
+
+/// The number a JSON value stands for when a rule compares numbers: a JSON number, or a string
+/// that holds a finite decimal number (surrounding whitespace allowed, as JavaScript's `Number()`
+/// allows it). DESIGN.md: "numeric strings count as numbers". Validation accepts a gt/gte/lt/lte
+/// `expression.value` exactly when this returns `Some`, so evaluation should use it too.
+pub fn numeric_value(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => {
+            let s = s.trim();
+            // `f64::from_str` also takes "inf" and "NaN", and "1e999" overflows to infinity:
+            // none of them is a number a device could report, so refuse them.
+            s.parse::<f64>().ok().filter(|f| f.is_finite())
+        }
+        _ => None,
+    }
+}
+
+/// Validates `attributes` and builds the rule. In `Create` mode a missing id yields
+/// `Rule { id: String::new(), .. }` for the caller to fill.
+///
+/// Unknown top-level keys are ignored, and so is `readonly`, which the API computes per caller
+/// (spec 6.1). Unknown keys inside an action `config` are kept as they are: the config is
+/// specific to each action type and passed through template filling whole.
+pub fn validate_rule(attributes: &Value, mode: ValidateMode) -> Result<Rule, Invalid> {
+    let attrs = attributes
+        .as_object()
+        .ok_or_else(|| Invalid::invalid_arguments("attributes", "attributes must be an object"))?;
+
+    let id = validate_id(attrs, mode)?;
+    let name = validate_name(attrs)?;
+    let description = validate_description(attrs)?;
+    let enabled = match required(attrs, "enabled", "enabled")? {
+        Value::Bool(b) => *b,
+        _ => {
+            return Err(Invalid::invalid_arguments(
+                "enabled",
+                "enabled must be a boolean",
+            ))
+        }
+    };
+    let filter = validate_filter(required_object(attrs, "filter", "filter")?)?;
+    let expression = validate_expression(required_object(attrs, "expression", "expression")?)?;
+    let actions = validate_actions(attrs)?;
+    let threshold = validate_threshold(attrs)?;
+
+    Ok(Rule {
+        id,
+        name,
+        description,
+        enabled,
+        filter,
+        expression,
+        actions,
+        threshold,
+    })
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+type Object = Map<String, Value>;
+
+/// `obj[key]`, with JSON null read as absent.
+fn get<'a>(obj: &'a Object, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn required<'a>(obj: &'a Object, key: &str, path: &str) -> Result<&'a Value, Invalid> {
+    get(obj, key).ok_or_else(|| Invalid::required(path))
+}
+
+fn as_str<'a>(value: &'a Value, path: &str) -> Result<&'a str, Invalid> {
+    value
+        .as_str()
+        .ok_or_else(|| Invalid::invalid_arguments(path, format!("{path} must be a string")))
+}
+
+fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Object, Invalid> {
+    value
+        .as_object()
+        .ok_or_else(|| Invalid::invalid_arguments(path, format!("{path} must be an object")))
+}
+
+fn required_object<'a>(obj: &'a Object, key: &str, path: &str) -> Result<&'a Object, Invalid> {
+    as_object(required(obj, key, path)?, path)
+}
+
+/// A required string of `1..=max` characters.
+fn required_string<'a>(
+    obj: &'a Object,
+    key: &str,
+    path: &str,
+    max: usize,
+) -> Result<&'a str, Invalid> {
+    let s = as_str(required(obj, key, path)?, path)?;
+    check_length(s, path, max)?;
+    Ok(s)
+}
+
+/// `1..=max` characters, else PROPERTY_NOT_IN_RANGE with `minLength`/`maxLength`.
+fn check_length(s: &str, path: &str, max: usize) -> Result<(), Invalid> {
+    let len = s.chars().count();
+    if len == 0 || len > max {
+        return Err(Invalid::not_in_range(
+            path,
+            format!("{path} must be 1 to {max} characters long"),
+        )
+        .with_params(json!({ "minLength": 1, "maxLength": max })));
+    }
+    Ok(())
+}
+
+fn index_path(path: &str, index: usize) -> String {
+    format!("{path}[{index}]")
+}
+
+// ---- top level -------------------------------------------------------------------------------
+
+fn validate_id(attrs: &Object, mode: ValidateMode) -> Result<String, Invalid> {
+    let Some(value) = get(attrs, "id") else {
+        return match mode {
+            ValidateMode::Create => Ok(String::new()),
+            ValidateMode::Update => Err(Invalid::required("id")),
+        };
+    };
+    let id = as_str(value, "id")?;
+    check_length(id, "id", MAX_ID_LEN)?;
+    // Ids travel in URLs, log lines and webhook payloads; keep them to a safe alphabet.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if !id.chars().all(allowed) {
+        return Err(Invalid::invalid_arguments(
+            "id",
+            "id may contain only letters, digits and . _ : -",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+fn validate_name(attrs: &Object) -> Result<String, Invalid> {
+    let name = as_str(required(attrs, "name", "name")?, "name")?;
+    if name.trim().is_empty() {
+        return Err(Invalid::not_in_range("name", "name must not be blank")
+            .with_params(json!({ "minLength": 1, "maxLength": MAX_NAME_LEN })));
+    }
+    check_length(name, "name", MAX_NAME_LEN)?;
+    Ok(name.to_owned())
+}
+
+fn validate_description(attrs: &Object) -> Result<Option<String>, Invalid> {
+    let Some(value) = get(attrs, "description") else {
+        return Ok(None);
+    };
+    let description = as_str(value, "description")?;
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(Invalid::not_in_range(
+            "description",
+            format!("description must be at most {MAX_DESCRIPTION_LEN} characters long"),
+        )
+        .with_params(json!({ "maxLength": MAX_DESCRIPTION_LEN })));
+    }
+    Ok(Some(description.to_owned()))
+}
+
+// ---- filter ----------------------------------------------------------------------------------
+
+fn validate_filter(filter: &Object) -> Result<Filter, Invalid> {
+    let domain = required_string(filter, "domain", "filter.domain", MAX_FILTER_ID_LEN)?;
+
+    // Thing type ids are numbers in the platform (spec 1.3 shows `"thingType": 1`) while spec
+    // 6.2.1 shows a name ('Pump'): accept both and store an integer as its decimal string.
+    let thing_type = match required(filter, "thingType", "filter.thingType")? {
+        Value::String(s) => {
+            check_length(s, "filter.thingType", MAX_FILTER_ID_LEN)?;
+            s.clone()
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        _ => {
+            return Err(Invalid::invalid_arguments(
+                "filter.thingType",
+                "filter.thingType must be a string or an integer",
+            ))
+        }
+    };
+
+    let thing_names = match get(filter, "thingNames") {
+        None => Vec::new(),
+        Some(Value::Array(names)) => {
+            if names.len() > MAX_THING_NAMES {
+                return Err(Invalid::not_in_range(
+                    "filter.thingNames",
+                    format!("filter.thingNames must have at most {MAX_THING_NAMES} entries"),
+                )
+                .with_params(json!({ "min": 0, "max": MAX_THING_NAMES })));
+            }
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let path = index_path("filter.thingNames", i);
+                    let name = as_str(name, &path)?;
+                    check_length(name, &path, MAX_FILTER_ID_LEN)?;
+                    Ok(name.to_owned())
+                })
+                .collect::<Result<Vec<_>, Invalid>>()?
+        }
+        Some(_) => {
+            return Err(Invalid::invalid_arguments(
+                "filter.thingNames",
+                "filter.thingNames must be an array of strings",
+            ))
+        }
+    };
+
+    Ok(Filter {
+        domain: domain.to_owned(),
+        thing_type,
+        thing_names,
+    })
+}
+
+// ---- expression ------------------------------------------------------------------------------
+
+fn validate_expression(expression: &Object) -> Result<Expression, Invalid> {
+    let allowed = || json!({ "allowed": Operator::ALL.map(Operator::as_str) });
+    let operator = required(expression, "operator", "expression.operator")?
+        .as_str()
+        .and_then(Operator::parse)
+        .ok_or_else(|| {
+            Invalid::invalid_arguments(
+                "expression.operator",
+                "expression.operator must be one of gt, gte, lt, lte, eq, ne",
+            )
+            .with_params(allowed())
+        })?;
+
+    let resource = required_string(
+        expression,
+        "resource",
+        "expression.resource",
+        MAX_RESOURCE_LEN,
+    )?;
+    // Spec 6.1: `temp` names a thing resource, `<subThingType>.temp` a sub thing resource.
+    if resource.split('.').any(str::is_empty) {
+        return Err(Invalid::invalid_arguments(
+            "expression.resource",
+            "expression.resource must not have empty path segments",
+        ));
+    }
+    if resource.matches('.').count() > 1 {
+        return Err(Invalid::invalid_arguments(
+            "expression.resource",
+            "expression.resource must be <resource> or <subThingType>.<resource>",
+        ));
+    }
+
+    let value = required(expression, "value", "expression.value")?;
+    if value.is_object() || value.is_array() {
+        return Err(Invalid::invalid_arguments(
+            "expression.value",
+            "expression.value must be a string, number or boolean",
+        ));
+    }
+    let orders = matches!(
+        operator,
+        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte
+    );
+    if orders && numeric_value(value).is_none() {
+        let op = operator.as_str();
+        return Err(Invalid::invalid_arguments(
+            "expression.value",
+            format!(
+                "operator {op} compares numbers: \
+                 expression.value must be a number or a numeric string"
+            ),
+        )
+        .with_params(json!({ "operator": op })));
+    }
+
+    Ok(Expression {
+        operator,
+        resource: resource.to_owned(),
+        value: value.clone(),
+    })
+}
+
+// ---- actions ---------------------------------------------------------------------------------
+
+fn validate_actions(attrs: &Object) -> Result<Vec<Action>, Invalid> {
+    let actions = required(attrs, "actions", "actions")?
+        .as_array()
+        .ok_or_else(|| Invalid::invalid_arguments("actions", "actions must be an array"))?;
+    if actions.is_empty() || actions.len() > MAX_ACTIONS {
+        return Err(Invalid::not_in_range(
+            "actions",
+            format!("actions must have 1 to {MAX_ACTIONS} entries"),
+        )
+        .with_params(json!({ "min": 1, "max": MAX_ACTIONS })));
+    }
+    actions
+        .iter()
+        .enumerate()
+        .map(|(i, action)| validate_action(action, &index_path("actions", i)))
+        .collect()
+}
+
+fn validate_action(action: &Value, path: &str) -> Result<Action, Invalid> {
+    let action = as_object(action, path)?;
+
+    let type_path = format!("{path}.type");
+    let kind = match required(action, "type", &type_path)?.as_str() {
+        Some("WEBHOOK") => ActionType::Webhook,
+        _ => {
+            return Err(Invalid::invalid_arguments(
+                &type_path,
+                format!("{type_path} must be WEBHOOK"),
+            )
+            .with_params(json!({ "allowed": ["WEBHOOK"] })))
+        }
+    };
+
+    let config_path = format!("{path}.config");
+    let config = required_object(action, "config", &config_path)?;
+    match kind {
+        ActionType::Webhook => validate_webhook_config(config, &config_path)?,
+    }
+
+    Ok(Action {
+        kind,
+        config: config.clone(),
+    })
+}
+
+fn validate_webhook_config(config: &Object, path: &str) -> Result<(), Invalid> {
+    let url_path = format!("{path}.url");
+    let url = as_str(required(config, "url", &url_path)?, &url_path)?;
+    if url.chars().count() > MAX_URL_LEN {
+        return Err(Invalid::invalid_arguments(
+            &url_path,
+            format!("{url_path} must be at most {MAX_URL_LEN} characters long"),
+        )
+        .with_params(json!({ "maxLength": MAX_URL_LEN })));
+    }
+    check_webhook_url(url)
+        .map_err(|why| Invalid::invalid_arguments(&url_path, format!("{url_path} {why}")))?;
+
+    if let Some(method) = get(config, "method") {
+        let method_path = format!("{path}.method");
+        let known = method
+            .as_str()
+            .is_some_and(|m| WEBHOOK_METHODS.iter().any(|k| k.eq_ignore_ascii_case(m)));
+        if !known {
+            return Err(Invalid::invalid_arguments(
+                &method_path,
+                format!("{method_path} must be one of GET, POST, PUT, PATCH, DELETE"),
+            )
+            .with_params(json!({ "allowed": WEBHOOK_METHODS })));
+        }
+    }
+
+    if let Some(headers) = get(config, "headers") {
+        let headers_path = format!("{path}.headers");
+        let headers = as_object(headers, &headers_path)?;
+        for (name, value) in headers {
+            let header_path = format!("{headers_path}.{name}");
+            // Refused here rather than at every trigger, when the HTTP client would reject them.
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(Invalid::invalid_arguments(
+                    &header_path,
+                    format!("{header_path} is not a valid header name"),
+                ));
+            }
+            let value = as_str(value, &header_path)?;
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(Invalid::invalid_arguments(
+                    &header_path,
+                    format!("{header_path} must not contain line breaks"),
+                ));
+            }
+        }
+    }
+    // `body` may be any JSON (a string is sent as is, anything else as JSON); nothing to check.
+    Ok(())
+}
+
+/// Checks a webhook url before its `${...}` templates are filled. The error completes the
+/// sentence "actions[0].config.url ...".
+///
+/// A url without templates must parse as an absolute http(s) url with a host. A url with
+/// templates may not parse until filled, so only the part before the first `${` is parsed, and
+/// that part must already end the authority (a `/`, `?` or `#` after the host): scheme and host
+/// must be literal, so that a payload value can never choose where the request goes.
+fn check_webhook_url(url: &str) -> Result<(), &'static str> {
+    let Some(at) = url.find("${") else {
+        return check_http_url(url);
+    };
+    let literal = &url[..at];
+    let authority_closed = literal
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains(['/', '?', '#']));
+    if !authority_closed {
+        return Err("must have a literal scheme and host before any ${...} template");
+    }
+    check_http_url(literal)
+}
+
+fn check_http_url(url: &str) -> Result<(), &'static str> {
+    let parsed = Url::parse(url).map_err(|_| "is not a valid absolute url")?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must be an http or https url");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host");
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`: the bytes allowed in a header name.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// ---- threshold -------------------------------------------------------------------------------
+
+fn validate_threshold(attrs: &Object) -> Result<Option<Threshold>, Invalid> {
+    // DESIGN.md: the spec lists `threshold` both as optional and as PROPERTY_REQUIRED; the rule
+    // table (6.1, 6.2.1.1) says optional, so absent means no throttling.
+    let Some(value) = get(attrs, "threshold") else {
+        return Ok(None);
+    };
+    let threshold = as_object(value, "threshold")?;
+    Ok(Some(Threshold {
+        count: threshold_number(threshold, "count", MAX_THRESHOLD_COUNT)?,
+        interval: threshold_number(threshold, "interval", MAX_THRESHOLD_INTERVAL)?,
+    }))
+}
+
+/// An optional non-negative integer up to `max`. Integer-valued floats (`5.0`) are accepted:
+/// JavaScript clients cannot tell them apart.
+fn threshold_number(threshold: &Object, key: &str, max: u64) -> Result<Option<u64>, Invalid> {
+    let path = format!("threshold.{key}");
+    let Some(value) = get(threshold, key) else {
+        return Ok(None);
+    };
+    let Value::Number(n) = value else {
+        return Err(Invalid::new(
+            MessageKey::PropertyNotANumber,
+            &path,
+            format!("{path} must be a number"),
+        ));
+    };
+    let negative_or_fraction = || {
+        Invalid::not_in_range(&path, format!("{path} must be a non-negative integer"))
+            .with_params(json!({ "min": 0 }))
+    };
+    let too_large = || {
+        Invalid::not_in_range(&path, format!("{path} must be at most {max}"))
+            .with_params(json!({ "min": 0, "max": max }))
+    };
+    let number = if let Some(u) = n.as_u64() {
+        u
+    } else if n.is_i64() {
+        return Err(negative_or_fraction());
+    } else {
+        let f = n.as_f64().ok_or_else(negative_or_fraction)?;
+        if f < 0.0 || f.fract() != 0.0 {
+            return Err(negative_or_fraction());
+        }
+        if f > max as f64 {
+            return Err(too_large());
+        }
+        // In range and integral, so the cast is exact.
+        f as u64
+    };
+    if number > max {
+        return Err(too_large());
+    }
+    Ok(Some(number))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use MessageKey::{InvalidArguments, PropertyNotANumber, PropertyNotInRange, PropertyRequired};
+
+    /// Spec 6.2.1's example request, with the elided webhook `config` filled in.
+    fn spec_example() -> Value {
+        json!({
+            "name": "Thing Overheating",
+            "description": "Triggered if the temperature is too high",
+            "enabled": true,
+            "filter": {
+                "domain": "root",
+                "thingType": "Pump",
+                "thingNames": ["thing-001", "thing-002"]
+            },
+            "expression": { "operator": "gte", "resource": "temp", "value": 50 },
+            "actions": [{
+                "config": {
+                    "url": "https://example.com/hooks/overheat",
+                    "method": "POST",
+                    "body": "Rule triggered for thing: ${thing.thingName}"
+                },
+                "type": "WEBHOOK"
+            }],
+            "threshold": { "count": 0, "interval": 0 }
+        })
+    }
+
+    /// The spec example with the property at JSON pointer `pointer` set (or added).
+    fn set(pointer: &str, value: Value) -> Value {
+        let mut base = spec_example();
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
+        match base.pointer_mut(parent).expect("parent exists") {
+            Value::Object(map) => {
+                map.insert(key.to_owned(), value);
+            }
+            Value::Array(items) => {
+                items[key.parse::<usize>().expect("array index")] = value;
+            }
+            _ => panic!("{parent} is not a container"),
+        }
+        base
+    }
+
+    /// The spec example without the property at JSON pointer `pointer`.
+    fn unset(pointer: &str) -> Value {
+        let mut base = spec_example();
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
+        base.pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("parent is an object")
+            .remove(key);
+        base
+    }
+
+    fn create(input: &Value) -> Result<Rule, Invalid> {
+        validate_rule(input, ValidateMode::Create)
+    }
+
+    fn ok(input: &Value) -> Rule {
+        match create(input) {
+            Ok(rule) => rule,
+            Err(e) => panic!("expected {input} to be valid, got {e:?}"),
+        }
+    }
+
+    fn err(input: &Value, mode: ValidateMode) -> Invalid {
+        match validate_rule(input, mode) {
+            Ok(rule) => panic!("expected {input} to be invalid, got {rule:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn params(value: Value) -> Option<Map<String, Value>> {
+        value.as_object().cloned()
+    }
+
+    type Case = (&'static str, Value, MessageKey, &'static str);
+
+    /// Runs every case and reports all mismatches at once.
+    fn check(mode: ValidateMode, cases: Vec<Case>) {
+        let mut wrong = Vec::new();
+        for (what, input, key, property) in cases {
+            match validate_rule(&input, mode) {
+                Err(e) if e.key == key && e.property == property => {
+                    assert!(!e.message.is_empty(), "{what}: empty message");
+                }
+                other => wrong.push(format!(
+                    "{what}: expected {} at {property}, got {other:?}",
+                    key.as_str()
+                )),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    fn long(n: usize) -> Value {
+        Value::String("a".repeat(n))
+    }
+
+    // ---- happy paths -------------------------------------------------------------------------
+
+    #[test]
+    fn spec_example_is_valid() {
+        let rule = ok(&spec_example());
+        let expected = Rule {
+            id: String::new(),
+            name: "Thing Overheating".into(),
+            description: Some("Triggered if the temperature is too high".into()),
+            enabled: true,
+            filter: Filter {
+                domain: "root".into(),
+                thing_type: "Pump".into(),
+                thing_names: vec!["thing-001".into(), "thing-002".into()],
+            },
+            expression: Expression {
+                operator: Operator::Gte,
+                resource: "temp".into(),
+                value: json!(50),
+            },
+            actions: vec![Action {
+                kind: ActionType::Webhook,
+                config: params(json!({
+                    "url": "https://example.com/hooks/overheat",
+                    "method": "POST",
+                    "body": "Rule triggered for thing: ${thing.thingName}"
+                }))
+                .expect("object"),
+            }],
+            threshold: Some(Threshold {
+                count: Some(0),
+                interval: Some(0),
+            }),
+        };
+        assert_eq!(rule, expected);
+    }
+
+    #[test]
+    fn update_keeps_the_id() {
+        let input = set("/id", json!("dev-00000001"));
+        let rule = validate_rule(&input, ValidateMode::Update).expect("valid");
+        assert_eq!(rule.id, "dev-00000001");
+        assert_eq!(ok(&input).id, "dev-00000001");
+    }
+
+    #[test]
+    fn minimal_rule_is_valid() {
+        let input = json!({
+            "name": "n",
+            "enabled": false,
+            "filter": { "domain": "sub1", "thingType": 1 },
+            "expression": { "operator": "eq", "resource": "on", "value": true },
+            "actions": [{ "type": "WEBHOOK", "config": { "url": "http://h" } }]
+        });
+        let rule = ok(&input);
+        assert_eq!(rule.description, None);
+        assert!(!rule.enabled);
+        assert_eq!(rule.filter.thing_type, "1");
+        assert!(rule.filter.thing_names.is_empty());
+        assert_eq!(rule.threshold, None);
+    }
+
+    #[test]
+    fn sub_thing_resource_is_valid() {
+        let rule = ok(&set("/expression/resource", json!("pump.temp")));
+        assert_eq!(rule.expression.resource, "pump.temp");
+        let rule = ok(&set("/expression/resource", json!("untyped.temp")));
+        assert_eq!(rule.expression.resource, "untyped.temp");
+    }
+
+    #[test]
+    fn template_urls_with_literal_scheme_and_host_are_valid() {
+        for url in [
+            "https://example.com/hooks/${rule.id}?thing=${thing.thingName}",
+            "https://example.com?thing=${thing.thingName}",
+            "https://example.com#${rule.id}",
+            "http://example.com:8080/${thing.domain}/${resource.path}",
+            "https://example.com/${a b}",
+            "https://example.com/${unterminated",
+        ] {
+            let rule = ok(&set("/actions/0/config/url", json!(url)));
+            assert_eq!(rule.actions[0].config["url"], json!(url), "kept as given");
+        }
+    }
+
+    #[test]
+    fn plain_urls_that_are_valid() {
+        for url in [
+            "http://example.com",
+            "https://example.com:8443/x?y=1#z",
+            "http://10.0.0.1/x",
+            "https://[::1]:8080/",
+            "HTTPS://EXAMPLE.COM/",
+        ] {
+            ok(&set("/actions/0/config/url", json!(url)));
+        }
+    }
+
+    #[test]
+    fn thing_type_numbers_are_stored_as_decimal_strings() {
+        let cases = [
+            (json!(1), "1"),
+            (json!(-3), "-3"),
+            (json!(u64::MAX), "18446744073709551615"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                ok(&set("/filter/thingType", value)).filter.thing_type,
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn null_optional_properties_are_absent() {
+        let rule = ok(&set("/description", Value::Null));
+        assert_eq!(rule.description, None);
+        assert!(ok(&set("/filter/thingNames", Value::Null))
+            .filter
+            .thing_names
+            .is_empty());
+        assert_eq!(ok(&set("/threshold", Value::Null)).threshold, None);
+        assert_eq!(ok(&unset("/threshold")).threshold, None);
+        assert_eq!(
+            ok(&set("/threshold/count", Value::Null)).threshold,
+            Some(Threshold {
+                count: None,
+                interval: Some(0)
+            })
+        );
+        assert_eq!(
+            ok(&set("/threshold", json!({}))).threshold,
+            Some(Threshold::default())
+        );
+        ok(&set("/actions/0/config/method", Value::Null));
+        ok(&set("/actions/0/config/headers", Value::Null));
+        assert_eq!(ok(&set("/id", Value::Null)).id, "");
+    }
+
+    #[test]
+    fn unknown_top_level_keys_and_readonly_are_ignored() {
+        let plain = ok(&spec_example());
+        for (key, value) in [
+            ("readonly", json!(true)),
+            ("readonly", json!("not even a boolean")),
+            ("createdBy", json!({ "user": "demo" })),
+            ("action", json!("CREATE")),
+        ] {
+            assert_eq!(ok(&set(&format!("/{key}"), value)), plain);
+        }
+    }
+
+    #[test]
+    fn webhook_config_is_kept_as_given() {
+        let config = json!({
+            "url": "https://example.com/x",
+            "method": "patch",
+            "headers": { "X-Thing": "${thing.thingName}", "Content-Type": "application/json" },
+            "body": { "temp": "${resource.value}", "list": [1, 2] },
+            "timeoutMs": 500
+        });
+        let rule = ok(&set("/actions/0/config", config.clone()));
+        assert_eq!(Value::Object(rule.actions[0].config.clone()), config);
+        for method in ["GET", "post", "Put", "PATCH", "delete"] {
+            ok(&set("/actions/0/config/method", json!(method)));
+        }
+        for body in [json!("text"), json!(5), json!([1]), json!(false)] {
+            ok(&set("/actions/0/config/body", body));
+        }
+    }
+
+    #[test]
+    fn every_operator_is_accepted() {
+        for op in Operator::ALL {
+            let rule = ok(&set("/expression/operator", json!(op.as_str())));
+            assert_eq!(rule.expression.operator, op);
+        }
+    }
+
+    #[test]
+    fn expression_values_that_are_valid() {
+        let cases = [
+            ("gt", json!("50")),
+            ("gte", json!(" 50.5 ")),
+            ("lt", json!(-1.5)),
+            ("lte", json!("1e3")),
+            ("eq", json!("hot")),
+            ("eq", json!(0)),
+            ("ne", json!(true)),
+            ("eq", json!("")),
+        ];
+        for (op, value) in cases {
+            let mut input = set("/expression/operator", json!(op));
+            input["expression"]["value"] = value.clone();
+            let rule = ok(&input);
+            assert_eq!(rule.expression.value, value, "kept as given");
+        }
+    }
+
+    #[test]
+    fn boundaries_that_are_valid() {
+        ok(&set("/id", long(MAX_ID_LEN)));
+        ok(&set("/id", json!("a.b_c:d-E9")));
+        ok(&set("/name", long(MAX_NAME_LEN)));
+        // Lengths count characters, not bytes.
+        ok(&set("/name", json!("é".repeat(MAX_NAME_LEN))));
+        ok(&set("/description", long(MAX_DESCRIPTION_LEN)));
+        ok(&set("/description", json!("")));
+        ok(&set("/filter/domain", long(MAX_FILTER_ID_LEN)));
+        ok(&set("/filter/thingType", long(MAX_FILTER_ID_LEN)));
+        ok(&set("/filter/thingNames", json!([])));
+        ok(&set(
+            "/filter/thingNames",
+            json!(vec!["t"; MAX_THING_NAMES]),
+        ));
+        ok(&set("/expression/resource", long(MAX_RESOURCE_LEN)));
+        let action = spec_example()["actions"][0].clone();
+        ok(&set("/actions", json!(vec![action; MAX_ACTIONS])));
+        let url = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
+        assert_eq!(url.len(), MAX_URL_LEN);
+        ok(&set("/actions/0/config/url", json!(url)));
+        let rule = ok(&set(
+            "/threshold",
+            json!({ "count": MAX_THRESHOLD_COUNT, "interval": MAX_THRESHOLD_INTERVAL }),
+        ));
+        assert_eq!(
+            rule.threshold,
+            Some(Threshold {
+                count: Some(MAX_THRESHOLD_COUNT),
+                interval: Some(MAX_THRESHOLD_INTERVAL)
+            })
+        );
+        let rule = ok(&set(
+            "/threshold",
+            json!({ "count": 5.0, "interval": -0.0 }),
+        ));
+        assert_eq!(
+            rule.threshold,
+            Some(Threshold {
+                count: Some(5),
+                interval: Some(0)
+            })
+        );
+    }
+
+    // ---- failures, one table per part of the rule --------------------------------------------
+
+    #[test]
+    fn attributes_must_be_an_object() {
+        let cases: Vec<Case> = [json!(null), json!([]), json!("x"), json!(1), json!(true)]
+            .into_iter()
+            .map(|v| ("not an object", v, InvalidArguments, "attributes"))
+            .collect();
+        check(ValidateMode::Create, cases.clone());
+        check(ValidateMode::Update, cases);
+    }
+
+    #[test]
+    fn id_failures() {
+        check(
+            ValidateMode::Update,
+            vec![
+                ("update without id", spec_example(), PropertyRequired, "id"),
+                (
+                    "update with null id",
+                    set("/id", Value::Null),
+                    PropertyRequired,
+                    "id",
+                ),
+                (
+                    "update with empty id",
+                    set("/id", json!("")),
+                    PropertyNotInRange,
+                    "id",
+                ),
+            ],
+        );
+        check(
+            ValidateMode::Create,
+            vec![
+                ("number", set("/id", json!(5)), InvalidArguments, "id"),
+                ("boolean", set("/id", json!(true)), InvalidArguments, "id"),
+                ("object", set("/id", json!({})), InvalidArguments, "id"),
+                ("empty", set("/id", json!("")), PropertyNotInRange, "id"),
+                (
+                    "too long",
+                    set("/id", long(MAX_ID_LEN + 1)),
+                    PropertyNotInRange,
+                    "id",
+                ),
+                ("space", set("/id", json!("a b")), InvalidArguments, "id"),
+                ("slash", set("/id", json!("a/b")), InvalidArguments, "id"),
+                (
+                    "non-ascii",
+                    set("/id", json!("régle")),
+                    InvalidArguments,
+                    "id",
+                ),
+                (
+                    "template",
+                    set("/id", json!("${x}")),
+                    InvalidArguments,
+                    "id",
+                ),
+            ],
+        );
+        let e = err(&set("/id", json!("")), ValidateMode::Create);
+        assert_eq!(
+            e.params,
+            params(json!({ "minLength": 1, "maxLength": 128 }))
+        );
+        let e = err(&spec_example(), ValidateMode::Update);
+        assert_eq!(e.message, "id is required");
+    }
+
+    #[test]
+    fn name_description_enabled_failures() {
+        check(
+            ValidateMode::Create,
+            vec![
+                ("no name", unset("/name"), PropertyRequired, "name"),
+                (
+                    "null name",
+                    set("/name", Value::Null),
+                    PropertyRequired,
+                    "name",
+                ),
+                (
+                    "numeric name",
+                    set("/name", json!(5)),
+                    InvalidArguments,
+                    "name",
+                ),
+                (
+                    "array name",
+                    set("/name", json!(["n"])),
+                    InvalidArguments,
+                    "name",
+                ),
+                (
+                    "empty name",
+                    set("/name", json!("")),
+                    PropertyNotInRange,
+                    "name",
+                ),
+                (
+                    "blank name",
+                    set("/name", json!(" \t\n")),
+                    PropertyNotInRange,
+                    "name",
+                ),
+                (
+                    "long name",
+                    set("/name", long(MAX_NAME_LEN + 1)),
+                    PropertyNotInRange,
+                    "name",
+                ),
+                (
+                    "numeric description",
+                    set("/description", json!(5)),
+                    InvalidArguments,
+                    "description",
+                ),
+                (
+                    "object description",
+                    set("/description", json!({})),
+                    InvalidArguments,
+                    "description",
+                ),
+                (
+                    "long description",
+                    set("/description", long(MAX_DESCRIPTION_LEN + 1)),
+                    PropertyNotInRange,
+                    "description",
+                ),
+                ("no enabled", unset("/enabled"), PropertyRequired, "enabled"),
+                (
+                    "null enabled",
+                    set("/enabled", Value::Null),
+                    PropertyRequired,
+                    "enabled",
+                ),
+                (
+                    "string enabled",
+                    set("/enabled", json!("true")),
+                    InvalidArguments,
+                    "enabled",
+                ),
+                (
+                    "numeric enabled",
+                    set("/enabled", json!(1)),
+                    InvalidArguments,
+                    "enabled",
+                ),
+            ],
+        );
+        let e = err(&unset("/name"), ValidateMode::Create);
+        assert_eq!(e.message, "name is required");
+        let e = err(&set("/description", long(4097)), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "maxLength": 4096 })));
+        let e = err(&set("/name", long(257)), ValidateMode::Create);
+        assert_eq!(
+            e.params,
+            params(json!({ "minLength": 1, "maxLength": 256 }))
+        );
+    }
+
+    #[test]
+    fn filter_failures() {
+        let too_many = json!(vec!["t"; MAX_THING_NAMES + 1]);
+        check(
+            ValidateMode::Create,
+            vec![
+                ("no filter", unset("/filter"), PropertyRequired, "filter"),
+                (
+                    "null filter",
+                    set("/filter", Value::Null),
+                    PropertyRequired,
+                    "filter",
+                ),
+                (
+                    "string filter",
+                    set("/filter", json!("root")),
+                    InvalidArguments,
+                    "filter",
+                ),
+                (
+                    "array filter",
+                    set("/filter", json!([])),
+                    InvalidArguments,
+                    "filter",
+                ),
+                (
+                    "no domain",
+                    unset("/filter/domain"),
+                    PropertyRequired,
+                    "filter.domain",
+                ),
+                (
+                    "null domain",
+                    set("/filter/domain", Value::Null),
+                    PropertyRequired,
+                    "filter.domain",
+                ),
+                (
+                    "numeric domain",
+                    set("/filter/domain", json!(7)),
+                    InvalidArguments,
+                    "filter.domain",
+                ),
+                (
+                    "empty domain",
+                    set("/filter/domain", json!("")),
+                    PropertyNotInRange,
+                    "filter.domain",
+                ),
+                (
+                    "long domain",
+                    set("/filter/domain", long(129)),
+                    PropertyNotInRange,
+                    "filter.domain",
+                ),
+                (
+                    "no thingType",
+                    unset("/filter/thingType"),
+                    PropertyRequired,
+                    "filter.thingType",
+                ),
+                (
+                    "null thingType",
+                    set("/filter/thingType", Value::Null),
+                    PropertyRequired,
+                    "filter.thingType",
+                ),
+                (
+                    "empty thingType",
+                    set("/filter/thingType", json!("")),
+                    PropertyNotInRange,
+                    "filter.thingType",
+                ),
+                (
+                    "long thingType",
+                    set("/filter/thingType", long(129)),
+                    PropertyNotInRange,
+                    "filter.thingType",
+                ),
+                (
+                    "fractional thingType",
+                    set("/filter/thingType", json!(1.5)),
+                    InvalidArguments,
+                    "filter.thingType",
+                ),
+                (
+                    "float thingType",
+                    set("/filter/thingType", json!(1.0)),
+                    InvalidArguments,
+                    "filter.thingType",
+                ),
+                (
+                    "boolean thingType",
+                    set("/filter/thingType", json!(true)),
+                    InvalidArguments,
+                    "filter.thingType",
+                ),
+                (
+                    "array thingType",
+                    set("/filter/thingType", json!(["Pump"])),
+                    InvalidArguments,
+                    "filter.thingType",
+                ),
+                (
+                    "object thingType",
+                    set("/filter/thingType", json!({})),
+                    InvalidArguments,
+                    "filter.thingType",
+                ),
+                (
+                    "string thingNames",
+                    set("/filter/thingNames", json!("thing-001")),
+                    InvalidArguments,
+                    "filter.thingNames",
+                ),
+                (
+                    "object thingNames",
+                    set("/filter/thingNames", json!({})),
+                    InvalidArguments,
+                    "filter.thingNames",
+                ),
+                (
+                    "numeric thing name",
+                    set("/filter/thingNames", json!([1])),
+                    InvalidArguments,
+                    "filter.thingNames[0]",
+                ),
+                (
+                    "null thing name",
+                    set("/filter/thingNames", json!(["a", null])),
+                    InvalidArguments,
+                    "filter.thingNames[1]",
+                ),
+                (
+                    "empty thing name",
+                    set("/filter/thingNames", json!(["a", "b", "c", ""])),
+                    PropertyNotInRange,
+                    "filter.thingNames[3]",
+                ),
+                (
+                    "long thing name",
+                    set("/filter/thingNames", json!([long(129)])),
+                    PropertyNotInRange,
+                    "filter.thingNames[0]",
+                ),
+                (
+                    "too many thing names",
+                    set("/filter/thingNames", too_many.clone()),
+                    PropertyNotInRange,
+                    "filter.thingNames",
+                ),
+            ],
+        );
+        let e = err(&unset("/filter/thingType"), ValidateMode::Create);
+        assert_eq!(e.message, "filter.thingType is required");
+        let e = err(&set("/filter/thingNames", too_many), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 0, "max": 10000 })));
+        let e = err(&set("/filter/domain", json!("")), ValidateMode::Create);
+        assert_eq!(
+            e.params,
+            params(json!({ "minLength": 1, "maxLength": 128 }))
+        );
+    }
+
+    #[test]
+    fn expression_failures() {
+        let with_value = |op: &str, value: Value| {
+            let mut input = set("/expression/operator", json!(op));
+            input["expression"]["value"] = value;
+            input
+        };
+        check(
+            ValidateMode::Create,
+            vec![
+                (
+                    "no expression",
+                    unset("/expression"),
+                    PropertyRequired,
+                    "expression",
+                ),
+                (
+                    "null expression",
+                    set("/expression", Value::Null),
+                    PropertyRequired,
+                    "expression",
+                ),
+                (
+                    "numeric expression",
+                    set("/expression", json!(5)),
+                    InvalidArguments,
+                    "expression",
+                ),
+                (
+                    "no operator",
+                    unset("/expression/operator"),
+                    PropertyRequired,
+                    "expression.operator",
+                ),
+                (
+                    "null operator",
+                    set("/expression/operator", Value::Null),
+                    PropertyRequired,
+                    "expression.operator",
+                ),
+                (
+                    "upper-case operator",
+                    set("/expression/operator", json!("GT")),
+                    InvalidArguments,
+                    "expression.operator",
+                ),
+                (
+                    "symbol operator",
+                    set("/expression/operator", json!(">")),
+                    InvalidArguments,
+                    "expression.operator",
+                ),
+                (
+                    "numeric operator",
+                    set("/expression/operator", json!(1)),
+                    InvalidArguments,
+                    "expression.operator",
+                ),
+                (
+                    "no resource",
+                    unset("/expression/resource"),
+                    PropertyRequired,
+                    "expression.resource",
+                ),
+                (
+                    "null resource",
+                    set("/expression/resource", Value::Null),
+                    PropertyRequired,
+                    "expression.resource",
+                ),
+                (
+                    "numeric resource",
+                    set("/expression/resource", json!(5)),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "empty resource",
+                    set("/expression/resource", json!("")),
+                    PropertyNotInRange,
+                    "expression.resource",
+                ),
+                (
+                    "long resource",
+                    set("/expression/resource", long(257)),
+                    PropertyNotInRange,
+                    "expression.resource",
+                ),
+                (
+                    "double dot",
+                    set("/expression/resource", json!("a..b")),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "leading dot",
+                    set("/expression/resource", json!(".a")),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "trailing dot",
+                    set("/expression/resource", json!("a.")),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "only a dot",
+                    set("/expression/resource", json!(".")),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "two dots",
+                    set("/expression/resource", json!("a.b.c")),
+                    InvalidArguments,
+                    "expression.resource",
+                ),
+                (
+                    "no value",
+                    unset("/expression/value"),
+                    PropertyRequired,
+                    "expression.value",
+                ),
+                (
+                    "null value",
+                    set("/expression/value", Value::Null),
+                    PropertyRequired,
+                    "expression.value",
+                ),
+                (
+                    "object value",
+                    set("/expression/value", json!({ "a": 1 })),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "array value",
+                    set("/expression/value", json!([50])),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "eq object value",
+                    with_value("eq", json!({})),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "gt word",
+                    with_value("gt", json!("hot")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "gte boolean",
+                    with_value("gte", json!(true)),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "lt NaN",
+                    with_value("lt", json!("NaN")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "lte inf",
+                    with_value("lte", json!("inf")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "gt overflow",
+                    with_value("gt", json!("1e999")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "gt empty",
+                    with_value("gt", json!("")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+                (
+                    "gt blank",
+                    with_value("gt", json!("  ")),
+                    InvalidArguments,
+                    "expression.value",
+                ),
+            ],
+        );
+        let e = err(
+            &set("/expression/operator", json!("GT")),
+            ValidateMode::Create,
+        );
+        assert_eq!(
+            e.params,
+            params(json!({ "allowed": ["gt", "gte", "lt", "lte", "eq", "ne"] }))
+        );
+        let e = err(&with_value("gt", json!("hot")), ValidateMode::Create);
+        assert!(
+            e.message.starts_with("operator gt compares numbers"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.params, params(json!({ "operator": "gt" })));
+    }
+
+    #[test]
+    fn action_failures() {
+        let action = spec_example()["actions"][0].clone();
+        let eleven = json!(vec![action.clone(); MAX_ACTIONS + 1]);
+        let url = |u: &str| set("/actions/0/config/url", json!(u));
+        let second_bad =
+            json!([action.clone(), { "type": "WEBHOOK", "config": { "url": "nope" } }]);
+        check(
+            ValidateMode::Create,
+            vec![
+                ("no actions", unset("/actions"), PropertyRequired, "actions"),
+                (
+                    "null actions",
+                    set("/actions", Value::Null),
+                    PropertyRequired,
+                    "actions",
+                ),
+                (
+                    "object actions",
+                    set("/actions", json!({})),
+                    InvalidArguments,
+                    "actions",
+                ),
+                (
+                    "empty actions",
+                    set("/actions", json!([])),
+                    PropertyNotInRange,
+                    "actions",
+                ),
+                (
+                    "eleven actions",
+                    set("/actions", eleven.clone()),
+                    PropertyNotInRange,
+                    "actions",
+                ),
+                (
+                    "numeric action",
+                    set("/actions", json!([5])),
+                    InvalidArguments,
+                    "actions[0]",
+                ),
+                (
+                    "null action",
+                    set("/actions", json!([null])),
+                    InvalidArguments,
+                    "actions[0]",
+                ),
+                (
+                    "no type",
+                    unset("/actions/0/type"),
+                    PropertyRequired,
+                    "actions[0].type",
+                ),
+                (
+                    "null type",
+                    set("/actions/0/type", Value::Null),
+                    PropertyRequired,
+                    "actions[0].type",
+                ),
+                (
+                    "lower-case type",
+                    set("/actions/0/type", json!("webhook")),
+                    InvalidArguments,
+                    "actions[0].type",
+                ),
+                (
+                    "unknown type",
+                    set("/actions/0/type", json!("EMAIL")),
+                    InvalidArguments,
+                    "actions[0].type",
+                ),
+                (
+                    "numeric type",
+                    set("/actions/0/type", json!(1)),
+                    InvalidArguments,
+                    "actions[0].type",
+                ),
+                (
+                    "no config",
+                    unset("/actions/0/config"),
+                    PropertyRequired,
+                    "actions[0].config",
+                ),
+                (
+                    "null config",
+                    set("/actions/0/config", Value::Null),
+                    PropertyRequired,
+                    "actions[0].config",
+                ),
+                (
+                    "string config",
+                    set("/actions/0/config", json!("x")),
+                    InvalidArguments,
+                    "actions[0].config",
+                ),
+                (
+                    "array config",
+                    set("/actions/0/config", json!([])),
+                    InvalidArguments,
+                    "actions[0].config",
+                ),
+                (
+                    "no url",
+                    unset("/actions/0/config/url"),
+                    PropertyRequired,
+                    "actions[0].config.url",
+                ),
+                (
+                    "null url",
+                    set("/actions/0/config/url", Value::Null),
+                    PropertyRequired,
+                    "actions[0].config.url",
+                ),
+                (
+                    "numeric url",
+                    set("/actions/0/config/url", json!(5)),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "empty url",
+                    url(""),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "no scheme",
+                    url("example.com/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "relative url",
+                    url("/hooks"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "ftp url",
+                    url("ftp://example.com/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "mailto url",
+                    url("mailto:a@example.com"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "file url",
+                    url("file:///etc/passwd"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "no host",
+                    url("https://"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "too long",
+                    url(&format!("https://example.com/{}", "a".repeat(2048))),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template host",
+                    url("https://${host}/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template url",
+                    url("${url}"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template scheme",
+                    url("${scheme}://example.com/"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template after host",
+                    url("https://example.com${path}"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template port",
+                    url("https://example.com:${port}/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template in host",
+                    url("https://api.${d}.com/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template user",
+                    url("https://${u}@example.com/x"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template ftp",
+                    url("ftp://example.com/${x}"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "template no host",
+                    url("https:///${x}"),
+                    InvalidArguments,
+                    "actions[0].config.url",
+                ),
+                (
+                    "bad second url",
+                    set("/actions", second_bad),
+                    InvalidArguments,
+                    "actions[1].config.url",
+                ),
+                (
+                    "unknown method",
+                    set("/actions/0/config/method", json!("FETCH")),
+                    InvalidArguments,
+                    "actions[0].config.method",
+                ),
+                (
+                    "numeric method",
+                    set("/actions/0/config/method", json!(1)),
+                    InvalidArguments,
+                    "actions[0].config.method",
+                ),
+                (
+                    "array headers",
+                    set("/actions/0/config/headers", json!([])),
+                    InvalidArguments,
+                    "actions[0].config.headers",
+                ),
+                (
+                    "string headers",
+                    set("/actions/0/config/headers", json!("x")),
+                    InvalidArguments,
+                    "actions[0].config.headers",
+                ),
+                (
+                    "numeric header",
+                    set("/actions/0/config/headers", json!({ "X-Count": 5 })),
+                    InvalidArguments,
+                    "actions[0].config.headers.X-Count",
+                ),
+                (
+                    "null header",
+                    set("/actions/0/config/headers", json!({ "X-A": null })),
+                    InvalidArguments,
+                    "actions[0].config.headers.X-A",
+                ),
+                (
+                    "bad header name",
+                    set("/actions/0/config/headers", json!({ "bad name": "x" })),
+                    InvalidArguments,
+                    "actions[0].config.headers.bad name",
+                ),
+                (
+                    "empty header name",
+                    set("/actions/0/config/headers", json!({ "": "x" })),
+                    InvalidArguments,
+                    "actions[0].config.headers.",
+                ),
+                (
+                    "header injection",
+                    set("/actions/0/config/headers", json!({ "X-A": "a\r\nX-B: b" })),
+                    InvalidArguments,
+                    "actions[0].config.headers.X-A",
+                ),
+            ],
+        );
+        let e = err(&set("/actions", json!([])), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 1, "max": 10 })));
+        let e = err(&set("/actions", eleven), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 1, "max": 10 })));
+        let e = err(
+            &set("/actions/0/type", json!("EMAIL")),
+            ValidateMode::Create,
+        );
+        assert_eq!(e.params, params(json!({ "allowed": ["WEBHOOK"] })));
+        let e = err(
+            &set("/actions/0/config/method", json!("FETCH")),
+            ValidateMode::Create,
+        );
+        assert_eq!(
+            e.params,
+            params(json!({ "allowed": ["GET", "POST", "PUT", "PATCH", "DELETE"] }))
+        );
+        let e = err(&url("https://${host}/x"), ValidateMode::Create);
+        assert!(
+            e.message.starts_with("actions[0].config.url "),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn threshold_failures() {
+        let t = |count: Value, interval: Value| {
+            set(
+                "/threshold",
+                json!({ "count": count, "interval": interval }),
+            )
+        };
+        check(
+            ValidateMode::Create,
+            vec![
+                (
+                    "numeric threshold",
+                    set("/threshold", json!(5)),
+                    InvalidArguments,
+                    "threshold",
+                ),
+                (
+                    "array threshold",
+                    set("/threshold", json!([])),
+                    InvalidArguments,
+                    "threshold",
+                ),
+                (
+                    "string threshold",
+                    set("/threshold", json!("x")),
+                    InvalidArguments,
+                    "threshold",
+                ),
+                (
+                    "string count",
+                    t(json!("5"), json!(0)),
+                    PropertyNotANumber,
+                    "threshold.count",
+                ),
+                (
+                    "boolean count",
+                    t(json!(true), json!(0)),
+                    PropertyNotANumber,
+                    "threshold.count",
+                ),
+                (
+                    "object count",
+                    t(json!({}), json!(0)),
+                    PropertyNotANumber,
+                    "threshold.count",
+                ),
+                (
+                    "negative count",
+                    t(json!(-1), json!(0)),
+                    PropertyNotInRange,
+                    "threshold.count",
+                ),
+                (
+                    "fractional count",
+                    t(json!(1.5), json!(0)),
+                    PropertyNotInRange,
+                    "threshold.count",
+                ),
+                (
+                    "negative float count",
+                    t(json!(-2.0), json!(0)),
+                    PropertyNotInRange,
+                    "threshold.count",
+                ),
+                (
+                    "count too large",
+                    t(json!(1_000_001), json!(0)),
+                    PropertyNotInRange,
+                    "threshold.count",
+                ),
+                (
+                    "huge float count",
+                    t(json!(1e300), json!(0)),
+                    PropertyNotInRange,
+                    "threshold.count",
+                ),
+                (
+                    "string interval",
+                    t(json!(0), json!("1000")),
+                    PropertyNotANumber,
+                    "threshold.interval",
+                ),
+                (
+                    "array interval",
+                    t(json!(0), json!([1])),
+                    PropertyNotANumber,
+                    "threshold.interval",
+                ),
+                (
+                    "negative interval",
+                    t(json!(0), json!(-1)),
+                    PropertyNotInRange,
+                    "threshold.interval",
+                ),
+                (
+                    "fractional interval",
+                    t(json!(0), json!(-0.5)),
+                    PropertyNotInRange,
+                    "threshold.interval",
+                ),
+                (
+                    "interval too large",
+                    t(json!(0), json!(31_536_000_001_u64)),
+                    PropertyNotInRange,
+                    "threshold.interval",
+                ),
+                (
+                    "interval u64::MAX",
+                    t(json!(0), json!(u64::MAX)),
+                    PropertyNotInRange,
+                    "threshold.interval",
+                ),
+            ],
+        );
+        let e = err(&t(json!(-1), json!(0)), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 0 })));
+        let e = err(&t(json!(1.5), json!(0)), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 0 })));
+        let e = err(&t(json!(1_000_001), json!(0)), ValidateMode::Create);
+        assert_eq!(e.params, params(json!({ "min": 0, "max": 1_000_000 })));
+        let e = err(
+            &t(json!(0), json!(31_536_000_001_u64)),
+            ValidateMode::Create,
+        );
+        assert_eq!(
+            e.params,
+            params(json!({ "min": 0, "max": 31_536_000_000_u64 }))
+        );
+        let e = err(&t(json!("5"), json!(0)), ValidateMode::Create);
+        assert_eq!(e.message, "threshold.count must be a number");
+        assert_eq!(e.params, None);
+    }
+
+    #[test]
+    fn first_failure_in_documented_order_wins() {
+        let everything_wrong = json!({
+            "id": 5, "name": 5, "description": 5, "enabled": "yes",
+            "filter": { "domain": 5, "thingType": true, "thingNames": 5 },
+            "expression": { "operator": "~", "resource": "", "value": [] },
+            "actions": [{ "type": "EMAIL" }, { "config": {} }],
+            "threshold": { "count": "x" }
+        });
+        let mut input = everything_wrong;
+        let order = [
+            ("/id", "id"),
+            ("/name", "name"),
+            ("/description", "description"),
+            ("/enabled", "enabled"),
+            ("/filter/domain", "filter.domain"),
+            ("/filter/thingType", "filter.thingType"),
+            ("/filter/thingNames", "filter.thingNames"),
+            ("/expression/operator", "expression.operator"),
+            ("/expression/resource", "expression.resource"),
+            ("/expression/value", "expression.value"),
+            ("/actions/0/type", "actions[0].type"),
+            ("/actions/0/config", "actions[0].config"),
+            ("/actions/1/type", "actions[1].type"),
+            ("/actions/1/config/url", "actions[1].config.url"),
+            ("/threshold/count", "threshold.count"),
+        ];
+        let example = spec_example();
+        let good = |pointer: &str| -> Value {
+            match pointer {
+                "/id" => json!("rule-1"),
+                "/actions/0/type" | "/actions/1/type" => json!("WEBHOOK"),
+                "/actions/0/config" => example["actions"][0]["config"].clone(),
+                "/actions/1/config/url" => json!("https://example.com/"),
+                other => example.pointer(other).cloned().expect("in example"),
+            }
+        };
+        for (pointer, property) in order {
+            let e = err(&input, ValidateMode::Update);
+            assert_eq!(e.property, property, "{e:?}");
+            // Fix this property, so the next one in order is reported.
+            let (parent, key) = pointer.rsplit_once('/').expect("slash");
+            input
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .expect("object")
+                .insert(key.to_owned(), good(pointer));
+        }
+        validate_rule(&input, ValidateMode::Update).expect("all fixed");
+    }
+
+    #[test]
+    fn missing_required_properties_in_spec_order() {
+        let mut input = json!({});
+        let order = ["name", "enabled", "filter", "expression", "actions"];
+        let example = spec_example();
+        for key in order {
+            let e = err(&input, ValidateMode::Create);
+            assert_eq!((e.key, e.property.as_str()), (PropertyRequired, key));
+            input[key] = example[key].clone();
+        }
+        ok(&input);
+    }
+
+    #[test]
+    fn invalid_serializes_as_the_spec_error_object() {
+        let e = err(&set("/actions", json!([])), ValidateMode::Create);
+        assert_eq!(
+            e.to_json(),
+            json!({
+                "message": "actions must have 1 to 10 entries",
+                "messageKey": "PROPERTY_NOT_IN_RANGE",
+                "messageParams": { "min": 1, "max": 10 },
+                "property": "actions"
+            })
+        );
+        assert_eq!(e.to_string(), "actions must have 1 to 10 entries");
+        let e = err(&unset("/name"), ValidateMode::Create);
+        assert_eq!(
+            e.to_json(),
+            json!({
+                "message": "name is required",
+                "messageKey": "PROPERTY_REQUIRED",
+                "property": "name"
+            })
+        );
+    }
+
+    #[test]
+    fn numeric_value_reads_numbers_and_numeric_strings() {
+        assert_eq!(numeric_value(&json!(50)), Some(50.0));
+        assert_eq!(numeric_value(&json!(-1.5)), Some(-1.5));
+        assert_eq!(numeric_value(&json!("50")), Some(50.0));
+        assert_eq!(numeric_value(&json!(" 2.5e1 ")), Some(25.0));
+        for not_a_number in [
+            json!("hot"),
+            json!(""),
+            json!("NaN"),
+            json!("inf"),
+            json!("-Infinity"),
+            json!("1e999"),
+            json!("0x10"),
+            json!(true),
+            json!(null),
+            json!([1]),
+            json!({}),
+        ] {
+            assert_eq!(numeric_value(&not_a_number), None, "{not_a_number}");
+        }
+    }
+
+    // ---- properties --------------------------------------------------------------------------
+
+    /// Keys the validator looks at, so that random objects sometimes hit them.
+    const KEYS: &[&str] = &[
+        "id",
+        "name",
+        "description",
+        "enabled",
+        "filter",
+        "domain",
+        "thingType",
+        "thingNames",
+        "expression",
+        "operator",
+        "resource",
+        "value",
+        "actions",
+        "type",
+        "config",
+        "url",
+        "method",
+        "headers",
+        "body",
+        "threshold",
+        "count",
+        "interval",
+        "readonly",
+    ];
+
+    /// Strings the validator treats specially.
+    const STRINGS: &[&str] = &[
+        "",
+        " ",
+        "gt",
+        "eq",
+        "WEBHOOK",
+        "root",
+        "temp",
+        "pump.temp",
+        "a..b",
+        "50",
+        "NaN",
+        "https://example.com/${x}",
+        "https://${x}/",
+        "${",
+        "http://",
+        "POST",
+        "é",
+    ];
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| {
+                serde_json::Number::from_f64(f).map(Value::Number)
+            }),
+            ".{0,24}".prop_map(Value::String),
+            prop::sample::select(STRINGS).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            let key = prop_oneof![
+                prop::sample::select(KEYS).prop_map(str::to_owned),
+                "[a-zA-Z]{0,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key, inner), 0..8)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// JSON pointers into the spec example, for replacing one property at a time.
+    const POINTERS: &[&str] = &[
+        "/id",
+        "/name",
+        "/description",
+        "/enabled",
+        "/filter",
+        "/filter/domain",
+        "/filter/thingType",
+        "/filter/thingNames",
+        "/expression",
+        "/expression/operator",
+        "/expression/resource",
+        "/expression/value",
+        "/actions",
+        "/actions/0",
+        "/actions/0/type",
+        "/actions/0/config",
+        "/actions/0/config/url",
+        "/actions/0/config/method",
+        "/actions/0/config/headers",
+        "/threshold",
+        "/threshold/count",
+        "/threshold/interval",
+    ];
+
+    /// A valid rule, serialized and validated again, is the same rule.
+    fn assert_round_trips(rule: &Rule) {
+        let mut json = serde_json::to_value(rule).expect("serializes");
+        let mode = if rule.id.is_empty() {
+            json.as_object_mut().expect("object").remove("id");
+            ValidateMode::Create
+        } else {
+            ValidateMode::Update
+        };
+        assert_eq!(validate_rule(&json, mode).as_ref(), Ok(rule));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_json(value in arb_json()) {
+            for mode in [ValidateMode::Create, ValidateMode::Update] {
+                match validate_rule(&value, mode) {
+                    Ok(rule) => assert_round_trips(&rule),
+                    Err(e) => prop_assert!(!e.message.is_empty() && !e.property.is_empty()),
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics_with_one_property_replaced(
+            pointer in prop::sample::select(POINTERS),
+            value in arb_json(),
+        ) {
+            let input = set(pointer, value);
+            for mode in [ValidateMode::Create, ValidateMode::Update] {
+                match validate_rule(&input, mode) {
+                    Ok(rule) => assert_round_trips(&rule),
+                    Err(e) => prop_assert!(!e.message.is_empty() && !e.property.is_empty()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `POST /2015-03-31/functions/{FunctionName}/invocations`: the AWS Lambda invoke protocol.
+//!
+//! The body is the payload. `FunctionName` is matched by what it contains, so the platform's
+//! deployed names (`dev-RuleLambda-12345`) work as well as the bare `RuleLambda`.
+
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use super::error::{FunctionError, ProtocolError};
+use super::rule_lambda::Action;
+use super::AppState;
+
+/// The functions this endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Function {
+    Rule,
+}
+
+impl Function {
+    fn from_name(name: &str) -> Option<Function> {
+        if name.contains("RuleLambda") {
+            Some(Function::Rule)
+        } else {
+            None
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Function::Rule => "RuleLambda",
+        }
+    }
+}
+
+/// `X-Amz-Invocation-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InvocationType {
+    RequestResponse,
+    /// Asynchronous: Lambda answers 202 with no body; the action still runs.
+    Event,
+    /// Lambda checks the request and the caller's rights, answers 204 and runs nothing.
+    DryRun,
+}
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Path(function_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let (function, action, outcome, response) = run(&state, &function_name, &headers, body).await;
+    metrics::counter!(
+        "ccstream_api_requests_total",
+        "function" => function,
+        "action" => action,
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::histogram!("ccstream_api_request_duration_seconds", "function" => function)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Returns the metric labels (function, action, outcome) with the response; all of them come
+/// from fixed sets so the label cardinality stays bounded whatever clients send.
+async fn run(
+    state: &AppState,
+    function_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> (&'static str, &'static str, &'static str, Response) {
+    let inner = &state.inner;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match inner.auth.authenticate(authorization) {
+        Ok(caller) => caller,
+        Err(e) => {
+            let err = ProtocolError::Unauthenticated(e.to_string());
+            return ("unknown", "none", err.type_label(), err.into_response());
+        }
+    };
+    let Some(function) = Function::from_name(function_name) else {
+        let err = ProtocolError::FunctionNotFound(function_name.to_owned());
+        return ("unknown", "none", err.type_label(), err.into_response());
+    };
+    let label = function.label();
+    let invocation = match invocation_type(headers) {
+        Ok(t) => t,
+        Err(err) => return (label, "none", err.type_label(), err.into_response()),
+    };
+    let payload = match read_payload(headers, body, inner.max_body_bytes).await {
+        Ok(p) => p,
+        Err(err) => return (label, "none", err.type_label(), err.into_response()),
+    };
+
+    let (action_label, result) = match parse_action(&payload) {
+        Err(e) => ("invalid", Err(e)),
+        Ok((action, map)) => {
+            if invocation == InvocationType::DryRun {
+                return (
+                    label,
+                    action.as_str(),
+                    "dry_run",
+                    StatusCode::NO_CONTENT.into_response(),
+                );
+            }
+            let result = match function {
+                Function::Rule => inner.rules.handle(&caller, action, map).await,
+            };
+            (action.as_str(), result)
+        }
+    };
+    match result {
+        Ok(_) if invocation == InvocationType::Event => (
+            label,
+            action_label,
+            "ok",
+            StatusCode::ACCEPTED.into_response(),
+        ),
+        Ok(value) => (label, action_label, "ok", axum::Json(value).into_response()),
+        Err(e) => (label, action_label, e.key_label(), e.into_response()),
+    }
+}
+
+fn invocation_type(headers: &HeaderMap) -> Result<InvocationType, ProtocolError> {
+    match headers.get("x-amz-invocation-type").map(|v| v.to_str()) {
+        None => Ok(InvocationType::RequestResponse),
+        Some(Ok("RequestResponse")) => Ok(InvocationType::RequestResponse),
+        Some(Ok("Event")) => Ok(InvocationType::Event),
+        Some(Ok("DryRun")) => Ok(InvocationType::DryRun),
+        Some(Ok(other)) => Err(ProtocolError::InvocationType(other.to_owned())),
+        Some(Err(_)) => Err(ProtocolError::InvocationType("<not text>".to_owned())),
+    }
+}
+
+/// Reads at most `limit` bytes and parses them as JSON; an empty body is `{}` as in Lambda.
+async fn read_payload(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, ProtocolError> {
+    // Refuse early when the client says up front that the body is too large.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProtocolError::TooLarge { limit });
+    }
+    let bytes: Bytes = to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ProtocolError::TooLarge { limit }
+        } else {
+            ProtocolError::Body(e.to_string())
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The payload must be an object with a known `action`.
+fn parse_action(payload: &Value) -> Result<(Action, &Map<String, Value>), FunctionError> {
+    let Value::Object(map) = payload else {
+        return Err(FunctionError::invalid_arguments(
+            "payload",
+            "the payload must be a JSON object",
+        ));
+    };
+    match map.get("action") {
+        None | Some(Value::Null) => Err(FunctionError::property_required("action")),
+        Some(Value::String(s)) => Action::parse(s)
+            .map(|a| (a, map))
+            .ok_or_else(|| FunctionError::invalid_action(&Value::String(s.clone()))),
+        Some(other) => Err(FunctionError::invalid_action(other)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn function_names_containing_rule_lambda_match() {
+        assert_eq!(Function::from_name("RuleLambda"), Some(Function::Rule));
+        assert_eq!(
+            Function::from_name("dev-RuleLambda-12345"),
+            Some(Function::Rule)
+        );
+        assert_eq!(Function::from_name("UserLambda"), None);
+        assert_eq!(Function::from_name("rulelambda"), None);
+    }
+
+    #[test]
+    fn action_errors_follow_the_spec() {
+        let key = |v: Value| parse_action(&v).unwrap_err();
+        let e = key(json!([1]));
+        assert_eq!(e.message_key, Some("INVALID_ARGUMENTS"));
+        assert_eq!(e.property.as_deref(), Some("payload"));
+        let e = key(json!({}));
+        assert_eq!(e.message_key, Some("PROPERTY_REQUIRED"));
+        assert_eq!(e.property.as_deref(), Some("action"));
+        let e = key(json!({"action": "FLY"}));
+        assert_eq!(e.message_key, Some("INVALID_ACTION"));
+        assert_eq!(e.message_params.unwrap()["action"], json!("FLY"));
+        let e = key(json!({"action": 7}));
+        assert_eq!(e.message_key, Some("INVALID_ACTION"));
+        let (action, _) = parse_action(&json!({"action": "LIST"})).unwrap();
+        assert_eq!(action, Action::List);
+    }
+
+    #[test]
+    fn invocation_types() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            invocation_type(&h).unwrap(),
+            InvocationType::RequestResponse
+        );
+        h.insert("x-amz-invocation-type", "DryRun".parse().unwrap());
+        assert_eq!(invocation_type(&h).unwrap(), InvocationType::DryRun);
+        h.insert("x-amz-invocation-type", "Sometimes".parse().unwrap());
+        assert!(invocation_type(&h).is_err());
+    }
+
+    #[tokio::test]
+    async fn payload_reading() {
+        let h = HeaderMap::new();
+        let v = read_payload(&h, Body::from("  "), 10).await.unwrap();
+        assert_eq!(v, json!({}));
+        let e = read_payload(&h, Body::from("{nope"), 10).await.unwrap_err();
+        assert!(matches!(e, ProtocolError::InvalidJson(_)));
+        let e = read_payload(&h, Body::from("[1,2,3,4,5,6,7]"), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::TooLarge { .. }), "{e:?}");
+    }
+}

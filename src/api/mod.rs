@@ -1,0 +1,78 @@
+//! The management API: the AWS Lambda invoke endpoint that RuleLambda clients call, and the
+//! operational endpoints `/healthz`, `/readyz`, `/metrics`.
+//!
+//! - [`invoke`]: `POST /2015-03-31/functions/{FunctionName}/invocations`, the Lambda protocol.
+//! - [`rule_lambda`]: the Rule API actions behind it.
+//! - [`error`]: function errors (spec 1.2) and protocol errors (Lambda's).
+//! - [`health`]: liveness, readiness and Prometheus metrics.
+
+pub mod error;
+pub mod health;
+pub mod invoke;
+pub mod rule_lambda;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::store::RuleStore;
+use rule_lambda::RuleApi;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    auth: Authenticator,
+    rules: RuleApi,
+    store: RuleStore,
+    metrics: PrometheusHandle,
+    max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(
+        auth: Authenticator,
+        rules: RuleApi,
+        store: RuleStore,
+        metrics: PrometheusHandle,
+        max_body_bytes: usize,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                auth,
+                rules,
+                store,
+                metrics,
+                max_body_bytes,
+            }),
+        }
+    }
+}
+
+/// The whole HTTP surface, so tests can drive it with `oneshot` as well as over a socket.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route(
+            "/2015-03-31/functions/{function}/invocations",
+            post(invoke::invoke),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

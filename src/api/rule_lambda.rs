@@ -1,0 +1,249 @@
+//! RuleLambda: the Rule API of spec 6.2 (CREATE, GET, LIST, UPDATE, REMOVE) with the
+//! authorization of DESIGN.md. Knows nothing of HTTP; the invoke endpoint calls [`RuleApi::handle`].
+
+use std::sync::{Arc, RwLock};
+
+use rule_engine::domain::Visibility;
+use rule_engine::{validate_rule, DomainTree, Rule, ValidateMode};
+use serde_json::{Map, Value};
+
+use super::error::FunctionError;
+use crate::auth::{Caller, Role};
+use crate::store::{RuleStore, StoreError, Versioned};
+
+/// `objectType` of NOT_AUTHORIZED errors from this API.
+const OBJECT_TYPE: &str = "RULE";
+/// Compare-and-swap attempts before an update gives up under contention. Each retry re-reads the
+/// rule and re-checks authorization, so a rule moved meanwhile is judged on its new domain.
+const CAS_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Get,
+    List,
+    Update,
+    Remove,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "CREATE" => Action::Create,
+            "GET" => Action::Get,
+            "LIST" => Action::List,
+            "UPDATE" => Action::Update,
+            "REMOVE" => Action::Remove,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "CREATE",
+            Action::Get => "GET",
+            Action::List => "LIST",
+            Action::Update => "UPDATE",
+            Action::Remove => "REMOVE",
+        }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Remove)
+    }
+}
+
+#[derive(Clone)]
+pub struct RuleApi {
+    store: RuleStore,
+    domains: Arc<RwLock<DomainTree>>,
+    /// `Some("dev")` outside production: generated ids are `dev-00000001` (spec 6.2.1.1).
+    id_prefix: Option<String>,
+}
+
+impl RuleApi {
+    pub fn new(
+        store: RuleStore,
+        domains: Arc<RwLock<DomainTree>>,
+        id_prefix: Option<String>,
+    ) -> Self {
+        RuleApi {
+            store,
+            domains,
+            id_prefix,
+        }
+    }
+
+    /// Runs `action` (already parsed from the payload) for `caller`.
+    pub async fn handle(
+        &self,
+        caller: &Caller,
+        action: Action,
+        payload: &Map<String, Value>,
+    ) -> Result<Value, FunctionError> {
+        if action.writes() && caller.role != Role::ReadWrite {
+            return Err(FunctionError::not_authorized(action.as_str(), OBJECT_TYPE));
+        }
+        // Spec 6.2: CREATE and UPDATE read the rule from `attributes`; a missing `attributes`
+        // is treated as empty so the first missing property is named.
+        let empty = Value::Object(Map::new());
+        let attributes = payload.get("attributes").unwrap_or(&empty);
+        match action {
+            Action::Create => self.create(caller, attributes).await,
+            Action::Get => self.get(caller, attributes).await,
+            Action::List => self.list(caller).await,
+            Action::Update => self.update(caller, attributes).await,
+            Action::Remove => self.remove(caller, attributes).await,
+        }
+    }
+
+    fn visibility(&self, caller: &Caller, rule_domain: &str) -> Visibility {
+        // std RwLock: held only for this lookup, never across an await.
+        match self.domains.read() {
+            Ok(tree) => tree.visibility(&caller.domain, rule_domain),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .visibility(&caller.domain, rule_domain),
+        }
+    }
+
+    fn require_writable(&self, caller: &Caller, domain: &str) -> Result<(), FunctionError> {
+        match self.visibility(caller, domain) {
+            Visibility::Writable => Ok(()),
+            Visibility::ReadOnly | Visibility::Hidden => {
+                Err(FunctionError::not_authorized_domain(domain))
+            }
+        }
+    }
+
+    async fn create(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
+        let mut rule = validate_rule(attributes, ValidateMode::Create)?;
+        self.require_writable(caller, &rule.filter.domain)?;
+        if rule.id.is_empty() {
+            let n = self.store.next_id().await.map_err(store_failure)?;
+            rule.id = match &self.id_prefix {
+                Some(prefix) => format!("{prefix}-{n:08}"),
+                None => format!("{n:08}"),
+            };
+        }
+        match self.store.insert(&rule).await {
+            Ok(stored) => {
+                tracing::info!(rule = %stored.rule.id, user = %caller.user, "rule created");
+                Ok(rule_output(&stored.rule, false))
+            }
+            Err(StoreError::AlreadyExists(id)) => Err(FunctionError::rule_id_exists(&id)),
+            Err(e) => Err(store_failure(e)),
+        }
+    }
+
+    async fn get(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
+        let id = required_id(attributes)?;
+        let stored = self.load(id).await?;
+        match self.visibility(caller, &stored.rule.filter.domain) {
+            Visibility::Writable => Ok(rule_output(&stored.rule, false)),
+            Visibility::ReadOnly => Ok(rule_output(&stored.rule, true)),
+            Visibility::Hidden => Err(FunctionError::not_authorized_domain(
+                &stored.rule.filter.domain,
+            )),
+        }
+    }
+
+    async fn list(&self, caller: &Caller) -> Result<Value, FunctionError> {
+        let rules = self.store.list().await.map_err(store_failure)?;
+        let visible = rules
+            .iter()
+            .filter_map(|v| match self.visibility(caller, &v.rule.filter.domain) {
+                Visibility::Writable => Some(rule_output(&v.rule, false)),
+                Visibility::ReadOnly => Some(rule_output(&v.rule, true)),
+                Visibility::Hidden => None,
+            })
+            .collect();
+        Ok(Value::Array(visible))
+    }
+
+    async fn update(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
+        let rule = validate_rule(attributes, ValidateMode::Update)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.load(&rule.id).await?;
+            self.require_writable(caller, &current.rule.filter.domain)?;
+            self.require_writable(caller, &rule.filter.domain)?;
+            match self.store.update(&rule, current.version).await {
+                Ok(stored) => {
+                    tracing::info!(rule = %stored.rule.id, user = %caller.user, "rule updated");
+                    return Ok(rule_output(&stored.rule, false));
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_failure(e)),
+            }
+        }
+        Err(store_failure(StoreError::Conflict(rule.id)))
+    }
+
+    async fn remove(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
+        let id = required_id(attributes)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.load(id).await?;
+            self.require_writable(caller, &current.rule.filter.domain)?;
+            match self.store.remove(id, Some(current.version)).await {
+                Ok(true) => {
+                    tracing::info!(rule = %id, user = %caller.user, "rule removed");
+                    // Spec 6.2.4.2: no output.
+                    return Ok(Value::Null);
+                }
+                // Removed between our read and our delete: it is gone either way.
+                Ok(false) => return Err(FunctionError::rule_not_found(id)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_failure(e)),
+            }
+        }
+        Err(store_failure(StoreError::Conflict(id.to_owned())))
+    }
+
+    async fn load(&self, id: &str) -> Result<Versioned, FunctionError> {
+        self.store
+            .get(id)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| FunctionError::rule_not_found(id))
+    }
+}
+
+/// `attributes.id` of GET and REMOVE.
+fn required_id(attributes: &Value) -> Result<&str, FunctionError> {
+    match attributes.get("id") {
+        None | Some(Value::Null) => Err(FunctionError::property_required("id")),
+        Some(Value::String(s)) if s.is_empty() => Err(FunctionError::property_required("id")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(FunctionError::invalid_arguments(
+            "id",
+            "id must be a string",
+        )),
+    }
+}
+
+/// The rule as spec 6.1 shows it, with the computed `readonly`.
+fn rule_output(rule: &Rule, readonly: bool) -> Value {
+    let mut value = serde_json::to_value(rule).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("readonly".to_owned(), Value::Bool(readonly));
+    }
+    value
+}
+
+fn store_failure(e: StoreError) -> FunctionError {
+    let reference = reference();
+    tracing::error!(error = %e, reference = %reference, "rule store failure");
+    metrics::counter!("ccstream_store_errors_total").increment(1);
+    FunctionError::internal(&reference)
+}
+
+/// A short reference that ties a client's error to the log line with the details.
+fn reference() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{now:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,344 @@
+//! Configuration: a TOML file overridden by `CCSTREAM_<SECTION>__<KEY>` environment variables.
+//!
+//! Defaults live in the `Default` impls below and nowhere else; `ccstream.example.toml` lists the
+//! same values and a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "CCSTREAM_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Which deployment this is (spec 6.2.1.1: ids carry the stack name outside production).
+    pub stack: StackConfig,
+    /// The management API (RuleLambda- and ObservationLambda-compatible invoke endpoint).
+    pub api: ApiConfig,
+    /// Where rules are persisted.
+    pub store: StoreConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// The domain tree: every domain but the implicit `root`, with its parent.
+    pub domains: Vec<DomainEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackConfig {
+    /// Stack name; generated rule ids are `<name>-00000001` unless `production` is true.
+    pub name: String,
+    /// In production generated ids carry no stack prefix (`00000001`).
+    pub production: bool,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            name: "dev".to_owned(),
+            production: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `none`: every caller is root with ReadWrite (only allowed on a loopback address);
+    /// `jwt`: `Authorization: Bearer <token>` checked as `api.jwt` says.
+    pub auth: AuthMode,
+    /// Largest request body accepted, in bytes (AWS Lambda's synchronous payload limit is 6 MB;
+    /// rules are small, so 1 MiB is plenty and bounds memory per request).
+    pub max_body_bytes: usize,
+    /// Seconds before a request is answered with a timeout error.
+    pub request_timeout_secs: u64,
+    pub jwt: JwtConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            auth: AuthMode::None,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            jwt: JwtConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<String>,
+    /// PEM public key for RS256 tokens (inline).
+    pub rs256_public_key_pem: Option<String>,
+    /// PEM public key for RS256 tokens, read from this file at start-up.
+    pub rs256_public_key_file: Option<String>,
+    /// Claim that holds the user name.
+    pub user_claim: String,
+    /// Claim that holds the role: `Read` or `ReadWrite`.
+    pub role_claim: String,
+    /// Claim that holds the caller's domain id.
+    pub domain_claim: String,
+    /// When set, the `iss` claim must equal it.
+    pub issuer: Option<String>,
+    /// When set, the `aud` claim must contain it.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            rs256_public_key_pem: None,
+            rs256_public_key_file: None,
+            user_claim: "sub".to_owned(),
+            role_claim: "role".to_owned(),
+            domain_claim: "domain".to_owned(),
+            issuer: None,
+            audience: None,
+            leeway_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (created when missing) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/ccstream.db".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `ccstream=debug,sqlx=warn`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds allowed for in-flight work to finish after SIGINT/SIGTERM.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainEntry {
+    pub id: String,
+    pub parent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then the file (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("{} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot say, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        if self.stack.name.is_empty() && !self.stack.production {
+            return Err(invalid(
+                "stack.name",
+                "must not be empty outside production",
+            ));
+        }
+        if self.api.auth == AuthMode::None && !self.api.listen.ip().is_loopback() {
+            return Err(invalid(
+                "api.auth",
+                "\"none\" makes every caller root; it is only allowed when api.listen is a \
+                 loopback address (use \"jwt\")",
+            ));
+        }
+        if self.api.auth == AuthMode::Jwt {
+            let jwt = &self.api.jwt;
+            let keys = [
+                jwt.hs256_secret.is_some(),
+                jwt.rs256_public_key_pem.is_some(),
+                jwt.rs256_public_key_file.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                return Err(invalid(
+                    "api.jwt",
+                    "set exactly one of hs256_secret, rs256_public_key_pem, rs256_public_key_file",
+                ));
+            }
+            if jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+                return Err(invalid(
+                    "api.jwt.hs256_secret",
+                    "must be at least 32 bytes long",
+                ));
+            }
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be greater than 0"));
+        }
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        for d in &self.domains {
+            if d.id.is_empty() || d.parent.is_empty() {
+                return Err(invalid("domains", "id and parent must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+// figment's Jail API returns its large error type; that is its signature, not ours.
+#[allow(clippy::unwrap_used, clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    fn env_none() -> Env {
+        Env::prefixed("CCSTREAM_TEST_UNUSED_PREFIX_").split("__")
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load_from(None, env_none()).unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8088");
+        assert_eq!(c.store.url, "sqlite://data/ccstream.db");
+        assert_eq!(c.stack.name, "dev");
+        assert!(!c.stack.production);
+    }
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ccstream.example.toml");
+        let from_file = Config::load_from(Some(&path), env_none()).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&defaults).unwrap(),
+            "ccstream.example.toml must list exactly the defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[api]\nlisten = \"127.0.0.1:1\"\n")?;
+            jail.set_env("CCSTREAM_API__LISTEN", "127.0.0.1:9000");
+            jail.set_env("CCSTREAM_STORE__URL", "postgres://x@localhost/db");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
+            assert_eq!(c.store.url, "postgres://x@localhost/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[api]\nlisen = \"127.0.0.1:1\"\n")?;
+            let err = Config::load_from(Some(Path::new("c.toml")), env_none()).unwrap_err();
+            assert!(err.to_string().contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn auth_none_refused_off_loopback() {
+        let mut c = Config::default();
+        c.api.listen = "0.0.0.0:8088".parse().unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("api.auth"), "{err}");
+    }
+
+    #[test]
+    fn jwt_needs_one_key() {
+        let mut c = Config::default();
+        c.api.auth = AuthMode::Jwt;
+        assert!(c.validate().is_err());
+        c.api.jwt.hs256_secret = Some("x".repeat(32));
+        c.validate().unwrap();
+        c.api.jwt.rs256_public_key_pem = Some("pem".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! The `ccstream` service: configuration, wiring, the management API, the rule store and
+//! shutdown. Logic lives in the workspace crates (`rule-engine`, `ingest`, `sinks`); this crate
+//! connects them to the outside world.
+//!
+//! Modules:
+//! - [`config`]: the TOML file and `CCSTREAM_*` environment overrides, defaults, validation.
+//! - [`server`]: builds every part and runs until a shutdown signal.
+//! - [`api`]: the Lambda-compatible invoke endpoint and `/healthz`, `/readyz`, `/metrics`.
+//! - [`auth`]: who is calling (none or JWT) and with which role and domain.
+//! - [`store`]: rules in SQLite or PostgreSQL.
+//! - [`telemetry`], [`shutdown`]: logs, metrics, signals.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,398 @@
+//! The rule store: rules persist in SQL so that they survive restarts and, on PostgreSQL, are
+//! shared by every replica.
+//!
+//! One code path serves both engines through sqlx's `Any` driver: SQLite (a local file, the
+//! embedded default `sqlite://data/ccstream.db`) and PostgreSQL (`postgres://...`). The schema
+//! lives in `migrations/`, is embedded at compile time and is applied by [`RuleStore::connect`];
+//! its SQL keeps to what both engines understand (`$n` placeholders, TEXT and BIGINT columns,
+//! `RETURNING`).
+//!
+//! A rule is stored as its JSON document next to a few indexed columns. Every row carries a
+//! `version` that each write bumps, so that writers can compare-and-swap instead of locking:
+//! the API reads a rule, checks the caller may touch its *current* domain, and writes back only
+//! if nobody changed it meanwhile ([`RuleStore::update`], [`StoreError::Conflict`]).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rule_engine::Rule;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, Executor, Row};
+
+#[cfg(test)]
+mod tests;
+
+/// Name of the counter row behind [`RuleStore::next_id`] (seeded by the first migration).
+const RULE_ID_SEQUENCE: &str = "rule";
+
+/// How long an SQLite writer waits for another one to finish before giving up with
+/// SQLITE_BUSY. Writes here are single short statements, so a wait this long only happens when
+/// something is badly wrong.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite serializes writers anyway; a few connections let readers proceed beside a writer in
+/// WAL mode without holding many file handles.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+
+/// PostgreSQL is shared by replicas, so each one takes only a modest share of its connections.
+const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Why a store operation failed. `AlreadyExists` and `Conflict` are expected outcomes the API
+/// maps to spec errors; the others are failures of the database or of its contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rule {0} already exists")]
+    AlreadyExists(String),
+    /// The row's version is no longer the one the caller read (or the row is gone): re-read and
+    /// decide again.
+    #[error("rule {0} changed concurrently")]
+    Conflict(String),
+    #[error("unsupported store url: {0}")]
+    UnsupportedUrl(String),
+    /// The directory meant to hold the SQLite file could not be created.
+    #[error("cannot create directory {path} for the rule store: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row whose JSON no longer matches the rule model (edited by hand, or written by a
+    /// version of ccstream with an incompatible model).
+    #[error("stored rule {id} is unreadable: {source}")]
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// A rule with the version of the row it was read from; hand that version back to
+/// [`RuleStore::update`] or [`RuleStore::remove`] to make the write conditional on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub rule: Rule,
+    pub version: i64,
+}
+
+/// Handle on the rule database. Cloning is cheap and shares one connection pool, so every part
+/// of the service can hold its own handle.
+#[derive(Debug, Clone)]
+pub struct RuleStore {
+    pool: AnyPool,
+}
+
+/// The engines the store knows, decided from the URL scheme before anything is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    fn of(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+        match scheme.map(str::to_ascii_lowercase).as_deref() {
+            Some("sqlite") => Ok(Engine::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Engine::Postgres),
+            // The URL may carry a password: name only the scheme.
+            _ => Err(StoreError::UnsupportedUrl(
+                scheme.unwrap_or("<no scheme>").to_owned(),
+            )),
+        }
+    }
+}
+
+/// Where an SQLite URL points and how to open it.
+#[derive(Debug, PartialEq)]
+struct SqliteTarget {
+    /// The URL to hand to sqlx: asks SQLite to create the file unless the caller chose a mode.
+    url: String,
+    /// The database file, `None` for an in-memory database.
+    file: Option<PathBuf>,
+}
+
+impl SqliteTarget {
+    fn parse(url: &str) -> Result<Self, StoreError> {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let params = || query.into_iter().flat_map(|q| q.split('&'));
+        let mode = params().find_map(|p| p.strip_prefix("mode="));
+        let in_memory = base.ends_with(":memory:") || mode == Some("memory");
+        if in_memory {
+            return Ok(SqliteTarget {
+                url: url.to_owned(),
+                file: None,
+            });
+        }
+        // sqlx's own parser decides what file the URL names (`sqlite:x.db`, `sqlite://x.db`,
+        // percent-escapes), so the directory we create is the one SQLite will open.
+        let file = SqliteConnectOptions::from_str(url)?
+            .get_filename()
+            .to_path_buf();
+        let url = match (mode, query) {
+            (Some(_), _) => url.to_owned(),
+            (None, Some(query)) if !query.is_empty() => format!("{url}&mode=rwc"),
+            (None, _) => format!("{base}?mode=rwc"),
+        };
+        Ok(SqliteTarget {
+            url,
+            file: Some(file),
+        })
+    }
+}
+
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+fn now_ms() -> i64 {
+    // A clock before 1970 is not worth failing a write over; the column is informational.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn encode(rule: &Rule) -> Result<String, StoreError> {
+    serde_json::to_string(rule).map_err(|e| StoreError::Db(sqlx::Error::Encode(Box::new(e))))
+}
+
+/// Turns a `SELECT id, doc, version` row into a rule. Only a bad document is `Corrupt`; a
+/// missing column is a bug in our SQL and stays a database error.
+fn decode(row: &AnyRow) -> Result<Versioned, StoreError> {
+    let id: String = row.try_get("id")?;
+    let doc: String = row.try_get("doc")?;
+    let version: i64 = row.try_get("version")?;
+    match serde_json::from_str(&doc) {
+        Ok(rule) => Ok(Versioned { rule, version }),
+        Err(source) => Err(StoreError::Corrupt { id, source }),
+    }
+}
+
+impl RuleStore {
+    /// Opens the store named by `url` and brings its schema up to date, so that a fresh SQLite
+    /// file or an empty PostgreSQL database is ready for use without a separate setup step.
+    ///
+    /// For SQLite the file and its parent directory are created when missing, and the file is
+    /// switched to WAL so that readers do not block the writer; concurrent writers wait
+    /// (busy timeout) instead of failing.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        install_drivers();
+        let engine = Engine::of(url)?;
+        let pool = match engine {
+            Engine::Sqlite => connect_sqlite(url).await?,
+            Engine::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(POSTGRES_MAX_CONNECTIONS)
+                    .connect(url)
+                    .await?
+            }
+        };
+        MIGRATOR.run(&pool).await?;
+        tracing::info!(engine = ?engine, "rule store ready");
+        Ok(RuleStore { pool })
+    }
+
+    /// Hands out the numbers behind generated rule ids (`dev-00000001`): 1, 2, 3, ... Each
+    /// number is given out once, also to concurrent callers and replicas and across restarts,
+    /// because the increment and the read are one atomic statement on a persisted counter.
+    /// Numbers taken by a failed create are not reused (gaps are fine, repeats are not).
+    pub async fn next_id(&self) -> Result<u64, StoreError> {
+        let value: Option<i64> = sqlx::query_scalar(
+            "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
+        )
+        .bind(RULE_ID_SEQUENCE)
+        .fetch_optional(&self.pool)
+        .await?;
+        // The row is seeded by the migration; without it the schema is not ours.
+        let value = value.ok_or(sqlx::Error::RowNotFound)?;
+        u64::try_from(value).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
+    }
+
+    /// Stores a new rule at version 1. The database's primary key decides duplicates (no
+    /// read before the write), so two concurrent creates of one id cannot both succeed.
+    pub async fn insert(&self, rule: &Rule) -> Result<Versioned, StoreError> {
+        let doc = encode(rule)?;
+        let result = sqlx::query(
+            "INSERT INTO rules (id, domain, doc, version, updated_at) VALUES ($1, $2, $3, 1, $4)",
+        )
+        .bind(&rule.id)
+        .bind(&rule.filter.domain)
+        .bind(doc)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(Versioned {
+                rule: rule.clone(),
+                version: 1,
+            }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::AlreadyExists(rule.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads one rule. A row whose document no longer parses is [`StoreError::Corrupt`], so
+    /// that the caller can tell "missing" from "unreadable".
+    pub async fn get(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
+        let row = sqlx::query("SELECT id, doc, version FROM rules WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Reads every rule, ordered by id (byte order, the same on both engines whatever the
+    /// PostgreSQL collation, hence sorted here rather than by SQL).
+    ///
+    /// A row whose document no longer parses is skipped with a warning rather than failing the
+    /// whole list: one bad row must not stop the engine from loading every other rule.
+    pub async fn list(&self) -> Result<Vec<Versioned>, StoreError> {
+        let rows = sqlx::query("SELECT id, doc, version FROM rules")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rules = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode(row) {
+                Ok(rule) => rules.push(rule),
+                Err(StoreError::Corrupt { id, source }) => {
+                    tracing::warn!(rule = %id, error = %source, "skipping unreadable stored rule");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        rules.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
+        Ok(rules)
+    }
+
+    /// Replaces the rule with `rule.id` if its row is still at `expected_version` and returns
+    /// the new version. Otherwise [`StoreError::Conflict`]: the caller re-reads (and re-checks
+    /// authorization against the domain it finds) and tries again. A rule removed since it was
+    /// read is also a `Conflict`; the re-read then finds nothing.
+    pub async fn update(
+        &self,
+        rule: &Rule,
+        expected_version: i64,
+    ) -> Result<Versioned, StoreError> {
+        let doc = encode(rule)?;
+        let version: Option<i64> = sqlx::query_scalar(
+            "UPDATE rules SET domain = $1, doc = $2, version = version + 1, updated_at = $3 \
+             WHERE id = $4 AND version = $5 RETURNING version",
+        )
+        .bind(&rule.filter.domain)
+        .bind(doc)
+        .bind(now_ms())
+        .bind(&rule.id)
+        .bind(expected_version)
+        .fetch_optional(&self.pool)
+        .await?;
+        match version {
+            Some(version) => Ok(Versioned {
+                rule: rule.clone(),
+                version,
+            }),
+            None => Err(StoreError::Conflict(rule.id.clone())),
+        }
+    }
+
+    /// Deletes a rule and says whether there was one. With `expected_version`, the delete only
+    /// happens if the row is still at that version (else [`StoreError::Conflict`]), so that a
+    /// delete authorized against an old domain cannot remove a rule that moved meanwhile.
+    pub async fn remove(
+        &self,
+        id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let Some(expected) = expected_version else {
+            let done = sqlx::query("DELETE FROM rules WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(done.rows_affected() > 0);
+        };
+        let done = sqlx::query("DELETE FROM rules WHERE id = $1 AND version = $2")
+            .bind(id)
+            .bind(expected)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        // Nothing deleted: tell a missing rule from one that moved on.
+        let still_there = sqlx::query("SELECT version FROM rules WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if still_there {
+            Err(StoreError::Conflict(id.to_owned()))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// A round trip to the database, for `/readyz`: the service is not ready while it cannot
+    /// read its rules.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.execute("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {
+    let target = SqliteTarget::parse(url)?;
+    if let Some(dir) = target.file.as_deref().and_then(|file| file.parent()) {
+        if !dir.as_os_str().is_empty() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| StoreError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    // The Any driver builds SQLite options from the URL alone, which cannot carry the busy
+    // timeout; set it on every new connection instead.
+    let options = AnyPoolOptions::new().after_connect(|conn, _meta| {
+        Box::pin(async move {
+            let pragma = format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis());
+            conn.execute(pragma.as_str()).await?;
+            Ok(())
+        })
+    });
+    let options = if target.file.is_some() {
+        options.max_connections(SQLITE_MAX_CONNECTIONS)
+    } else {
+        // Through the Any driver every new connection to `:memory:` opens a fresh, empty
+        // database: keep exactly one connection, forever.
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    };
+    let pool = options.connect(&target.url).await?;
+    if target.file.is_some() {
+        // WAL is a property of the file, so setting it once here covers every later
+        // connection; it lets readers run beside the single writer.
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&pool)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite rule store is not in WAL mode");
+        }
+    }
+    Ok(pool)
+}

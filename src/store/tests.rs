@@ -1,0 +1,505 @@
+//! One suite, run against SQLite (a file in a temporary directory) and PostgreSQL (a database
+//! of its own on the server named by `CCSTREAM_TEST_POSTGRES_URL`).
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rule_engine::Rule;
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor};
+use tokio::sync::Barrier;
+
+use super::{RuleStore, SqliteTarget, StoreError};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database that lives as long as the test: a temporary directory for SQLite, a database of
+/// its own for PostgreSQL (dropped when the guard is).
+struct TestDb {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _postgres: Option<PgDatabase>,
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // A missing parent directory: connect must create it.
+        let file = dir.path().join("nested").join("rules.db");
+        TestDb {
+            url: format!("sqlite://{}", file.display()),
+            _dir: Some(dir),
+            _postgres: None,
+        }
+    }
+
+    async fn postgres() -> TestDb {
+        let db = PgDatabase::create().await;
+        TestDb {
+            url: db.url.clone(),
+            _dir: None,
+            _postgres: Some(db),
+        }
+    }
+}
+
+/// A `ccstream_test_<hex>` database, dropped (with its open connections) on drop.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    async fn create() -> PgDatabase {
+        let admin_url = std::env::var("CCSTREAM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin_url}: {e}. These tests need it: start it \
+                 (pg_ctlcluster --skip-systemctl-redirect <version> main start) or point \
+                 CCSTREAM_TEST_POSTGRES_URL at a server with trust auth"
+            )
+        });
+        let name = format!("ccstream_test_{}", random_hex());
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = PgConnectOptions::from_str(&admin_url)
+            .expect("parse CCSTREAM_TEST_POSTGRES_URL")
+            .database(&name)
+            .to_url_lossy()
+            .to_string();
+        PgDatabase {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with a
+        // runtime of its own does the async clean-up, also when the test panicked.
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                admin.execute(sql.as_str()).await?;
+                admin.close().await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded randomly per process; time, pid and a counter separate the rest.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", hasher.finish())
+}
+
+fn rule(id: &str, domain: &str) -> Rule {
+    serde_json::from_value(json!({
+        "id": id,
+        "name": format!("rule {id}"),
+        "enabled": true,
+        "filter": {"domain": domain, "thingType": "sensor"},
+        "expression": {"operator": "gt", "resource": "temp", "value": 30},
+        "actions": [{"type": "WEBHOOK", "config": {"url": "https://example.com/hook"}}]
+    }))
+    .expect("valid rule")
+}
+
+async fn connect(db: &TestDb) -> RuleStore {
+    RuleStore::connect(&db.url).await.expect("connect store")
+}
+
+/// Generates one `#[tokio::test]` per backend for each suite function.
+macro_rules! backend_suite {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    super::$case(&db).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::TestDb::postgres().await;
+                    super::$case(&db).await;
+                }
+            )+
+        }
+    };
+}
+
+backend_suite!(
+    crud_round_trip,
+    duplicate_id_is_already_exists,
+    concurrent_duplicate_inserts_one_wins,
+    stale_version_conflicts,
+    next_id_survives_reconnect,
+    concurrent_next_id_is_distinct,
+    concurrent_cas_updates_lose_nothing,
+    corrupt_row_is_reported_not_fatal,
+);
+
+async fn crud_round_trip(db: &TestDb) {
+    let store = connect(db).await;
+    store.ping().await.expect("ping");
+    assert_eq!(store.get("a").await.expect("get missing"), None);
+    assert!(store.list().await.expect("list empty").is_empty());
+
+    // Ids whose byte order differs from typical locale collations.
+    for id in ["a", "B", "_x", "A-1"] {
+        let stored = store.insert(&rule(id, "acme")).await.expect("insert");
+        assert_eq!(stored.version, 1);
+        assert_eq!(stored.rule, rule(id, "acme"));
+    }
+    let got = store.get("a").await.expect("get").expect("present");
+    assert_eq!(got.rule, rule("a", "acme"));
+    assert_eq!(got.version, 1);
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.rule.id)
+        .collect();
+    assert_eq!(ids, ["A-1", "B", "_x", "a"]);
+
+    let mut changed = rule("a", "acme/plant-1");
+    changed.enabled = false;
+    let updated = store.update(&changed, 1).await.expect("update");
+    assert_eq!(updated.version, 2);
+    let got = store.get("a").await.expect("get").expect("present");
+    assert_eq!(got, updated);
+    let domain: String = sqlx::query_scalar("SELECT domain FROM rules WHERE id = $1")
+        .bind("a")
+        .fetch_one(&store.pool)
+        .await
+        .expect("domain column");
+    assert_eq!(
+        domain, "acme/plant-1",
+        "the indexed column follows the document"
+    );
+
+    assert!(store.remove("a", Some(2)).await.expect("remove"));
+    assert_eq!(store.get("a").await.expect("get removed"), None);
+    assert!(!store.remove("a", None).await.expect("remove again"));
+    assert!(store.remove("B", None).await.expect("unconditional remove"));
+    assert_eq!(store.list().await.expect("list").len(), 2);
+}
+
+async fn duplicate_id_is_already_exists(db: &TestDb) {
+    let store = connect(db).await;
+    store.insert(&rule("r1", "acme")).await.expect("insert");
+    match store.insert(&rule("r1", "other")).await {
+        Err(StoreError::AlreadyExists(id)) => assert_eq!(id, "r1"),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    let kept = store.get("r1").await.expect("get").expect("present");
+    assert_eq!(
+        kept.rule.filter.domain, "acme",
+        "the first rule is untouched"
+    );
+    assert_eq!(kept.version, 1);
+}
+
+async fn concurrent_duplicate_inserts_one_wins(db: &TestDb) {
+    let store = connect(db).await;
+    let tasks = 16;
+    let barrier = Arc::new(Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.insert(&rule("same", &format!("domain-{i}"))).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for handle in handles {
+        match handle.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn stale_version_conflicts(db: &TestDb) {
+    let store = connect(db).await;
+    store.insert(&rule("r1", "acme")).await.expect("insert");
+    let v2 = store
+        .update(&rule("r1", "acme/a"), 1)
+        .await
+        .expect("update");
+    assert_eq!(v2.version, 2);
+
+    assert!(matches!(
+        store.update(&rule("r1", "acme/b"), 1).await,
+        Err(StoreError::Conflict(id)) if id == "r1"
+    ));
+    assert!(matches!(
+        store.remove("r1", Some(1)).await,
+        Err(StoreError::Conflict(id)) if id == "r1"
+    ));
+    let kept = store.get("r1").await.expect("get").expect("still there");
+    assert_eq!(kept, v2, "a losing writer changes nothing");
+
+    // Gone since it was read: the caller's retry re-reads and finds nothing.
+    assert!(matches!(
+        store.update(&rule("missing", "acme"), 1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!store.remove("missing", Some(1)).await.expect("remove"));
+}
+
+async fn next_id_survives_reconnect(db: &TestDb) {
+    let store = connect(db).await;
+    for expected in 1..=3 {
+        assert_eq!(store.next_id().await.expect("next_id"), expected);
+    }
+    store.insert(&rule("kept", "acme")).await.expect("insert");
+    store.pool.close().await;
+
+    // A restart: migrations run again (as a no-op) and the counter carries on.
+    let store = connect(db).await;
+    assert_eq!(store.next_id().await.expect("next_id"), 4);
+    assert!(store.get("kept").await.expect("get").is_some());
+}
+
+async fn concurrent_next_id_is_distinct(db: &TestDb) {
+    let store = connect(db).await;
+    let tasks: u64 = 50;
+    let barrier = Arc::new(Barrier::new(50));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.next_id().await
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for handle in handles {
+        let id = handle.await.expect("task").expect("next_id");
+        assert!(ids.insert(id), "id {id} handed out twice");
+    }
+    assert_eq!(ids, (1..=tasks).collect::<BTreeSet<_>>());
+}
+
+async fn concurrent_cas_updates_lose_nothing(db: &TestDb) {
+    let store = connect(db).await;
+    store.insert(&rule("hot", "acme")).await.expect("insert");
+
+    // Round 1: everyone writes against version 1 at once; exactly one may win.
+    let writers = 20;
+    let barrier = Arc::new(Barrier::new(writers));
+    let handles: Vec<_> = (0..writers)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let mut mine = rule("hot", "acme");
+                mine.name = format!("writer {i}");
+                barrier.wait().await;
+                store.update(&mine, 1).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for handle in handles {
+        match handle.await.expect("task") {
+            Ok(v) => winners.push(v),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins version 1");
+    let current = store.get("hot").await.expect("get").expect("present");
+    assert_eq!(current, winners[0]);
+    assert_eq!(current.version, 2);
+
+    // Round 2: read-modify-write loops that retry on Conflict must not lose an increment.
+    let (workers, increments) = (10u64, 5u64);
+    let barrier = Arc::new(Barrier::new(10));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut versions = Vec::new();
+                let mut conflicts = 0u64;
+                while (versions.len() as u64) < increments {
+                    let read = store.get("hot").await?.ok_or(sqlx::Error::RowNotFound)?;
+                    let count: u64 = read
+                        .rule
+                        .description
+                        .as_deref()
+                        .unwrap_or("0")
+                        .parse()
+                        .unwrap_or(0);
+                    let mut next = read.rule.clone();
+                    next.description = Some((count + 1).to_string());
+                    match store.update(&next, read.version).await {
+                        Ok(written) => versions.push(written.version),
+                        Err(StoreError::Conflict(_)) => conflicts += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok::<_, StoreError>((versions, conflicts))
+            })
+        })
+        .collect();
+    let mut versions = BTreeSet::new();
+    let mut conflicts = 0;
+    for handle in handles {
+        let (mine, lost) = handle.await.expect("task").expect("worker");
+        conflicts += lost;
+        for v in mine {
+            assert!(versions.insert(v), "version {v} won twice");
+        }
+    }
+    let successes = workers * increments;
+    let last = store.get("hot").await.expect("get").expect("present");
+    assert_eq!(
+        last.rule.description.as_deref(),
+        Some("50"),
+        "no lost update"
+    );
+    assert_eq!(last.version, 2 + successes as i64);
+    assert_eq!(versions, (3..=last.version).collect::<BTreeSet<_>>());
+    eprintln!("CAS round 2: {successes} updates, {conflicts} conflicts retried");
+}
+
+async fn corrupt_row_is_reported_not_fatal(db: &TestDb) {
+    let store = connect(db).await;
+    for id in ["good-1", "bad", "good-2"] {
+        store.insert(&rule(id, "acme")).await.expect("insert");
+    }
+    sqlx::query("UPDATE rules SET doc = $1 WHERE id = $2")
+        .bind("{\"id\": \"bad\", \"name\": ")
+        .bind("bad")
+        .execute(&store.pool)
+        .await
+        .expect("corrupt a row");
+
+    match store.get("bad").await {
+        Err(StoreError::Corrupt { id, .. }) => assert_eq!(id, "bad"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .expect("list skips the bad row")
+        .into_iter()
+        .map(|v| v.rule.id)
+        .collect();
+    assert_eq!(ids, ["good-1", "good-2"]);
+    // An operator can still clear it out.
+    assert!(store.remove("bad", None).await.expect("remove"));
+}
+
+#[tokio::test]
+async fn unsupported_url_is_refused() {
+    for url in [
+        "mysql://root@localhost/db",
+        "rules.db",
+        "http://example.com",
+    ] {
+        assert!(
+            matches!(
+                RuleStore::connect(url).await,
+                Err(StoreError::UnsupportedUrl(_))
+            ),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_one_database() {
+    let store = RuleStore::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    store.insert(&rule("r1", "acme")).await.expect("insert");
+    // Several round trips on the pool see the same (single) in-memory database.
+    for _ in 0..5 {
+        assert!(store.get("r1").await.expect("get").is_some());
+    }
+    assert_eq!(store.next_id().await.expect("next_id"), 1);
+}
+
+#[test]
+fn sqlite_urls_create_their_file() {
+    let default = SqliteTarget::parse("sqlite://data/ccstream.db").expect("parse");
+    assert_eq!(default.url, "sqlite://data/ccstream.db?mode=rwc");
+    assert_eq!(
+        default.file.as_deref(),
+        Some(std::path::Path::new("data/ccstream.db"))
+    );
+
+    let with_query = SqliteTarget::parse("sqlite:/var/lib/x.db?cache=shared").expect("parse");
+    assert_eq!(with_query.url, "sqlite:/var/lib/x.db?cache=shared&mode=rwc");
+
+    let chosen = SqliteTarget::parse("sqlite://x.db?mode=ro").expect("parse");
+    assert_eq!(
+        chosen.url, "sqlite://x.db?mode=ro",
+        "an explicit mode is kept"
+    );
+
+    let memory = SqliteTarget::parse("sqlite::memory:").expect("parse");
+    assert_eq!(memory.file, None);
+}
+
+#[tokio::test]
+async fn sqlite_file_uses_wal_and_waits_for_writers() {
+    let db = TestDb::sqlite();
+    let store = connect(&db).await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.pool)
+        .await
+        .expect("journal_mode");
+    assert_eq!(mode.to_ascii_lowercase(), "wal");
+    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&store.pool)
+        .await
+        .expect("busy_timeout");
+    assert_eq!(timeout, 10_000);
+}

@@ -1,0 +1,57 @@
+//! Logs (`tracing`, text or JSON) and the Prometheus metrics recorder.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global log subscriber. `RUST_LOG`, when set, wins over `log.level`.
+pub fn init_logs(cfg: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
+        _ => EnvFilter::try_new(&cfg.level)
+            .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", cfg.level))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// Installs the global metrics recorder and returns the handle `/metrics` renders.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "ccstream_api_requests_total",
+        "Invocations of the management API by function, action and outcome (ok or messageKey)"
+    );
+    metrics::describe_histogram!(
+        "ccstream_api_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an invocation"
+    );
+    metrics::describe_counter!(
+        "ccstream_store_errors_total",
+        "Rule store operations that failed"
+    );
+    // Registered at zero so dashboards and tests see the series before the first request.
+    metrics::counter!("ccstream_store_errors_total").absolute(0);
+}
