@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::Body;
+use http_body_util::BodyExt;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -146,36 +147,44 @@ async fn read_payload(
     body: Body,
     limit: usize,
 ) -> Result<Value, ProtocolError> {
-    // Refuse early when the client says up front that the body is too large.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut body = body;
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut too_large = false;
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProtocolError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > limit as u64 {
+            too_large = true;
+            // Answering while the client is still sending makes it see a broken pipe instead
+            // of the 413, so a moderately oversized body is read to its end and dropped.
+            // Beyond the drain limit the connection is cut: that is the client's problem.
+            if received > drain_limit(limit) {
+                break;
+            }
+            continue;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    if too_large {
         return Err(ProtocolError::TooLarge { limit });
     }
-    let bytes: Bytes = to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            ProtocolError::TooLarge { limit }
-        } else {
-            ProtocolError::Body(e.to_string())
-        }
-    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
     serde_json::from_slice(&bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+/// How much of an oversized body is read (and dropped) before answering 413.
+fn drain_limit(limit: usize) -> u64 {
+    (limit as u64).saturating_mul(8).max(8 * 1024 * 1024)
 }
 
 /// The payload must be an object with a known `action`.

@@ -1,5 +1,5 @@
 //! One suite, run against SQLite (a file in a temporary directory) and PostgreSQL (a database
-//! of its own on the server named by `CCSTREAM_TEST_POSTGRES_URL`).
+//! of its own on the server named by `TEST_POSTGRES_URL`).
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -54,13 +54,13 @@ struct PgDatabase {
 
 impl PgDatabase {
     async fn create() -> PgDatabase {
-        let admin_url = std::env::var("CCSTREAM_TEST_POSTGRES_URL")
+        let admin_url = std::env::var("TEST_POSTGRES_URL")
             .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL is unreachable at {admin_url}: {e}. These tests need it: start it \
                  (pg_ctlcluster --skip-systemctl-redirect <version> main start) or point \
-                 CCSTREAM_TEST_POSTGRES_URL at a server with trust auth"
+                 TEST_POSTGRES_URL at a server with trust auth"
             )
         });
         let name = format!("ccstream_test_{}", random_hex());
@@ -70,7 +70,7 @@ impl PgDatabase {
             .expect("create test database");
         admin.close().await.ok();
         let url = PgConnectOptions::from_str(&admin_url)
-            .expect("parse CCSTREAM_TEST_POSTGRES_URL")
+            .expect("parse TEST_POSTGRES_URL")
             .database(&name)
             .to_url_lossy()
             .to_string();
