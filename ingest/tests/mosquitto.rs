@@ -1,0 +1,255 @@
+//! The MQTT source against a real Mosquitto: delivery, manual acks, persistent sessions,
+//! broker restarts and backpressure.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ingest::{AckOutcome, Inbound, MqttSource};
+
+const GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_shadow_updates_and_events() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let cfg = source_config(broker.port, &unique_id("recv"));
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+
+    publish(
+        broker.port,
+        vec![
+            shadow("thing-1", r#"{"state":{"reported":{"temp":21.5}}}"#),
+            shadow("odd:name_x-1", r#"{"state":{"reported":{"on":true}}}"#),
+            (
+                "thing-update/sub1/sub2/thing-2".into(),
+                br#"{"state":{"reported":{"x":1}}}"#.to_vec(),
+            ),
+            (
+                "event/sub1".into(),
+                br#"{"type":"THING.CREATE","source":{"thingName":"t"}}"#.to_vec(),
+            ),
+            // Not routed: the shadow service's answer topics are not subscribed.
+            (
+                "$aws/things/thing-1/shadow/update/accepted".into(),
+                b"{}".to_vec(),
+            ),
+        ],
+    )
+    .await;
+
+    let first = recv(&mut rx).await;
+    assert_eq!(
+        shadow_of(&first),
+        (
+            "thing-1".into(),
+            r#"{"state":{"reported":{"temp":21.5}}}"#.into()
+        )
+    );
+    let Inbound::Shadow { received_at_ms, .. } = &first else {
+        unreachable!()
+    };
+    assert!(*received_at_ms > 1_600_000_000_000);
+    assert_eq!(acker.ack(first.into_ack()), AckOutcome::Sent);
+
+    let second = recv(&mut rx).await;
+    assert_eq!(shadow_of(&second).0, "odd:name_x-1");
+    acker.ack(second.into_ack());
+
+    let third = recv(&mut rx).await;
+    assert_eq!(shadow_of(&third).0, "thing-2");
+    acker.ack(third.into_ack());
+
+    match recv(&mut rx).await {
+        Inbound::Event {
+            topic,
+            payload,
+            ack,
+            ..
+        } => {
+            assert_eq!(topic, "event/sub1");
+            assert!(payload.starts_with(b"{\"type\":\"THING.CREATE\""));
+            assert_eq!(acker.ack(ack), AckOutcome::Sent);
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+    assert_quiet(&mut rx, Duration::from_millis(300)).await;
+    assert_eq!(acker.pending(), 0);
+    assert!(handle.is_connected());
+    handle.shutdown(GRACE).await.unwrap();
+    assert!(!status.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let id = unique_id("redeliver");
+    let cfg = source_config(broker.port, &id);
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+
+    publish(
+        broker.port,
+        (1..=4).map(|i| shadow("t", &format!("m{i}"))).collect(),
+    )
+    .await;
+    let items: Vec<Inbound> = vec![
+        recv(&mut rx).await,
+        recv(&mut rx).await,
+        recv(&mut rx).await,
+        recv(&mut rx).await,
+    ];
+    let payloads: Vec<String> = items.iter().map(|i| shadow_of(i).1).collect();
+    assert_eq!(payloads, ["m1", "m2", "m3", "m4"]);
+    let mut items = items.into_iter();
+    for item in items.by_ref().take(2) {
+        assert_eq!(acker.ack(item.into_ack()), AckOutcome::Sent);
+    }
+    let unacked: Vec<Inbound> = items.collect();
+    handle.shutdown(GRACE).await.unwrap();
+    drop(unacked);
+    drop(rx);
+
+    // Same client id, persistent session: m3 and m4 again, m1 and m2 not.
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let again = vec![recv(&mut rx).await, recv(&mut rx).await];
+    let payloads: Vec<String> = again.iter().map(|i| shadow_of(i).1).collect();
+    assert_eq!(payloads, ["m3", "m4"]);
+    assert_eq!(acker.ack_all(again.into_iter().map(Inbound::into_ack)), 2);
+    assert_quiet(&mut rx, Duration::from_millis(500)).await;
+    handle.shutdown(GRACE).await.unwrap();
+
+    // All acked now: a third start gets nothing.
+    let (mut rx, _acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+    assert_quiet(&mut rx, Duration::from_millis(500)).await;
+    handle.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_stopped_arrive_after_restart() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let cfg = source_config(broker.port, &unique_id("offline"));
+    // The first start creates the session and its subscriptions.
+    let (rx, _acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+    handle.shutdown(GRACE).await.unwrap();
+    drop(rx);
+
+    publish(
+        broker.port,
+        (0..50)
+            .map(|i| shadow(&format!("t{i}"), &format!("{i}")))
+            .collect(),
+    )
+    .await;
+
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    for i in 0..50 {
+        let item = recv(&mut rx).await;
+        assert_eq!(shadow_of(&item), (format!("t{i}"), format!("{i}")));
+        acker.ack(item.into_ack());
+    }
+    assert_quiet(&mut rx, Duration::from_millis(300)).await;
+    handle.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_resubscribes_after_a_broker_restart() {
+    init_tracing();
+    let mut broker = Mosquitto::start();
+    let port = broker.port;
+    let cfg = source_config(port, &unique_id("restart"));
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+
+    publish(port, vec![shadow("before", "1")]).await;
+    let item = recv(&mut rx).await;
+    assert_eq!(shadow_of(&item).0, "before");
+    acker.ack(item.into_ack());
+
+    // A fresh broker on the same port: the session is gone, so only resubscribing helps.
+    broker.kill();
+    wait_until("disconnected", || !status.is_connected()).await;
+    drop(broker);
+    let broker = Mosquitto::start_with(port, "");
+    wait_until("subscribed again", || status.is_subscribed()).await;
+
+    publish(port, vec![shadow("after", "2")]).await;
+    let item = recv(&mut rx).await;
+    assert_eq!(shadow_of(&item), ("after".into(), "2".into()));
+    assert_eq!(acker.ack(item.into_ack()), AckOutcome::Sent);
+    handle.shutdown(GRACE).await.unwrap();
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_does_not_delay_shutdown() {
+    init_tracing();
+    let port = free_port();
+    let cfg = source_config(port, &unique_id("nobroker"));
+    let (_rx, _acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!handle.is_connected());
+    tokio::time::timeout(Duration::from_secs(2), handle.shutdown(GRACE))
+        .await
+        .expect("shutdown took too long")
+        .unwrap();
+}
+
+/// A consumer slower than the broker, with a channel (4) smaller than Mosquitto's window (20):
+/// the source keeps order and loses nothing, and the connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_loses_nothing() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let cfg = ingest::MqttConfig {
+        inflight: 4,
+        ..source_config(broker.port, &unique_id("slow"))
+    };
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+
+    const N: usize = 200;
+    publish(
+        broker.port,
+        (0..N).map(|i| shadow("t", &i.to_string())).collect(),
+    )
+    .await;
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let item = recv(&mut rx).await;
+        assert_eq!(shadow_of(&item).1, i.to_string());
+        batch.push(item.into_ack());
+        if batch.len() == 7 {
+            // A slow "fsync", then the batch is acked in reverse: the Acker keeps the order.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            for token in batch.drain(..).rev() {
+                acker.ack(token);
+            }
+        }
+    }
+    acker.ack_all(batch);
+    assert_eq!(acker.pending(), 0);
+    assert!(status.is_connected());
+    handle.shutdown(GRACE).await.unwrap();
+
+    // Nothing left un-acked in the session.
+    let (mut rx, _acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+    assert_quiet(&mut rx, Duration::from_millis(500)).await;
+    handle.shutdown(GRACE).await.unwrap();
+}

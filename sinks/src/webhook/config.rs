@@ -1,0 +1,279 @@
+//! The `[webhook]` configuration section: defaults in one place, `validate()` names the bad key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+use super::ssrf::{parse_cidr, SsrfPolicy};
+
+/// Default values of [`WebhookConfig`], in one place.
+pub mod defaults {
+    /// Whole-request timeout per attempt, seconds.
+    pub const TIMEOUT_SECS: u64 = 10;
+    /// Attempts per firing, the first included.
+    pub const MAX_ATTEMPTS: u32 = 3;
+    /// First backoff ceiling, milliseconds.
+    pub const BACKOFF_INITIAL_MS: u64 = 200;
+    /// Largest backoff (and `Retry-After`) wait, milliseconds.
+    pub const BACKOFF_MAX_MS: u64 = 10_000;
+    /// Firings waiting in the queue.
+    pub const QUEUE_CAPACITY: usize = 10_000;
+    /// Firings in flight at once.
+    pub const CONCURRENCY: usize = 64;
+    /// Dead-letter directory.
+    pub const DEAD_LETTER_DIR: &str = "data/dead-letter";
+    /// `User-Agent` header.
+    pub const USER_AGENT: &str = concat!("ccstream/", env!("CARGO_PKG_VERSION"));
+}
+
+// Upper bounds that keep a typo from becoming a resource problem.
+const MAX_TIMEOUT_SECS: u64 = 300;
+const MAX_ATTEMPTS_LIMIT: u32 = 20;
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+const MAX_CONCURRENCY: usize = 4_096;
+
+/// The `[webhook]` section: how rule WEBHOOK actions are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Timeout of one attempt in seconds, from connecting to the end of the response (1-300).
+    pub timeout_secs: u64,
+    /// Attempts per firing, the first included (1 = never retry; at most 20). Retried: connection
+    /// errors, timeouts, 429 and 5xx.
+    pub max_attempts: u32,
+    /// Backoff ceiling before the second attempt in ms; it doubles per attempt and the wait is
+    /// drawn uniformly below it (full jitter).
+    pub backoff_initial_ms: u64,
+    /// Cap on one backoff wait in ms; a `Retry-After` from a 429 or 5xx is honoured up to it.
+    pub backoff_max_ms: u64,
+    /// Firings waiting to be sent. When full, new firings are dropped, counted and logged:
+    /// ingest never waits on a webhook.
+    pub queue_capacity: usize,
+    /// Firings in flight at once: a request, or the backoff wait before its retry (1-4096).
+    pub concurrency: usize,
+    /// Allow every destination address, loopback and private ones included (the SSRF guard
+    /// off). Only for deployments where tenants are trusted.
+    pub allow_private: bool,
+    /// Destination ranges allowed although the SSRF guard would refuse them, as CIDRs
+    /// (`"10.1.0.0/16"`, `"127.0.0.1/32"`, `"fd00::/8"`); a bare address means that address.
+    pub allow_cidrs: Vec<String>,
+    /// Directory of the dead-letter files, `webhooks-YYYY-MM-DD.jsonl` (UTC), one JSON object per
+    /// firing that could not be delivered.
+    pub dead_letter_dir: PathBuf,
+    /// `User-Agent` header of every request.
+    pub user_agent: String,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: defaults::TIMEOUT_SECS,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            backoff_initial_ms: defaults::BACKOFF_INITIAL_MS,
+            backoff_max_ms: defaults::BACKOFF_MAX_MS,
+            queue_capacity: defaults::QUEUE_CAPACITY,
+            concurrency: defaults::CONCURRENCY,
+            allow_private: false,
+            allow_cidrs: Vec::new(),
+            dead_letter_dir: PathBuf::from(defaults::DEAD_LETTER_DIR),
+            user_agent: defaults::USER_AGENT.to_owned(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Checks every field; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("timeout_secs", self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
+        in_range(
+            "max_attempts",
+            u64::from(self.max_attempts),
+            1,
+            u64::from(MAX_ATTEMPTS_LIMIT),
+        )?;
+        in_range(
+            "backoff_initial_ms",
+            self.backoff_initial_ms,
+            1,
+            MAX_BACKOFF_MS,
+        )?;
+        in_range("backoff_max_ms", self.backoff_max_ms, 1, MAX_BACKOFF_MS)?;
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(ConfigError::new(
+                "backoff_max_ms",
+                format!(
+                    "must be at least backoff_initial_ms ({}), got {}",
+                    self.backoff_initial_ms, self.backoff_max_ms
+                ),
+            ));
+        }
+        in_range(
+            "queue_capacity",
+            self.queue_capacity as u64,
+            1,
+            MAX_QUEUE_CAPACITY as u64,
+        )?;
+        in_range(
+            "concurrency",
+            self.concurrency as u64,
+            1,
+            MAX_CONCURRENCY as u64,
+        )?;
+        self.allow_nets()?;
+        if self.dead_letter_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("dead_letter_dir", "must not be empty"));
+        }
+        if reqwest::header::HeaderValue::from_str(&self.user_agent).is_err() {
+            return Err(ConfigError::new(
+                "user_agent",
+                "must be visible ASCII text (it is sent as a header)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SSRF policy this section describes.
+    pub fn ssrf_policy(&self) -> Result<SsrfPolicy, ConfigError> {
+        Ok(SsrfPolicy::new(self.allow_private, self.allow_nets()?))
+    }
+
+    /// Timeout of one attempt.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    fn allow_nets(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.allow_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                parse_cidr(entry)
+                    .map_err(|reason| ConfigError::new(format!("allow_cidrs[{i}]"), reason))
+            })
+            .collect()
+    }
+}
+
+fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = WebhookConfig::default();
+        assert_eq!(c.timeout_secs, 10);
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.backoff_initial_ms, 200);
+        assert_eq!(c.backoff_max_ms, 10_000);
+        assert_eq!(c.queue_capacity, 10_000);
+        assert_eq!(c.concurrency, 64);
+        assert!(!c.allow_private);
+        assert!(c.allow_cidrs.is_empty());
+        assert_eq!(c.dead_letter_dir, PathBuf::from("data/dead-letter"));
+        assert!(c.user_agent.starts_with("ccstream/"));
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn empty_section_deserializes_to_defaults() {
+        let c: WebhookConfig = serde_json::from_str("{}").expect("parses");
+        assert_eq!(c, WebhookConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err =
+            serde_json::from_str::<WebhookConfig>(r#"{"timeout":5}"#).expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_is_named() {
+        let c = WebhookConfig {
+            allow_cidrs: vec!["127.0.0.1/32".into(), "10.0.0.0/33".into()],
+            ..WebhookConfig::default()
+        };
+        let err = c.validate().expect_err("bad prefix");
+        assert_eq!(err.key, "allow_cidrs[1]");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("invalid webhook.allow_cidrs[1]: "),
+            "{text}"
+        );
+        assert!(text.contains("10.0.0.0/33"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let cases: Vec<(WebhookConfig, &str)> = vec![
+            (
+                WebhookConfig {
+                    timeout_secs: 0,
+                    ..Default::default()
+                },
+                "timeout_secs",
+            ),
+            (
+                WebhookConfig {
+                    max_attempts: 0,
+                    ..Default::default()
+                },
+                "max_attempts",
+            ),
+            (
+                WebhookConfig {
+                    queue_capacity: 0,
+                    ..Default::default()
+                },
+                "queue_capacity",
+            ),
+            (
+                WebhookConfig {
+                    concurrency: 0,
+                    ..Default::default()
+                },
+                "concurrency",
+            ),
+            (
+                WebhookConfig {
+                    backoff_initial_ms: 500,
+                    backoff_max_ms: 100,
+                    ..Default::default()
+                },
+                "backoff_max_ms",
+            ),
+            (
+                WebhookConfig {
+                    user_agent: "bad\nagent".into(),
+                    ..Default::default()
+                },
+                "user_agent",
+            ),
+            (
+                WebhookConfig {
+                    dead_letter_dir: PathBuf::new(),
+                    ..Default::default()
+                },
+                "dead_letter_dir",
+            ),
+        ];
+        for (config, key) in cases {
+            assert_eq!(config.validate().expect_err(key).key, key);
+        }
+    }
+}

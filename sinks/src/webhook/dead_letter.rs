@@ -1,0 +1,303 @@
+//! Dead letters: firings that could not be delivered, appended as JSON lines to
+//! `<dead_letter_dir>/webhooks-YYYY-MM-DD.jsonl` (UTC date of the failure).
+//!
+//! One small task owns the files and is fed through a bounded channel, so the send loop never
+//! waits on the disk for long. Headers are not written: they often carry credentials, and the
+//! rule's action config holds them for a replay.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::dispatcher::Counters;
+use super::request::WebhookBody;
+use super::telemetry;
+
+/// Dead letters waiting for the writer.
+const CHANNEL_CAPACITY: usize = 1_024;
+/// Most dead letters written in one go.
+const BATCH: usize = 256;
+
+/// One firing that could not be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// When it was given up.
+    pub time: SystemTime,
+    /// The rule that fired.
+    pub rule_id: String,
+    /// The destination.
+    pub url: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The `Idempotency-Key` every attempt carried.
+    pub idempotency_key: String,
+    /// Why it was given up (last status or error, refusal, shutdown).
+    pub reason: String,
+    /// Attempts made (0: never sent).
+    pub attempts: u32,
+    /// Status of the last response, if there was one.
+    pub last_status: Option<u16>,
+    /// The body that was (or would have been) sent.
+    pub body: WebhookBody,
+}
+
+impl DeadLetter {
+    /// The JSON line: `time` (RFC 3339, UTC, ms), `rule_id`, `url`, `method`, `idempotency_key`,
+    /// `reason`, `attempts`, `last_status` (or null), `body_type` (`json`, `text` or `empty`) and
+    /// `body` (the JSON value, the text, or null).
+    pub fn to_json(&self) -> Value {
+        let (body_type, body) = match &self.body {
+            WebhookBody::Empty => ("empty", Value::Null),
+            WebhookBody::Text(text) => ("text", Value::String(text.clone())),
+            WebhookBody::Json(value) => ("json", value.clone()),
+        };
+        json!({
+            "time": rfc3339_utc(self.time),
+            "rule_id": self.rule_id,
+            "url": self.url,
+            "method": self.method,
+            "idempotency_key": self.idempotency_key,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "last_status": self.last_status,
+            "body_type": body_type,
+            "body": body,
+        })
+    }
+}
+
+/// The file a dead letter written at `time` goes to.
+pub fn dead_letter_path(dir: &Path, time: SystemTime) -> PathBuf {
+    dir.join(format!("webhooks-{}.jsonl", utc_date(time)))
+}
+
+/// Starts the writer task; it ends when every sender is dropped and what they sent is written.
+pub(crate) fn spawn_writer(
+    dir: PathBuf,
+    counters: Arc<Counters>,
+) -> (mpsc::Sender<DeadLetter>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let task = tokio::spawn(
+        Writer {
+            dir,
+            file: None,
+            counters,
+        }
+        .run(rx),
+    );
+    (tx, task)
+}
+
+struct Writer {
+    dir: PathBuf,
+    /// The open file and its date; reopened when the UTC date changes.
+    file: Option<(String, File)>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<DeadLetter>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let mut lines = Vec::new();
+            let mut count = 0_u64;
+            let mut date = String::new();
+            for letter in batch.drain(..) {
+                let letter_date = utc_date(letter.time);
+                if letter_date != date && count > 0 {
+                    self.write(&date, &lines, count).await;
+                    lines.clear();
+                    count = 0;
+                }
+                date = letter_date;
+                if serde_json::to_writer(&mut lines, &letter.to_json()).is_ok() {
+                    lines.push(b'\n');
+                    count += 1;
+                }
+            }
+            if count > 0 {
+                self.write(&date, &lines, count).await;
+            }
+        }
+        if let Some((_, file)) = self.file.take() {
+            let _ = file.sync_all().await;
+        }
+    }
+
+    async fn write(&mut self, date: &str, lines: &[u8], count: u64) {
+        match self.append(date, lines).await {
+            Ok(()) => {
+                self.counters.add_dead_letters(count);
+                telemetry::dead_letters_written(count);
+            }
+            Err(error) => {
+                // Reopen next time: the directory may have been fixed meanwhile.
+                self.file = None;
+                telemetry::dead_letter_write_failed(count);
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    %error,
+                    lost = count,
+                    "cannot write webhook dead letters"
+                );
+            }
+        }
+    }
+
+    async fn append(&mut self, date: &str, lines: &[u8]) -> std::io::Result<()> {
+        if !matches!(&self.file, Some((open_date, _)) if open_date == date) {
+            self.file = None;
+            tokio::fs::create_dir_all(&self.dir).await?;
+            let path = self.dir.join(format!("webhooks-{date}.jsonl"));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
+            self.file = Some((date.to_owned(), file));
+        }
+        if let Some((_, file)) = self.file.as_mut() {
+            file.write_all(lines).await?;
+            file.flush().await?;
+            file.sync_data().await?;
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` of `time` in UTC.
+fn utc_date(time: SystemTime) -> String {
+    let (y, m, d, ..) = utc_parts(time);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339_utc(time: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, ms) = utc_parts(time);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+fn utc_parts(time: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
+    // A clock before 1970 is a broken clock; write it as the epoch rather than fail.
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    (
+        y,
+        m,
+        d,
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since.subsec_millis(),
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64, ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(
+            rfc3339_utc(at(1_464_081_794, 634)),
+            "2016-05-24T09:23:14.634Z"
+        );
+        assert_eq!(utc_date(at(1_709_251_199, 999)), "2024-02-29");
+        assert_eq!(utc_date(at(1_709_251_200, 0)), "2024-03-01");
+        assert_eq!(
+            dead_letter_path(Path::new("dl"), at(0, 0)),
+            PathBuf::from("dl/webhooks-1970-01-01.jsonl")
+        );
+    }
+
+    fn letter(time: SystemTime, body: WebhookBody) -> DeadLetter {
+        DeadLetter {
+            time,
+            rule_id: "r1".into(),
+            url: "http://example.com/".into(),
+            method: "POST".into(),
+            idempotency_key: "k1".into(),
+            reason: "HTTP 404 (not retried)".into(),
+            attempts: 1,
+            last_status: Some(404),
+            body,
+        }
+    }
+
+    #[test]
+    fn json_line_shape() {
+        let line = letter(at(0, 5), WebhookBody::Json(json!({"a": 1}))).to_json();
+        assert_eq!(
+            line,
+            json!({
+                "time": "1970-01-01T00:00:00.005Z", "rule_id": "r1", "url": "http://example.com/",
+                "method": "POST", "idempotency_key": "k1", "reason": "HTTP 404 (not retried)",
+                "attempts": 1, "last_status": 404, "body_type": "json", "body": {"a": 1}
+            })
+        );
+        let text = letter(at(0, 0), WebhookBody::Text("hi".into())).to_json();
+        assert_eq!(
+            (&text["body_type"], &text["body"]),
+            (&json!("text"), &json!("hi"))
+        );
+    }
+
+    #[tokio::test]
+    async fn writer_appends_lines_per_utc_day() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("nested/dl");
+        let counters = Arc::new(Counters::default());
+        let (tx, task) = spawn_writer(target.clone(), Arc::clone(&counters));
+        let day1 = at(1_709_251_199, 0);
+        let day2 = at(1_709_251_200, 0);
+        for time in [day1, day1, day2] {
+            tx.send(letter(time, WebhookBody::Empty))
+                .await
+                .expect("writer alive");
+        }
+        drop(tx);
+        task.await.expect("writer ends");
+        let read =
+            |time| std::fs::read_to_string(dead_letter_path(&target, time)).expect("file written");
+        let first = read(day1);
+        assert_eq!(first.lines().count(), 2);
+        for line in first.lines() {
+            let value: Value = serde_json::from_str(line).expect("one JSON object per line");
+            assert_eq!(value["rule_id"], "r1");
+        }
+        assert_eq!(read(day2).lines().count(), 1);
+        assert_eq!(counters.snapshot().dead_letters, 3);
+    }
+}

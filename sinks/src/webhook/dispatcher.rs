@@ -1,0 +1,677 @@
+//! The dispatcher: a bounded queue, one worker loop that owns it, and at most `concurrency`
+//! firings in flight (a semaphore permit per firing, held through its retries).
+//!
+//! ```text
+//! rule engine ─try_enqueue─▶ [bounded mpsc] ─▶ worker loop ─permit─▶ firing task ─▶ reqwest
+//!   (never waits;                                   │                    │ retries, backoff
+//!    overflow counted)                              │                    ▼
+//!                                                   └── shutdown ─▶ dead-letter writer task
+//! ```
+//!
+//! Shutdown: [`WebhookHandle::close`] (or dropping every handle) stops intake at once; what is
+//! queued and in flight keeps being delivered until the drain deadline; anything still
+//! undelivered then is written as a dead letter, never dropped silently.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::RETRY_AFTER;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::config::WebhookConfig;
+use super::dead_letter::{self, DeadLetter};
+use super::error::{EnqueueError, WebhookError};
+use super::request::{Prepared, WebhookRequest};
+use super::resolve::{GuardedResolver, ResolveError};
+use super::retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
+use super::ssrf::{check_before_send, Refusal, SsrfPolicy};
+use super::telemetry;
+
+/// Drain deadline used when every handle is dropped without [`WebhookHandle::close`].
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Overflow and failure warnings are logged at most this often (with a count of the rest).
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most response-body bytes read (and thrown away) so a keep-alive connection can be reused.
+const MAX_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Counts since start, for tests, health checks and the summary returned at shutdown.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Firings taken into the queue.
+    pub enqueued: u64,
+    /// Firings dropped because the queue was full.
+    pub overflowed: u64,
+    /// HTTP attempts made.
+    pub attempts: u64,
+    /// Firings delivered (a 2xx).
+    pub delivered: u64,
+    /// Firings given up (final status, attempts exhausted, invalid, or shutdown).
+    pub failed: u64,
+    /// Firings refused by the SSRF guard.
+    pub refused: u64,
+    /// Of the failed: still undelivered when the drain deadline passed.
+    pub abandoned: u64,
+    /// Dead letters written to disk.
+    pub dead_letters: u64,
+}
+
+/// The atomics behind [`WebhookStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    enqueued: AtomicU64,
+    overflowed: AtomicU64,
+    attempts: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    refused: AtomicU64,
+    abandoned: AtomicU64,
+    dead_letters: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_dead_letters(&self, count: u64) {
+        self.dead_letters.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> WebhookStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WebhookStats {
+            enqueued: get(&self.enqueued),
+            overflowed: get(&self.overflowed),
+            attempts: get(&self.attempts),
+            delivered: get(&self.delivered),
+            failed: get(&self.failed),
+            refused: get(&self.refused),
+            abandoned: get(&self.abandoned),
+            dead_letters: get(&self.dead_letters),
+        }
+    }
+}
+
+/// Lets one warning through per [`LOG_EVERY`] and counts the ones it holds back.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    // A std mutex, only ever `try_lock`ed and never held across an await: producers on the
+    // ingest path must not wait for it.
+    last: Mutex<Option<std::time::Instant>>,
+    held_back: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(n)`: log now, `n` events (this one included) since the last log line.
+    fn hit(&self) -> Option<u64> {
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.try_lock().ok()?;
+        let now = std::time::Instant::now();
+        if last.is_some_and(|then| now.duration_since(then) < LOG_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// What the handles share.
+struct Shared {
+    closed: AtomicBool,
+    /// The drain deadline asked for by `close`; dropped with the last handle, which the worker
+    /// also reads as a close.
+    close_tx: watch::Sender<Option<Duration>>,
+    counters: Arc<Counters>,
+    overflow_log: LogLimiter,
+}
+
+/// The producer side: cheap to clone, never waits.
+#[derive(Clone)]
+pub struct WebhookHandle {
+    tx: mpsc::Sender<WebhookRequest>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WebhookHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookHandle")
+            .field("queue_depth", &self.queue_depth())
+            .field("capacity", &self.tx.max_capacity())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl WebhookHandle {
+    /// Queues a firing without waiting. A full queue drops it: counted in
+    /// `ccstream_webhook_queue_overflow_total` and logged (at most every 10 s).
+    pub fn try_enqueue(&self, request: WebhookRequest) -> Result<(), EnqueueError> {
+        if self.is_closed() {
+            return Err(EnqueueError::Closed);
+        }
+        match self.tx.try_send(request) {
+            Ok(()) => {
+                Counters::bump(&self.shared.counters.enqueued);
+                telemetry::queue_depth(self.queue_depth());
+                Ok(())
+            }
+            Err(TrySendError::Full(request)) => {
+                Counters::bump(&self.shared.counters.overflowed);
+                telemetry::overflow();
+                if let Some(dropped) = self.shared.overflow_log.hit() {
+                    tracing::warn!(
+                        rule = %request.rule_id,
+                        dropped,
+                        capacity = self.tx.max_capacity(),
+                        "webhook queue full: firings dropped (logged at most every 10 s)"
+                    );
+                }
+                Err(EnqueueError::Overflow)
+            }
+            Err(TrySendError::Closed(_)) => Err(EnqueueError::Closed),
+        }
+    }
+
+    /// Stops intake on every clone of this handle at once. The dispatcher delivers what is queued
+    /// and in flight until `drain_deadline` has passed, dead-letters what is left, and its task
+    /// returns. A second call does not move the deadline.
+    pub fn close(&self, drain_deadline: Duration) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.close_tx.send_if_modified(|asked| {
+            let first = asked.is_none();
+            if first {
+                *asked = Some(drain_deadline);
+            }
+            first
+        });
+    }
+
+    /// Whether intake has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Firings waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Counts since start.
+    pub fn stats(&self) -> WebhookStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// Starts webhook dispatchers.
+#[derive(Debug)]
+pub struct WebhookDispatcher;
+
+impl WebhookDispatcher {
+    /// Validates `config`, builds the pooled HTTP client and starts the worker and dead-letter
+    /// tasks (call inside a Tokio runtime). The task returns the final [`WebhookStats`] after
+    /// [`WebhookHandle::close`], or after every handle is dropped (drain deadline
+    /// [`DEFAULT_DRAIN_DEADLINE`]).
+    pub fn start(
+        config: &WebhookConfig,
+    ) -> Result<(WebhookHandle, JoinHandle<WebhookStats>), WebhookError> {
+        config.validate()?;
+        let policy = Arc::new(config.ssrf_policy()?);
+        let client = build_client(config, Arc::clone(&policy))?;
+        let counters = Arc::new(Counters::default());
+        let (dead_letters, writer) =
+            dead_letter::spawn_writer(config.dead_letter_dir.clone(), Arc::clone(&counters));
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (close_tx, close_rx) = watch::channel(None);
+        let ctx = Arc::new(Ctx {
+            client,
+            policy,
+            max_attempts: config.max_attempts,
+            backoff_initial: Duration::from_millis(config.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.backoff_max_ms),
+            timeout: config.timeout(),
+            dead_letters,
+            counters: Arc::clone(&counters),
+            fail_log: LogLimiter::default(),
+        });
+        let worker = Worker {
+            rx,
+            close_rx,
+            ctx,
+            concurrency: config.concurrency,
+            writer,
+            counters: Arc::clone(&counters),
+        };
+        telemetry::queue_depth(0);
+        let task = tokio::spawn(worker.run());
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            close_tx,
+            counters,
+            overflow_log: LogLimiter::default(),
+        });
+        Ok((WebhookHandle { tx, shared }, task))
+    }
+}
+
+/// The one pooled keep-alive client: rustls, whole-request timeout, no redirects, no proxy, and
+/// every host name resolved through the SSRF guard.
+pub fn build_client(
+    config: &WebhookConfig,
+    policy: Arc<SsrfPolicy>,
+) -> Result<reqwest::Client, WebhookError> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(config.timeout())
+        .connect_timeout(config.timeout())
+        // A redirect is the tenant's server choosing a second destination after the check.
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve and connect on our behalf, past the guarded resolver.
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver::new(policy)))
+        .user_agent(config.user_agent.clone())
+        .pool_max_idle_per_host(config.concurrency)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(WebhookError::Client)
+}
+
+/// What every firing task needs.
+struct Ctx {
+    client: reqwest::Client,
+    policy: Arc<SsrfPolicy>,
+    max_attempts: u32,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    timeout: Duration,
+    dead_letters: mpsc::Sender<DeadLetter>,
+    counters: Arc<Counters>,
+    fail_log: LogLimiter,
+}
+
+struct Worker {
+    rx: mpsc::Receiver<WebhookRequest>,
+    close_rx: watch::Receiver<Option<Duration>>,
+    ctx: Arc<Ctx>,
+    concurrency: usize,
+    writer: JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    async fn run(self) -> WebhookStats {
+        let Worker {
+            mut rx,
+            mut close_rx,
+            ctx,
+            concurrency,
+            writer,
+            counters,
+        } = self;
+        let semaphore = Arc::new(Semaphore::new(concurrency));
+        let (abandon_tx, abandon_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut deadline: Option<Instant> = None;
+
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                note_join(done);
+            }
+            // A permit first, then a firing: what waits for a permit waits in the bounded queue.
+            // `biased;` so that a close is seen before more work is taken.
+            let permit = tokio::select! {
+                biased;
+                changed = close_rx.changed(), if deadline.is_none() => {
+                    deadline = Some(start_drain(changed.is_ok(), &close_rx, &mut rx));
+                    continue;
+                }
+                () = sleep_until_opt(deadline) => break,
+                permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let request = tokio::select! {
+                biased;
+                changed = close_rx.changed(), if deadline.is_none() => {
+                    deadline = Some(start_drain(changed.is_ok(), &close_rx, &mut rx));
+                    continue;
+                }
+                () = sleep_until_opt(deadline) => break,
+                request = rx.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            telemetry::queue_depth(rx.len());
+            tasks.spawn(process(
+                Arc::clone(&ctx),
+                request,
+                abandon_rx.clone(),
+                permit,
+            ));
+        }
+
+        // Intake is over (closed and drained, or the deadline passed): let what is in flight
+        // finish until the deadline, then make it give up.
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + DEFAULT_DRAIN_DEADLINE);
+        let finished = tokio::time::timeout_at(deadline, async {
+            while let Some(done) = tasks.join_next().await {
+                note_join(done);
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                in_flight = tasks.len(),
+                "webhook drain deadline passed; undelivered firings go to dead letters"
+            );
+            let _ = abandon_tx.send(true);
+            while let Some(done) = tasks.join_next().await {
+                note_join(done);
+            }
+        }
+        // Firings never taken from the queue: dead letters too, not silently dropped.
+        rx.close();
+        while let Ok(request) = rx.try_recv() {
+            ctx.finish(&request, &Progress::default(), End::Abandoned)
+                .await;
+        }
+        telemetry::queue_depth(0);
+        // The last dead-letter sender goes with `ctx`; the writer then writes what it holds and
+        // ends.
+        drop(ctx);
+        if let Err(error) = writer.await {
+            tracing::error!(%error, "webhook dead-letter writer failed");
+        }
+        let stats = counters.snapshot();
+        tracing::info!(?stats, "webhook dispatcher stopped");
+        stats
+    }
+}
+
+fn start_drain(
+    asked: bool,
+    close_rx: &watch::Receiver<Option<Duration>>,
+    rx: &mut mpsc::Receiver<WebhookRequest>,
+) -> Instant {
+    // `asked`: close() was called; otherwise every handle was dropped.
+    let grace = asked
+        .then(|| *close_rx.borrow())
+        .flatten()
+        .unwrap_or(DEFAULT_DRAIN_DEADLINE);
+    // Refuse new sends but keep what is buffered receivable.
+    rx.close();
+    tracing::info!(
+        queued = rx.len(),
+        grace_ms = grace.as_millis() as u64,
+        "webhook dispatcher draining"
+    );
+    Instant::now() + grace
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn note_join(done: Result<(), JoinError>) {
+    if let Err(error) = done {
+        if error.is_panic() {
+            tracing::error!(%error, "webhook firing task panicked");
+        }
+    }
+}
+
+/// How far one firing got.
+#[derive(Debug, Default)]
+struct Progress {
+    attempts: u32,
+    last_status: Option<u16>,
+}
+
+/// How one firing ended.
+#[derive(Debug)]
+enum End {
+    Delivered,
+    Failed(String),
+    Refused(String),
+    Abandoned,
+}
+
+/// One firing, from its first attempt to its last, holding its concurrency permit throughout.
+async fn process(
+    ctx: Arc<Ctx>,
+    request: WebhookRequest,
+    mut abandon: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!(
+        "webhook",
+        rule = %request.rule_id,
+        key = %request.idempotency_key,
+    );
+    async move {
+        let mut progress = Progress::default();
+        let end = tokio::select! {
+            biased;
+            () = wait_abandon(&mut abandon) => End::Abandoned,
+            end = ctx.deliver(&request, &mut progress) => end,
+        };
+        ctx.finish(&request, &progress, end).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn wait_abandon(abandon: &mut watch::Receiver<bool>) {
+    if abandon.wait_for(|stop| *stop).await.is_err() {
+        // The worker is gone without asking: keep going.
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Ctx {
+    async fn deliver(&self, request: &WebhookRequest, progress: &mut Progress) -> End {
+        let prepared = match request.prepare() {
+            Ok(prepared) => prepared,
+            Err(error) => return End::Failed(format!("invalid request: {error}")),
+        };
+        // reqwest does not resolve IP-literal hosts, so the guarded resolver never sees them.
+        if let Err(refusal) = check_before_send(&prepared.url, &self.policy) {
+            telemetry::attempt(AttemptOutcome::Refused.label(), None);
+            return End::Refused(refusal.to_string());
+        }
+        loop {
+            progress.attempts += 1;
+            Counters::bump(&self.counters.attempts);
+            let started = Instant::now();
+            let (outcome, detail) = self.send_once(&prepared).await;
+            let took = (outcome != AttemptOutcome::Refused).then(|| started.elapsed());
+            telemetry::attempt(outcome.label(), took);
+            if let AttemptOutcome::Status { code, .. } = outcome {
+                progress.last_status = Some(code);
+            }
+            if outcome.is_success() {
+                return End::Delivered;
+            }
+            match classify(&outcome) {
+                Retry::No => {
+                    return match outcome {
+                        AttemptOutcome::Refused => End::Refused(detail),
+                        AttemptOutcome::Status {
+                            code: 300..=399, ..
+                        } => End::Failed(format!("{detail} (redirects are not followed)")),
+                        _ => End::Failed(format!("{detail} (not retried)")),
+                    };
+                }
+                Retry::Yes { .. } if progress.attempts >= self.max_attempts => {
+                    return End::Failed(format!(
+                        "{detail} (gave up after {} attempts)",
+                        progress.attempts
+                    ));
+                }
+                Retry::Yes { after } => {
+                    let wait = retry_delay(
+                        after,
+                        progress.attempts,
+                        self.backoff_initial,
+                        self.backoff_max,
+                        fastrand::f64(),
+                    );
+                    tracing::debug!(
+                        attempt = progress.attempts,
+                        outcome = outcome.label(),
+                        %detail,
+                        wait_ms = wait.as_millis() as u64,
+                        "webhook attempt failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt, classified, with a short description for logs and dead letters.
+    async fn send_once(&self, prepared: &Prepared) -> (AttemptOutcome, String) {
+        let sent = self
+            .client
+            .request(prepared.method.clone(), prepared.url.clone())
+            .headers(prepared.headers.clone())
+            .body(prepared.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(error) => return self.error_outcome(&error),
+        };
+        let code = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_retry_after);
+        // Read (a bounded part of) the body so the connection can return to the pool; what it
+        // says does not matter, and a failure reading it does not change the status.
+        let mut read = 0;
+        while read <= MAX_DRAIN_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+        (
+            AttemptOutcome::Status { code, retry_after },
+            format!("HTTP {code}"),
+        )
+    }
+
+    fn error_outcome(&self, error: &reqwest::Error) -> (AttemptOutcome, String) {
+        // A refusal by the guarded resolver arrives wrapped in hyper's connect error.
+        let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+        while let Some(current) = source {
+            if let Some(refusal) = current.downcast_ref::<Refusal>() {
+                return (AttemptOutcome::Refused, format!("refused: {refusal}"));
+            }
+            if let Some(ResolveError::Refused(refusal)) = current.downcast_ref::<ResolveError>() {
+                return (AttemptOutcome::Refused, format!("refused: {refusal}"));
+            }
+            source = current.source();
+        }
+        if error.is_timeout() {
+            let secs = self.timeout.as_secs();
+            (AttemptOutcome::Timeout, format!("timed out after {secs} s"))
+        } else if error.is_builder() {
+            (AttemptOutcome::Invalid, error_chain(error))
+        } else {
+            (AttemptOutcome::Connect, error_chain(error))
+        }
+    }
+
+    /// Counts the end of a firing; anything but a delivery becomes a dead letter.
+    async fn finish(&self, request: &WebhookRequest, progress: &Progress, end: End) {
+        let reason = match end {
+            End::Delivered => {
+                Counters::bump(&self.counters.delivered);
+                telemetry::delivery("delivered");
+                tracing::debug!(attempts = progress.attempts, "webhook delivered");
+                return;
+            }
+            End::Failed(reason) => {
+                Counters::bump(&self.counters.failed);
+                telemetry::delivery("failed");
+                reason
+            }
+            End::Refused(reason) => {
+                Counters::bump(&self.counters.refused);
+                telemetry::delivery("refused");
+                reason
+            }
+            End::Abandoned => {
+                Counters::bump(&self.counters.failed);
+                Counters::bump(&self.counters.abandoned);
+                telemetry::delivery("failed");
+                format!(
+                    "shutdown: not delivered before the drain deadline ({} attempts made)",
+                    progress.attempts
+                )
+            }
+        };
+        if let Some(similar) = self.fail_log.hit() {
+            tracing::warn!(
+                rule = %request.rule_id,
+                %reason,
+                attempts = progress.attempts,
+                similar,
+                "webhook firing not delivered; written as a dead letter (logged at most every 10 s)"
+            );
+        }
+        let letter = DeadLetter {
+            time: SystemTime::now(),
+            rule_id: request.rule_id.clone(),
+            url: request.url.clone(),
+            method: request.method.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            reason,
+            attempts: progress.attempts,
+            last_status: progress.last_status,
+            body: request.body.clone(),
+        };
+        // Waits only while the writer's bounded channel is full; this task holds one permit.
+        if self.dead_letters.send(letter).await.is_err() {
+            tracing::error!(rule = %request.rule_id, "webhook dead-letter writer is gone; firing lost");
+        }
+    }
+}
+
+/// `outer: inner: innermost`, without repeats, at most 400 characters.
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = Some(error);
+    while let Some(current) = source {
+        let text = current.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        source = current.source();
+    }
+    let mut joined = parts.join(": ");
+    if joined.len() > 400 {
+        let cut = (0..=400)
+            .rev()
+            .find(|&i| joined.is_char_boundary(i))
+            .unwrap_or(0);
+        joined.truncate(cut);
+    }
+    joined
+}

@@ -1,0 +1,55 @@
+//! Errors of the webhook sink. Expected outcomes of a delivery (a 404, a timeout, a refused
+//! address) are not errors of the API: they are counted and dead-lettered by the dispatcher.
+
+use super::request::RequestError;
+use super::ssrf::Refusal;
+
+/// Everything the webhook sink's API can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The `[webhook]` configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A rule action's config does not make a webhook request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The SSRF guard refuses the destination.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The dispatcher did not take the firing.
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
+}
+
+/// A bad `[webhook]` setting; the message names the key (`webhook.allow_cidrs[1]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid webhook.{key}: {reason}")]
+pub struct ConfigError {
+    /// The key below `webhook.`, with an index for list entries (`allow_cidrs[1]`).
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why [`WebhookHandle::try_enqueue`](super::WebhookHandle::try_enqueue) did not take a firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The queue is full: the firing is dropped, counted and logged (ingest never waits).
+    #[error("webhook queue is full; firing dropped")]
+    Overflow,
+    /// The dispatcher is shutting down or gone.
+    #[error("webhook dispatcher is shut down")]
+    Closed,
+}

@@ -1,0 +1,33 @@
+//! The WEBHOOK sink: sends rule firings over HTTP without ever making ingest wait.
+//!
+//! - [`config`]: the `[webhook]` section ([`WebhookConfig`]), defaults and validation.
+//! - [`request`]: [`WebhookRequest`], built from a rule action's template-filled config.
+//! - [`ssrf`]: the SSRF guard ([`SsrfPolicy`], [`check_url_now`] for rule CREATE/UPDATE time).
+//! - [`resolve`]: [`GuardedResolver`], reqwest's DNS resolver, which checks every resolved
+//!   address and connects only to checked ones.
+//! - [`retry`]: which outcomes are retried and how long to wait (pure functions).
+//! - [`dispatcher`]: the bounded queue, the worker with its concurrency limit, shutdown.
+//! - [`dead_letter`]: JSON-lines records of firings that could not be delivered.
+//! - [`telemetry`]: metric names.
+
+pub mod config;
+pub mod dead_letter;
+pub mod dispatcher;
+pub mod error;
+pub mod request;
+pub mod resolve;
+pub mod retry;
+pub mod ssrf;
+pub mod telemetry;
+
+pub use config::WebhookConfig;
+pub use dead_letter::{dead_letter_path, DeadLetter};
+pub use dispatcher::{
+    build_client, WebhookDispatcher, WebhookHandle, WebhookStats, DEFAULT_DRAIN_DEADLINE,
+};
+pub use error::{ConfigError, EnqueueError, WebhookError};
+pub use request::{RequestError, WebhookBody, WebhookRequest};
+pub use resolve::{resolve_checked, GuardedResolver, ResolveError};
+pub use retry::{backoff, classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
+pub use ssrf::{check_url_now, parse_cidr, Reason, Refusal, SsrfPolicy};
+pub use telemetry::describe_metrics;

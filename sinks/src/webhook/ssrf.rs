@@ -1,0 +1,591 @@
+//! The SSRF guard: which destination addresses a tenant's webhook may reach.
+//!
+//! Two checks share one policy. [`check_url_now`] tells the tenant at rule CREATE/UPDATE time
+//! what can be known without DNS (scheme, IP-literal hosts, `localhost` names). At send time the
+//! dispatcher checks IP-literal hosts itself (reqwest does not resolve them) and every host name
+//! goes through [`GuardedResolver`](super::GuardedResolver), which checks every resolved address
+//! and hands reqwest only checked ones, so the connection goes to the address that was judged
+//! (no second lookup for a rebinding DNS server to answer differently).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use url::{Host, Url};
+
+/// Why an address is refused: the special range it lies in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// 127.0.0.0/8, ::1.
+    Loopback,
+    /// RFC 1918: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16.
+    Private,
+    /// fc00::/7.
+    UniqueLocal,
+    /// fec0::/10 (deprecated, still routed privately by some networks).
+    SiteLocal,
+    /// 169.254.0.0/16 (cloud metadata services live here), fe80::/10.
+    LinkLocal,
+    /// 0.0.0.0, :: (many stacks connect these to the local host).
+    Unspecified,
+    /// 0.0.0.0/8 other than 0.0.0.0.
+    ThisNetwork,
+    /// 100.64.0.0/10, carrier-grade NAT (RFC 6598).
+    SharedCgnat,
+    /// 255.255.255.255.
+    Broadcast,
+    /// 224.0.0.0/4, ff00::/8.
+    Multicast,
+    /// 240.0.0.0/4 (reserved for future use).
+    Reserved,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Loopback => "a loopback address",
+            Reason::Private => "a private (RFC 1918) address",
+            Reason::UniqueLocal => "a unique local (fc00::/7) address",
+            Reason::SiteLocal => "a site-local (fec0::/10) address",
+            Reason::LinkLocal => "a link-local address",
+            Reason::Unspecified => "the unspecified address",
+            Reason::ThisNetwork => "a 'this network' (0.0.0.0/8) address",
+            Reason::SharedCgnat => "a carrier-grade NAT (100.64.0.0/10) address",
+            Reason::Broadcast => "the broadcast address",
+            Reason::Multicast => "a multicast address",
+            Reason::Reserved => "a reserved (240.0.0.0/4) address",
+        })
+    }
+}
+
+const HOW_TO_ALLOW: &str = "set webhook.allow_private or webhook.allow_cidrs to allow it";
+
+/// Why a webhook destination is refused. The message is meant for the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The URL does not parse or has no host.
+    #[error("webhook url {url} is not a valid URL: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A scheme other than http or https.
+    #[error("webhook url {url} uses the {scheme} scheme; only http and https are allowed")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// An IP-literal host in a refused range.
+    #[error("webhook url {url} points to {reason}; {HOW_TO_ALLOW}")]
+    Address {
+        /// The URL as given.
+        url: String,
+        /// The address in the URL.
+        ip: IpAddr,
+        /// The range it lies in.
+        reason: Reason,
+    },
+    /// `localhost` or a name below `.localhost` (RFC 6761: always the local host).
+    #[error("webhook url {url} names the local host ({host}), a loopback address; {HOW_TO_ALLOW}")]
+    LocalName {
+        /// The URL as given.
+        url: String,
+        /// The host name.
+        host: String,
+    },
+    /// A host name with a resolved address in a refused range (the whole name is refused).
+    #[error("webhook host {host} resolves to {ip}, {reason}; {HOW_TO_ALLOW}")]
+    Resolved {
+        /// The host name.
+        host: String,
+        /// The refused address it resolved to.
+        ip: IpAddr,
+        /// The range that address lies in.
+        reason: Reason,
+    },
+}
+
+/// What the guard allows: nothing special unless `allow_private`, or the address is in `allow`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SsrfPolicy {
+    allow_private: bool,
+    allow: Vec<IpNet>,
+}
+
+impl SsrfPolicy {
+    /// A policy; `allow_private` allows every address, `allow` allows those ranges.
+    pub fn new(allow_private: bool, allow: Vec<IpNet>) -> Self {
+        Self {
+            allow_private,
+            allow: allow.into_iter().map(|net| net.trunc()).collect(),
+        }
+    }
+
+    /// The default: refuse every special range.
+    pub fn strict() -> Self {
+        Self::default()
+    }
+
+    /// Everything allowed (the guard off).
+    pub fn allow_all() -> Self {
+        Self::new(true, Vec::new())
+    }
+
+    /// Why `ip` is refused under this policy, or `None` when it may be reached.
+    ///
+    /// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) and NAT64 (`64:ff9b::/96`)
+    /// addresses are judged by the IPv4 address they carry.
+    pub fn is_refused(&self, ip: IpAddr) -> Option<Reason> {
+        if self.allow_private {
+            return None;
+        }
+        let canonical = embedded_ipv4(ip).map_or(ip, IpAddr::V4);
+        let reason = special_range(canonical)?;
+        let allowed = self
+            .allow
+            .iter()
+            .any(|net| net.contains(&canonical) || net.contains(&ip));
+        (!allowed).then_some(reason)
+    }
+}
+
+/// Parses one `allow_cidrs` entry: `a.b.c.d/n`, `x::y/n`, or a bare address (a /32 or /128).
+pub fn parse_cidr(entry: &str) -> Result<IpNet, String> {
+    let text = entry.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!(
+        "{entry:?} is not a CIDR (expected e.g. \"10.0.0.0/8\", \"fd00::/8\" or a single address)"
+    ))
+}
+
+/// The special range `ip` lies in, if any (no policy applied, no IPv4 unwrapping).
+pub fn special_range(ip: IpAddr) -> Option<Reason> {
+    match ip {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => special_v6(v6),
+    }
+}
+
+fn special_v4(ip: Ipv4Addr) -> Option<Reason> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_unspecified() {
+        Some(Reason::Unspecified)
+    } else if a == 0 {
+        Some(Reason::ThisNetwork)
+    } else if ip.is_loopback() {
+        Some(Reason::Loopback)
+    } else if ip.is_private() {
+        Some(Reason::Private)
+    } else if ip.is_link_local() {
+        Some(Reason::LinkLocal)
+    } else if a == 100 && (b & 0xc0) == 64 {
+        Some(Reason::SharedCgnat)
+    } else if ip.is_broadcast() {
+        Some(Reason::Broadcast)
+    } else if ip.is_multicast() {
+        Some(Reason::Multicast)
+    } else if a >= 240 {
+        Some(Reason::Reserved)
+    } else {
+        None
+    }
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<Reason> {
+    let first = ip.segments()[0];
+    if ip.is_unspecified() {
+        Some(Reason::Unspecified)
+    } else if ip.is_loopback() {
+        Some(Reason::Loopback)
+    } else if first & 0xfe00 == 0xfc00 {
+        Some(Reason::UniqueLocal)
+    } else if first & 0xffc0 == 0xfe80 {
+        Some(Reason::LinkLocal)
+    } else if first & 0xffc0 == 0xfec0 {
+        Some(Reason::SiteLocal)
+    } else if first & 0xff00 == 0xff00 {
+        Some(Reason::Multicast)
+    } else {
+        None
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for, where it stands for one.
+fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    // IPv4-compatible `::a.b.c.d` (RFC 4291 2.5.5.1, deprecated but still routed by some
+    // stacks); `::` and `::1` are IPv6's own unspecified and loopback addresses.
+    if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(low);
+    }
+    // NAT64 well-known prefix (RFC 6052): a gateway forwards it to the embedded IPv4 address.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low);
+    }
+    None
+}
+
+/// What can be known about a webhook URL at rule CREATE/UPDATE time, without DNS: the scheme,
+/// an IP-literal host (decimal, octal and hex IPv4 forms are normalized by the URL parser first)
+/// and `localhost` names. A URL whose scheme or host holds a `${...}` template variable is
+/// checked only as far as it is fixed; the rest is checked at send time.
+pub fn check_url_now(url: &str, policy: &SsrfPolicy) -> Result<(), Refusal> {
+    let url = url.trim();
+    if url.contains("${") {
+        return check_templated(url, policy);
+    }
+    let parsed = Url::parse(url).map_err(|e| Refusal::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    check_scheme(url, &parsed)?;
+    check_host(url, &parsed, policy, true)
+}
+
+/// The send-time check of a filled URL that reqwest will not resolve through the guarded
+/// resolver: the scheme and an IP-literal host. Host names are judged by the resolver, on the
+/// addresses they actually resolve to.
+pub(crate) fn check_before_send(url: &Url, policy: &SsrfPolicy) -> Result<(), Refusal> {
+    check_scheme(url.as_str(), url)?;
+    check_host(url.as_str(), url, policy, false)
+}
+
+fn check_templated(url: &str, policy: &SsrfPolicy) -> Result<(), Refusal> {
+    // The whole URL, or its scheme, comes from a variable: nothing is fixed yet.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    if scheme.contains("${") {
+        return Ok(());
+    }
+    let scheme_lower = scheme.to_ascii_lowercase();
+    if !matches!(scheme_lower.as_str(), "http" | "https") {
+        return Err(Refusal::Scheme {
+            url: url.to_owned(),
+            scheme: scheme_lower,
+        });
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    if host_port.contains("${") {
+        // Checked at send time, when the host is known.
+        return Ok(());
+    }
+    let fixed = format!("{scheme}://{host_port}/");
+    let parsed = Url::parse(&fixed).map_err(|e| Refusal::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    check_scheme(url, &parsed)?;
+    check_host(url, &parsed, policy, true)
+}
+
+fn check_scheme(original: &str, url: &Url) -> Result<(), Refusal> {
+    match url.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(Refusal::Scheme {
+            url: original.to_owned(),
+            scheme: other.to_owned(),
+        }),
+    }
+}
+
+fn check_host(
+    original: &str,
+    url: &Url,
+    policy: &SsrfPolicy,
+    judge_names: bool,
+) -> Result<(), Refusal> {
+    let refused = |ip: IpAddr| {
+        policy.is_refused(ip).map(|reason| Refusal::Address {
+            url: original.to_owned(),
+            ip,
+            reason,
+        })
+    };
+    match url.host() {
+        None => Err(Refusal::InvalidUrl {
+            url: original.to_owned(),
+            reason: "no host".to_owned(),
+        }),
+        Some(Host::Ipv4(ip)) => refused(IpAddr::V4(ip)).map_or(Ok(()), Err),
+        Some(Host::Ipv6(ip)) => refused(IpAddr::V6(ip)).map_or(Ok(()), Err),
+        Some(Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let local = name == "localhost" || name.ends_with(".localhost");
+            // Judged as the IPv4 loopback it resolves to; the resolver judges the real answer.
+            if judge_names && local && policy.is_refused(IpAddr::V4(Ipv4Addr::LOCALHOST)).is_some()
+            {
+                Err(Refusal::LocalName {
+                    url: original.to_owned(),
+                    host: name,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn special_ranges_are_refused_by_default() {
+        let policy = SsrfPolicy::strict();
+        let cases = [
+            ("127.0.0.1", Reason::Loopback),
+            ("127.255.0.9", Reason::Loopback),
+            ("::1", Reason::Loopback),
+            ("10.1.2.3", Reason::Private),
+            ("172.16.0.1", Reason::Private),
+            ("172.31.255.255", Reason::Private),
+            ("192.168.1.1", Reason::Private),
+            ("fc00::1", Reason::UniqueLocal),
+            ("fdff::1", Reason::UniqueLocal),
+            ("fec0::1", Reason::SiteLocal),
+            ("169.254.169.254", Reason::LinkLocal),
+            ("fe80::1", Reason::LinkLocal),
+            ("0.0.0.0", Reason::Unspecified),
+            ("::", Reason::Unspecified),
+            ("0.1.2.3", Reason::ThisNetwork),
+            ("100.64.0.1", Reason::SharedCgnat),
+            ("100.127.255.255", Reason::SharedCgnat),
+            ("255.255.255.255", Reason::Broadcast),
+            ("224.0.0.1", Reason::Multicast),
+            ("ff02::1", Reason::Multicast),
+            ("240.0.0.1", Reason::Reserved),
+            // IPv4 carried in IPv6 is judged by the IPv4 address.
+            ("::ffff:127.0.0.1", Reason::Loopback),
+            ("::ffff:10.0.0.1", Reason::Private),
+            ("::ffff:169.254.169.254", Reason::LinkLocal),
+            ("::127.0.0.1", Reason::Loopback),
+            ("::10.0.0.1", Reason::Private),
+            ("64:ff9b::a9fe:a9fe", Reason::LinkLocal),
+        ];
+        for (addr, reason) in cases {
+            assert_eq!(policy.is_refused(ip(addr)), Some(reason), "{addr}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        let policy = SsrfPolicy::strict();
+        for addr in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(policy.is_refused(ip(addr)), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn allow_cidrs_and_allow_private() {
+        let nets = vec![
+            parse_cidr("127.0.0.1/32").expect("cidr"),
+            parse_cidr("10.1.0.0/16").expect("cidr"),
+            parse_cidr("fd00::1").expect("bare address"),
+        ];
+        let policy = SsrfPolicy::new(false, nets);
+        assert_eq!(policy.is_refused(ip("127.0.0.1")), None);
+        assert_eq!(policy.is_refused(ip("::ffff:127.0.0.1")), None);
+        assert_eq!(policy.is_refused(ip("127.0.0.2")), Some(Reason::Loopback));
+        assert_eq!(policy.is_refused(ip("10.1.200.3")), None);
+        assert_eq!(policy.is_refused(ip("10.2.0.1")), Some(Reason::Private));
+        assert_eq!(policy.is_refused(ip("fd00::1")), None);
+        assert_eq!(policy.is_refused(ip("fd00::2")), Some(Reason::UniqueLocal));
+        assert_eq!(policy.is_refused(ip("::1")), Some(Reason::Loopback));
+
+        let open = SsrfPolicy::allow_all();
+        for addr in ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.1"] {
+            assert_eq!(open.is_refused(ip(addr)), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn parse_cidr_errors_quote_the_entry() {
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::1/129", ""] {
+            let err = parse_cidr(bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        assert_eq!(
+            parse_cidr(" 10.9.8.7/8 ").expect("host bits are truncated"),
+            parse_cidr("10.0.0.0/8").expect("cidr")
+        );
+    }
+
+    fn refused_now(url: &str) -> Refusal {
+        check_url_now(url, &SsrfPolicy::strict()).expect_err(url)
+    }
+
+    #[test]
+    fn check_url_now_refuses_special_literals() {
+        let cases = [
+            ("http://127.0.0.1/", "127.0.0.1", Reason::Loopback),
+            ("http://127.0.0.1:8080/hook", "127.0.0.1", Reason::Loopback),
+            ("http://10.0.0.5/", "10.0.0.5", Reason::Private),
+            ("http://172.16.3.4/", "172.16.3.4", Reason::Private),
+            ("https://192.168.0.10/x", "192.168.0.10", Reason::Private),
+            (
+                "http://169.254.169.254/latest/meta-data/",
+                "169.254.169.254",
+                Reason::LinkLocal,
+            ),
+            ("http://[::1]/", "::1", Reason::Loopback),
+            ("http://[fe80::1]/", "fe80::1", Reason::LinkLocal),
+            ("http://[fc00::1]/", "fc00::1", Reason::UniqueLocal),
+            (
+                "http://[::ffff:127.0.0.1]/",
+                "::ffff:127.0.0.1",
+                Reason::Loopback,
+            ),
+            (
+                "http://[::ffff:a9fe:a9fe]/",
+                "::ffff:169.254.169.254",
+                Reason::LinkLocal,
+            ),
+            // Decimal, octal and hex IPv4 forms are normalized by the URL parser.
+            ("http://2130706433/", "127.0.0.1", Reason::Loopback),
+            ("http://0177.0.0.1/", "127.0.0.1", Reason::Loopback),
+            ("http://0x7f.1/", "127.0.0.1", Reason::Loopback),
+            ("http://0.0.0.0/", "0.0.0.0", Reason::Unspecified),
+            ("http://0/", "0.0.0.0", Reason::Unspecified),
+            ("http://[::]/", "::", Reason::Unspecified),
+            ("http://100.64.1.1/", "100.64.1.1", Reason::SharedCgnat),
+        ];
+        for (url, addr, reason) in cases {
+            match refused_now(url) {
+                Refusal::Address {
+                    ip: got,
+                    reason: why,
+                    ..
+                } => {
+                    assert_eq!((got, why), (ip(addr), reason), "{url}");
+                }
+                other => panic!("{url}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refusal_message_says_why_and_how() {
+        assert_eq!(
+            refused_now("http://127.0.0.1/").to_string(),
+            "webhook url http://127.0.0.1/ points to a loopback address; \
+             set webhook.allow_private or webhook.allow_cidrs to allow it"
+        );
+        assert!(refused_now("http://169.254.169.254/")
+            .to_string()
+            .contains("a link-local address"));
+    }
+
+    #[test]
+    fn check_url_now_refuses_localhost_names_and_other_schemes() {
+        for url in [
+            "http://localhost/",
+            "http://LOCALHOST:8080/x",
+            "http://api.localhost/",
+            "http://localhost./",
+        ] {
+            assert!(
+                matches!(refused_now(url), Refusal::LocalName { .. }),
+                "{url}"
+            );
+        }
+        for (url, scheme) in [
+            ("ftp://example.com/file", "ftp"),
+            ("file:///etc/passwd", "file"),
+            ("gopher://example.com/", "gopher"),
+        ] {
+            match refused_now(url) {
+                Refusal::Scheme { scheme: got, .. } => assert_eq!(got, scheme),
+                other => panic!("{url}: unexpected {other:?}"),
+            }
+        }
+        assert!(refused_now("ftp://example.com/")
+            .to_string()
+            .contains("only http and https"));
+        assert!(matches!(
+            refused_now("not a url"),
+            Refusal::InvalidUrl { .. }
+        ));
+    }
+
+    #[test]
+    fn check_url_now_passes_public_and_allowed() {
+        let strict = SsrfPolicy::strict();
+        for url in [
+            "https://example.com/hook",
+            "http://93.184.216.34:8080/",
+            "https://[2606:4700::1111]/",
+            "https://hooks.example.com/${thing.thingName}?t=${timestamp}",
+        ] {
+            assert_eq!(check_url_now(url, &strict), Ok(()), "{url}");
+        }
+        let loopback = SsrfPolicy::new(false, vec![parse_cidr("127.0.0.1/32").expect("cidr")]);
+        assert_eq!(check_url_now("http://127.0.0.1:9/", &loopback), Ok(()));
+        assert_eq!(check_url_now("http://localhost:9/", &loopback), Ok(()));
+        assert_eq!(
+            check_url_now("http://[::1]/", &SsrfPolicy::allow_all()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn templated_urls_are_checked_as_far_as_they_are_fixed() {
+        let strict = SsrfPolicy::strict();
+        // Host from a variable: checked at send time.
+        assert_eq!(check_url_now("http://${thing.host}/x", &strict), Ok(()));
+        assert_eq!(check_url_now("https://user:${p}@${h}:80/", &strict), Ok(()));
+        assert_eq!(check_url_now("${rule.url}", &strict), Ok(()));
+        // Fixed parts are still judged.
+        assert!(matches!(
+            check_url_now("http://127.0.0.1/${thing.thingName}", &strict),
+            Err(Refusal::Address { .. })
+        ));
+        assert!(matches!(
+            check_url_now("ftp://${thing.host}/", &strict),
+            Err(Refusal::Scheme { .. })
+        ));
+        assert!(matches!(
+            check_url_now("http://user:${secret}@10.0.0.1/", &strict),
+            Err(Refusal::Address { .. })
+        ));
+    }
+
+    #[test]
+    fn send_time_check_leaves_names_to_the_resolver() {
+        let strict = SsrfPolicy::strict();
+        let url = Url::parse("http://localhost:9/").expect("url");
+        assert_eq!(check_before_send(&url, &strict), Ok(()));
+        let url = Url::parse("http://[::ffff:7f00:1]/").expect("url");
+        assert!(matches!(
+            check_before_send(&url, &strict),
+            Err(Refusal::Address { .. })
+        ));
+    }
+}

@@ -1,0 +1,467 @@
+//! The webhook dispatcher against real HTTP receivers on 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sinks::webhook::{
+    EnqueueError, WebhookConfig, WebhookDispatcher, WebhookHandle, WebhookRequest, WebhookStats,
+};
+use support::{config, dead_letters, firing, payload, Reply, TestServer};
+
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Starts a dispatcher, queues `requests`, closes and waits for the final stats.
+async fn deliver_all(config: &WebhookConfig, requests: Vec<WebhookRequest>) -> WebhookStats {
+    let (handle, task) = WebhookDispatcher::start(config).expect("dispatcher starts");
+    for request in requests {
+        handle.try_enqueue(request).expect("queued");
+    }
+    close_and_wait(handle, task).await
+}
+
+async fn close_and_wait(
+    handle: WebhookHandle,
+    task: tokio::task::JoinHandle<WebhookStats>,
+) -> WebhookStats {
+    handle.close(DRAIN);
+    assert_eq!(
+        handle.try_enqueue(firing(json!({"url": "http://example.com"}), "late")),
+        Err(EnqueueError::Closed)
+    );
+    tokio::time::timeout(DRAIN + Duration::from_secs(5), task)
+        .await
+        .expect("dispatcher stops within its deadline")
+        .expect("dispatcher task")
+}
+
+#[tokio::test]
+async fn delivers_method_headers_and_json_body() {
+    let server = TestServer::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let request = firing(
+        json!({
+            "url": server.url("/hooks/temp?thing=thing-001"),
+            "method": "PUT",
+            "headers": {"X-Token": "s3cret", "X-Count": 3},
+            "body": {"alert": "hot", "value": 51}
+        }),
+        "key-1",
+    );
+    let stats = deliver_all(&config, vec![request]).await;
+    assert_eq!((stats.delivered, stats.failed, stats.attempts), (1, 0, 1));
+
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    let hit = &got[0];
+    assert_eq!(hit.method, "PUT");
+    assert_eq!(hit.path, "/hooks/temp");
+    assert_eq!(hit.header("x-token"), Some("s3cret"));
+    assert_eq!(hit.header("x-count"), Some("3"));
+    assert_eq!(hit.header("content-type"), Some("application/json"));
+    assert_eq!(hit.header("idempotency-key"), Some("key-1"));
+    assert!(hit
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("ccstream/")));
+    assert_eq!(hit.json(), json!({"alert": "hot", "value": 51}));
+    assert!(dead_letters(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn string_body_is_text_and_default_body_is_the_payload() {
+    let server = TestServer::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = firing(
+        json!({"url": server.url("/text"), "body": "temp is 51"}),
+        "k-text",
+    );
+    let default = firing(json!({"url": server.url("/default")}), "k-default");
+    let stats = deliver_all(&config(dir.path()), vec![text, default]).await;
+    assert_eq!(stats.delivered, 2);
+
+    let got = server.received();
+    let text = got
+        .iter()
+        .find(|r| r.path == "/text")
+        .expect("text body sent");
+    assert_eq!(text.method, "POST");
+    assert_eq!(text.body, b"temp is 51");
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let default = got
+        .iter()
+        .find(|r| r.path == "/default")
+        .expect("default body sent");
+    assert_eq!(default.header("content-type"), Some("application/json"));
+    assert_eq!(default.json(), payload());
+}
+
+#[tokio::test]
+async fn retries_after_500_with_the_same_idempotency_key() {
+    let server = TestServer::start(vec![("/flaky", Reply::status(500))], Reply::status(200)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = deliver_all(
+        &config(dir.path()),
+        vec![firing(json!({"url": server.url("/flaky")}), "same-key")],
+    )
+    .await;
+    assert_eq!((stats.delivered, stats.attempts), (1, 2));
+    let got = server.received();
+    assert_eq!(got.len(), 2);
+    for hit in &got {
+        assert_eq!(hit.header("idempotency-key"), Some("same-key"));
+        assert_eq!(hit.json(), payload());
+    }
+    assert!(dead_letters(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn retries_429_after_its_retry_after() {
+    let server = TestServer::start(
+        vec![("/limited", Reply::status(429).header("retry-after", "1"))],
+        Reply::status(204),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Jittered backoff alone would wait at most 1 ms; the 1 s wait is the server's Retry-After.
+    let config = WebhookConfig {
+        backoff_initial_ms: 1,
+        backoff_max_ms: 5_000,
+        ..config(dir.path())
+    };
+    let started = Instant::now();
+    let stats = deliver_all(
+        &config,
+        vec![firing(json!({"url": server.url("/limited")}), "k")],
+    )
+    .await;
+    assert_eq!((stats.delivered, stats.attempts), (1, 2));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_404_is_final_and_dead_lettered() {
+    let server = TestServer::start(Vec::new(), Reply::status(404)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = server.url("/missing");
+    let stats = deliver_all(
+        &config(dir.path()),
+        vec![firing(json!({"url": url, "body": "gone?"}), "k-404")],
+    )
+    .await;
+    assert_eq!(
+        (stats.failed, stats.attempts, stats.dead_letters),
+        (1, 1, 1)
+    );
+    assert_eq!(server.received().len(), 1);
+
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter["rule_id"], "r-1");
+    assert_eq!(letter["url"], json!(url));
+    assert_eq!(letter["method"], "POST");
+    assert_eq!(letter["idempotency_key"], "k-404");
+    assert_eq!(letter["attempts"], 1);
+    assert_eq!(letter["last_status"], 404);
+    assert_eq!(letter["body_type"], "text");
+    assert_eq!(letter["body"], "gone?");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("HTTP 404")),
+        "{letter}"
+    );
+    assert!(letter["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried_then_dead_lettered() {
+    // A port that was free a moment ago and has no listener now.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = deliver_all(
+        &config(dir.path()),
+        vec![firing(
+            json!({"url": format!("http://127.0.0.1:{port}/x")}),
+            "k",
+        )],
+    )
+    .await;
+    assert_eq!((stats.failed, stats.attempts), (1, 3));
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["attempts"], 3);
+    assert_eq!(letters[0]["last_status"], serde_json::Value::Null);
+    assert_eq!(letters[0]["body"], payload());
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out_and_is_retried() {
+    let server =
+        TestServer::start(Vec::new(), Reply::status(200).after(Duration::from_secs(4))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        timeout_secs: 1,
+        max_attempts: 2,
+        ..config(dir.path())
+    };
+    let started = Instant::now();
+    let stats = deliver_all(
+        &config,
+        vec![firing(json!({"url": server.url("/slow")}), "k")],
+    )
+    .await;
+    assert_eq!((stats.failed, stats.attempts), (1, 2));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.received().len(), 2);
+    let letters = dead_letters(dir.path());
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("timed out after 1 s"), "{reason}");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let server = TestServer::start(
+        vec![("/old", Reply::status(302).header("location", "/new"))],
+        Reply::status(200),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = deliver_all(
+        &config(dir.path()),
+        vec![firing(json!({"url": server.url("/old")}), "k")],
+    )
+    .await;
+    assert_eq!((stats.failed, stats.attempts), (1, 1));
+    let got = server.received();
+    assert_eq!(got.len(), 1, "the redirect target was not requested");
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters[0]["last_status"], 302);
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("redirects are not followed"), "{reason}");
+}
+
+#[tokio::test]
+async fn overflow_is_counted_and_never_waits() {
+    let server = TestServer::start(
+        Vec::new(),
+        Reply::status(200).after(Duration::from_millis(300)),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        queue_capacity: 1,
+        concurrency: 1,
+        ..config(dir.path())
+    };
+    let (handle, task) = WebhookDispatcher::start(&config).expect("starts");
+    let started = Instant::now();
+    let mut overflowed = 0;
+    for i in 0..10 {
+        match handle.try_enqueue(firing(
+            json!({"url": server.url("/slow")}),
+            &format!("k{i}"),
+        )) {
+            Ok(()) => {}
+            Err(EnqueueError::Overflow) => overflowed += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "try_enqueue never waits"
+    );
+    assert!(
+        overflowed >= 7,
+        "at most one in flight and one queued (+1 race): {overflowed}"
+    );
+    let stats = close_and_wait(handle, task).await;
+    assert_eq!(stats.overflowed, overflowed);
+    assert_eq!(stats.enqueued, 10 - overflowed);
+    assert_eq!(stats.delivered, stats.enqueued);
+}
+
+#[tokio::test]
+async fn ip_literal_destinations_are_refused_at_send_time() {
+    let server = TestServer::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strict = WebhookConfig {
+        allow_cidrs: Vec::new(),
+        ..config(dir.path())
+    };
+    let requests = vec![
+        firing(json!({"url": server.url("/x")}), "k1"),
+        firing(
+            json!({"url": format!("http://[::ffff:127.0.0.1]:{}/x", server.addr.port())}),
+            "k2",
+        ),
+        firing(
+            json!({"url": format!("http://2130706433:{}/x", server.addr.port())}),
+            "k3",
+        ),
+    ];
+    let stats = deliver_all(&strict, requests).await;
+    assert_eq!((stats.refused, stats.attempts, stats.delivered), (3, 0, 0));
+    assert!(server.received().is_empty(), "nothing reached the server");
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 3);
+    for letter in letters {
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("points to a loopback address"), "{reason}");
+        assert!(reason.contains("webhook.allow_cidrs"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_refused_unless_allowed() {
+    let server = TestServer::ok().await;
+    let url = format!("http://localhost:{}/hook", server.addr.port());
+
+    // Refused by the resolver: the name is fine, the address it resolves to is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strict = WebhookConfig {
+        allow_cidrs: Vec::new(),
+        ..config(dir.path())
+    };
+    let stats = deliver_all(&strict, vec![firing(json!({"url": url}), "k1")]).await;
+    assert_eq!((stats.refused, stats.delivered), (1, 0));
+    assert!(server.received().is_empty());
+    let letters = dead_letters(dir.path());
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("webhook host localhost resolves to"),
+        "{reason}"
+    );
+    assert!(reason.contains("a loopback address"), "{reason}");
+
+    // Delivered once 127.0.0.1/32 is allowed (and ::1 where this machine's localhost has it:
+    // one refused address refuses the whole name).
+    let mut allow = vec!["127.0.0.1/32".to_owned()];
+    let addrs: Vec<_> = tokio::net::lookup_host(("localhost", 0))
+        .await
+        .expect("resolve")
+        .collect();
+    if addrs.iter().any(|a| a.is_ipv6()) {
+        allow.push("::1/128".to_owned());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let allowed = WebhookConfig {
+        allow_cidrs: allow,
+        ..config(dir.path())
+    };
+    let stats = deliver_all(&allowed, vec![firing(json!({"url": url}), "k2")]).await;
+    assert_eq!((stats.delivered, stats.refused), (1, 0));
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn close_drains_what_is_queued() {
+    let server = TestServer::start(
+        Vec::new(),
+        Reply::status(200).after(Duration::from_millis(100)),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        concurrency: 2,
+        ..config(dir.path())
+    };
+    let requests = (0..8)
+        .map(|i| firing(json!({"url": server.url("/d")}), &format!("k{i}")))
+        .collect();
+    let stats = deliver_all(&config, requests).await;
+    assert_eq!((stats.delivered, stats.failed), (8, 0));
+    assert_eq!(server.received().len(), 8);
+}
+
+#[tokio::test]
+async fn what_the_deadline_cuts_off_is_dead_lettered() {
+    let server =
+        TestServer::start(Vec::new(), Reply::status(200).after(Duration::from_secs(3))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        concurrency: 1,
+        ..config(dir.path())
+    };
+    let (handle, task) = WebhookDispatcher::start(&config).expect("starts");
+    for i in 0..3 {
+        handle
+            .try_enqueue(firing(
+                json!({"url": server.url("/slow")}),
+                &format!("k{i}"),
+            ))
+            .expect("queued");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.close(Duration::from_millis(300));
+    let started = Instant::now();
+    let stats = task.await.expect("dispatcher task");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((stats.abandoned, stats.failed, stats.delivered), (3, 3, 0));
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 3);
+    let attempts: Vec<_> = letters.iter().map(|l| l["attempts"].as_u64()).collect();
+    assert!(
+        attempts.contains(&Some(1)),
+        "the in-flight one: {attempts:?}"
+    );
+    assert!(attempts.contains(&Some(0)), "the queued ones: {attempts:?}");
+    for letter in &letters {
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("shutdown"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn dropping_every_handle_drains_too() {
+    let server = TestServer::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, task) = WebhookDispatcher::start(&config(dir.path())).expect("starts");
+    let clone = handle.clone();
+    clone
+        .try_enqueue(firing(json!({"url": server.url("/a")}), "k1"))
+        .expect("queued");
+    handle
+        .try_enqueue(firing(json!({"url": server.url("/b")}), "k2"))
+        .expect("queued");
+    drop(handle);
+    drop(clone);
+    let stats = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("task");
+    assert_eq!(stats.delivered, 2);
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_at_start() {
+    let config = WebhookConfig {
+        allow_cidrs: vec!["300.0.0.0/8".into()],
+        ..WebhookConfig::default()
+    };
+    let err = WebhookDispatcher::start(&config).expect_err("bad cidr");
+    assert!(err.to_string().contains("webhook.allow_cidrs[0]"), "{err}");
+}

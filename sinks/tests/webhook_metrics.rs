@@ -1,0 +1,126 @@
+//! Metric names and labels of the webhook sink, read back from a debugging recorder. One test in
+//! this binary: the recorder is global.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use serde_json::json;
+use sinks::webhook::{describe_metrics, WebhookConfig, WebhookDispatcher};
+use support::{config, firing, Reply, TestServer};
+
+#[tokio::test]
+async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("first recorder in this binary");
+    describe_metrics();
+
+    let server = TestServer::start(
+        vec![
+            ("/missing", Reply::status(404)),
+            ("/flaky", Reply::status(503)),
+        ],
+        Reply::status(200),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, task) = WebhookDispatcher::start(&config(dir.path())).expect("starts");
+    for (path, key) in [("/ok", "a"), ("/missing", "b"), ("/flaky", "c")] {
+        handle
+            .try_enqueue(firing(json!({"url": server.url(path)}), key))
+            .expect("queued");
+    }
+    // 127.0.0.2 is loopback but outside the allowed 127.0.0.1/32: refused before connecting.
+    handle
+        .try_enqueue(firing(
+            json!({"url": format!("http://127.0.0.2:{}/", server.addr.port())}),
+            "d",
+        ))
+        .expect("queued");
+    handle.close(Duration::from_secs(10));
+    task.await.expect("task");
+
+    // A second dispatcher, tiny and slow, to overflow.
+    let slow = TestServer::start(
+        Vec::new(),
+        Reply::status(200).after(Duration::from_millis(200)),
+    )
+    .await;
+    let tiny = WebhookConfig {
+        queue_capacity: 1,
+        concurrency: 1,
+        ..config(dir.path())
+    };
+    let (handle, task) = WebhookDispatcher::start(&tiny).expect("starts");
+    let overflowed = (0..5)
+        .filter(|i| {
+            handle
+                .try_enqueue(firing(json!({"url": slow.url("/")}), &format!("o{i}")))
+                .is_err()
+        })
+        .count() as u64;
+    assert!(overflowed >= 2);
+    handle.close(Duration::from_secs(10));
+    task.await.expect("task");
+
+    let mut counters: HashMap<String, u64> = HashMap::new();
+    let mut histograms: HashMap<String, usize> = HashMap::new();
+    let mut gauges: Vec<String> = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut name = key.name().to_owned();
+        for label in key.labels() {
+            name.push_str(&format!("{{{}={}}}", label.key(), label.value()));
+        }
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(name, n);
+            }
+            DebugValue::Histogram(samples) => {
+                histograms.insert(name, samples.len());
+            }
+            DebugValue::Gauge(_) => gauges.push(name),
+        }
+    }
+    let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    assert_eq!(
+        count("ccstream_webhook_requests_total{outcome=4xx}"),
+        1,
+        "{counters:?}"
+    );
+    assert_eq!(count("ccstream_webhook_requests_total{outcome=5xx}"), 1);
+    assert_eq!(count("ccstream_webhook_requests_total{outcome=refused}"), 1);
+    // /ok, /flaky's retry and the tiny dispatcher's deliveries.
+    let delivered_tiny = 5 - overflowed;
+    assert_eq!(
+        count("ccstream_webhook_requests_total{outcome=2xx}"),
+        2 + delivered_tiny
+    );
+    assert_eq!(
+        count("ccstream_webhook_deliveries_total{result=delivered}"),
+        2 + delivered_tiny
+    );
+    assert_eq!(count("ccstream_webhook_deliveries_total{result=failed}"), 1);
+    assert_eq!(
+        count("ccstream_webhook_deliveries_total{result=refused}"),
+        1
+    );
+    assert_eq!(count("ccstream_webhook_dead_letters_total"), 2);
+    assert_eq!(count("ccstream_webhook_queue_overflow_total"), overflowed);
+    assert!(
+        gauges.contains(&"ccstream_webhook_queue_depth".to_owned()),
+        "{gauges:?}"
+    );
+    let samples = histograms
+        .get("ccstream_webhook_duration_seconds")
+        .copied()
+        .unwrap_or(0) as u64;
+    assert_eq!(
+        samples,
+        4 + delivered_tiny,
+        "one sample per attempt that reached a server"
+    );
+}
