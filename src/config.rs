@@ -26,8 +26,45 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
-    /// The domain tree: every domain but the implicit `root`, with its parent.
+    /// The MQTT source (and the optional embedded broker).
+    pub mqtt: ingest::MqttConfig,
+    /// WEBHOOK actions: timeouts, retries, queue, SSRF guard, dead letters.
+    pub webhook: sinks::webhook::WebhookConfig,
+    /// Rule evaluation.
+    pub engine: EngineConfig,
+    /// The directory of things and domains.
+    pub directory: DirectoryConfig,
+    /// The domain tree: every domain but the implicit `root`, with its parent. Merged with what
+    /// life cycle events and directory imports add.
     pub domains: Vec<DomainEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How often each replica checks the store for rules written through another replica, in
+    /// ms. Rules written through this replica take effect at once.
+    pub rules_poll_ms: u64,
+    /// Most (rule, thing, resource) threshold states kept; beyond it new runs are not tracked
+    /// and are counted (`ccstream_rules_threshold_state_full_total`).
+    pub threshold_max_keys: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            rules_poll_ms: 500,
+            threshold_max_keys: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// A JSON directory snapshot (`{"domains": [...], "things": [...]}`) merged into the stored
+    /// directory at start-up.
+    pub import_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +187,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            level: "info".to_owned(),
+            level: "info,rumqttd=warn".to_owned(),
         }
     }
 }
@@ -188,6 +225,12 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("invalid configuration: {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A section validated by the crate that owns it; its message names the key.
+    #[error("invalid configuration in [{section}]: {reason}")]
+    Section {
+        section: &'static str,
+        reason: String,
+    },
 }
 
 impl Config {
@@ -259,6 +302,17 @@ impl Config {
                 "store.url",
                 "must start with sqlite:// or postgres://",
             ));
+        }
+        self.mqtt.validate().map_err(|e| ConfigError::Section {
+            section: "mqtt",
+            reason: e.to_string(),
+        })?;
+        self.webhook.validate().map_err(|e| ConfigError::Section {
+            section: "webhook",
+            reason: e.to_string(),
+        })?;
+        if self.engine.rules_poll_ms == 0 {
+            return Err(invalid("engine.rules_poll_ms", "must be greater than 0"));
         }
         for d in &self.domains {
             if d.id.is_empty() || d.parent.is_empty() {

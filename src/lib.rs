@@ -5,6 +5,7 @@
 //! Modules:
 //! - [`config`]: the TOML file and `CCSTREAM_*` environment overrides, defaults, validation.
 //! - [`server`]: builds every part and runs until a shutdown signal.
+//! - [`engine`]: MQTT source → rule evaluation → webhooks, rules kept current from the store.
 //! - [`api`]: the Lambda-compatible invoke endpoint and `/healthz`, `/readyz`, `/metrics`.
 //! - [`auth`]: who is calling (none or JWT) and with which role and domain.
 //! - [`store`]: rules in SQLite or PostgreSQL.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod engine;
 pub mod server;
 pub mod shutdown;
 pub mod store;

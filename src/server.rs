@@ -7,22 +7,49 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rule_engine::DomainTree;
+use rule_engine::{Directory, DirectorySnapshot};
+use tokio::sync::Notify;
 
 use crate::api::rule_lambda::RuleApi;
 use crate::api::{router, AppState};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::engine;
 use crate::store::RuleStore;
 
-/// Builds the domain tree of `[[domains]]`, refusing cycles and self-parents by name.
-pub fn domain_tree(config: &Config) -> anyhow::Result<DomainTree> {
-    let mut tree = DomainTree::new();
+/// The directory as the store has it, then `[[domains]]` from the config, then the start-up
+/// import file (stored too, so the next start has it without the file).
+pub async fn load_directory(config: &Config, store: &RuleStore) -> anyhow::Result<Directory> {
+    let stored = store
+        .load_directory()
+        .await
+        .context("loading the directory from the store")?;
+    let mut directory = Directory::from_snapshot(stored).context("the stored directory")?;
     for d in &config.domains {
-        tree.insert(d.id.clone(), d.parent.clone())
+        directory
+            .insert_domain(&d.id, &d.parent)
             .with_context(|| format!("[[domains]] id = {:?}, parent = {:?}", d.id, d.parent))?;
     }
-    Ok(tree)
+    if let Some(path) = &config.directory.import_file {
+        let text = std::fs::read(path)
+            .with_context(|| format!("directory.import_file {}", path.display()))?;
+        let snapshot: DirectorySnapshot = serde_json::from_slice(&text)
+            .with_context(|| format!("directory.import_file {}", path.display()))?;
+        directory
+            .import(snapshot.clone())
+            .with_context(|| format!("directory.import_file {}", path.display()))?;
+        store
+            .import_directory(&snapshot)
+            .await
+            .context("storing the imported directory")?;
+        tracing::info!(
+            file = %path.display(),
+            domains = snapshot.domains.len(),
+            things = snapshot.things.len(),
+            "directory imported"
+        );
+    }
+    Ok(directory)
 }
 
 /// Runs ccstream until `shutdown` completes.
@@ -31,14 +58,36 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let domains = Arc::new(RwLock::new(domain_tree(&config)?));
     let auth = Authenticator::from_config(&config.api)?;
     let store = RuleStore::connect(&config.store.url)
         .await
         .with_context(|| format!("opening the rule store {}", redact(&config.store.url)))?;
+    let directory = Arc::new(RwLock::new(load_directory(&config, &store).await?));
     let id_prefix = (!config.stack.production).then(|| config.stack.name.clone());
-    let rules = RuleApi::new(store.clone(), domains, id_prefix);
-    let state = AppState::new(auth, rules, store, metrics, config.api.max_body_bytes);
+    let ssrf = Arc::new(
+        config
+            .webhook
+            .ssrf_policy()
+            .context("webhook.allow_cidrs")?,
+    );
+    let rules_changed = Arc::new(Notify::new());
+    let rules = RuleApi::new(
+        store.clone(),
+        Arc::clone(&directory),
+        id_prefix,
+        ssrf,
+        Arc::clone(&rules_changed),
+    );
+    let state = AppState::new(
+        auth,
+        rules,
+        store.clone(),
+        Arc::clone(&directory),
+        metrics,
+        config.api.max_body_bytes,
+    );
+    let engine = engine::start(&config, &store, directory, rules_changed).await?;
+    state.set_mqtt_status(engine.mqtt_status());
     let app = router(state, Duration::from_secs(config.api.request_timeout_secs));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -58,17 +107,30 @@ pub async fn run(
     });
     let grace = Duration::from_secs(config.shutdown.grace_secs);
     let server = tokio::spawn(async move { serve.await });
-    // Once the signal arrives, in-flight requests get `grace` to finish.
     tokio::pin!(server);
-    tokio::select! {
-        res = &mut server => res??,
-        _ = drain_rx => {
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(res) => res??,
-                Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, in-flight requests dropped"),
-            }
+    let served = tokio::select! {
+        res = &mut server => Some(res),
+        _ = drain_rx => None,
+    };
+    // From the signal on, the API's in-flight requests and the engine (stop intake, finish
+    // what was taken, drain webhooks) share one grace period.
+    let api = async {
+        match served {
+            Some(res) => res?,
+            None => match tokio::time::timeout(grace, &mut server).await {
+                Ok(res) => res?,
+                Err(_) => {
+                    tracing::warn!(
+                        grace_secs = grace.as_secs(),
+                        "grace period over, in-flight requests dropped"
+                    );
+                    Ok(())
+                }
+            },
         }
-    }
+    };
+    let (api_result, ()) = tokio::join!(api, engine.shutdown(grace));
+    api_result?;
     tracing::info!("ccstream stopped");
     Ok(())
 }

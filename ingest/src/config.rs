@@ -87,10 +87,15 @@ pub struct MqttConfig {
     pub embedded_listen: SocketAddr,
 }
 
+/// Port of the embedded broker by default: 1884, not MQTT's 1883, because 1883 is usually
+/// taken on a machine that also runs a system broker (Debian's `mosquitto` package starts one
+/// there, and the test setup installs it), and the default run must start on such a machine.
+pub const EMBEDDED_DEFAULT_PORT: u16 = 1884;
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            url: "mqtt://127.0.0.1:1883".to_owned(),
+            url: format!("mqtt://127.0.0.1:{EMBEDDED_DEFAULT_PORT}"),
             client_id: None,
             topics: None,
             event_topics: DEFAULT_EVENT_TOPICS.iter().map(|s| s.to_string()).collect(),
@@ -105,7 +110,7 @@ impl Default for MqttConfig {
             reconnect_max_ms: 10_000,
             inflight: 1000,
             embedded: true,
-            embedded_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            embedded_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, EMBEDDED_DEFAULT_PORT)),
         }
     }
 }
@@ -459,13 +464,13 @@ mod tests {
         MqttConfig::default().validate().unwrap();
         external().validate().unwrap();
         let d = MqttConfig::default();
-        assert_eq!(d.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(d.url, "mqtt://127.0.0.1:1884");
         assert_eq!(d.keep_alive_secs, 30);
         assert_eq!(d.max_payload_bytes, 131_072);
         assert_eq!((d.reconnect_initial_ms, d.reconnect_max_ms), (100, 10_000));
         assert_eq!(d.event_topics, vec!["event/#"]);
         assert!(d.embedded);
-        assert_eq!(d.embedded_listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(d.embedded_listen.to_string(), "127.0.0.1:1884");
     }
 
     #[test]
@@ -505,7 +510,7 @@ mod tests {
         let ep = cfg.endpoint("ccstream-dev-host1").unwrap();
         assert_eq!(ep.client_id, "ccstream-dev-host1");
         assert_eq!(ep.options.client_id(), "ccstream-dev-host1");
-        assert_eq!(ep.options.broker_address(), ("127.0.0.1".to_owned(), 1883));
+        assert_eq!(ep.options.broker_address(), ("127.0.0.1".to_owned(), 1884));
         assert!(!ep.tls);
         assert_eq!(derive_client_id("dev", "host 1/ä"), "ccstream-dev-host-1--");
         assert_eq!(
@@ -718,7 +723,8 @@ mod tests {
             ),
             (
                 MqttConfig {
-                    url: "mqtt://127.0.0.1:1884".into(),
+                    // A port other than embedded_listen's while embedded.
+                    url: "mqtt://127.0.0.1:1885".into(),
                     ..MqttConfig::default()
                 },
                 "mqtt.url",

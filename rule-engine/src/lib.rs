@@ -7,6 +7,15 @@
 //!   naming the property and a documented `messageKey` for every failure.
 //! - [`domain`]: the domain tree (id → parent) and the subtree / ancestor questions that
 //!   authorization and rule filters ask of it.
+//! - [`observation`]: parses a shadow update's raw bytes into the resources rules read
+//!   (`state.reported`, sub things), with size and depth limits; bad input is a [`Reject`] value.
+//! - [`directory`]: thing name → thing type and domain, plus the domain tree; life cycle events
+//!   and the bulk import/export format ([`DirectorySnapshot`]).
+//! - [`index`]: enabled rules indexed by thing type and resource ([`RuleIndex`]).
+//! - [`compare`]: the six operators on reported values.
+//! - [`threshold`]: `count` / `interval` state per (rule, thing, resource path), bounded.
+//! - [`template`]: the spec 6.1 rule payload and `${...}` filling of action configs.
+//! - [`eval`]: one observation through index, filter and thresholds to [`Firing`]s ([`Engine`]).
 //!
 //! This crate does no I/O: no network, no files, no clocks it reads itself. Callers pass time in.
 //! That keeps it fast to test and to benchmark.
@@ -18,3 +27,20 @@ pub mod validate;
 pub use domain::{DomainError, DomainTree, Visibility, ROOT};
 pub use rule::{Action, ActionType, Expression, Filter, Operator, Rule, Threshold};
 pub use validate::{validate_rule, Invalid, MessageKey, ValidateMode};
+
+pub mod compare;
+pub mod directory;
+pub mod eval;
+pub mod index;
+mod inline_str;
+pub mod observation;
+pub mod template;
+pub mod threshold;
+
+pub use directory::{
+    Directory, DirectoryChange, DirectorySnapshot, EventError, Thing, ThingChange, ThingInfo,
+};
+pub use eval::{Engine, FilledAction, Firing, Outcome};
+pub use index::RuleIndex;
+pub use observation::{ParseLimits, ParsedObservation, Reject};
+pub use threshold::{Decision, ThresholdState};

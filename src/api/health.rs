@@ -11,17 +11,28 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: the rule store answers. Later stages (MQTT, spool) add their reasons here.
+/// Ready to serve: the rule store answers and the MQTT source is connected and subscribed.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.inner.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed: rule store");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: rule store unreachable\n".to_owned(),
-            )
+    let mut reasons = Vec::new();
+    if let Err(e) = state.inner.store.ping().await {
+        tracing::warn!(error = %e, "readiness check failed: rule store");
+        reasons.push("rule store unreachable");
+    }
+    let mqtt = state.inner.mqtt.read().ok().and_then(|s| s.clone());
+    if let Some(status) = mqtt {
+        if !status.is_connected() {
+            reasons.push("MQTT broker not connected");
+        } else if !status.is_subscribed() {
+            reasons.push("MQTT subscriptions not confirmed");
         }
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        )
     }
 }
 

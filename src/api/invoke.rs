@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use http_body_util::BodyExt;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
 use super::error::{FunctionError, ProtocolError};

@@ -6,20 +6,25 @@
 //! - [`error`]: function errors (spec 1.2) and protocol errors (Lambda's).
 //! - [`health`]: liveness, readiness and Prometheus metrics.
 
+pub mod directory;
 pub mod error;
 pub mod health;
 pub mod invoke;
 pub mod rule_lambda;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+
+use ingest::SourceStatus;
+use rule_engine::Directory;
 
 use crate::auth::Authenticator;
 use crate::store::RuleStore;
@@ -35,8 +40,11 @@ struct Inner {
     auth: Authenticator,
     rules: RuleApi,
     store: RuleStore,
+    directory: Arc<RwLock<Directory>>,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
+    /// The MQTT connection, once the engine runs.
+    mqtt: RwLock<Option<SourceStatus>>,
 }
 
 impl AppState {
@@ -44,6 +52,7 @@ impl AppState {
         auth: Authenticator,
         rules: RuleApi,
         store: RuleStore,
+        directory: Arc<RwLock<Directory>>,
         metrics: PrometheusHandle,
         max_body_bytes: usize,
     ) -> Self {
@@ -52,9 +61,18 @@ impl AppState {
                 auth,
                 rules,
                 store,
+                directory,
                 metrics,
                 max_body_bytes,
+                mqtt: RwLock::new(None),
             }),
+        }
+    }
+
+    /// From now on `/readyz` also needs the MQTT source connected and subscribed.
+    pub fn set_mqtt_status(&self, status: SourceStatus) {
+        if let Ok(mut slot) = self.inner.mqtt.write() {
+            *slot = Some(status);
         }
     }
 }
@@ -65,6 +83,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route(
             "/2015-03-31/functions/{function}/invocations",
             post(invoke::invoke),
+        )
+        .route(
+            "/directory",
+            get(directory::export)
+                .post(directory::import)
+                .layer(DefaultBodyLimit::max(directory::MAX_IMPORT_BYTES)),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -4,8 +4,10 @@
 use std::sync::{Arc, RwLock};
 
 use rule_engine::domain::Visibility;
-use rule_engine::{validate_rule, DomainTree, Rule, ValidateMode};
+use rule_engine::{validate_rule, Directory, Rule, ValidateMode};
 use serde_json::{Map, Value};
+use sinks::webhook::{check_url_now, SsrfPolicy};
+use tokio::sync::Notify;
 
 use super::error::FunctionError;
 use crate::auth::{Caller, Role};
@@ -56,21 +58,31 @@ impl Action {
 #[derive(Clone)]
 pub struct RuleApi {
     store: RuleStore,
-    domains: Arc<RwLock<DomainTree>>,
+    /// The domain tree authorization reads lives in the directory (life cycle events move it).
+    directory: Arc<RwLock<Directory>>,
     /// `Some("dev")` outside production: generated ids are `dev-00000001` (spec 6.2.1.1).
     id_prefix: Option<String>,
+    /// Webhook destinations refused at send time are refused at CREATE/UPDATE too, when the
+    /// URL alone shows it, so the tenant learns why at once.
+    ssrf: Arc<SsrfPolicy>,
+    /// Told after every rule write, so this replica's engine reloads at once.
+    rules_changed: Arc<Notify>,
 }
 
 impl RuleApi {
     pub fn new(
         store: RuleStore,
-        domains: Arc<RwLock<DomainTree>>,
+        directory: Arc<RwLock<Directory>>,
         id_prefix: Option<String>,
+        ssrf: Arc<SsrfPolicy>,
+        rules_changed: Arc<Notify>,
     ) -> Self {
         RuleApi {
             store,
-            domains,
+            directory,
             id_prefix,
+            ssrf,
+            rules_changed,
         }
     }
 
@@ -99,12 +111,11 @@ impl RuleApi {
 
     fn visibility(&self, caller: &Caller, rule_domain: &str) -> Visibility {
         // std RwLock: held only for this lookup, never across an await.
-        match self.domains.read() {
-            Ok(tree) => tree.visibility(&caller.domain, rule_domain),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .visibility(&caller.domain, rule_domain),
-        }
+        let directory = match self.directory.read() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        directory.domains().visibility(&caller.domain, rule_domain)
     }
 
     fn require_writable(&self, caller: &Caller, domain: &str) -> Result<(), FunctionError> {
@@ -118,6 +129,7 @@ impl RuleApi {
 
     async fn create(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
         let mut rule = validate_rule(attributes, ValidateMode::Create)?;
+        self.check_destinations(&rule)?;
         self.require_writable(caller, &rule.filter.domain)?;
         if rule.id.is_empty() {
             let n = self.store.next_id().await.map_err(store_failure)?;
@@ -128,6 +140,7 @@ impl RuleApi {
         }
         match self.store.insert(&rule).await {
             Ok(stored) => {
+                self.rules_changed.notify_one();
                 tracing::info!(rule = %stored.rule.id, user = %caller.user, "rule created");
                 Ok(rule_output(&stored.rule, false))
             }
@@ -163,12 +176,14 @@ impl RuleApi {
 
     async fn update(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
         let rule = validate_rule(attributes, ValidateMode::Update)?;
+        self.check_destinations(&rule)?;
         for _ in 0..CAS_ATTEMPTS {
             let current = self.load(&rule.id).await?;
             self.require_writable(caller, &current.rule.filter.domain)?;
             self.require_writable(caller, &rule.filter.domain)?;
             match self.store.update(&rule, current.version).await {
                 Ok(stored) => {
+                    self.rules_changed.notify_one();
                     tracing::info!(rule = %stored.rule.id, user = %caller.user, "rule updated");
                     return Ok(rule_output(&stored.rule, false));
                 }
@@ -186,6 +201,7 @@ impl RuleApi {
             self.require_writable(caller, &current.rule.filter.domain)?;
             match self.store.remove(id, Some(current.version)).await {
                 Ok(true) => {
+                    self.rules_changed.notify_one();
                     tracing::info!(rule = %id, user = %caller.user, "rule removed");
                     // Spec 6.2.4.2: no output.
                     return Ok(Value::Null);
@@ -197,6 +213,24 @@ impl RuleApi {
             }
         }
         Err(store_failure(StoreError::Conflict(id.to_owned())))
+    }
+
+    /// Refuses webhook URLs that the SSRF guard would refuse whatever DNS says (loopback or
+    /// private IP literals, `localhost`, other schemes). URLs with variables in the host are
+    /// checked when sent.
+    fn check_destinations(&self, rule: &Rule) -> Result<(), FunctionError> {
+        for (i, action) in rule.actions.iter().enumerate() {
+            let Some(url) = action.config.get("url").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Err(refusal) = check_url_now(url, &self.ssrf) {
+                return Err(FunctionError::invalid_arguments(
+                    &format!("actions[{i}].config.url"),
+                    refusal.to_string(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn load(&self, id: &str) -> Result<Versioned, FunctionError> {

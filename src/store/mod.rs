@@ -22,11 +22,15 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor, Row};
 
+mod directory;
 #[cfg(test)]
 mod tests;
 
 /// Name of the counter row behind [`RuleStore::next_id`] (seeded by the first migration).
 const RULE_ID_SEQUENCE: &str = "rule";
+
+/// Counter row bumped with every rule write (seeded by the second migration).
+const RULES_GENERATION: &str = "rules_generation";
 
 /// How long an SQLite writer waits for another one to finish before giving up with
 /// SQLITE_BUSY. Writes here are single short statements, so a wait this long only happens when
@@ -223,6 +227,7 @@ impl RuleStore {
     /// read before the write), so two concurrent creates of one id cannot both succeed.
     pub async fn insert(&self, rule: &Rule) -> Result<Versioned, StoreError> {
         let doc = encode(rule)?;
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO rules (id, domain, doc, version, updated_at) VALUES ($1, $2, $3, 1, $4)",
         )
@@ -230,18 +235,21 @@ impl RuleStore {
         .bind(&rule.filter.domain)
         .bind(doc)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(Versioned {
-                rule: rule.clone(),
-                version: 1,
-            }),
+            Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::AlreadyExists(rule.id.clone()))
+                return Err(StoreError::AlreadyExists(rule.id.clone()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Versioned {
+            rule: rule.clone(),
+            version: 1,
+        })
     }
 
     /// Reads one rule. A row whose document no longer parses is [`StoreError::Corrupt`], so
@@ -287,6 +295,7 @@ impl RuleStore {
         expected_version: i64,
     ) -> Result<Versioned, StoreError> {
         let doc = encode(rule)?;
+        let mut tx = self.pool.begin().await?;
         let version: Option<i64> = sqlx::query_scalar(
             "UPDATE rules SET domain = $1, doc = $2, version = version + 1, updated_at = $3 \
              WHERE id = $4 AND version = $5 RETURNING version",
@@ -296,15 +305,17 @@ impl RuleStore {
         .bind(now_ms())
         .bind(&rule.id)
         .bind(expected_version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match version {
-            Some(version) => Ok(Versioned {
-                rule: rule.clone(),
-                version,
-            }),
-            None => Err(StoreError::Conflict(rule.id.clone())),
-        }
+        let Some(version) = version else {
+            return Err(StoreError::Conflict(rule.id.clone()));
+        };
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Versioned {
+            rule: rule.clone(),
+            version,
+        })
     }
 
     /// Deletes a rule and says whether there was one. With `expected_version`, the delete only
@@ -315,20 +326,30 @@ impl RuleStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let Some(expected) = expected_version else {
-            let done = sqlx::query("DELETE FROM rules WHERE id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-            return Ok(done.rows_affected() > 0);
+        let mut tx = self.pool.begin().await?;
+        let done = match expected_version {
+            None => {
+                sqlx::query("DELETE FROM rules WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            Some(expected) => {
+                sqlx::query("DELETE FROM rules WHERE id = $1 AND version = $2")
+                    .bind(id)
+                    .bind(expected)
+                    .execute(&mut *tx)
+                    .await?
+            }
         };
-        let done = sqlx::query("DELETE FROM rules WHERE id = $1 AND version = $2")
-            .bind(id)
-            .bind(expected)
-            .execute(&self.pool)
-            .await?;
         if done.rows_affected() > 0 {
+            bump_generation(&mut tx).await?;
+            tx.commit().await?;
             return Ok(true);
+        }
+        drop(tx);
+        if expected_version.is_none() {
+            return Ok(false);
         }
         // Nothing deleted: tell a missing rule from one that moved on.
         let still_there = sqlx::query("SELECT version FROM rules WHERE id = $1")
@@ -343,12 +364,31 @@ impl RuleStore {
         }
     }
 
+    /// A number that every rule write increases, on every replica sharing the database: the
+    /// engine compares it with the one its index was built from to know when to reload.
+    pub async fn rules_generation(&self) -> Result<i64, StoreError> {
+        let value: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM id_sequences WHERE name = $1")
+                .bind(RULES_GENERATION)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(value.unwrap_or(0))
+    }
+
     /// A round trip to the database, for `/readyz`: the service is not ready while it cannot
     /// read its rules.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.pool.execute("SELECT 1").await?;
         Ok(())
     }
+}
+
+async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE id_sequences SET value = value + 1 WHERE name = $1")
+        .bind(RULES_GENERATION)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {

@@ -54,8 +54,8 @@ struct PgDatabase {
 
 impl PgDatabase {
     async fn create() -> PgDatabase {
-        let admin_url = std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let admin_url =
+            std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL is unreachable at {admin_url}: {e}. These tests need it: start it \
@@ -174,7 +174,112 @@ backend_suite!(
     concurrent_next_id_is_distinct,
     concurrent_cas_updates_lose_nothing,
     corrupt_row_is_reported_not_fatal,
+    every_rule_write_bumps_the_generation,
+    directory_changes_and_imports_persist,
 );
+
+async fn every_rule_write_bumps_the_generation(db: &TestDb) {
+    let store = connect(db).await;
+    let g0 = store.rules_generation().await.expect("generation");
+    let v = store.insert(&rule("g", "acme")).await.expect("insert");
+    let g1 = store.rules_generation().await.expect("generation");
+    assert!(g1 > g0);
+    // A refused write changes nothing.
+    assert!(matches!(
+        store.insert(&rule("g", "acme")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.update(&rule("g", "other"), v.version + 7).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.rules_generation().await.expect("generation"), g1);
+    store
+        .update(&rule("g", "other"), v.version)
+        .await
+        .expect("update");
+    let g2 = store.rules_generation().await.expect("generation");
+    assert!(g2 > g1);
+    assert!(!store.remove("missing", None).await.expect("remove missing"));
+    assert_eq!(store.rules_generation().await.expect("generation"), g2);
+    assert!(store.remove("g", None).await.expect("remove"));
+    assert!(store.rules_generation().await.expect("generation") > g2);
+}
+
+async fn directory_changes_and_imports_persist(db: &TestDb) {
+    use rule_engine::directory::{Directory, DirectorySnapshot};
+
+    let store = connect(db).await;
+    let snapshot: DirectorySnapshot = serde_json::from_value(json!({
+        "domains": [{"id": "sub1", "parent": "root"}, {"id": "sub2", "parent": "sub1"}],
+        "things": [
+            {"thingName": "t1", "thingType": "Pump", "domain": "sub1"},
+            {"thingName": "t2", "thingType": 7, "domain": "sub2"},
+            {"thingName": "t1", "thingType": "Pump", "domain": "sub2"}
+        ]
+    }))
+    .expect("snapshot");
+    store.import_directory(&snapshot).await.expect("import");
+    let loaded = store.load_directory().await.expect("load");
+    assert_eq!(loaded.domains.len(), 2);
+    assert_eq!(loaded.things.len(), 2);
+    // The later entry for t1 wins, as it would applied one by one.
+    assert_eq!(loaded.things[0].thing_name, "t1");
+    assert_eq!(loaded.things[0].domain, "sub2");
+    assert_eq!(loaded.things[1].thing_type, "7");
+
+    let mut dir = Directory::from_snapshot(loaded).expect("directory");
+    let created = dir
+        .apply_event(
+            "event/root/sub1/sub3",
+            br#"{"type":"THING.CREATE","source":{"thingName":"t3","thingType":"Fan","domain":"sub3"}}"#,
+        )
+        .expect("create event");
+    store
+        .apply_directory_change(&created)
+        .await
+        .expect("store create");
+    let removed = dir
+        .apply_event(
+            "event/root/sub1",
+            br#"{"type":"THING.REMOVE","source":{"thingName":"t2"}}"#,
+        )
+        .expect("remove event");
+    store
+        .apply_directory_change(&removed)
+        .await
+        .expect("store remove");
+
+    let reloaded = store.load_directory().await.expect("reload");
+    assert_eq!(reloaded, dir.export());
+    let names: Vec<_> = reloaded
+        .things
+        .iter()
+        .map(|t| t.thing_name.as_str())
+        .collect();
+    assert_eq!(names, ["t1", "t3"]);
+    assert!(reloaded
+        .domains
+        .iter()
+        .any(|d| d.id == "sub3" && d.parent == "sub1"));
+
+    // A large import goes through in chunks.
+    let many = DirectorySnapshot {
+        domains: vec![],
+        things: (0..2500)
+            .map(|i| rule_engine::directory::ThingEntry {
+                thing_name: format!("bulk-{i:05}"),
+                thing_type: "Pump".to_owned(),
+                domain: "sub1".to_owned(),
+            })
+            .collect(),
+    };
+    store.import_directory(&many).await.expect("bulk import");
+    assert_eq!(
+        store.load_directory().await.expect("load").things.len(),
+        2502
+    );
+}
 
 async fn crud_round_trip(db: &TestDb) {
     let store = connect(db).await;

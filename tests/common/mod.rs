@@ -183,13 +183,23 @@ impl Ccstream {
         let dir = TempDir::new().unwrap();
         let config = dir.path().join("ccstream.toml");
         fs::write(&config, config_toml).unwrap();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // Tests run in parallel: unless a test chooses its broker, each instance gets its own
+        // embedded broker on a free port (kept across restarts).
+        let chooses_mqtt = config_toml.contains("[mqtt]")
+            || env.iter().any(|(k, _)| k.starts_with("CCSTREAM_MQTT__"));
+        if !chooses_mqtt {
+            let mqtt = format!("127.0.0.1:{}", free_port());
+            env.push(("CCSTREAM_MQTT__EMBEDDED_LISTEN".into(), mqtt.clone()));
+            env.push(("CCSTREAM_MQTT__URL".into(), format!("mqtt://{mqtt}")));
+        }
         let mut svc = Ccstream {
             dir,
             config,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             addr,
             child: None,
             client: reqwest::Client::builder()

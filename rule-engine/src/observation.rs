@@ -1,0 +1,1127 @@
+//! Parsing a shadow update (`$aws/things/<thingName>/shadow/update`, spec 9.1) into the resources
+//! rules look at.
+//!
+//! The payload is a JSON object; rules read `state.reported` (DESIGN.md, Semantics): a non-object
+//! value under `reported` is a thing resource, an object is a sub thing whose id is its key and
+//! whose type is its `type` field when that is a string, else `untyped`.
+//!
+//! Two paths produce the same result. The fast path ([`scan`]) is a hand-written scanner for the
+//! common shape (no escapes, no arrays or objects inside resources); it gives up on anything
+//! else, and on anything invalid, and then the serde path parses the payload and decides how to
+//! reject it. Property tests below check that the two agree on every payload the fast path
+//! accepts.
+//!
+//! Why the serde path uses hand-written serde visitors and not `serde_json::Value`: the whole
+//! document is read in one pass and nothing is allocated per key or per value. Keys and strings borrow from the raw
+//! bytes (unless they contain escapes), numbers land in plain `u64`/`i64`/`f64`, and fields rules
+//! never look at (`desired`, `metadata`, …) are skipped. Building a `Value` tree costs a map
+//! node per key and a `String` per string; this parse costs two `Vec`s. A firing, which is rare,
+//! rebuilds the `Value`s the template payload needs from the parsed resources.
+//!
+//! Nesting depth is limited by the visitors themselves (each knows how deep it is), so the
+//! common, shallow payload pays no separate scan for it.
+//!
+//! Bad input is a value ([`Reject`]), never a panic.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+mod scan;
+
+/// The sub thing type of a sub thing without a string `type` field (spec 6.1).
+pub const UNTYPED: &str = "untyped";
+
+/// Why a payload gives no resources to evaluate. [`Reject::as_str`] is a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Reject {
+    /// Larger than [`ParseLimits::max_bytes`]; not parsed at all.
+    #[error("payload larger than the limit")]
+    TooLarge,
+    /// Not valid JSON (including invalid UTF-8 and trailing garbage).
+    #[error("payload is not JSON")]
+    NotJson,
+    /// Valid JSON, but not an object.
+    #[error("payload is not a JSON object")]
+    NotObject,
+    /// An object without an object at `state.reported` (e.g. a `desired`-only update).
+    #[error("payload has no state.reported object")]
+    NoReported,
+    /// Objects and arrays nested deeper than [`ParseLimits::max_depth`].
+    #[error("payload nested too deeply")]
+    TooDeep,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 5] = [
+        Reject::TooLarge,
+        Reject::NotJson,
+        Reject::NotObject,
+        Reject::NoReported,
+        Reject::TooDeep,
+    ];
+
+    /// A stable, lower-case label for metrics (`reason="not_json"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::NotJson => "not_json",
+            Reject::NotObject => "not_object",
+            Reject::NoReported => "no_reported",
+            Reject::TooDeep => "too_deep",
+        }
+    }
+}
+
+/// Limits applied while parsing; the caller owns the size limit (`mqtt.max_payload_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Largest payload parsed, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting of objects and arrays; the top-level object is depth 1, `state` 2,
+    /// `reported` 3, a sub thing 4. Values below 4 are raised to 4, values above
+    /// [`ParseLimits::MAX_DEPTH`] lowered to it.
+    pub max_depth: u32,
+}
+
+impl ParseLimits {
+    /// 128 KiB, the AWS IoT message size limit.
+    pub const DEFAULT_MAX_BYTES: usize = 128 * 1024;
+    pub const DEFAULT_MAX_DEPTH: u32 = 32;
+    /// Kept below serde_json's own recursion limit (128) so that deep input always reports as
+    /// [`Reject::TooDeep`], never as a syntax error.
+    pub const MAX_DEPTH: u32 = 100;
+
+    pub fn new(max_bytes: usize) -> Self {
+        ParseLimits {
+            max_bytes,
+            max_depth: Self::DEFAULT_MAX_DEPTH,
+        }
+    }
+
+    fn depth(&self) -> u32 {
+        self.max_depth.clamp(4, Self::MAX_DEPTH)
+    }
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits::new(Self::DEFAULT_MAX_BYTES)
+    }
+}
+
+/// A resource value as the device sent it. Strings borrow from the payload when they can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceValue<'a> {
+    Null,
+    Bool(bool),
+    /// A non-negative JSON integer.
+    UInt(u64),
+    /// A negative JSON integer.
+    Int(i64),
+    /// A JSON number with a fraction or an exponent.
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// An array (thing or sub thing resource) or an object (sub thing resource).
+    Json(Box<Value>),
+}
+
+impl ResourceValue<'_> {
+    /// The value as JSON, for template payloads.
+    pub fn to_value(&self) -> Value {
+        match self {
+            ResourceValue::Null => Value::Null,
+            ResourceValue::Bool(b) => Value::Bool(*b),
+            ResourceValue::UInt(n) => Value::from(*n),
+            ResourceValue::Int(n) => Value::from(*n),
+            ResourceValue::Float(f) => Value::from(*f),
+            ResourceValue::Str(s) => Value::String(s.as_ref().to_owned()),
+            ResourceValue::Json(v) => (**v).clone(),
+        }
+    }
+}
+
+/// One resource of the thing or of a sub thing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource<'a> {
+    pub name: Cow<'a, str>,
+    pub value: ResourceValue<'a>,
+}
+
+/// A sub thing: an object under `state.reported`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubThing<'a> {
+    /// Its key under `reported`.
+    pub id: Cow<'a, str>,
+    /// Its `type` field when that is a string, else [`UNTYPED`].
+    pub kind: Cow<'a, str>,
+    resources: Range<usize>,
+}
+
+/// A parsed shadow update; borrows the raw payload, which stays available through [`Self::raw`]
+/// for the ingest path that stores it unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedObservation<'a> {
+    raw: &'a [u8],
+    timestamp: Option<u64>,
+    resources: Vec<Resource<'a>>,
+    sub_things: Vec<SubThing<'a>>,
+    sub_resources: Vec<Resource<'a>>,
+}
+
+impl<'a> ParsedObservation<'a> {
+    /// Parses `raw`. Resources keep the payload's order; a key repeated in one object yields one
+    /// resource per occurrence (JSON leaves duplicates undefined; rebuilt states keep the last).
+    pub fn parse(raw: &'a [u8], limits: &ParseLimits) -> Result<Self, Reject> {
+        if raw.len() > limits.max_bytes {
+            return Err(Reject::TooLarge);
+        }
+        let mut obs = ParsedObservation {
+            raw,
+            timestamp: None,
+            // Most updates carry a few resources: one allocation, no regrowth.
+            resources: Vec::with_capacity(8),
+            sub_things: Vec::new(),
+            sub_resources: Vec::new(),
+        };
+        // One UTF-8 check of the whole payload is much cheaper than serde_json's check of every
+        // string it borrows from a byte slice (a third of the parse time in the benchmark).
+        let text = std::str::from_utf8(raw).map_err(|_| Reject::NotJson)?;
+        if let Some(reported) = scan::scan(text, limits.depth(), &mut obs) {
+            return if reported {
+                Ok(obs)
+            } else {
+                Err(Reject::NoReported)
+            };
+        }
+        obs.clear_reported();
+        obs.timestamp = None;
+        obs.parse_serde(text, limits)
+    }
+
+    /// The general path: serde_json with the visitors below. Handles every payload, decides
+    /// every rejection.
+    fn parse_serde(mut self, text: &'a str, limits: &ParseLimits) -> Result<Self, Reject> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let shape = TopSeed {
+            out: &mut self,
+            max: limits.depth(),
+        }
+        .deserialize(&mut de)
+        .map_err(classify)?;
+        de.end().map_err(classify)?;
+        match shape {
+            Shape::NotObject => Err(Reject::NotObject),
+            Shape::Object { reported: false } => Err(Reject::NoReported),
+            Shape::Object { reported: true } => Ok(self),
+        }
+    }
+
+    /// The payload exactly as received.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// The payload's own top-level `timestamp` (ms since epoch), when it is a non-negative number.
+    pub fn timestamp(&self) -> Option<u64> {
+        self.timestamp
+    }
+
+    /// Thing resources: the non-object values under `state.reported`.
+    pub fn resources(&self) -> &[Resource<'a>] {
+        &self.resources
+    }
+
+    /// Sub things: the object values under `state.reported`.
+    pub fn sub_things(&self) -> &[SubThing<'a>] {
+        &self.sub_things
+    }
+
+    /// Every member of a sub thing (its `type` field included: it is part of its state).
+    pub fn sub_resources(&self, sub: &SubThing<'a>) -> &[Resource<'a>] {
+        self.sub_resources
+            .get(sub.resources.clone())
+            .unwrap_or_default()
+    }
+
+    /// A sub thing's object, rebuilt as JSON (`resource.parent.state` of a template payload).
+    pub fn sub_state(&self, sub: &SubThing<'a>) -> Value {
+        to_object(self.sub_resources(sub))
+    }
+
+    /// `state.reported` rebuilt as JSON (`thing.state` of a template payload).
+    pub fn reported_state(&self) -> Value {
+        let mut map = match to_object(&self.resources) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        for sub in &self.sub_things {
+            map.insert(sub.id.as_ref().to_owned(), self.sub_state(sub));
+        }
+        Value::Object(map)
+    }
+}
+
+fn to_object(resources: &[Resource<'_>]) -> Value {
+    let map: Map<String, Value> = resources
+        .iter()
+        .map(|r| (r.name.as_ref().to_owned(), r.value.to_value()))
+        .collect();
+    Value::Object(map)
+}
+
+/// Message of the one error our visitors raise themselves.
+const TOO_DEEP: &str = "nesting deeper than the limit";
+
+/// Our visitors accept every JSON shape, so the only data error is the one they raise for depth;
+/// everything else serde_json reports is syntax (bad JSON, bad UTF-8, trailing bytes, EOF).
+fn classify(err: serde_json::Error) -> Reject {
+    match err.classify() {
+        serde_json::error::Category::Data => Reject::TooDeep,
+        _ => Reject::NotJson,
+    }
+}
+
+fn too_deep<E: de::Error>() -> E {
+    E::custom(TOO_DEEP)
+}
+
+enum Shape {
+    NotObject,
+    Object { reported: bool },
+}
+
+/// Visitor methods for JSON scalars: `$out` maps a [`ResourceValue`] to the visitor's value.
+macro_rules! scalar_visits {
+    ($out:expr) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Bool(v)))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::UInt(v)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            // serde_json only calls this for negative integers; be exact anyway.
+            Ok(($out)(match u64::try_from(v) {
+                Ok(u) => ResourceValue::UInt(u),
+                Err(_) => ResourceValue::Int(v),
+            }))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Float(v)))
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'a str) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Str(Cow::Borrowed(v))))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Str(Cow::Owned(v.to_owned()))))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Str(Cow::Owned(v))))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(($out)(ResourceValue::Null))
+        }
+    };
+}
+
+/// Visitor methods that skip a value that is not the expected object and answer `$none`.
+macro_rules! skip_non_object {
+    ($none:expr) => {
+        scalar_visits!(|_| $none);
+        fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            skip_seq(seq, self.depth, self.max)?;
+            Ok($none)
+        }
+    };
+}
+
+fn skip_seq<'a, A: SeqAccess<'a>>(mut seq: A, depth: u32, max: u32) -> Result<(), A::Error> {
+    if depth > max {
+        return Err(too_deep());
+    }
+    while seq
+        .next_element_seed(Skip {
+            depth: depth + 1,
+            max,
+        })?
+        .is_some()
+    {}
+    Ok(())
+}
+
+fn skip_map<'a, A: MapAccess<'a>>(mut map: A, depth: u32, max: u32) -> Result<(), A::Error> {
+    if depth > max {
+        return Err(too_deep());
+    }
+    while map.next_key::<de::IgnoredAny>()?.is_some() {
+        map.next_value_seed(Skip {
+            depth: depth + 1,
+            max,
+        })?;
+    }
+    Ok(())
+}
+
+/// A map key, borrowed unless it contains escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'a> de::Deserialize<'a> for Key<'a> {
+    fn deserialize<D: Deserializer<'a>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'a> Visitor<'a> for KeyVisitor {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'a str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Skips any value, failing if a container would sit deeper than `max` (`depth` is the depth
+/// a container at this position has).
+#[derive(Clone, Copy)]
+struct Skip {
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    skip_non_object!(());
+    fn visit_map<A: MapAccess<'a>>(self, map: A) -> Result<(), A::Error> {
+        skip_map(map, self.depth, self.max)
+    }
+}
+
+/// Builds a `serde_json::Value`, with the same depth rule as [`Skip`].
+#[derive(Clone, Copy)]
+struct BoundedValue {
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for BoundedValue {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for BoundedValue {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    scalar_visits!(|v: ResourceValue<'_>| v.to_value());
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if self.depth > self.max {
+            return Err(too_deep());
+        }
+        let inner = BoundedValue {
+            depth: self.depth + 1,
+            max: self.max,
+        };
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Value, A::Error> {
+        if self.depth > self.max {
+            return Err(too_deep());
+        }
+        let inner = BoundedValue {
+            depth: self.depth + 1,
+            max: self.max,
+        };
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let v = map.next_value_seed(inner)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A resource value: scalars as they are, containers as bounded JSON.
+#[derive(Clone, Copy)]
+struct ValueSeed {
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for ValueSeed {
+    type Value = ResourceValue<'a>;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for ValueSeed {
+    type Value = ResourceValue<'a>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    scalar_visits!(std::convert::identity);
+    fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let bounded = BoundedValue {
+            depth: self.depth,
+            max: self.max,
+        };
+        Ok(ResourceValue::Json(Box::new(bounded.visit_seq(seq)?)))
+    }
+    fn visit_map<A: MapAccess<'a>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let bounded = BoundedValue {
+            depth: self.depth,
+            max: self.max,
+        };
+        Ok(ResourceValue::Json(Box::new(bounded.visit_map(map)?)))
+    }
+}
+
+struct TopSeed<'b, 'a> {
+    out: &'b mut ParsedObservation<'a>,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for TopSeed<'_, 'a> {
+    type Value = Shape;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Shape, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for TopSeed<'_, 'a> {
+    type Value = Shape;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a shadow update object")
+    }
+    scalar_visits!(|_| Shape::NotObject);
+    fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Shape, A::Error> {
+        skip_seq(seq, 1, self.max)?;
+        Ok(Shape::NotObject)
+    }
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut reported = false;
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "state" => {
+                    reported = map.next_value_seed(StateSeed {
+                        out: &mut *self.out,
+                        depth: 2,
+                        max: self.max,
+                    })?;
+                }
+                "timestamp" => {
+                    self.out.timestamp = map.next_value_seed(TimestampSeed {
+                        depth: 2,
+                        max: self.max,
+                    })?;
+                }
+                _ => map.next_value_seed(Skip {
+                    depth: 2,
+                    max: self.max,
+                })?,
+            }
+        }
+        Ok(Shape::Object { reported })
+    }
+}
+
+/// The top-level `timestamp`: kept when it is a non-negative number of milliseconds.
+struct TimestampSeed {
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for TimestampSeed {
+    type Value = Option<u64>;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for TimestampSeed {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a timestamp")
+    }
+    scalar_visits!(|v: ResourceValue<'_>| match v {
+        ResourceValue::UInt(n) => Some(n),
+        // `as` saturates; the range check keeps it exact enough for milliseconds.
+        ResourceValue::Float(f) if (0.0..1.8e19).contains(&f) => Some(f as u64),
+        _ => None,
+    });
+    fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq, self.depth, self.max)?;
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'a>>(self, map: A) -> Result<Self::Value, A::Error> {
+        skip_map(map, self.depth, self.max)?;
+        Ok(None)
+    }
+}
+
+/// `state`: answers whether it held a `reported` object.
+struct StateSeed<'b, 'a> {
+    out: &'b mut ParsedObservation<'a>,
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for StateSeed<'_, 'a> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for StateSeed<'_, 'a> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a state object")
+    }
+    skip_non_object!(false);
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<bool, A::Error> {
+        if self.depth > self.max {
+            return Err(too_deep());
+        }
+        // A repeated `state` or `reported` replaces the earlier one, as serde_json's Value does.
+        self.out.clear_reported();
+        let mut reported = false;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "reported" {
+                self.out.clear_reported();
+                reported = map.next_value_seed(ReportedSeed {
+                    out: &mut *self.out,
+                    depth: self.depth + 1,
+                    max: self.max,
+                })?;
+            } else {
+                map.next_value_seed(Skip {
+                    depth: self.depth + 1,
+                    max: self.max,
+                })?;
+            }
+        }
+        Ok(reported)
+    }
+}
+
+impl ParsedObservation<'_> {
+    fn clear_reported(&mut self) {
+        self.resources.clear();
+        self.sub_things.clear();
+        self.sub_resources.clear();
+    }
+}
+
+/// `state.reported`: fills the resources and sub things; answers whether it was an object.
+struct ReportedSeed<'b, 'a> {
+    out: &'b mut ParsedObservation<'a>,
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for ReportedSeed<'_, 'a> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for ReportedSeed<'_, 'a> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reported object")
+    }
+    skip_non_object!(false);
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<bool, A::Error> {
+        if self.depth > self.max {
+            return Err(too_deep());
+        }
+        while let Some(Key(name)) = map.next_key()? {
+            let entry = map.next_value_seed(EntrySeed {
+                sub_resources: &mut self.out.sub_resources,
+                depth: self.depth + 1,
+                max: self.max,
+            })?;
+            match entry {
+                Entry::Value(value) => self.out.resources.push(Resource { name, value }),
+                Entry::Sub { kind, resources } => self.out.sub_things.push(SubThing {
+                    id: name,
+                    kind,
+                    resources,
+                }),
+            }
+        }
+        Ok(true)
+    }
+}
+
+enum Entry<'a> {
+    Value(ResourceValue<'a>),
+    Sub {
+        kind: Cow<'a, str>,
+        resources: Range<usize>,
+    },
+}
+
+/// A member of `reported`: a thing resource, or a sub thing whose members go to `sub_resources`.
+struct EntrySeed<'b, 'a> {
+    sub_resources: &'b mut Vec<Resource<'a>>,
+    depth: u32,
+    max: u32,
+}
+
+impl<'a> DeserializeSeed<'a> for EntrySeed<'_, 'a> {
+    type Value = Entry<'a>;
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Entry<'a>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for EntrySeed<'_, 'a> {
+    type Value = Entry<'a>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a resource value or a sub thing")
+    }
+    scalar_visits!(Entry::Value);
+    fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Entry<'a>, A::Error> {
+        let bounded = BoundedValue {
+            depth: self.depth,
+            max: self.max,
+        };
+        Ok(Entry::Value(ResourceValue::Json(Box::new(
+            bounded.visit_seq(seq)?,
+        ))))
+    }
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Entry<'a>, A::Error> {
+        if self.depth > self.max {
+            return Err(too_deep());
+        }
+        let start = self.sub_resources.len();
+        let mut kind = None;
+        let inner = ValueSeed {
+            depth: self.depth + 1,
+            max: self.max,
+        };
+        while let Some(Key(name)) = map.next_key()? {
+            let value = map.next_value_seed(inner)?;
+            if name == "type" {
+                kind = match &value {
+                    ResourceValue::Str(s) => Some(s.clone()),
+                    _ => None,
+                };
+            }
+            self.sub_resources.push(Resource { name, value });
+        }
+        Ok(Entry::Sub {
+            kind: kind.unwrap_or(Cow::Borrowed(UNTYPED)),
+            resources: start..self.sub_resources.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+    use serde_json::json;
+
+    fn parse(s: &str) -> Result<ParsedObservation<'_>, Reject> {
+        ParsedObservation::parse(s.as_bytes(), &ParseLimits::default())
+    }
+
+    #[test]
+    fn thing_and_sub_thing_resources() {
+        let raw = include_str!("../../fixtures/shadow/subthings.json");
+        let obs = parse(raw).unwrap();
+        assert_eq!(obs.raw(), raw.as_bytes());
+        assert_eq!(obs.timestamp(), Some(1464081794634));
+        let names: Vec<&str> = obs.resources().iter().map(|r| r.name.as_ref()).collect();
+        assert_eq!(names, ["temp", "status"]);
+        assert_eq!(obs.resources()[0].value, ResourceValue::UInt(50));
+        let subs: Vec<(&str, &str)> = obs
+            .sub_things()
+            .iter()
+            .map(|s| (s.id.as_ref(), s.kind.as_ref()))
+            .collect();
+        assert_eq!(subs, [("sub1", "pump"), ("sub2", UNTYPED)]);
+        let sub1 = &obs.sub_things()[0];
+        assert_eq!(obs.sub_state(sub1), json!({"temp": 50, "type": "pump"}));
+        assert_eq!(
+            obs.reported_state(),
+            serde_json::from_str::<Value>(raw).unwrap()["state"]["reported"]
+        );
+    }
+
+    #[test]
+    fn value_kinds() {
+        let obs = parse(
+            r#"{"state":{"reported":{"a":-3,"b":1.5,"c":"x\"y","d":null,"e":true,"f":[1,{"g":2}]}}}"#,
+        )
+        .unwrap();
+        let values: Vec<&ResourceValue> = obs.resources().iter().map(|r| &r.value).collect();
+        assert_eq!(
+            values,
+            [
+                &ResourceValue::Int(-3),
+                &ResourceValue::Float(1.5),
+                &ResourceValue::Str(Cow::Borrowed("x\"y")),
+                &ResourceValue::Null,
+                &ResourceValue::Bool(true),
+                &ResourceValue::Json(Box::new(json!([1, {"g": 2}]))),
+            ]
+        );
+        assert_eq!(obs.timestamp(), None);
+    }
+
+    #[test]
+    fn strings_borrow_when_they_can() {
+        let obs = parse(r#"{"state":{"reported":{"s":"plain"}}}"#).unwrap();
+        assert!(matches!(
+            obs.resources()[0].value,
+            ResourceValue::Str(Cow::Borrowed("plain"))
+        ));
+        assert!(matches!(obs.resources()[0].name, Cow::Borrowed("s")));
+    }
+
+    #[test]
+    fn rejects_by_reason() {
+        assert_eq!(parse("nope").unwrap_err(), Reject::NotJson);
+        assert_eq!(parse("").unwrap_err(), Reject::NotJson);
+        assert_eq!(parse(r#"{"state":{}} x"#).unwrap_err(), Reject::NotJson);
+        assert_eq!(parse(r#"{"state":"#).unwrap_err(), Reject::NotJson);
+        assert_eq!(parse("[1,2]").unwrap_err(), Reject::NotObject);
+        assert_eq!(parse("\"s\"").unwrap_err(), Reject::NotObject);
+        assert_eq!(parse("{}").unwrap_err(), Reject::NoReported);
+        assert_eq!(
+            parse(r#"{"state":{"desired":{"a":1}}}"#).unwrap_err(),
+            Reject::NoReported
+        );
+        assert_eq!(
+            parse(r#"{"state":{"reported":[1]}}"#).unwrap_err(),
+            Reject::NoReported
+        );
+        assert_eq!(parse(r#"{"state":3}"#).unwrap_err(), Reject::NoReported);
+        let bad_utf8 = b"{\"state\":{\"reported\":{\"a\":\"\xff\"}}}";
+        assert_eq!(
+            ParsedObservation::parse(bad_utf8, &ParseLimits::default()).unwrap_err(),
+            Reject::NotJson
+        );
+        let limits = ParseLimits::new(10);
+        assert_eq!(
+            ParsedObservation::parse(br#"{"state":{"reported":{}}}"#, &limits).unwrap_err(),
+            Reject::TooLarge
+        );
+    }
+
+    fn nested(depth: usize, open: char, close: char) -> String {
+        let mut s = String::new();
+        s.extend(std::iter::repeat_n(open, depth));
+        s.extend(std::iter::repeat_n(close, depth));
+        s
+    }
+
+    #[test]
+    fn depth_is_limited_everywhere() {
+        let limits = ParseLimits::default(); // 32
+        let p = |s: String| ParsedObservation::parse(s.as_bytes(), &limits).map(|_| ());
+        // A resource array nested so that the deepest array is at depth 32: fine; 33: too deep.
+        let ok = format!(
+            r#"{{"state":{{"reported":{{"a":{}}}}}}}"#,
+            nested(29, '[', ']')
+        );
+        assert_eq!(p(ok), Ok(()));
+        let deep = format!(
+            r#"{{"state":{{"reported":{{"a":{}}}}}}}"#,
+            nested(30, '[', ']')
+        );
+        assert_eq!(p(deep), Err(Reject::TooDeep));
+        // In skipped fields, in sub things, in the timestamp, at the top level.
+        let skipped = format!(
+            r#"{{"state":{{"reported":{{}}}},"x":{}}}"#,
+            nested(40, '[', ']')
+        );
+        assert_eq!(p(skipped), Err(Reject::TooDeep));
+        let desired = format!(
+            r#"{{"state":{{"desired":{},"reported":{{}}}}}}"#,
+            nested(40, '[', ']')
+        );
+        assert_eq!(p(desired), Err(Reject::TooDeep));
+        let sub = format!(
+            r#"{{"state":{{"reported":{{"s":{{"a":{}}}}}}}}}"#,
+            nested(40, '[', ']')
+        );
+        assert_eq!(p(sub), Err(Reject::TooDeep));
+        let ts = format!(
+            r#"{{"timestamp":{},"state":{{"reported":{{}}}}}}"#,
+            nested(40, '[', ']')
+        );
+        assert_eq!(p(ts), Err(Reject::TooDeep));
+        assert_eq!(p(nested(40, '[', ']')), Err(Reject::TooDeep));
+        // Deeper than serde_json's own limit (128) is still reported as too deep.
+        assert_eq!(p(nested(500, '[', ']')), Err(Reject::TooDeep));
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert_eq!(p(objects), Err(Reject::TooDeep));
+    }
+
+    #[test]
+    fn repeated_state_or_reported_keeps_the_last() {
+        let obs = parse(r#"{"state":{"reported":{"a":1},"reported":{"b":2}}}"#).unwrap();
+        let names: Vec<&str> = obs.resources().iter().map(|r| r.name.as_ref()).collect();
+        assert_eq!(names, ["b"]);
+        let obs = parse(r#"{"state":{"reported":{"a":1}},"state":{"reported":{"c":2}}}"#).unwrap();
+        assert_eq!(obs.resources()[0].name, "c");
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        let ts = |s: &str| parse(s).unwrap().timestamp();
+        assert_eq!(ts(r#"{"timestamp":12,"state":{"reported":{}}}"#), Some(12));
+        assert_eq!(
+            ts(r#"{"timestamp":12.0,"state":{"reported":{}}}"#),
+            Some(12)
+        );
+        assert_eq!(ts(r#"{"timestamp":-1,"state":{"reported":{}}}"#), None);
+        assert_eq!(ts(r#"{"timestamp":"12","state":{"reported":{}}}"#), None);
+    }
+
+    /// The serde path alone, as the fast path is checked against it.
+    fn serde_only<'a>(raw: &'a str, limits: &ParseLimits) -> Result<ParsedObservation<'a>, Reject> {
+        let obs = ParsedObservation {
+            raw: raw.as_bytes(),
+            timestamp: None,
+            resources: Vec::new(),
+            sub_things: Vec::new(),
+            sub_resources: Vec::new(),
+        };
+        obs.parse_serde(raw, limits)
+    }
+
+    fn fast_path_takes(raw: &str) -> bool {
+        let mut obs =
+            serde_only("{}", &ParseLimits::default()).unwrap_or_else(|_| ParsedObservation {
+                raw: b"",
+                timestamp: None,
+                resources: Vec::new(),
+                sub_things: Vec::new(),
+                sub_resources: Vec::new(),
+            });
+        scan::scan(raw, ParseLimits::DEFAULT_MAX_DEPTH, &mut obs).is_some()
+    }
+
+    #[test]
+    fn typical_payloads_take_the_fast_path() {
+        for raw in [
+            include_str!("../../fixtures/shadow/thing.json"),
+            include_str!("../../fixtures/shadow/subthings.json"),
+            r#"{"state":{"reported":{"t":-0,"u":-12,"v":1e3,"w":null,"x":false}},"clientToken":"x"}"#,
+            r#"{"state":{"desired":{"a":[1,{"b":2}]},"reported":{"a":1}},"version":3}"#,
+            r#"{"state":{"desired":{"a":1}}}"#,
+        ] {
+            assert!(fast_path_takes(raw), "{raw}");
+            assert_eq!(
+                ParsedObservation::parse(raw.as_bytes(), &ParseLimits::default()),
+                serde_only(raw, &ParseLimits::default())
+            );
+        }
+        // What it leaves to the serde path.
+        for raw in [
+            r#"{"state":{"reported":{"a":"\u00e9"}}}"#,
+            r#"{"state":{"reported":{"a":[1]}}}"#,
+            r#"{"state":{"reported":{"s":{"a":{"b":1}}}}}"#,
+            r#"{"state":{"reported":{"a":18446744073709551616}}}"#,
+            r#"[1]"#,
+            r#"{"state":{"reported":{}}} x"#,
+            r#"{"state":{"reported":{"a":01}}}"#,
+        ] {
+            assert!(!fast_path_takes(raw), "{raw}");
+        }
+    }
+
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", "", " ", "\n", "\t ", "\r\n  "])
+    }
+
+    fn scalar_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "null",
+                "0",
+                "-0",
+                "1",
+                "-1",
+                "12.5",
+                "-0.0",
+                "1e3",
+                "1E+2",
+                "2.5e-3",
+                "18446744073709551615",
+                "18446744073709551616",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "1e400",
+                "01",
+                "1.",
+                "-",
+                ".5",
+                "+1",
+                "0x1",
+                "1.5e",
+                "tru",
+                "nul",
+                "\"pump\"",
+                "\"a\\\"b\"",
+                "\"\\u00e9\"",
+                "\"raw\ttab\"",
+                "\"unterminated",
+                "\"ok\"",
+                "\"é🦀\""
+            ])
+            .prop_map(String::from),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<u64>().prop_map(|i| i.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::to_string(&f).unwrap()),
+            "[a-zA-Z0-9 _.é-]{0,6}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn key_text() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "state",
+            "reported",
+            "desired",
+            "timestamp",
+            "type",
+            "temp",
+            "pump",
+            "a",
+            "st\\u0061te",
+        ])
+        .prop_map(|k| format!("\"{k}\""))
+    }
+
+    fn value_text() -> impl Strategy<Value = String> {
+        scalar_text().prop_recursive(6, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec((key_text(), ws(), inner.clone(), ws()), 0..5).prop_map(
+                    |members| {
+                        let body: Vec<String> = members
+                            .into_iter()
+                            .map(|(k, w1, v, w2)| format!("{w1}{k}{w1}:{w2}{v}{w2}"))
+                            .collect();
+                        format!("{{{}}}", body.join(","))
+                    }
+                ),
+                prop::collection::vec((ws(), inner), 0..4).prop_map(|items| {
+                    let body: Vec<String> = items
+                        .into_iter()
+                        .map(|(w, v)| format!("{w}{v}{w}"))
+                        .collect();
+                    format!("[{}]", body.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// Shadow updates, mostly well formed, with odd corners mixed in.
+    fn shadow_text() -> impl Strategy<Value = String> {
+        let members = prop::collection::vec((key_text(), value_text()), 0..5);
+        prop_oneof![
+            (members, value_text(), ws()).prop_map(|(m, extra, w)| {
+                let body: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                format!(
+                    "{w}{{\"state\":{w}{{\"reported\":{{{}}}}},\"timestamp\":{extra}}}{w}",
+                    body.join(",")
+                )
+            }),
+            value_text(),
+        ]
+    }
+
+    fn agree(raw: &str, limits: &ParseLimits) -> Result<(), TestCaseError> {
+        let both = ParsedObservation::parse(raw.as_bytes(), limits);
+        let serde = serde_only(raw, limits);
+        prop_assert_eq!(both, serde, "payload {:?}", raw);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn fast_and_serde_paths_agree(raw in shadow_text(), depth in 4u32..8) {
+            agree(&raw, &ParseLimits::default())?;
+            agree(&raw, &ParseLimits { max_bytes: usize::MAX, max_depth: depth })?;
+        }
+
+        #[test]
+        fn fast_and_serde_paths_agree_on_mangled_payloads(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(vec![
+                b'{', b'}', b'[', b']', b'"', b':', b',', b'\\', b' ', b'1', b'-', b'.', b'e', b'a', 0x01, 0xff,
+            ])), 1..4),
+            which in 0usize..3,
+        ) {
+            let base = [
+                include_str!("../../fixtures/shadow/thing.json"),
+                include_str!("../../fixtures/shadow/subthings.json"),
+                r#"{"state":{"reported":{"a":-12,"b":[1,2],"c":{"type":"t","d":1.5e2}}},"timestamp":12}"#,
+            ][which];
+            let mut bytes = base.as_bytes().to_vec();
+            for (at, op, b) in edits {
+                let i = at.index(bytes.len() + 1);
+                match op {
+                    0 => bytes.insert(i, b),
+                    1 if i < bytes.len() => { bytes.remove(i); }
+                    _ if i < bytes.len() => bytes[i] = b,
+                    _ => {}
+                }
+            }
+            let both = ParsedObservation::parse(&bytes, &ParseLimits::default());
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => prop_assert_eq!(both, serde_only(text, &ParseLimits::default())),
+                Err(_) => prop_assert_eq!(both.map(|_| ()), Err(Reject::NotJson)),
+            }
+        }
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        let labels: std::collections::HashSet<&str> =
+            Reject::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), Reject::ALL.len());
+    }
+}

@@ -1,0 +1,131 @@
+//! The rule engine at run time: the MQTT source feeding the observation pipeline, the rule
+//! index kept current from the store, the directory, and the webhook dispatcher.
+//!
+//! - [`rules`]: loads rules into an index and reloads it when the store's generation moves.
+//! - [`pipeline`]: parse, evaluate, enqueue webhooks, ack; life cycle events.
+
+pub mod pipeline;
+pub mod rules;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use ingest::{EmbeddedBroker, MqttSource, SourceHandle, SourceStatus};
+use rule_engine::{Directory, ParseLimits, ThresholdState};
+use sinks::webhook::{WebhookDispatcher, WebhookHandle, WebhookStats};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::store::RuleStore;
+
+/// The running engine, for readiness checks and an orderly shutdown.
+pub struct RunningEngine {
+    /// Kept alive for the life of the process (rumqttd has no shutdown).
+    _broker: Option<EmbeddedBroker>,
+    source: SourceHandle,
+    pipeline: JoinHandle<()>,
+    webhooks: WebhookHandle,
+    webhook_task: JoinHandle<WebhookStats>,
+    reloader: JoinHandle<()>,
+}
+
+/// Starts the broker (when embedded), the webhook dispatcher, the rule reloader, the MQTT source
+/// and the pipeline. `rules_changed` is notified by the API after each rule write.
+pub async fn start(
+    config: &Config,
+    store: &RuleStore,
+    directory: Arc<RwLock<Directory>>,
+    rules_changed: Arc<Notify>,
+) -> anyhow::Result<RunningEngine> {
+    let broker = if config.mqtt.embedded {
+        let broker = EmbeddedBroker::start(config.mqtt.embedded_listen)
+            .context("starting the embedded MQTT broker (mqtt.embedded)")?;
+        tracing::info!(listen = %broker.local_addr(), "embedded MQTT broker listening");
+        Some(broker)
+    } else {
+        None
+    };
+    sinks::webhook::describe_metrics();
+    ingest::describe_metrics();
+    let (webhooks, webhook_task) =
+        WebhookDispatcher::start(&config.webhook).context("starting the webhook dispatcher")?;
+
+    let initial = rules::load(store).await.context("loading rules")?;
+    tracing::info!(rules = initial.index.len(), "rules loaded");
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(initial));
+    let reloader = tokio::spawn(rules::keep_current(
+        store.clone(),
+        rules_tx,
+        rules_changed,
+        Duration::from_millis(config.engine.rules_poll_ms),
+    ));
+
+    let host = ingest::config::local_hostname().unwrap_or_else(|| "localhost".to_owned());
+    let (inbound, acker, source) = MqttSource::start(&config.mqtt, &config.stack.name, &host)
+        .context("starting the MQTT source")?;
+    tracing::info!(client_id = source.client_id(), url = %redact_url(&config.mqtt.url), "MQTT source started");
+
+    let pipeline = pipeline::Pipeline {
+        inbound,
+        acker,
+        rules: rules_rx,
+        directory,
+        store: store.clone(),
+        webhooks: webhooks.clone(),
+        limits: ParseLimits::new(config.mqtt.max_payload_bytes),
+        thresholds: ThresholdState::with_max_keys(config.engine.threshold_max_keys),
+        key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
+    };
+    let pipeline = tokio::spawn(pipeline.run());
+    Ok(RunningEngine {
+        _broker: broker,
+        source,
+        pipeline,
+        webhooks,
+        webhook_task,
+        reloader,
+    })
+}
+
+impl RunningEngine {
+    pub fn mqtt_status(&self) -> SourceStatus {
+        self.source.status()
+    }
+
+    /// Stops intake, lets the pipeline finish what it took, then drains the webhook queue,
+    /// all within `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Err(e) = self.source.shutdown(grace / 4).await {
+            tracing::warn!(error = %e, "MQTT source did not stop cleanly");
+        }
+        // The source's channel is closed now; the pipeline ends when it has drained it.
+        if tokio::time::timeout_at(deadline, self.pipeline)
+            .await
+            .is_err()
+        {
+            tracing::warn!("observation pipeline did not finish within the grace period");
+        }
+        self.reloader.abort();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.webhooks.close(remaining);
+        match tokio::time::timeout(remaining + Duration::from_secs(1), self.webhook_task).await {
+            Ok(Ok(stats)) => tracing::info!(?stats, "webhook dispatcher stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "webhook dispatcher task failed"),
+            Err(_) => tracing::warn!("webhook dispatcher did not stop within the grace period"),
+        }
+    }
+}
+
+/// An MQTT URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

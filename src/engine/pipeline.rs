@@ -1,0 +1,194 @@
+//! The observation loop: every message from the MQTT source is parsed, evaluated against the
+//! rules and acked. Life cycle events update the directory.
+//!
+//! One task owns the threshold state, so it needs no lock. The directory is behind a std
+//! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
+//! await. Webhooks are only enqueued here (`try_enqueue` never waits): a slow receiver cannot
+//! stall ingest.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use ingest::{Acker, Inbound};
+use rule_engine::directory::ThingChange;
+use rule_engine::{Directory, Engine, Outcome, ParseLimits, ParsedObservation, ThresholdState};
+use sinks::webhook::{EnqueueError, WebhookHandle, WebhookRequest};
+use tokio::sync::{mpsc, watch};
+
+use super::rules::RuleSet;
+use crate::store::RuleStore;
+
+pub struct Pipeline {
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub acker: Acker,
+    pub rules: watch::Receiver<Arc<RuleSet>>,
+    pub directory: Arc<RwLock<Directory>>,
+    pub store: RuleStore,
+    pub webhooks: WebhookHandle,
+    pub limits: ParseLimits,
+    pub thresholds: ThresholdState,
+    /// Prefix of idempotency keys, unique per process start.
+    pub key_prefix: String,
+}
+
+impl Pipeline {
+    /// Runs until the source closes its channel (shutdown), acking everything it took.
+    pub async fn run(mut self) {
+        let mut rules = Arc::clone(&self.rules.borrow_and_update());
+        let mut firings: u64 = 0;
+        while let Some(item) = self.inbound.recv().await {
+            if self.rules.has_changed().unwrap_or(false) {
+                let next = Arc::clone(&self.rules.borrow_and_update());
+                self.forget_changed_rules(&rules, &next);
+                rules = next;
+            }
+            match item {
+                Inbound::Shadow {
+                    thing_name,
+                    received_at_ms,
+                    payload,
+                    ack,
+                } => {
+                    metrics::counter!("ccstream_observations_received_total").increment(1);
+                    self.observe(&rules, &thing_name, received_at_ms, &payload, &mut firings);
+                    self.acker.ack(ack);
+                }
+                Inbound::Event {
+                    topic,
+                    payload,
+                    ack,
+                    ..
+                } => {
+                    self.apply_event(&topic, &payload).await;
+                    self.acker.ack(ack);
+                }
+            }
+        }
+        tracing::info!("observation pipeline stopped");
+    }
+
+    fn observe(
+        &mut self,
+        rules: &RuleSet,
+        thing_name: &str,
+        received_at_ms: u64,
+        payload: &[u8],
+        firings: &mut u64,
+    ) {
+        let obs = match ParsedObservation::parse(payload, &self.limits) {
+            Ok(obs) => obs,
+            Err(reject) => {
+                metrics::counter!("ccstream_observations_rejected_total", "reason" => reject.as_str())
+                    .increment(1);
+                tracing::debug!(thing = %thing_name, reason = reject.as_str(), "observation not evaluated");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let outcome = {
+            let directory = match self.directory.read() {
+                Ok(d) => d,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            Engine::new(&rules.index, &directory).evaluate(
+                thing_name,
+                &obs,
+                received_at_ms,
+                &mut self.thresholds,
+            )
+        };
+        metrics::histogram!("ccstream_evaluation_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.account(thing_name, outcome, firings);
+    }
+
+    fn account(&self, thing_name: &str, outcome: Outcome, firings: &mut u64) {
+        if outcome.unknown_thing {
+            metrics::counter!("ccstream_observations_unknown_thing_total").increment(1);
+            return;
+        }
+        metrics::counter!("ccstream_observations_evaluated_total").increment(1);
+        metrics::counter!("ccstream_rules_evaluated_total").increment(outcome.evaluated.into());
+        metrics::counter!("ccstream_rules_matched_total").increment(outcome.matched.into());
+        metrics::counter!("ccstream_rules_throttled_total").increment(outcome.throttled.into());
+        if outcome.state_full > 0 {
+            metrics::counter!("ccstream_rules_threshold_state_full_total")
+                .increment(outcome.state_full.into());
+        }
+        for firing in outcome.firings {
+            metrics::counter!("ccstream_rules_fired_total").increment(1);
+            if firing.unknown_variables > 0 {
+                metrics::counter!("ccstream_template_unknown_variables_total")
+                    .increment(firing.unknown_variables.into());
+            }
+            for action in &firing.actions {
+                *firings += 1;
+                // Stable across the retries of this firing (the dispatcher reuses it), unique
+                // across firings and process restarts.
+                let key = format!("{}-{:x}", self.key_prefix, firings);
+                let request = match WebhookRequest::from_action_config(
+                    firing.rule_id.as_ref(),
+                    &action.config,
+                    &firing.payload,
+                    key,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        metrics::counter!("ccstream_actions_invalid_total").increment(1);
+                        tracing::warn!(rule = %firing.rule_id, thing = %thing_name, error = %e, "action not sent: its filled config is not a valid request");
+                        continue;
+                    }
+                };
+                match self.webhooks.try_enqueue(request) {
+                    Ok(()) => {
+                        metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK")
+                            .increment(1);
+                    }
+                    // Counted and logged (rate-limited) by the dispatcher.
+                    Err(EnqueueError::Overflow) => {}
+                    Err(EnqueueError::Closed) => {
+                        tracing::warn!(rule = %firing.rule_id, "webhook dispatcher closed; action dropped");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply_event(&mut self, topic: &str, payload: &[u8]) {
+        metrics::counter!("ccstream_events_received_total").increment(1);
+        let change = {
+            let mut directory = match self.directory.write() {
+                Ok(d) => d,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            directory.apply_event(topic, payload)
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("ccstream_events_rejected_total").increment(1);
+                tracing::warn!(topic, error = %e, "life cycle event not applied");
+                return;
+            }
+        };
+        if let ThingChange::Removed { thing_name, .. } = &change.thing {
+            let dropped = self.thresholds.forget_thing(thing_name);
+            tracing::debug!(thing = %thing_name, dropped, "thing removed; threshold state dropped");
+        }
+        if let Err(e) = self.store.apply_directory_change(&change).await {
+            // The in-memory directory has the change; it is lost at the next restart only.
+            metrics::counter!("ccstream_store_errors_total").increment(1);
+            tracing::error!(topic, error = %e, "cannot persist a directory change");
+        }
+    }
+
+    /// Drops the threshold state of rules that were removed or changed: a changed expression
+    /// or threshold starts counting afresh.
+    fn forget_changed_rules(&mut self, old: &RuleSet, new: &RuleSet) {
+        for rule in old.index.rules() {
+            if new.index.get(&rule.id) != Some(rule) {
+                self.thresholds.forget_rule(&rule.id);
+            }
+        }
+    }
+}
