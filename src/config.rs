@@ -32,6 +32,8 @@ pub struct Config {
     pub webhook: sinks::webhook::WebhookConfig,
     /// Rule evaluation.
     pub engine: EngineConfig,
+    /// OpenSearch: indexing of every observation and the backend of ObservationLambda FIND.
+    pub search: sinks::search::SearchConfig,
     /// The directory of things and domains.
     pub directory: DirectoryConfig,
     /// The domain tree: every domain but the implicit `root`, with its parent. Merged with what
@@ -309,6 +311,10 @@ impl Config {
         })?;
         self.webhook.validate().map_err(|e| ConfigError::Section {
             section: "webhook",
+            reason: e.to_string(),
+        })?;
+        self.search.validate().map_err(|e| ConfigError::Section {
+            section: "search",
             reason: e.to_string(),
         })?;
         if self.engine.rules_poll_ms == 0 {

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rule_engine::{Directory, DirectorySnapshot};
+use sinks::search::SearchClient;
 use tokio::sync::Notify;
 
+use crate::api::observation_lambda::ObservationApi;
 use crate::api::rule_lambda::RuleApi;
 use crate::api::{router, AppState};
 use crate::auth::Authenticator;
@@ -78,9 +80,17 @@ pub async fn run(
         ssrf,
         Arc::clone(&rules_changed),
     );
+    let observations = match &config.search.url {
+        Some(_) => Some(ObservationApi::new(
+            SearchClient::new(&config.search).context("[search]")?,
+            Arc::clone(&directory),
+        )),
+        None => None,
+    };
     let state = AppState::new(
         auth,
         rules,
+        observations,
         store.clone(),
         Arc::clone(&directory),
         metrics,

@@ -1,10 +1,15 @@
 //! Outputs of ccstream: object batches with a crash-safe spool (S3, Firehose, local directory),
 //! the OpenSearch bulk indexer and the WEBHOOK dispatcher, one folder per sink.
 //!
+//! - [`search`]: observation records bulk-indexed into OpenSearch (daily indices, an alias, an
+//!   index template) through a bounded queue, with per-item retries; FIND's query checks and
+//!   domain restriction.
 //! - [`webhook`]: rule WEBHOOK firings over HTTP through a bounded queue, with classified
 //!   retries, dead letters and an SSRF guard that checks the addresses actually connected to.
 //!
 //! A sink never makes its producer wait without a bound: queues are bounded, overflow is counted.
-//! Still to come here: the object batcher and the OpenSearch indexer.
+//! Still to come here: the object batcher.
 
+pub mod objects;
+pub mod search;
 pub mod webhook;

@@ -57,6 +57,11 @@ impl FunctionError {
         self
     }
 
+    /// An error whose key and property come from a library check (the keys are spec 1.2's).
+    pub fn keyed_on(key: &'static str, property: &str, message: impl Into<String>) -> Self {
+        Self::keyed(key, message).on(property)
+    }
+
     pub fn property_required(property: &str) -> Self {
         Self::keyed("PROPERTY_REQUIRED", format!("{property} is required")).on(property)
     }

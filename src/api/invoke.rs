@@ -20,12 +20,15 @@ use super::AppState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Function {
     Rule,
+    Observation,
 }
 
 impl Function {
     fn from_name(name: &str) -> Option<Function> {
         if name.contains("RuleLambda") {
             Some(Function::Rule)
+        } else if name.contains("ObservationLambda") {
+            Some(Function::Observation)
         } else {
             None
         }
@@ -34,6 +37,7 @@ impl Function {
     fn label(self) -> &'static str {
         match self {
             Function::Rule => "RuleLambda",
+            Function::Observation => "ObservationLambda",
         }
     }
 }
@@ -91,6 +95,12 @@ async fn run(
         let err = ProtocolError::FunctionNotFound(function_name.to_owned());
         return ("unknown", "none", err.type_label(), err.into_response());
     };
+    if function == Function::Observation && inner.observations.is_none() {
+        let err = ProtocolError::FunctionNotFound(format!(
+            "{function_name} (ObservationLambda is served when search.url is set)"
+        ));
+        return ("unknown", "none", err.type_label(), err.into_response());
+    }
     let label = function.label();
     let invocation = match invocation_type(headers) {
         Ok(t) => t,
@@ -101,22 +111,35 @@ async fn run(
         Err(err) => return (label, "none", err.type_label(), err.into_response()),
     };
 
-    let (action_label, result) = match parse_action(&payload) {
-        Err(e) => ("invalid", Err(e)),
-        Ok((action, map)) => {
-            if invocation == InvocationType::DryRun {
-                return (
-                    label,
-                    action.as_str(),
-                    "dry_run",
-                    StatusCode::NO_CONTENT.into_response(),
-                );
-            }
-            let result = match function {
-                Function::Rule => inner.rules.handle(&caller, action, map).await,
-            };
-            (action.as_str(), result)
-        }
+    let (action, map) = match parse_action(&payload) {
+        Ok(found) => found,
+        Err(e) => return (label, "invalid", e.key_label(), e.into_response()),
+    };
+    let action = match (function, action) {
+        (Function::Rule, name) => Action::parse(name).map(Call::Rule),
+        (Function::Observation, "FIND") => Some(Call::Find),
+        _ => None,
+    };
+    let Some(action) = action else {
+        let e = FunctionError::invalid_action(payload.get("action").unwrap_or(&Value::Null));
+        return (label, "invalid", e.key_label(), e.into_response());
+    };
+    let action_label = action.label();
+    if invocation == InvocationType::DryRun {
+        return (
+            label,
+            action_label,
+            "dry_run",
+            StatusCode::NO_CONTENT.into_response(),
+        );
+    }
+    let result = match action {
+        Call::Rule(action) => inner.rules.handle(&caller, action, map).await,
+        Call::Find => match &inner.observations {
+            Some(api) => api.find(&caller, map).await,
+            // Checked above; kept total rather than panicking.
+            None => Err(FunctionError::invalid_action(&Value::from("FIND"))),
+        },
     };
     match result {
         Ok(_) if invocation == InvocationType::Event => (
@@ -187,8 +210,25 @@ fn drain_limit(limit: usize) -> u64 {
     (limit as u64).saturating_mul(8).max(8 * 1024 * 1024)
 }
 
-/// The payload must be an object with a known `action`.
-fn parse_action(payload: &Value) -> Result<(Action, &Map<String, Value>), FunctionError> {
+/// A function's action, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Rule(Action),
+    Find,
+}
+
+impl Call {
+    fn label(self) -> &'static str {
+        match self {
+            Call::Rule(a) => a.as_str(),
+            Call::Find => "FIND",
+        }
+    }
+}
+
+/// The payload must be an object with a string `action`; which actions exist depends on the
+/// function.
+fn parse_action(payload: &Value) -> Result<(&str, &Map<String, Value>), FunctionError> {
     let Value::Object(map) = payload else {
         return Err(FunctionError::invalid_arguments(
             "payload",
@@ -197,9 +237,7 @@ fn parse_action(payload: &Value) -> Result<(Action, &Map<String, Value>), Functi
     };
     match map.get("action") {
         None | Some(Value::Null) => Err(FunctionError::property_required("action")),
-        Some(Value::String(s)) => Action::parse(s)
-            .map(|a| (a, map))
-            .ok_or_else(|| FunctionError::invalid_action(&Value::String(s.clone()))),
+        Some(Value::String(s)) => Ok((s.as_str(), map)),
         Some(other) => Err(FunctionError::invalid_action(other)),
     }
 }
@@ -217,6 +255,10 @@ mod tests {
             Function::from_name("dev-RuleLambda-12345"),
             Some(Function::Rule)
         );
+        assert_eq!(
+            Function::from_name("dev-ObservationLambda-1"),
+            Some(Function::Observation)
+        );
         assert_eq!(Function::from_name("UserLambda"), None);
         assert_eq!(Function::from_name("rulelambda"), None);
     }
@@ -230,13 +272,12 @@ mod tests {
         let e = key(json!({}));
         assert_eq!(e.message_key, Some("PROPERTY_REQUIRED"));
         assert_eq!(e.property.as_deref(), Some("action"));
-        let e = key(json!({"action": "FLY"}));
-        assert_eq!(e.message_key, Some("INVALID_ACTION"));
-        assert_eq!(e.message_params.unwrap()["action"], json!("FLY"));
         let e = key(json!({"action": 7}));
         assert_eq!(e.message_key, Some("INVALID_ACTION"));
-        let (action, _) = parse_action(&json!({"action": "LIST"})).unwrap();
-        assert_eq!(action, Action::List);
+        assert_eq!(e.message_params.unwrap()["action"], json!(7));
+        let payload = json!({"action": "LIST"});
+        let (action, _) = parse_action(&payload).unwrap();
+        assert_eq!(action, "LIST");
     }
 
     #[test]

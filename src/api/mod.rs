@@ -10,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod health;
 pub mod invoke;
+pub mod observation_lambda;
 pub mod rule_lambda;
 
 use std::sync::{Arc, RwLock};
@@ -28,6 +29,7 @@ use rule_engine::Directory;
 
 use crate::auth::Authenticator;
 use crate::store::RuleStore;
+use observation_lambda::ObservationApi;
 use rule_lambda::RuleApi;
 
 /// What every handler shares; cheap to clone.
@@ -39,6 +41,8 @@ pub struct AppState {
 struct Inner {
     auth: Authenticator,
     rules: RuleApi,
+    /// FIND, when `search.url` is set.
+    observations: Option<ObservationApi>,
     store: RuleStore,
     directory: Arc<RwLock<Directory>>,
     metrics: PrometheusHandle,
@@ -51,6 +55,7 @@ impl AppState {
     pub fn new(
         auth: Authenticator,
         rules: RuleApi,
+        observations: Option<ObservationApi>,
         store: RuleStore,
         directory: Arc<RwLock<Directory>>,
         metrics: PrometheusHandle,
@@ -60,6 +65,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 auth,
                 rules,
+                observations,
                 store,
                 directory,
                 metrics,

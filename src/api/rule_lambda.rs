@@ -272,7 +272,7 @@ fn store_failure(e: StoreError) -> FunctionError {
 }
 
 /// A short reference that ties a client's error to the log line with the details.
-fn reference() -> String {
+pub(crate) fn reference() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let now = std::time::SystemTime::now()

@@ -1,0 +1,53 @@
+//! Errors of the object sink. Expected outcomes (a store that fails and is retried, a payload
+//! that is not a JSON object) are not errors of the API: they are counted and logged.
+
+use std::path::PathBuf;
+
+/// Everything starting the object sink can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    /// The `[objects]` configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The spool directory cannot be created, listed or read.
+    #[error("objects spool {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The batcher thread could not be started.
+    #[error("cannot start the objects batcher thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A bad `[objects]` setting; the message names the key (`objects.max_bytes: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("objects.{key}: {reason}")]
+pub struct ConfigError {
+    /// The key below `objects.`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why [`ObjectSinkHandle::append`](super::ObjectSinkHandle::append) did not take a record.
+/// The token is dropped unacked, so the broker redelivers the observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The record is larger than a spool frame may be.
+    #[error("record of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The sink is shutting down or gone.
+    #[error("the object sink is shut down")]
+    Closed,
+}

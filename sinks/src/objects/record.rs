@@ -1,0 +1,417 @@
+//! The stored form of one observation (DESIGN.md, "Observation record"). Pure and fast: no I/O,
+//! and no `serde_json::Value` — the device's bytes are validated, their top-level keys scanned,
+//! and the added keys spliced in after the opening `{`.
+
+use base64::Engine;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+/// Which batch stream a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// Observation records, under `<prefix>`.
+    Observations,
+    /// Error records (payloads that were not JSON objects), under `<prefix>errors/`.
+    Errors,
+}
+
+impl RecordKind {
+    /// A label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Observations => "observations",
+            RecordKind::Errors => "errors",
+        }
+    }
+}
+
+/// The payload is not a JSON object; it becomes an error record
+/// ([`build_error_record`]) with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("payload is not a JSON object: {reason}")]
+pub struct NotAnObject {
+    /// Why, for the error record's `reason`.
+    pub reason: String,
+}
+
+impl NotAnObject {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+const THING_NAME: &str = "thingName";
+const TIMESTAMP: &str = "timestamp";
+const DOMAIN: &str = "domain";
+
+/// The record stored for one observation: the device's JSON object with `thingName` (from the
+/// topic; a payload `thingName` is replaced), `timestamp` (`received_at_ms`, unless the payload
+/// carries a top-level `timestamp`, which is kept) and `domain` (when the directory knows the
+/// thing; it replaces a payload `domain`) added at the front. The device's bytes are kept as they
+/// are, whitespace included, except that whitespace around the object is trimmed (and, when a
+/// payload key is replaced, the whitespace between members).
+pub fn build_record(
+    payload: &[u8],
+    thing_name: &str,
+    received_at_ms: u64,
+    domain_path: Option<&str>,
+) -> Result<Vec<u8>, NotAnObject> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| NotAnObject::new(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    // Validation first, so that the scanner below only ever sees well-formed JSON. Borrowed and
+    // allocation-free: `IgnoredAny` skips every value.
+    serde_json::from_str::<IgnoredAny>(text)
+        .map_err(|e| NotAnObject::new(format!("invalid JSON: {e}")))?;
+    let bytes = text.as_bytes();
+    let open = skip_ws(bytes, 0);
+    match bytes.get(open) {
+        Some(b'{') => {}
+        Some(b'[') => return Err(NotAnObject::new("a JSON array, not an object")),
+        Some(b'"') => return Err(NotAnObject::new("a JSON string, not an object")),
+        Some(b't' | b'f') => return Err(NotAnObject::new("a JSON boolean, not an object")),
+        Some(b'n') => return Err(NotAnObject::new("JSON null, not an object")),
+        Some(_) => return Err(NotAnObject::new("a JSON number, not an object")),
+        None => return Err(NotAnObject::new("empty payload")),
+    }
+    let close = trim_end(bytes);
+
+    let mut has_timestamp = false;
+    let mut remove = false;
+    for member in Members::new(bytes, open) {
+        match member.key(text).as_deref() {
+            Some(THING_NAME) => remove = true,
+            Some(DOMAIN) if domain_path.is_some() => remove = true,
+            Some(TIMESTAMP) => has_timestamp = true,
+            _ => {}
+        }
+    }
+
+    let extra = thing_name.len() + domain_path.map_or(0, str::len) + 64;
+    let mut out = Vec::with_capacity(close - open + extra);
+    out.push(b'{');
+    out.extend_from_slice(b"\"thingName\":");
+    push_json(&mut out, thing_name);
+    if !has_timestamp {
+        out.extend_from_slice(b",\"timestamp\":");
+        push_json(&mut out, &received_at_ms);
+    }
+    if let Some(domain) = domain_path {
+        out.extend_from_slice(b",\"domain\":");
+        push_json(&mut out, domain);
+    }
+    if !remove {
+        // The common path: the device's bytes after `{`, verbatim.
+        let body = &bytes[open + 1..close];
+        if bytes[skip_ws(bytes, open + 1)] != b'}' {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+    } else {
+        // Rare: the payload carries a key we replace. Rebuild from the kept members' bytes.
+        for member in Members::new(bytes, open) {
+            let replaced = match member.key(text).as_deref() {
+                Some(THING_NAME) => true,
+                Some(DOMAIN) => domain_path.is_some(),
+                _ => false,
+            };
+            if !replaced {
+                out.push(b',');
+                out.extend_from_slice(&bytes[member.start..member.end]);
+            }
+        }
+        out.push(b'}');
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct ErrorRecord<'a> {
+    #[serde(rename = "thingName")]
+    thing_name: &'a str,
+    timestamp: u64,
+    reason: &'a str,
+    #[serde(rename = "rawData")]
+    raw_data: String,
+}
+
+/// The record stored under `<prefix>errors/` for a payload that is not a JSON object:
+/// `{"thingName","timestamp","reason","rawData"}`, `rawData` being the payload in base64.
+pub fn build_error_record(
+    payload: &[u8],
+    thing_name: &str,
+    received_at_ms: u64,
+    reason: &str,
+) -> Vec<u8> {
+    let record = ErrorRecord {
+        thing_name,
+        timestamp: received_at_ms,
+        reason,
+        raw_data: base64::engine::general_purpose::STANDARD.encode(payload),
+    };
+    // A struct of strings and an integer always serializes.
+    serde_json::to_vec(&record).expect("an error record serializes")
+}
+
+/// Appends `value` as JSON. Writing strings and integers to a `Vec` cannot fail.
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(&mut *out, value).expect("JSON into a Vec cannot fail");
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && is_ws(bytes[at]) {
+        at += 1;
+    }
+    at
+}
+
+/// One past the last non-whitespace byte.
+fn trim_end(bytes: &[u8]) -> usize {
+    let mut end = bytes.len();
+    while end > 0 && is_ws(bytes[end - 1]) {
+        end -= 1;
+    }
+    end
+}
+
+/// End of the string whose opening quote is at `at` (one past the closing quote).
+fn skip_string(bytes: &[u8], mut at: usize) -> usize {
+    at += 1;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'"' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    at
+}
+
+/// End of the value starting at `at` (no leading whitespace).
+fn skip_value(bytes: &[u8], mut at: usize) -> usize {
+    match bytes.get(at) {
+        Some(b'"') => skip_string(bytes, at),
+        Some(b'{' | b'[') => {
+            // Iterative, so nesting depth costs no stack.
+            let mut depth = 0usize;
+            while at < bytes.len() {
+                match bytes[at] {
+                    b'"' => {
+                        at = skip_string(bytes, at);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return at + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+            at
+        }
+        _ => {
+            while at < bytes.len() && !matches!(bytes[at], b',' | b'}' | b']') && !is_ws(bytes[at])
+            {
+                at += 1;
+            }
+            at
+        }
+    }
+}
+
+/// A top-level member: `bytes[start..end]` is `"key": value`.
+struct Member {
+    start: usize,
+    key_end: usize,
+    end: usize,
+}
+
+impl Member {
+    /// The key, unescaped. `None` never happens on validated input.
+    fn key<'a>(&self, text: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        let quoted = text.get(self.start..self.key_end)?;
+        let raw = &quoted[1..quoted.len() - 1];
+        if raw.contains('\\') {
+            serde_json::from_str::<String>(quoted)
+                .ok()
+                .map(std::borrow::Cow::Owned)
+        } else {
+            Some(std::borrow::Cow::Borrowed(raw))
+        }
+    }
+}
+
+/// The members of the object whose `{` is at `open`, in order. Only for input that
+/// `serde_json` has already validated.
+struct Members<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Members<'a> {
+    fn new(bytes: &'a [u8], open: usize) -> Self {
+        Self {
+            bytes,
+            at: open + 1,
+        }
+    }
+}
+
+impl Iterator for Members<'_> {
+    type Item = Member;
+
+    fn next(&mut self) -> Option<Member> {
+        let bytes = self.bytes;
+        let mut at = skip_ws(bytes, self.at);
+        if bytes.get(at) == Some(&b',') {
+            at = skip_ws(bytes, at + 1);
+        }
+        if bytes.get(at) != Some(&b'"') {
+            self.at = bytes.len();
+            return None;
+        }
+        let start = at;
+        let key_end = skip_string(bytes, at);
+        at = skip_ws(bytes, key_end);
+        // The `:`.
+        at = skip_ws(bytes, at + 1);
+        let end = skip_value(bytes, at);
+        self.at = end;
+        Some(Member {
+            start,
+            key_end,
+            end,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn rec(payload: &str, domain: Option<&str>) -> String {
+        let out = build_record(payload.as_bytes(), "thing-1", 1_700_000_000_123, domain)
+            .expect("an object");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).expect("valid JSON")
+    }
+
+    #[test]
+    fn splices_keys_and_keeps_the_device_bytes() {
+        let payload = r#"{"state":{"reported":{"temp":20.5}}}"#;
+        assert_eq!(
+            rec(payload, None),
+            r#"{"thingName":"thing-1","timestamp":1700000000123,"state":{"reported":{"temp":20.5}}}"#
+        );
+        assert_eq!(
+            rec(payload, Some("root/sub1")),
+            r#"{"thingName":"thing-1","timestamp":1700000000123,"domain":"root/sub1","state":{"reported":{"temp":20.5}}}"#
+        );
+        // Whitespace inside is kept, around is trimmed; number formatting untouched.
+        assert_eq!(
+            rec(" \n{ \"a\" : 1.50e3 ,\"b\":[1, 2] }\n", None),
+            r#"{"thingName":"thing-1","timestamp":1700000000123, "a" : 1.50e3 ,"b":[1, 2] }"#
+        );
+    }
+
+    #[test]
+    fn empty_objects() {
+        assert_eq!(
+            rec("{}", None),
+            r#"{"thingName":"thing-1","timestamp":1700000000123}"#
+        );
+        assert_eq!(
+            rec("  { \t }  ", Some("root")),
+            "{\"thingName\":\"thing-1\",\"timestamp\":1700000000123,\"domain\":\"root\" \t }"
+        );
+    }
+
+    #[test]
+    fn payload_timestamp_is_kept() {
+        let out = rec(r#"{"timestamp":42,"state":{}}"#, None);
+        assert_eq!(out, r#"{"thingName":"thing-1","timestamp":42,"state":{}}"#);
+        // A nested `timestamp` is not top-level: the receive time is added.
+        let v = parse(&rec(r#"{"state":{"timestamp":1}}"#, None));
+        assert_eq!(v["timestamp"], json!(1_700_000_000_123u64));
+    }
+
+    #[test]
+    fn payload_thing_name_and_domain_are_replaced_never_duplicated() {
+        let out = rec(
+            r#"{"a":1, "thingName":"spoofed","domain":"x","z":{"thingName":"inner"}}"#,
+            Some("root/a"),
+        );
+        assert_eq!(
+            out,
+            r#"{"thingName":"thing-1","timestamp":1700000000123,"domain":"root/a","a":1,"z":{"thingName":"inner"}}"#
+        );
+        // Only member, and an escaped spelling of the key.
+        let out = rec(r#"{"thing\u004eame":"spoofed"}"#, None);
+        assert_eq!(out, r#"{"thingName":"thing-1","timestamp":1700000000123}"#);
+        // Unknown domain: the device's `domain` stays.
+        let out = rec(r#"{"domain":"dev","thingName":"x"}"#, None);
+        assert_eq!(
+            out,
+            r#"{"thingName":"thing-1","timestamp":1700000000123,"domain":"dev"}"#
+        );
+    }
+
+    #[test]
+    fn added_values_are_escaped() {
+        let out = build_record(b"{}", "a\"b\\c\n", 1, Some("r/\u{1}")).expect("object");
+        let v = parse(std::str::from_utf8(&out).expect("UTF-8"));
+        assert_eq!(v["thingName"], json!("a\"b\\c\n"));
+        assert_eq!(v["domain"], json!("r/\u{1}"));
+    }
+
+    #[test]
+    fn strings_with_braces_and_escapes_do_not_confuse_the_scanner() {
+        let payload = r#"{"s":"}{\"thingName\":1,","t":{"u":"]\\"},"thingName":null}"#;
+        let v = parse(&rec(payload, None));
+        assert_eq!(v["thingName"], json!("thing-1"));
+        assert_eq!(v["s"], json!("}{\"thingName\":1,"));
+        assert_eq!(v["t"], json!({"u": "]\\"}));
+    }
+
+    #[test]
+    fn non_objects_are_refused_with_a_reason() {
+        let reason = |p: &[u8]| {
+            build_record(p, "t", 1, None)
+                .expect_err("not an object")
+                .reason
+        };
+        assert!(reason(b"[1,2]").contains("array"));
+        assert!(reason(b"42").contains("number"));
+        assert!(reason(b"\"s\"").contains("string"));
+        assert!(reason(b"true").contains("boolean"));
+        assert!(reason(b"null").contains("null"));
+        assert!(reason(b"").contains("invalid JSON"));
+        assert!(reason(b"{\"a\":").contains("invalid JSON"));
+        assert!(reason(b"{} {}").contains("invalid JSON"));
+        assert!(reason(b"{\"a\":\xff}").contains("UTF-8"));
+    }
+
+    #[test]
+    fn error_record_has_base64_raw_data() {
+        let out = build_error_record(b"\xff[1", "thing-\"1", 7, "invalid UTF-8 at byte 0");
+        let v = parse(std::str::from_utf8(&out).expect("UTF-8"));
+        assert_eq!(
+            v,
+            json!({"thingName":"thing-\"1","timestamp":7,"reason":"invalid UTF-8 at byte 0","rawData":"/1sx"})
+        );
+    }
+}

@@ -1,0 +1,538 @@
+//! The crash-safe spool: one file per batch that is open or sealed but not yet stored.
+//!
+//! Layout of `<spool_dir>/<id>.spool`:
+//!
+//! ```text
+//! b"CCSPOOL1"                                   magic
+//! [u32 len][u32 crc32][header JSON]             key, created_ms, version, kind, delimiter, compression
+//! [u32 len][u32 crc32][record bytes]  ...       one frame per record
+//! ```
+//!
+//! Integers are little-endian; the CRC-32 covers the frame's bytes. The batcher acks a record
+//! only after the `fsync` that covers its frame, and an `fsync` covers everything written
+//! before it, so after a crash the frames that were acked are an intact prefix of the file:
+//! reading stops at the first torn or bad frame, and the tail is truncated (those records were
+//! never acked; the broker redelivers them). A file whose header frame is incomplete was never
+//! acked at all and is removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::config::{Compression, Delimiter};
+use super::record::RecordKind;
+
+/// File extension of spool files.
+pub const SPOOL_EXT: &str = "spool";
+/// Folder below the spool directory for files whose store failed permanently.
+pub const FAILED_DIR: &str = "failed";
+/// Format version written in the header.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes a frame adds to its data: length and CRC.
+pub const FRAME_OVERHEAD: usize = 8;
+/// Largest record a frame holds. Bigger lengths read back are taken as corruption.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+const MAGIC: &[u8; 8] = b"CCSPOOL1";
+
+/// The first frame of a spool file: everything needed to store it after a restart, under the
+/// same key (so a retry overwrites instead of duplicating).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolHeader {
+    /// Format version ([`FORMAT_VERSION`]).
+    pub version: u32,
+    /// The object key.
+    pub key: String,
+    /// When the batch was opened (its first record), ms since the epoch.
+    pub created_ms: u64,
+    /// Observations or errors.
+    pub kind: RecordKind,
+    /// Separator written after each record in the object.
+    pub delimiter: Delimiter,
+    /// Encoding of the object body.
+    pub compression: Compression,
+}
+
+/// Appends one frame holding `data`.
+pub fn push_frame(buf: &mut Vec<u8>, data: &[u8]) {
+    // Callers keep records below MAX_RECORD_BYTES, far below u32::MAX.
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    buf.extend_from_slice(data);
+}
+
+/// Why a file's header cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// The file ends inside the magic or the header frame: created, never acked.
+    Torn,
+    /// Wrong magic, bad CRC, unreadable JSON or an unknown version: not ours to guess.
+    Corrupt(String),
+}
+
+/// What [`decode`] found in a spool file's bytes.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The header, or why it cannot be read (then there are no records).
+    pub header: Result<SpoolHeader, HeaderProblem>,
+    /// Byte ranges of the intact records, in order.
+    pub records: Vec<Range<usize>>,
+    /// Length of the intact prefix (header and intact records).
+    pub valid_len: usize,
+}
+
+impl Decoded {
+    /// Whether bytes follow the intact prefix (a torn or bad frame).
+    pub fn has_bad_tail(&self, file_len: usize) -> bool {
+        self.header.is_ok() && self.valid_len < file_len
+    }
+}
+
+/// Reads a frame at `at`: the data's range, or `None` when torn or bad.
+fn frame(data: &[u8], at: usize) -> Option<Range<usize>> {
+    let head = data.get(at..at + FRAME_OVERHEAD)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let range = at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len;
+    let bytes = data.get(range.clone())?;
+    (crc32fast::hash(bytes) == crc).then_some(range)
+}
+
+/// Decodes a spool file's bytes; pure.
+pub fn decode(data: &[u8]) -> Decoded {
+    let bad = |header| Decoded {
+        header: Err(header),
+        records: Vec::new(),
+        valid_len: 0,
+    };
+    let Some(magic) = data.get(..MAGIC.len()) else {
+        return bad(HeaderProblem::Torn);
+    };
+    if magic != MAGIC {
+        return bad(HeaderProblem::Corrupt(
+            "not a spool file (bad magic)".into(),
+        ));
+    }
+    let at = MAGIC.len();
+    let Some(range) = frame(data, at) else {
+        // A complete header frame with a bad CRC is corruption; an incomplete one is torn.
+        let complete = data.get(at..at + 4).is_some_and(|len| {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            len <= MAX_RECORD_BYTES && data.len() >= at + FRAME_OVERHEAD + len
+        });
+        return bad(if complete {
+            HeaderProblem::Corrupt("header frame CRC mismatch".into())
+        } else {
+            HeaderProblem::Torn
+        });
+    };
+    let header: SpoolHeader = match serde_json::from_slice(&data[range.clone()]) {
+        Ok(h) => h,
+        Err(e) => return bad(HeaderProblem::Corrupt(format!("header JSON: {e}"))),
+    };
+    if header.version != FORMAT_VERSION {
+        return bad(HeaderProblem::Corrupt(format!(
+            "unknown format version {}",
+            header.version
+        )));
+    }
+    let mut at = range.end;
+    let mut records = Vec::new();
+    while let Some(range) = frame(data, at) {
+        at = range.end;
+        records.push(range);
+    }
+    Decoded {
+        header: Ok(header),
+        records,
+        valid_len: at,
+    }
+}
+
+/// A spool file that is complete: sealed by the batcher, or left by a crash. It is deleted
+/// only after its object is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSpool {
+    /// The file.
+    pub path: PathBuf,
+    /// Its header (the key to store it under).
+    pub header: SpoolHeader,
+    /// Its size on disk.
+    pub file_bytes: u64,
+    /// Records in it.
+    pub records: usize,
+}
+
+/// The records of a sealed spool file, read back for storing.
+#[derive(Debug, Clone)]
+pub struct SpoolContents {
+    /// The header.
+    pub header: SpoolHeader,
+    /// The records, slices of one buffer.
+    pub records: Vec<Bytes>,
+}
+
+/// Reads a sealed spool file. A bad tail (which a live batcher never leaves) is logged and
+/// skipped: the intact records are what was acked.
+pub fn read_sealed(path: &Path) -> io::Result<SpoolContents> {
+    let data = Bytes::from(fs::read(path)?);
+    let decoded = decode(&data);
+    let header = match decoded.header {
+        Ok(header) => header,
+        Err(problem) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unreadable spool header: {problem:?}"),
+            ))
+        }
+    };
+    if decoded.valid_len < data.len() {
+        warn!(
+            path = %path.display(),
+            skipped_bytes = data.len() - decoded.valid_len,
+            "spool file has a bad tail; storing its intact records"
+        );
+    }
+    let records = decoded
+        .records
+        .into_iter()
+        .map(|range| data.slice(range))
+        .collect();
+    Ok(SpoolContents { header, records })
+}
+
+/// Every spool file left in `dir` by an earlier run (a crash, or a shutdown whose grace ran
+/// out), oldest first, ready to be stored under the key in its header before anything else.
+///
+/// Torn tails are truncated; files with no acked record (torn header, header only) are
+/// removed; files with a corrupt header are moved to `failed/` for an operator.
+pub fn recover(dir: &Path) -> io::Result<Vec<SealedSpool>> {
+    fs::create_dir_all(dir)?;
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if !entry.file_type()?.is_file()
+            || path.extension().and_then(|e| e.to_str()) != Some(SPOOL_EXT)
+        {
+            continue;
+        }
+        let data = fs::read(&path)?;
+        let decoded = decode(&data);
+        match decoded.header {
+            Err(HeaderProblem::Torn) => {
+                info!(path = %path.display(), "removing spool file with a torn header (never acked)");
+                fs::remove_file(&path)?;
+            }
+            Err(HeaderProblem::Corrupt(why)) => {
+                let to = move_to_failed(&path)?;
+                warn!(path = %path.display(), moved_to = %to.display(), reason = %why, "spool file unreadable; moved aside");
+            }
+            Ok(_) if decoded.records.is_empty() => {
+                info!(path = %path.display(), "removing spool file without records");
+                fs::remove_file(&path)?;
+            }
+            Ok(header) => {
+                if decoded.valid_len < data.len() {
+                    warn!(
+                        path = %path.display(),
+                        dropped_bytes = data.len() - decoded.valid_len,
+                        "truncating torn tail of spool file (those records were never acked)"
+                    );
+                    let file = OpenOptions::new().write(true).open(&path)?;
+                    file.set_len(decoded.valid_len as u64)?;
+                    file.sync_data()?;
+                }
+                found.push(SealedSpool {
+                    path,
+                    header,
+                    file_bytes: decoded.valid_len as u64,
+                    records: decoded.records.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| {
+        (a.header.created_ms, &a.header.key).cmp(&(b.header.created_ms, &b.header.key))
+    });
+    Ok(found)
+}
+
+/// Moves a spool file to `<its dir>/failed/`, keeping its name; returns the new path.
+pub fn move_to_failed(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let failed = dir.join(FAILED_DIR);
+    fs::create_dir_all(&failed)?;
+    let to = failed.join(path.file_name().unwrap_or_default());
+    fs::rename(path, &to)?;
+    sync_dir(&failed)?;
+    sync_dir(dir)?;
+    Ok(to)
+}
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The spool file of an open batch. Records are framed into a buffer by [`push`](Self::push)
+/// and reach the disk at [`commit`](Self::commit), one write and one `fsync` for many records.
+#[derive(Debug)]
+pub struct SpoolFile {
+    path: PathBuf,
+    file: File,
+    header: SpoolHeader,
+    /// Bytes of the file known durable.
+    committed: u64,
+    /// Frames not yet durable (the header's too, until the first commit).
+    pending: Vec<u8>,
+    /// Size of the object this batch makes: records and delimiters, before compression.
+    object_bytes: u64,
+    records: usize,
+    delimiter_len: u64,
+}
+
+impl SpoolFile {
+    /// Creates `<dir>/<id>.spool` and frames its header (written at the first commit). The
+    /// caller must make `dir` durable (`sync_dir`) before acking records in it.
+    pub fn create(dir: &Path, id: &str, header: SpoolHeader) -> io::Result<Self> {
+        let path = dir.join(format!("{id}.{SPOOL_EXT}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut pending = Vec::with_capacity(64 * 1024);
+        pending.extend_from_slice(MAGIC);
+        let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
+        push_frame(&mut pending, &json);
+        Ok(Self {
+            path,
+            file,
+            delimiter_len: header.delimiter.bytes().len() as u64,
+            header,
+            committed: 0,
+            pending,
+            object_bytes: 0,
+            records: 0,
+        })
+    }
+
+    /// Frames a record (in memory until the next commit).
+    pub fn push(&mut self, record: &[u8]) {
+        push_frame(&mut self.pending, record);
+        self.object_bytes += record.len() as u64 + self.delimiter_len;
+        self.records += 1;
+    }
+
+    /// Object bytes this record would add.
+    pub fn object_bytes_of(&self, record_len: usize) -> u64 {
+        record_len as u64 + self.delimiter_len
+    }
+
+    /// Size of the object so far (records and delimiters, before compression).
+    pub fn object_bytes(&self) -> u64 {
+        self.object_bytes
+    }
+
+    /// Records so far.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// The header.
+    pub fn header(&self) -> &SpoolHeader {
+        &self.header
+    }
+
+    /// Whether frames wait for a commit.
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the pending frames at the end of the durable prefix and `fsync`s; returns the
+    /// bytes made durable. After an error nothing is known durable beyond the earlier commits;
+    /// calling again rewrites the same frames at the same place (and so also repairs a write
+    /// that went partly through, or pages a failed `fsync` dropped).
+    pub fn commit(&mut self) -> io::Result<u64> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.committed))?;
+        self.file.write_all(&self.pending)?;
+        self.file.sync_data()?;
+        let n = self.pending.len() as u64;
+        self.committed += n;
+        self.pending.clear();
+        Ok(n)
+    }
+
+    /// Closes the file; the batch goes to the uploader. Call after a commit.
+    pub fn seal(self) -> SealedSpool {
+        SealedSpool {
+            path: self.path,
+            header: self.header,
+            file_bytes: self.committed,
+            records: self.records,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SpoolHeader {
+        SpoolHeader {
+            version: FORMAT_VERSION,
+            key: "2024/01/01/00/dev-firehose-1-2024-01-01-00-00-00-x".into(),
+            created_ms: 1_704_067_200_000,
+            kind: RecordKind::Observations,
+            delimiter: Delimiter::None,
+            compression: Compression::None,
+        }
+    }
+
+    fn file_bytes(records: &[&[u8]]) -> Vec<u8> {
+        let mut buf = MAGIC.to_vec();
+        push_frame(&mut buf, &serde_json::to_vec(&header()).expect("json"));
+        for r in records {
+            push_frame(&mut buf, r);
+        }
+        buf
+    }
+
+    fn records_of(data: &[u8], d: &Decoded) -> Vec<Vec<u8>> {
+        d.records.iter().map(|r| data[r.clone()].to_vec()).collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let data = file_bytes(&[b"{\"a\":1}", b"", b"{}"]);
+        let d = decode(&data);
+        assert_eq!(d.header.as_ref().expect("header"), &header());
+        assert_eq!(records_of(&data, &d), [&b"{\"a\":1}"[..], b"", b"{}"]);
+        assert_eq!(d.valid_len, data.len());
+        assert!(!d.has_bad_tail(data.len()));
+    }
+
+    #[test]
+    fn torn_tail_stops_at_the_last_intact_frame() {
+        let full = file_bytes(&[b"one", b"two"]);
+        let intact = file_bytes(&[b"one"]).len();
+        for cut in intact..full.len() {
+            let d = decode(&full[..cut]);
+            assert_eq!(records_of(&full, &d), [b"one".to_vec()], "cut at {cut}");
+            assert_eq!(d.valid_len, intact);
+            assert_eq!(d.has_bad_tail(cut), cut > intact);
+        }
+    }
+
+    #[test]
+    fn bad_crc_stops_reading() {
+        let mut data = file_bytes(&[b"one", b"two", b"three"]);
+        let second = file_bytes(&[b"one"]).len();
+        // Flip a byte of "two".
+        data[second + FRAME_OVERHEAD] ^= 0x20;
+        let d = decode(&data);
+        assert_eq!(records_of(&data, &d), [b"one".to_vec()]);
+        assert_eq!(d.valid_len, second);
+        // An absurd length is a bad frame too, not an allocation.
+        let mut data = file_bytes(&[b"one"]);
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&[0; 4]);
+        assert_eq!(decode(&data).records.len(), 1);
+    }
+
+    #[test]
+    fn empty_header_only_and_torn_header() {
+        assert_eq!(decode(b"").header, Err(HeaderProblem::Torn));
+        assert_eq!(decode(&MAGIC[..5]).header, Err(HeaderProblem::Torn));
+        let header_only = file_bytes(&[]);
+        let d = decode(&header_only);
+        assert!(d.header.is_ok());
+        assert!(d.records.is_empty());
+        for cut in MAGIC.len()..header_only.len() {
+            assert_eq!(decode(&header_only[..cut]).header, Err(HeaderProblem::Torn));
+        }
+        let mut corrupt = header_only.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(
+            decode(&corrupt).header,
+            Err(HeaderProblem::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(b"NOTSPOOL....").header,
+            Err(HeaderProblem::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn spool_file_commit_seal_and_recover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = SpoolFile::create(dir.path(), "a", header()).expect("create");
+        f.push(b"one");
+        f.push(b"two");
+        assert!(f.is_dirty());
+        let n = f.commit().expect("commit");
+        assert_eq!(n, file_bytes(&[b"one", b"two"]).len() as u64);
+        f.push(b"three");
+        f.commit().expect("commit");
+        assert_eq!(f.object_bytes(), 11);
+        let sealed = f.seal();
+        assert_eq!(sealed.records, 3);
+        let contents = read_sealed(&sealed.path).expect("read");
+        assert_eq!(contents.records, [&b"one"[..], b"two", b"three"]);
+
+        // A torn tail, a header-only file, a torn header and a corrupt one.
+        let mut torn = file_bytes(&[b"x", b"yy"]);
+        torn.truncate(torn.len() - 1);
+        fs::write(dir.path().join("torn.spool"), &torn).expect("write");
+        fs::write(dir.path().join("hdr.spool"), file_bytes(&[])).expect("write");
+        fs::write(dir.path().join("empty.spool"), b"").expect("write");
+        fs::write(dir.path().join("bad.spool"), b"CCSPOOL0 nonsense").expect("write");
+        fs::write(dir.path().join("other.txt"), b"ignored").expect("write");
+
+        let found = recover(dir.path()).expect("recover");
+        let names: Vec<_> = found
+            .iter()
+            .map(|s| {
+                s.path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"a.spool".to_string()));
+        assert!(names.contains(&"torn.spool".to_string()));
+        let torn_path = dir.path().join("torn.spool");
+        assert_eq!(
+            fs::metadata(&torn_path).expect("meta").len(),
+            file_bytes(&[b"x"]).len() as u64,
+            "torn tail truncated"
+        );
+        assert!(!dir.path().join("hdr.spool").exists());
+        assert!(!dir.path().join("empty.spool").exists());
+        assert!(dir.path().join("failed/bad.spool").exists());
+        assert!(dir.path().join("other.txt").exists());
+    }
+}

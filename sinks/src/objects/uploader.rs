@@ -1,0 +1,493 @@
+//! The uploader: stores sealed spool files through the writer, at most `upload_concurrency` at
+//! once, retrying retryable failures with capped, jittered exponential backoff until they
+//! succeed or shutdown's grace runs out. A spool file is deleted only after its store
+//! succeeded; a permanent failure moves it to `failed/`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use metrics::{counter, histogram};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn, Instrument};
+
+use super::config::Compression;
+use super::spool::{move_to_failed, read_sealed, SealedSpool, SpoolContents};
+use super::state::Shared;
+use super::telemetry;
+use super::writer::{Batch, WriteError, Writer};
+
+/// Where batches are stored: [`Writer`], or a stand-in in tests.
+pub trait BatchStore: Send + Sync + 'static {
+    /// Stores one batch; the same batch twice writes the same key.
+    fn store(&self, batch: &Batch) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// A label for logs and metrics (`local`, `s3`, ...).
+    fn label(&self) -> &'static str;
+}
+
+impl BatchStore for Writer {
+    fn store(&self, batch: &Batch) -> impl Future<Output = Result<(), WriteError>> + Send {
+        Writer::store(self, batch)
+    }
+
+    fn label(&self) -> &'static str {
+        self.kind()
+    }
+}
+
+/// Retry backoff bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Ceiling of the first wait.
+    pub initial: Duration,
+    /// Cap on any wait.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based), given `unit` drawn uniformly from
+    /// [0, 1): "equal jitter" — half the ceiling fixed, half random — so a wait is never zero
+    /// and stores failing together spread out. The ceiling doubles per attempt up to `max`.
+    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let half = ceiling / 2;
+        half + half.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// The object body: records joined with the delimiter, gzip-compressed when configured.
+pub fn build_batch(contents: SpoolContents) -> std::io::Result<Batch> {
+    let delimiter = contents.header.delimiter.bytes();
+    let size: usize = contents
+        .records
+        .iter()
+        .map(|r| r.len() + delimiter.len())
+        .sum();
+    let mut plain = Vec::with_capacity(size);
+    for record in &contents.records {
+        plain.extend_from_slice(record);
+        plain.extend_from_slice(delimiter);
+    }
+    let body = match contents.header.compression {
+        Compression::None => plain,
+        Compression::Gzip => {
+            let mut gz = GzEncoder::new(
+                Vec::with_capacity(size / 4 + 64),
+                flate2::Compression::default(),
+            );
+            gz.write_all(&plain)?;
+            gz.finish()?
+        }
+    };
+    Ok(Batch {
+        key: contents.header.key,
+        body: Bytes::from(body),
+        records: contents.records,
+    })
+}
+
+/// How shutdown ended for the batches that were in the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Batches stored during the run (recovered ones included).
+    pub stored: u64,
+    /// Batches moved to `failed/` during the run.
+    pub failed: u64,
+    /// Batches still in the spool when the grace period ran out; stored at the next start.
+    pub left_in_spool: u64,
+    /// Whether everything was stored before the grace period ran out.
+    pub completed: bool,
+}
+
+enum Outcome {
+    Stored,
+    Failed,
+    /// Cancelled at the end of the grace period; the file stays in the spool.
+    Left,
+}
+
+pub(crate) struct Uploader<S> {
+    pub(crate) store: Arc<S>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) concurrency: usize,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl<S: BatchStore> Uploader<S> {
+    /// Stores `recovered` first, then what arrives on `sealed_rx`, until that channel closes
+    /// (the batcher stopped) and everything is stored, or the deadline set on `deadline_rx`
+    /// passes.
+    pub(crate) async fn run(
+        self,
+        recovered: Vec<SealedSpool>,
+        mut sealed_rx: mpsc::Receiver<SealedSpool>,
+        mut deadline_rx: watch::Receiver<Option<Instant>>,
+    ) -> ShutdownReport {
+        // The queue holds small descriptors only; its length is bounded by the spool limit,
+        // which stops the batcher when too much waits here.
+        let mut queue: VecDeque<SealedSpool> = recovered.into();
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let mut tasks: JoinSet<Outcome> = JoinSet::new();
+        let mut report = ShutdownReport::default();
+        let mut intake_open = true;
+        let mut deadline: Option<Instant> = None;
+
+        loop {
+            while !queue.is_empty() {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(sealed) = queue.pop_front() else {
+                    break;
+                };
+                tasks.spawn(self.store_one(sealed, permit, cancel_rx.clone()));
+            }
+            if !intake_open && queue.is_empty() && tasks.is_empty() {
+                report.completed = true;
+                break;
+            }
+            let sleep_until = deadline.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = async {
+                    match sleep_until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => break,
+                Ok(()) = deadline_rx.changed(), if deadline.is_none() => {
+                    deadline = *deadline_rx.borrow_and_update();
+                }
+                Some(done) = tasks.join_next() => {
+                    match done {
+                        Ok(Outcome::Stored) => report.stored += 1,
+                        Ok(Outcome::Failed) => report.failed += 1,
+                        Ok(Outcome::Left) => report.left_in_spool += 1,
+                        Err(e) => error!(error = %e, "store task panicked; its batch stays in the spool"),
+                    }
+                }
+                sealed = sealed_rx.recv(), if intake_open => match sealed {
+                    Some(sealed) => queue.push_back(sealed),
+                    None => intake_open = false,
+                },
+            }
+        }
+
+        if !report.completed {
+            // Grace period over: stop retrying; what is not stored stays in the spool.
+            let _ = cancel_tx.send(true);
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok(Outcome::Stored) => report.stored += 1,
+                    Ok(Outcome::Failed) => report.failed += 1,
+                    Ok(Outcome::Left) | Err(_) => report.left_in_spool += 1,
+                }
+            }
+            sealed_rx.close();
+            while let Ok(sealed) = sealed_rx.try_recv() {
+                queue.push_back(sealed);
+            }
+            report.left_in_spool += queue.len() as u64;
+            warn!(
+                left = report.left_in_spool,
+                "shutdown grace period over; unstored batches stay in the spool for the next start"
+            );
+        }
+        info!(
+            stored = report.stored,
+            failed = report.failed,
+            left = report.left_in_spool,
+            "objects uploader stopped"
+        );
+        report
+    }
+
+    fn store_one(
+        &self,
+        sealed: SealedSpool,
+        permit: OwnedSemaphorePermit,
+        cancel: watch::Receiver<bool>,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let store = self.store.clone();
+        let shared = self.shared.clone();
+        let retry = self.retry;
+        let span = tracing::info_span!("store", key = %sealed.header.key, records = sealed.records);
+        async move {
+            let outcome = store_with_retry(&*store, &shared, retry, &sealed, cancel).await;
+            drop(permit);
+            outcome
+        }
+        .instrument(span)
+    }
+}
+
+async fn store_with_retry<S: BatchStore>(
+    store: &S,
+    shared: &Shared,
+    retry: RetryPolicy,
+    sealed: &SealedSpool,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let path = sealed.path.clone();
+    let loaded = tokio::task::spawn_blocking(move || read_sealed(&path).and_then(build_batch))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    let batch = match loaded {
+        Ok(batch) => batch,
+        Err(e) => {
+            error!(error = %e, path = %sealed.path.display(), "cannot read a sealed spool file");
+            return fail(shared, sealed);
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = cancel.wait_for(|c| *c) => return Outcome::Left,
+            r = store.store(&batch) => r,
+        };
+        match result {
+            Ok(()) => {
+                histogram!(telemetry::STORE_DURATION_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                counter!(telemetry::BATCHES_STORED_TOTAL, "sink" => store.label()).increment(1);
+                shared.batches_stored.fetch_add(1, Ordering::AcqRel);
+                info!(bytes = batch.body.len(), "batch stored");
+                if let Err(e) = tokio::fs::remove_file(&sealed.path).await {
+                    // Stored; at worst it is stored again (same key) at the next start.
+                    warn!(error = %e, path = %sealed.path.display(), "cannot remove a stored spool file");
+                }
+                shared.release_spool(sealed.file_bytes);
+                return Outcome::Stored;
+            }
+            Err(e) if e.is_retryable() => {
+                counter!(telemetry::STORE_RETRIES_TOTAL).increment(1);
+                shared.store_retries.fetch_add(1, Ordering::AcqRel);
+                let wait = retry.backoff(attempt, fastrand::f64());
+                warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "store failed; retrying");
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    biased;
+                    _ = cancel.wait_for(|c| *c) => return Outcome::Left,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "store failed permanently");
+                return fail(shared, sealed);
+            }
+        }
+    }
+}
+
+/// Moves a batch that cannot be stored to `failed/` for an operator; it no longer counts
+/// against the spool limit.
+fn fail(shared: &Shared, sealed: &SealedSpool) -> Outcome {
+    counter!(telemetry::STORE_FAILURES_TOTAL).increment(1);
+    shared.store_failures.fetch_add(1, Ordering::AcqRel);
+    match move_to_failed(&sealed.path) {
+        Ok(to) => error!(moved_to = %to.display(), "batch kept in the spool's failed folder"),
+        Err(e) => {
+            error!(error = %e, path = %sealed.path.display(), "cannot move a failed batch aside")
+        }
+    }
+    shared.release_spool(sealed.file_bytes);
+    Outcome::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::config::Delimiter;
+    use crate::objects::record::RecordKind;
+    use crate::objects::spool::{SpoolFile, SpoolHeader, FORMAT_VERSION};
+    use std::io::Read;
+    use std::sync::Mutex;
+
+    #[test]
+    fn backoff_is_capped_jittered_and_never_zero() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        };
+        assert_eq!(p.backoff(0, 0.0), Duration::from_millis(250));
+        assert_eq!(p.backoff(0, 1.0), Duration::from_millis(500));
+        assert_eq!(p.backoff(3, 0.0), Duration::from_millis(2000));
+        assert_eq!(p.backoff(30, 1.0), Duration::from_secs(30));
+        assert_eq!(p.backoff(u32::MAX, 0.0), Duration::from_secs(15));
+    }
+
+    fn contents(delimiter: Delimiter, compression: Compression) -> SpoolContents {
+        SpoolContents {
+            header: SpoolHeader {
+                version: FORMAT_VERSION,
+                key: "k".into(),
+                created_ms: 0,
+                kind: RecordKind::Observations,
+                delimiter,
+                compression,
+            },
+            records: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{}")],
+        }
+    }
+
+    #[test]
+    fn bodies_by_delimiter_and_compression() {
+        let b = build_batch(contents(Delimiter::None, Compression::None)).expect("batch");
+        assert_eq!(&b.body[..], b"{\"a\":1}{}");
+        assert_eq!(b.records.len(), 2);
+        let b = build_batch(contents(Delimiter::Newline, Compression::None)).expect("batch");
+        assert_eq!(&b.body[..], b"{\"a\":1}\n{}\n");
+        let b = build_batch(contents(Delimiter::Newline, Compression::Gzip)).expect("batch");
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&b.body[..])
+            .read_to_end(&mut plain)
+            .expect("gunzip");
+        assert_eq!(plain, b"{\"a\":1}\n{}\n");
+        assert_eq!(&b.records[1][..], b"{}");
+    }
+
+    /// Fails with the scripted errors first, then succeeds; records the keys stored.
+    struct Scripted {
+        errors: Mutex<Vec<WriteError>>,
+        stored: Mutex<Vec<String>>,
+    }
+
+    impl BatchStore for Scripted {
+        fn store(&self, batch: &Batch) -> impl Future<Output = Result<(), WriteError>> + Send {
+            let next = self.errors.lock().expect("lock").pop();
+            if next.is_none() {
+                self.stored.lock().expect("lock").push(batch.key.clone());
+            }
+            async move { next.map_or(Ok(()), Err) }
+        }
+
+        fn label(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    fn sealed_in(dir: &std::path::Path, id: &str) -> SealedSpool {
+        let mut f = SpoolFile::create(
+            dir,
+            id,
+            SpoolHeader {
+                version: FORMAT_VERSION,
+                key: format!("key-{id}"),
+                created_ms: 0,
+                kind: RecordKind::Observations,
+                delimiter: Delimiter::None,
+                compression: Compression::None,
+            },
+        )
+        .expect("create");
+        f.push(b"{}");
+        f.commit().expect("commit");
+        f.seal()
+    }
+
+    async fn run_with(
+        errors: Vec<WriteError>,
+    ) -> (
+        ShutdownReport,
+        Arc<Scripted>,
+        Arc<Shared>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealed = sealed_in(dir.path(), "a");
+        let shared = Arc::new(Shared::new(u64::MAX));
+        shared.add_spool(sealed.file_bytes, 1);
+        let store = Arc::new(Scripted {
+            errors: Mutex::new(errors),
+            stored: Mutex::new(Vec::new()),
+        });
+        let uploader = Uploader {
+            store: store.clone(),
+            shared: shared.clone(),
+            concurrency: 2,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+        };
+        let (tx, rx) = mpsc::channel(4);
+        drop(tx);
+        let (_deadline_tx, deadline_rx) = watch::channel(None);
+        let report = uploader.run(vec![sealed], rx, deadline_rx).await;
+        (report, store, shared, dir)
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_then_the_file_is_deleted() {
+        let (report, store, shared, dir) = run_with(vec![
+            WriteError::Retryable("503".into()),
+            WriteError::Retryable("timeout".into()),
+        ])
+        .await;
+        assert_eq!(report.stored, 1);
+        assert!(report.completed);
+        assert_eq!(*store.stored.lock().expect("lock"), ["key-a"]);
+        let stats = shared.stats();
+        assert_eq!(stats.store_retries, 2);
+        assert_eq!((stats.spool_bytes, stats.spool_files), (0, 0));
+        assert!(!dir.path().join("a.spool").exists());
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_move_the_file_to_failed() {
+        let (report, store, shared, dir) =
+            run_with(vec![WriteError::Permanent("403".into())]).await;
+        assert_eq!(report.failed, 1);
+        assert!(store.stored.lock().expect("lock").is_empty());
+        assert_eq!(shared.stats().store_failures, 1);
+        assert!(!dir.path().join("a.spool").exists());
+        assert!(dir.path().join("failed/a.spool").exists());
+    }
+
+    #[tokio::test]
+    async fn grace_deadline_leaves_unstored_batches_in_the_spool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealed = sealed_in(dir.path(), "b");
+        let store = Arc::new(Scripted {
+            errors: Mutex::new(
+                (0..10_000)
+                    .map(|_| WriteError::Retryable("down".into()))
+                    .collect(),
+            ),
+            stored: Mutex::new(Vec::new()),
+        });
+        let uploader = Uploader {
+            store,
+            shared: Arc::new(Shared::new(u64::MAX)),
+            concurrency: 1,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(10),
+            },
+        };
+        let (_tx, rx) = mpsc::channel(4);
+        let (deadline_tx, deadline_rx) = watch::channel(None);
+        let task = tokio::spawn(uploader.run(vec![sealed], rx, deadline_rx));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        deadline_tx
+            .send(Some(Instant::now() + Duration::from_millis(20)))
+            .expect("uploader alive");
+        let report = task.await.expect("join");
+        assert!(!report.completed);
+        assert_eq!(report.left_in_spool, 1);
+        assert!(dir.path().join("b.spool").exists());
+    }
+}
