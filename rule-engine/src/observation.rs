@@ -1089,6 +1089,25 @@ mod tests {
         }
 
         #[test]
+        fn fast_and_serde_paths_agree_on_numbers(
+            negative in any::<bool>(),
+            int in "0|[1-9][0-9]{0,19}",
+            frac in prop::option::of("[0-9]{1,20}"),
+            exp in prop::option::of((prop::sample::select(vec!["e", "E", "e+", "e-", "E-"]), 0u32..400)),
+        ) {
+            let mut text = format!("{}{int}", if negative { "-" } else { "" });
+            if let Some(frac) = frac {
+                text.push('.');
+                text.push_str(&frac);
+            }
+            if let Some((e, n)) = exp {
+                text.push_str(&format!("{e}{n}"));
+            }
+            let raw = format!(r#"{{"timestamp":{text},"state":{{"reported":{{"x":{text}}}}}}}"#);
+            agree(&raw, &ParseLimits::default())?;
+        }
+
+        #[test]
         fn fast_and_serde_paths_agree_on_mangled_payloads(
             edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(vec![
                 b'{', b'}', b'[', b']', b'"', b':', b',', b'\\', b' ', b'1', b'-', b'.', b'e', b'a', 0x01, 0xff,

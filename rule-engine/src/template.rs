@@ -67,14 +67,65 @@ impl Payload {
 }
 
 /// Fills every string of `config` from `payload`; returns the filled config and how many
-/// `${...}` paths were unknown.
+/// `${...}` paths were unknown. The top-level `url` is filled with [`fill_url`].
 pub fn fill_config(config: &Map<String, Value>, payload: &Value) -> (Map<String, Value>, u32) {
     let mut unknown = 0;
     let filled = config
         .iter()
-        .map(|(k, v)| (k.clone(), fill(v, payload, &mut unknown)))
+        .map(|(k, v)| {
+            let filled = match (k.as_str(), v) {
+                ("url", Value::String(s)) => Value::String(fill_url(s, payload, &mut unknown)),
+                _ => fill(v, payload, &mut unknown),
+            };
+            (k.clone(), filled)
+        })
         .collect();
     (filled, unknown)
+}
+
+/// Fills a URL template. Each filled value is percent-encoded (everything but RFC 3986's
+/// unreserved characters), so a thing named `a?x=1` or `a/b` stays one path segment instead of
+/// rewriting the path or the query. A value that is `.` or `..` would still be read as a dot
+/// segment (URL parsers treat `%2e` as `.`) and could climb out of the literal path: such a
+/// URL is filled as `""`, which the dispatcher refuses as a missing url (counted, logged).
+pub fn fill_url(s: &str, payload: &Value, unknown: &mut u32) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start + 2..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let path = &rest[start + 2..start + 2 + len];
+        let text = match lookup(payload, path) {
+            Some(Value::String(v)) => v.clone(),
+            Some(v) => v.to_string(),
+            None => {
+                *unknown += 1;
+                String::new()
+            }
+        };
+        if text == "." || text == ".." {
+            return String::new();
+        }
+        percent_encode_into(&text, &mut out);
+        rest = &rest[start + 2 + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn percent_encode_into(text: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
 }
 
 /// Fills every string in `template` (recursively) from `payload`; counts unknown paths.
@@ -281,6 +332,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn url_filling_keeps_values_inside_one_segment(name in ".*") {
+            let payload = serde_json::json!({"thing": {"thingName": name.clone()}});
+            let mut unknown = 0;
+            let url = fill_url("http://h/hook/${thing.thingName}/end", &payload, &mut unknown);
+            if name == "." || name == ".." {
+                prop_assert_eq!(url, "");
+            } else {
+                let tail = url.strip_prefix("http://h/hook/").unwrap_or_default();
+                let segment = tail.strip_suffix("/end").unwrap_or_default();
+                prop_assert!(!segment.contains(['/', '?', '#']), "{}", url);
+            }
+        }
+
         #[test]
         fn filling_never_panics(template in json_value(), s in ".*", t in "[$]?[{]?[a-z.$}{ ]{0,20}") {
             let mut unknown = 0;

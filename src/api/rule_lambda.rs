@@ -216,8 +216,9 @@ impl RuleApi {
     }
 
     /// Refuses webhook URLs that the SSRF guard would refuse whatever DNS says (loopback or
-    /// private IP literals, `localhost`, other schemes). URLs with variables in the host are
-    /// checked when sent.
+    /// private IP literals, `localhost`, other schemes). Host names are checked again when
+    /// sent, against every address they resolve to (validation already requires a literal
+    /// scheme and host, so variables never reach the host).
     fn check_destinations(&self, rule: &Rule) -> Result<(), FunctionError> {
         for (i, action) in rule.actions.iter().enumerate() {
             let Some(url) = action.config.get("url").and_then(Value::as_str) else {

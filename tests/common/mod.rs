@@ -5,9 +5,14 @@
 //!   files in that dir and are printed when a test fails.
 //! - [`PgDb`]: a throw-away PostgreSQL database, made and dropped with the `psql` CLI.
 //! - [`jwt`]: HS256 and RS256 tokens (RS256 keys made with the `openssl` CLI).
+//! - [`mosquitto`]: a real Mosquitto per test, and publishing with `mosquitto_pub`.
+//! - [`receiver`]: a local webhook receiver that records requests and can answer 500.
 //!
 //! Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod mosquitto;
+pub mod receiver;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -226,6 +231,15 @@ impl Ccstream {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// The embedded broker's address the harness chose (`CCSTREAM_MQTT__EMBEDDED_LISTEN`), when
+    /// the test did not choose its broker.
+    pub fn embedded_mqtt(&self) -> Option<SocketAddr> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "CCSTREAM_MQTT__EMBEDDED_LISTEN")
+            .map(|(_, v)| v.parse().unwrap())
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -64,17 +64,17 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        loop {
-            match self.peek()? {
-                b'"' => break,
-                // Escapes are the serde path's job; raw control characters are invalid JSON.
-                b'\\' | 0..=0x1f => return None,
-                _ => self.i += 1,
-            }
+        let len = self
+            .bytes
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        // Escapes are the serde path's job; raw control characters are invalid JSON.
+        if self.bytes[start + len] != b'"' {
+            return None;
         }
-        let s = self.text.get(start..self.i)?;
-        self.i += 1;
-        Some(s)
+        self.i = start + len + 1;
+        self.text.get(start..start + len)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -87,12 +87,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn digits(&mut self) -> usize {
+    /// Skips digits, appending them to `acc` (wrapping: exact while the total stays within 19
+    /// digits, which callers check); answers how many there were and the new `acc`.
+    fn digits(&mut self, mut acc: u64) -> (usize, u64) {
         let start = self.i;
-        while let Some(b'0'..=b'9') = self.peek() {
+        while let Some(&b) = self.bytes.get(self.i) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(d));
             self.i += 1;
         }
-        self.i - start
+        (self.i - start, acc)
     }
 
     /// A number with the JSON grammar, converted as serde_json does: non-negative integers to
@@ -106,36 +113,69 @@ impl<'a> Scanner<'a> {
             self.i += 1;
         }
         let int_start = self.i;
-        match self.digits() {
+        let (int_digits, int_value) = self.digits(0);
+        match int_digits {
             0 => return None,
             1 => {}
             _ if self.bytes[int_start] == b'0' => return None, // leading zero
             _ => {}
         }
-        let int_end = self.i;
+        // Digits of the significand (integer and fraction) and the power of ten to apply.
+        let mut digits = int_digits;
+        let mut significand = int_value;
+        let mut exponent: i64 = 0;
         let mut float = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
-            if self.digits() == 0 {
+            let (n, value) = self.digits(significand);
+            if n == 0 {
                 return None;
             }
+            significand = value;
+            digits += n;
+            exponent -= i64::try_from(n).ok()?;
             float = true;
         }
         if let Some(b'e' | b'E') = self.peek() {
             self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if self.digits() == 0 {
+            let exp_negative = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let (n, value) = self.digits(0);
+            if n == 0 {
                 return None;
             }
+            let e = if n <= 18 {
+                i64::try_from(value).unwrap_or(i64::MAX)
+            } else {
+                i64::MAX
+            };
+            exponent = if exp_negative {
+                exponent.saturating_sub(e)
+            } else {
+                exponent.saturating_add(e)
+            };
             float = true;
         }
         if float {
-            let f: f64 = serde_json::from_str(self.text.get(start..self.i)?).ok()?;
-            return Some(ResourceValue::Float(f));
+            return Some(ResourceValue::Float(
+                self.float(negative, digits, significand, exponent, start)?,
+            ));
         }
-        let magnitude: u64 = self.text.get(int_start..int_end)?.parse().ok()?;
+        // 19 digits always fit in a u64; 20 may not.
+        let magnitude = if int_digits <= 19 {
+            int_value
+        } else {
+            self.text.get(int_start..self.i)?.parse().ok()?
+        };
         if !negative {
             return Some(ResourceValue::UInt(magnitude));
         }
@@ -145,6 +185,40 @@ impl<'a> Scanner<'a> {
         }
         let v = i64::try_from(-i128::from(magnitude)).ok()?;
         Some(ResourceValue::Int(v))
+    }
+
+    /// The value of a number with a fraction or an exponent. When the significand has at most
+    /// 15 digits (so it is exact as an `f64`) and the power of ten is at most 22 (exact too),
+    /// one multiplication or division gives the correctly rounded result, which is what
+    /// serde_json computes as well, with or without its `float_roundtrip` feature. Anything
+    /// else is handed to serde_json for this one number.
+    fn float(
+        &self,
+        negative: bool,
+        digits: usize,
+        significand: u64,
+        exponent: i64,
+        start: usize,
+    ) -> Option<f64> {
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        if digits <= 15 {
+            if let Some(&pow) = usize::try_from(exponent.unsigned_abs())
+                .ok()
+                .and_then(|e| POW10.get(e))
+            {
+                let magnitude = significand as f64;
+                let f = if exponent >= 0 {
+                    magnitude * pow
+                } else {
+                    magnitude / pow
+                };
+                return Some(if negative { -f } else { f });
+            }
+        }
+        serde_json::from_str(self.text.get(start..self.i)?).ok()
     }
 
     /// A scalar value; `None` for containers (and invalid input).
