@@ -1045,7 +1045,10 @@ async fn url_variables_are_percent_encoded() {
     let paths: BTreeSet<String> = got.into_iter().map(|r| r.path).collect();
     assert_eq!(
         paths,
-        BTreeSet::from(["/hook/b%20c/end".to_owned(), "/hook/a%3Fx%3D1/end".to_owned()])
+        BTreeSet::from([
+            "/hook/b%20c/end".to_owned(),
+            "/hook/a%3Fx%3D1/end".to_owned()
+        ])
     );
 }
 
