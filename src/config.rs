@@ -32,6 +32,8 @@ pub struct Config {
     pub webhook: sinks::webhook::WebhookConfig,
     /// Rule evaluation.
     pub engine: EngineConfig,
+    /// Observation batches: spool, rolling, and where objects go.
+    pub objects: sinks::objects::ObjectsConfig,
     /// OpenSearch: indexing of every observation and the backend of ObservationLambda FIND.
     pub search: sinks::search::SearchConfig,
     /// The directory of things and domains.
@@ -311,6 +313,10 @@ impl Config {
         })?;
         self.webhook.validate().map_err(|e| ConfigError::Section {
             section: "webhook",
+            reason: e.to_string(),
+        })?;
+        self.objects.validate().map_err(|e| ConfigError::Section {
+            section: "objects",
             reason: e.to_string(),
         })?;
         self.search.validate().map_err(|e| ConfigError::Section {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::api::observation_lambda::ObservationApi;
 use crate::api::rule_lambda::RuleApi;
-use crate::api::{router, AppState};
+use crate::api::{router, AppState, EngineStatus};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine;
@@ -97,7 +97,10 @@ pub async fn run(
         config.api.max_body_bytes,
     );
     let engine = engine::start(&config, &store, directory, rules_changed).await?;
-    state.set_mqtt_status(engine.mqtt_status());
+    state.set_engine_status(EngineStatus {
+        mqtt: engine.mqtt_status(),
+        objects: engine.objects(),
+    });
     let app = router(state, Duration::from_secs(config.api.request_timeout_secs));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)

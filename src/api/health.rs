@@ -11,19 +11,23 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: the rule store answers and the MQTT source is connected and subscribed.
+/// Ready to serve: the rule store answers, the MQTT source is connected and subscribed, and
+/// the spool is under `objects.spool_max_bytes` (over it, messages are left to the broker).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if let Err(e) = state.inner.store.ping().await {
         tracing::warn!(error = %e, "readiness check failed: rule store");
-        reasons.push("rule store unreachable");
+        reasons.push("rule store unreachable".to_owned());
     }
-    let mqtt = state.inner.mqtt.read().ok().and_then(|s| s.clone());
-    if let Some(status) = mqtt {
-        if !status.is_connected() {
-            reasons.push("MQTT broker not connected");
-        } else if !status.is_subscribed() {
-            reasons.push("MQTT subscriptions not confirmed");
+    let engine = state.inner.engine.read().ok().and_then(|s| s.clone());
+    if let Some(status) = engine {
+        if !status.mqtt.is_connected() {
+            reasons.push("MQTT broker not connected".to_owned());
+        } else if !status.mqtt.is_subscribed() {
+            reasons.push("MQTT subscriptions not confirmed".to_owned());
+        }
+        if let Some(why) = status.objects.backpressure_reason() {
+            reasons.push(why);
         }
     }
     if reasons.is_empty() {

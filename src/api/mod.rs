@@ -25,6 +25,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use ingest::SourceStatus;
+use sinks::objects::ObjectSinkHandle;
+
+use crate::engine::outputs::Token;
 use rule_engine::Directory;
 
 use crate::auth::Authenticator;
@@ -47,8 +50,15 @@ struct Inner {
     directory: Arc<RwLock<Directory>>,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
-    /// The MQTT connection, once the engine runs.
-    mqtt: RwLock<Option<SourceStatus>>,
+    /// The MQTT connection and the object spool, once the engine runs.
+    engine: RwLock<Option<EngineStatus>>,
+}
+
+/// What `/readyz` asks of the running engine.
+#[derive(Clone)]
+pub struct EngineStatus {
+    pub mqtt: SourceStatus,
+    pub objects: ObjectSinkHandle<Token>,
 }
 
 impl AppState {
@@ -70,14 +80,15 @@ impl AppState {
                 directory,
                 metrics,
                 max_body_bytes,
-                mqtt: RwLock::new(None),
+                engine: RwLock::new(None),
             }),
         }
     }
 
-    /// From now on `/readyz` also needs the MQTT source connected and subscribed.
-    pub fn set_mqtt_status(&self, status: SourceStatus) {
-        if let Ok(mut slot) = self.inner.mqtt.write() {
+    /// From now on `/readyz` also needs the MQTT source connected and subscribed, and the
+    /// spool under its limit.
+    pub fn set_engine_status(&self, status: EngineStatus) {
+        if let Ok(mut slot) = self.inner.engine.write() {
             *slot = Some(status);
         }
     }

@@ -2,8 +2,11 @@
 //! index kept current from the store, the directory, and the webhook dispatcher.
 //!
 //! - [`rules`]: loads rules into an index and reloads it when the store's generation moves.
-//! - [`pipeline`]: parse, evaluate, enqueue webhooks, ack; life cycle events.
+//! - [`pipeline`]: parse, evaluate, enqueue webhooks, spool the record (acked after its fsync),
+//!   offer it to the indexer; life cycle events.
+//! - [`outputs`]: the object sink and the OpenSearch indexer.
 
+pub mod outputs;
 pub mod pipeline;
 pub mod rules;
 
@@ -29,6 +32,7 @@ pub struct RunningEngine {
     webhooks: WebhookHandle,
     webhook_task: JoinHandle<WebhookStats>,
     reloader: JoinHandle<()>,
+    outputs: outputs::Outputs,
 }
 
 /// Starts the broker (when embedded), the webhook dispatcher, the rule reloader, the MQTT source
@@ -67,9 +71,12 @@ pub async fn start(
         .context("starting the MQTT source")?;
     tracing::info!(client_id = source.client_id(), url = %redact_url(&config.mqtt.url), "MQTT source started");
 
+    let outputs = outputs::Outputs::start(config, acker.clone()).await?;
     let pipeline = pipeline::Pipeline {
         inbound,
         acker,
+        objects: outputs.objects.clone(),
+        search: outputs.search.clone(),
         rules: rules_rx,
         directory,
         store: store.clone(),
@@ -86,12 +93,18 @@ pub async fn start(
         webhooks,
         webhook_task,
         reloader,
+        outputs,
     })
 }
 
 impl RunningEngine {
     pub fn mqtt_status(&self) -> SourceStatus {
         self.source.status()
+    }
+
+    /// The object sink, for `/readyz` (spool over its limit).
+    pub fn objects(&self) -> sinks::objects::ObjectSinkHandle<outputs::Token> {
+        self.outputs.objects.clone()
     }
 
     /// Stops intake, lets the pipeline finish what it took, then drains the webhook queue,
@@ -110,12 +123,18 @@ impl RunningEngine {
         }
         self.reloader.abort();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Batches and webhooks drain side by side.
+        let outputs = self.outputs.shutdown(remaining);
         self.webhooks.close(remaining);
-        match tokio::time::timeout(remaining + Duration::from_secs(1), self.webhook_task).await {
-            Ok(Ok(stats)) => tracing::info!(?stats, "webhook dispatcher stopped"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "webhook dispatcher task failed"),
-            Err(_) => tracing::warn!("webhook dispatcher did not stop within the grace period"),
-        }
+        let webhooks = async {
+            match tokio::time::timeout(remaining + Duration::from_secs(1), self.webhook_task).await
+            {
+                Ok(Ok(stats)) => tracing::info!(?stats, "webhook dispatcher stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "webhook dispatcher task failed"),
+                Err(_) => tracing::warn!("webhook dispatcher did not stop within the grace period"),
+            }
+        };
+        tokio::join!(outputs, webhooks);
     }
 }
 

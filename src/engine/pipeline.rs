@@ -1,5 +1,8 @@
 //! The observation loop: every message from the MQTT source is parsed, evaluated against the
-//! rules and acked. Life cycle events update the directory.
+//! rules, turned into a record and appended to the object spool, which acks it once its group
+//! commit is on disk (DESIGN.md: PUBACK only after the spool). Records are also offered to the
+//! OpenSearch indexer, which never makes this loop wait. Life cycle events update the
+//! directory and are acked at once (acks still go out in arrival order).
 //!
 //! One task owns the threshold state, so it needs no lock. The directory is behind a std
 //! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
@@ -9,12 +12,16 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use ingest::{Acker, Inbound};
+use bytes::Bytes;
+use ingest::{AckToken, Acker, Inbound};
 use rule_engine::directory::ThingChange;
 use rule_engine::{Directory, Engine, Outcome, ParseLimits, ParsedObservation, ThresholdState};
+use sinks::objects::{build_error_record, build_record, AppendError, ObjectSinkHandle, RecordKind};
+use sinks::search::IndexerHandle;
 use sinks::webhook::{EnqueueError, WebhookHandle, WebhookRequest};
 use tokio::sync::{mpsc, watch};
 
+use super::outputs::Token;
 use super::rules::RuleSet;
 use crate::store::RuleStore;
 
@@ -25,6 +32,8 @@ pub struct Pipeline {
     pub directory: Arc<RwLock<Directory>>,
     pub store: RuleStore,
     pub webhooks: WebhookHandle,
+    pub objects: ObjectSinkHandle<Token>,
+    pub search: Option<IndexerHandle>,
     pub limits: ParseLimits,
     pub thresholds: ThresholdState,
     /// Prefix of idempotency keys, unique per process start.
@@ -50,8 +59,9 @@ impl Pipeline {
                     ack,
                 } => {
                     metrics::counter!("ccstream_observations_received_total").increment(1);
-                    self.observe(&rules, &thing_name, received_at_ms, &payload, &mut firings);
-                    self.acker.ack(ack);
+                    let (record, kind, timestamp) =
+                        self.observe(&rules, &thing_name, received_at_ms, &payload, &mut firings);
+                    self.store(record, kind, timestamp, ack).await;
                 }
                 Inbound::Event {
                     topic,
@@ -67,6 +77,9 @@ impl Pipeline {
         tracing::info!("observation pipeline stopped");
     }
 
+    /// Evaluates the rules and builds the record to store: the observation record, or an
+    /// error record when the payload is not a JSON object. Returns it with its kind and the
+    /// timestamp it is indexed under.
     fn observe(
         &mut self,
         rules: &RuleSet,
@@ -74,32 +87,70 @@ impl Pipeline {
         received_at_ms: u64,
         payload: &[u8],
         firings: &mut u64,
-    ) {
-        let obs = match ParsedObservation::parse(payload, &self.limits) {
-            Ok(obs) => obs,
+    ) -> (Vec<u8>, RecordKind, u64) {
+        let directory = match self.directory.read() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let domain_path = directory
+            .thing(thing_name)
+            .map(|t| directory.domains().path(t.domain()).join("/"));
+        let mut timestamp = received_at_ms;
+        match ParsedObservation::parse(payload, &self.limits) {
+            Ok(obs) => {
+                timestamp = obs.timestamp().unwrap_or(received_at_ms);
+                let started = Instant::now();
+                let outcome = Engine::new(&rules.index, &directory).evaluate(
+                    thing_name,
+                    &obs,
+                    received_at_ms,
+                    &mut self.thresholds,
+                );
+                metrics::histogram!("ccstream_evaluation_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                drop(directory);
+                self.account(thing_name, outcome, firings);
+            }
             Err(reject) => {
+                drop(directory);
                 metrics::counter!("ccstream_observations_rejected_total", "reason" => reject.as_str())
                     .increment(1);
                 tracing::debug!(thing = %thing_name, reason = reject.as_str(), "observation not evaluated");
-                return;
             }
-        };
-        let started = Instant::now();
-        let outcome = {
-            let directory = match self.directory.read() {
-                Ok(d) => d,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            Engine::new(&rules.index, &directory).evaluate(
-                thing_name,
-                &obs,
-                received_at_ms,
-                &mut self.thresholds,
-            )
-        };
-        metrics::histogram!("ccstream_evaluation_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        self.account(thing_name, outcome, firings);
+        }
+        match build_record(payload, thing_name, received_at_ms, domain_path.as_deref()) {
+            Ok(record) => (record, RecordKind::Observations, timestamp),
+            Err(not_object) => {
+                let reason = not_object.to_string();
+                (
+                    build_error_record(payload, thing_name, received_at_ms, &reason),
+                    RecordKind::Errors,
+                    timestamp,
+                )
+            }
+        }
+    }
+
+    /// Appends the record to the spool (which acks it after its group commit) and offers an
+    /// observation record to the indexer.
+    async fn store(&mut self, record: Vec<u8>, kind: RecordKind, timestamp: u64, ack: AckToken) {
+        if kind == RecordKind::Observations {
+            if let Some(search) = &self.search {
+                // Never waits: a full queue is counted by the indexer; S3 has the record.
+                let _ = search.try_send(Bytes::from(record.clone()), timestamp);
+            }
+        }
+        match self.objects.append(record, kind, Some(ack)).await {
+            Ok(()) => {}
+            Err(AppendError::Closed) => {
+                // Shutting down: not acked, so the broker delivers it again after the restart.
+                tracing::debug!("object sink closed; observation left to the broker");
+            }
+            Err(e) => {
+                metrics::counter!("ccstream_objects_append_refused_total").increment(1);
+                tracing::warn!(error = %e, "record not stored");
+            }
+        }
     }
 
     fn account(&self, thing_name: &str, outcome: Outcome, firings: &mut u64) {
