@@ -26,10 +26,10 @@ fn payload(i: u64) -> Vec<u8> {
         1000 + i % 7,
         1500 + i % 13
     );
-    let record_len = build_record(base.as_bytes(), "thing-000001", 1_700_000_000_000, None)
+    let unpadded = format!("{base}\"}}");
+    let record_len = build_record(unpadded.as_bytes(), "thing-000001", 1_700_000_000_000, None)
         .map(|r| r.len())
-        .unwrap_or(0)
-        + 2;
+        .unwrap_or(0);
     let pad = 200usize.saturating_sub(record_len);
     format!("{base}{}\"}}", "x".repeat(pad)).into_bytes()
 }
@@ -156,6 +156,27 @@ fn bench_spool(c: &mut Criterion) {
                         .expect("append");
                     sent += 1;
                 }
+                acks.wait_for(sent);
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+
+    // One record in flight at a time: the commit latency (about one fsync), which with a
+    // broker's in-flight window W caps one connection at W / latency (DESIGN.md).
+    let mut group = c.benchmark_group("spool_latency");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("one_record_append_to_ack", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                handle
+                    .append_blocking(records[0].clone(), RecordKind::Observations, sent)
+                    .expect("append");
+                sent += 1;
                 acks.wait_for(sent);
             }
             start.elapsed()
