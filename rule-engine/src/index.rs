@@ -6,7 +6,7 @@
 //! type, resource), with small sorted name tables pointing into it. Each entry carries the
 //! compiled operator and operand inline, so checking an expression touches contiguous memory;
 //! the rest of the rule (filter, threshold, actions) is behind an `Arc` and read only on a
-//! match. Short keys are stored inline ([`InlineStr`]): with 100,000 things and 10,000 rules the
+//! match. Short keys are stored inline (`InlineStr`): with 100,000 things and 10,000 rules the
 //! cost of an observation is mostly cache misses, and each pointer not followed is one less.
 //!
 //! Updates: [`RuleIndex::upsert`] and [`RuleIndex::remove`] rebuild the layout of the one thing
@@ -231,7 +231,9 @@ impl TypeRules {
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
     rules: HashMap<String, Arc<CompiledRule>>,
-    by_type: HashMap<Key, TypeRules>,
+    /// Shared so that cloning the index (to change a copy and swap it in) copies pointers, not
+    /// entries.
+    by_type: HashMap<Key, Arc<TypeRules>>,
 }
 
 impl RuleIndex {
@@ -254,7 +256,7 @@ impl RuleIndex {
         }
         let by_type = grouped
             .into_iter()
-            .map(|(t, rules)| (Key::new(t), TypeRules::build(rules)))
+            .map(|(t, rules)| (Key::new(t), Arc::new(TypeRules::build(rules))))
             .collect();
         RuleIndex {
             rules: all,
@@ -276,7 +278,7 @@ impl RuleIndex {
                 .unwrap_or_default();
             rules.push(Arc::clone(&compiled));
             self.by_type
-                .insert(Key::new(thing_type), TypeRules::build(rules));
+                .insert(Key::new(thing_type), Arc::new(TypeRules::build(rules)));
         }
         self.rules.insert(compiled.rule.id.clone(), compiled);
         previous
@@ -296,7 +298,7 @@ impl RuleIndex {
                 self.by_type.remove(thing_type.as_bytes());
             } else if rest.len() < type_rules.entries.len() {
                 self.by_type
-                    .insert(Key::new(thing_type), TypeRules::build(rest));
+                    .insert(Key::new(thing_type), Arc::new(TypeRules::build(rest)));
             }
         }
         Some(Arc::unwrap_or_clone(compiled).rule)
@@ -326,7 +328,7 @@ impl RuleIndex {
     }
 
     pub(crate) fn for_type(&self, thing_type: &str) -> Option<&TypeRules> {
-        self.by_type.get(thing_type.as_bytes())
+        self.by_type.get(thing_type.as_bytes()).map(|t| &**t)
     }
 }
 

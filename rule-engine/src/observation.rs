@@ -5,7 +5,7 @@
 //! value under `reported` is a thing resource, an object is a sub thing whose id is its key and
 //! whose type is its `type` field when that is a string, else `untyped`.
 //!
-//! Two paths produce the same result. The fast path ([`scan`]) is a hand-written scanner for the
+//! Two paths produce the same result. The fast path (module `scan`) is a hand-written scanner for the
 //! common shape (no escapes, no arrays or objects inside resources); it gives up on anything
 //! else, and on anything invalid, and then the serde path parses the payload and decides how to
 //! reject it. Property tests below check that the two agree on every payload the fast path

@@ -259,7 +259,8 @@ impl ThresholdState {
         }
     }
 
-    /// Drops every key of a removed (or changed) rule; returns how many.
+    /// Drops every key of a removed (or changed) rule; returns how many. Call it on every rule
+    /// update too: a run counted under the old expression says nothing about the new one.
     pub fn forget_rule(&mut self, rule: &str) -> usize {
         self.retain(|slot| &*slot.rule != rule)
     }

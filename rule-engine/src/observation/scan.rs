@@ -103,8 +103,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number with the JSON grammar, converted as serde_json does: non-negative integers to
-    /// `u64`, negative ones to `i64`, anything with a fraction or exponent to `f64` (by
-    /// serde_json itself, so that both paths agree to the last bit). Integers out of range:
+    /// `u64`, negative ones to `i64`, `-0` and anything with a fraction or exponent to `f64`
+    /// (see [`Self::float`]), so that both paths agree to the last bit. Integers out of range:
     /// fall back.
     fn number(&mut self) -> Option<ResourceValue<'a>> {
         let start = self.i;
@@ -166,9 +166,13 @@ impl<'a> Scanner<'a> {
             float = true;
         }
         if float {
-            return Some(ResourceValue::Float(
-                self.float(negative, digits, significand, exponent, start)?,
-            ));
+            return Some(ResourceValue::Float(self.float(
+                negative,
+                digits,
+                significand,
+                exponent,
+                start,
+            )?));
         }
         // 19 digits always fit in a u64; 20 may not.
         let magnitude = if int_digits <= 19 {
