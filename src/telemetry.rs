@@ -52,6 +52,11 @@ fn describe() {
         "ccstream_store_errors_total",
         "Rule store operations that failed"
     );
+    metrics::describe_counter!(
+        "ccstream_observations_redelivered_skipped_total",
+        "QoS 1 redeliveries (DUP) of observations already spooled: acked, not stored again"
+    );
     // Registered at zero so dashboards and tests see the series before the first request.
     metrics::counter!("ccstream_store_errors_total").absolute(0);
+    metrics::counter!("ccstream_observations_redelivered_skipped_total").absolute(0);
 }

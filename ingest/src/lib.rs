@@ -13,7 +13,7 @@
 //! - [`telemetry`]: metric names; the source counts messages, connections and rejects.
 //!
 //! This crate must not evaluate rules, parse payloads or write objects: it delivers bytes
-//! with a thing name and an ack token, and counts what it refuses (oversize payloads, topics
+//! with a thing name, the delivery's DUP flag and packet id, and an ack token, and counts what it refuses (oversize payloads, topics
 //! without a thing name).
 //!
 //! ```no_run

@@ -54,6 +54,12 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const MAX_OUTGOING_PACKET_BYTES: usize = 256 * 1024;
 
 /// A message for the pipeline. Ack it with [`Acker::ack`] once it is safe.
+///
+/// `dup` and `pkid` describe the delivery: the PUBLISH's DUP flag (set by the broker when it
+/// sends a QoS 1 message again, after a reconnect, because it has no PUBACK for it — this
+/// process may have received and stored it already) and its packet identifier (which MQTT
+/// requires a redelivery to keep: 3.1.1 section 4.4; 0 for QoS 0). A message with `dup`
+/// false was not sent to this session before.
 #[derive(Debug)]
 pub enum Inbound {
     /// A shadow update (spec 9.1): `$aws/things/<thingName>/shadow/update` or
@@ -65,6 +71,10 @@ pub enum Inbound {
         received_at_ms: u64,
         /// The payload as received, at most `mqtt.max_payload_bytes` long.
         payload: Bytes,
+        /// The DUP flag: the broker sent this message before.
+        dup: bool,
+        /// The packet identifier (kept by a redelivery; 0 for QoS 0).
+        pkid: u16,
         ack: AckToken,
     },
     /// A life cycle event (spec 1.3) on one of `mqtt.event_topics`.
@@ -75,6 +85,10 @@ pub enum Inbound {
         received_at_ms: u64,
         /// The payload as received, at most `mqtt.max_payload_bytes` long.
         payload: Bytes,
+        /// The DUP flag: the broker sent this message before.
+        dup: bool,
+        /// The packet identifier (kept by a redelivery; 0 for QoS 0).
+        pkid: u16,
         ack: AckToken,
     },
 }
@@ -91,6 +105,20 @@ impl Inbound {
     pub fn payload(&self) -> &Bytes {
         match self {
             Inbound::Shadow { payload, .. } | Inbound::Event { payload, .. } => payload,
+        }
+    }
+
+    /// The PUBLISH's DUP flag: the broker delivers this message again.
+    pub fn is_dup(&self) -> bool {
+        match self {
+            Inbound::Shadow { dup, .. } | Inbound::Event { dup, .. } => *dup,
+        }
+    }
+
+    /// The PUBLISH's packet identifier (0 for QoS 0).
+    pub fn pkid(&self) -> u16 {
+        match self {
+            Inbound::Shadow { pkid, .. } | Inbound::Event { pkid, .. } => *pkid,
         }
     }
 }
@@ -437,6 +465,7 @@ impl Worker {
             payload,
             qos,
             pkid,
+            dup,
             ..
         } = publish;
         let ack = self.acks.register(pkid, qos);
@@ -452,6 +481,8 @@ impl Worker {
                     thing_name,
                     received_at_ms,
                     payload,
+                    dup,
+                    pkid,
                     ack,
                 }
             }
@@ -465,6 +496,8 @@ impl Worker {
                     topic,
                     received_at_ms,
                     payload,
+                    dup,
+                    pkid,
                     ack,
                 }
             }

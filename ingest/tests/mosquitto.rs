@@ -134,6 +134,72 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
     handle.shutdown(GRACE).await.unwrap();
 }
 
+/// What the pipeline's redelivery check relies on: a message the broker sends again because it
+/// has no PUBACK for it carries the DUP flag and its first packet id; new messages do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_has_dup_set_and_keeps_its_packet_id() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let cfg = source_config(broker.port, &unique_id("dup"));
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    let status = handle.status();
+    wait_until("subscribed", || status.is_subscribed()).await;
+
+    publish(
+        broker.port,
+        (1..=3).map(|i| shadow("t", &format!("m{i}"))).collect(),
+    )
+    .await;
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(recv(&mut rx).await);
+    }
+    assert!(
+        first.iter().all(|i| !i.is_dup()),
+        "first deliveries: {first:?}"
+    );
+    let pkids: Vec<u16> = first.iter().map(Inbound::pkid).collect();
+    assert!(pkids.iter().all(|p| *p != 0), "QoS 1 packet ids: {pkids:?}");
+    let mut first = first.into_iter();
+    assert_eq!(
+        acker.ack(first.next().unwrap().into_ack()),
+        AckOutcome::Sent
+    );
+    // m2 and m3 were received but never acked (as after a crash between the spool's fsync and
+    // the PUBACK): the broker keeps them in the session.
+    let unacked: Vec<Inbound> = first.collect();
+    handle.shutdown(GRACE).await.unwrap();
+    drop(unacked);
+    drop(rx);
+
+    let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
+    for (expected, pkid) in ["m2", "m3"].into_iter().zip(&pkids[1..]) {
+        let item = recv(&mut rx).await;
+        match &item {
+            Inbound::Shadow {
+                payload,
+                dup,
+                pkid: got,
+                ..
+            } => {
+                assert_eq!(&payload[..], expected.as_bytes());
+                assert!(*dup, "{expected} is redelivered with DUP set");
+                assert_eq!(got, pkid, "{expected} keeps its packet id");
+            }
+            other => panic!("expected a shadow update, got {other:?}"),
+        }
+        assert_eq!(acker.ack(item.into_ack()), AckOutcome::Sent);
+    }
+    // A new message on the same session: no DUP.
+    publish(broker.port, vec![shadow("t", "m4")]).await;
+    let item = recv(&mut rx).await;
+    assert_eq!(shadow_of(&item).1, "m4");
+    assert!(!item.is_dup());
+    acker.ack(item.into_ack());
+    assert_quiet(&mut rx, Duration::from_millis(300)).await;
+    handle.shutdown(GRACE).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_stopped_arrive_after_restart() {
     init_tracing();

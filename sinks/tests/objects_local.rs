@@ -510,7 +510,7 @@ async fn crash_recovery_stores_leftover_spools_under_their_keys_once() {
     // A: a batch left open by a crash, its last frame torn (never acked).
     let mut a = SpoolFile::create(&d.spool, "a", spool_header(&key_a, t)).expect("create");
     for n in 0..3 {
-        a.push(&record(n, 50));
+        a.push(&record(n, 50), None);
     }
     a.commit().expect("commit");
     let a = a.seal();
@@ -526,7 +526,7 @@ async fn crash_recovery_stores_leftover_spools_under_their_keys_once() {
     // same key (overwritten, not duplicated).
     let mut b = SpoolFile::create(&d.spool, "b", spool_header(&key_b, t + 1000)).expect("create");
     for n in 3..5 {
-        b.push(&record(n, 50));
+        b.push(&record(n, 50), None);
     }
     b.commit().expect("commit");
     let b = b.seal();

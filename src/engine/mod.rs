@@ -4,8 +4,11 @@
 //! - [`rules`]: loads rules into an index and reloads it when the store's generation moves.
 //! - [`pipeline`]: parse, evaluate, enqueue webhooks, spool the record (acked after its fsync),
 //!   offer it to the indexer; life cycle events.
+//! - [`dedupe`]: observation ids and the window that keeps QoS 1 redeliveries of observations
+//!   already stored from being stored twice.
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
 
+pub mod dedupe;
 pub mod outputs;
 pub mod pipeline;
 pub mod rules;
@@ -72,6 +75,11 @@ pub async fn start(
     tracing::info!(client_id = source.client_id(), url = %redact_url(&config.mqtt.url), "MQTT source started");
 
     let outputs = outputs::Outputs::start(config, acker.clone()).await?;
+    let recovered = outputs.objects.take_recovered_ids();
+    tracing::info!(
+        ids = recovered.len(),
+        "redelivery window seeded with the observations earlier runs stored"
+    );
     let pipeline = pipeline::Pipeline {
         inbound,
         acker,
@@ -84,6 +92,7 @@ pub async fn start(
         limits: ParseLimits::new(config.mqtt.max_payload_bytes),
         thresholds: ThresholdState::with_max_keys(config.engine.threshold_max_keys),
         key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
+        redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
     };
     let pipeline = tokio::spawn(pipeline.run());
     Ok(RunningEngine {

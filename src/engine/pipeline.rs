@@ -4,6 +4,10 @@
 //! OpenSearch indexer, which never makes this loop wait. Life cycle events update the
 //! directory and are acked at once (acks still go out in arrival order).
 //!
+//! A QoS 1 redelivery (DUP set) of an observation this process, or an earlier run, already
+//! handed to the spool is neither evaluated nor stored again; it is acked after the spool's
+//! next commit ([`super::dedupe`] explains the rule and why it is safe).
+//!
 //! One task owns the threshold state, so it needs no lock. The directory is behind a std
 //! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
 //! await. Webhooks are only enqueued here (`try_enqueue` never waits): a slow receiver cannot
@@ -15,12 +19,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use ingest::{AckToken, Acker, Inbound};
 use rule_engine::directory::ThingChange;
-use rule_engine::{Directory, Engine, Outcome, ParseLimits, ParsedObservation, ThresholdState};
+use rule_engine::{
+    Directory, Engine, Outcome, ParseLimits, ParsedObservation, Reject, ThresholdState,
+};
 use sinks::objects::{build_error_record, build_record, AppendError, ObjectSinkHandle, RecordKind};
 use sinks::search::IndexerHandle;
 use sinks::webhook::{EnqueueError, WebhookHandle, WebhookRequest};
 use tokio::sync::{mpsc, watch};
 
+use super::dedupe::{observation_id, RedeliveryWindow};
 use super::outputs::Token;
 use super::rules::RuleSet;
 use crate::store::RuleStore;
@@ -38,6 +45,8 @@ pub struct Pipeline {
     pub thresholds: ThresholdState,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
+    /// Ids of the observations handed to the spool lately (and by earlier runs).
+    pub redeliveries: RedeliveryWindow,
 }
 
 impl Pipeline {
@@ -56,12 +65,20 @@ impl Pipeline {
                     thing_name,
                     received_at_ms,
                     payload,
+                    dup,
+                    pkid,
                     ack,
                 } => {
                     metrics::counter!("ccstream_observations_received_total").increment(1);
+                    let id = observation_id(pkid, &thing_name, &payload);
+                    if self.redeliveries.is_redelivery(dup, id) {
+                        self.skip_redelivered(&thing_name, ack).await;
+                        continue;
+                    }
                     let (record, kind, timestamp) =
                         self.observe(&rules, &thing_name, received_at_ms, &payload, &mut firings);
-                    self.store(record, kind, timestamp, ack).await;
+                    self.store(record, kind, timestamp, id, received_at_ms, ack)
+                        .await;
                 }
                 Inbound::Event {
                     topic,
@@ -113,6 +130,11 @@ impl Pipeline {
             }
             Err(reject) => {
                 drop(directory);
+                // Not evaluated, but still a record: index it under its own timestamp when the
+                // object has one (e.g. an object without state.reported).
+                if matches!(reject, Reject::NoReported | Reject::TooDeep) {
+                    timestamp = top_level_timestamp(payload).unwrap_or(received_at_ms);
+                }
                 metrics::counter!("ccstream_observations_rejected_total", "reason" => reject.as_str())
                     .increment(1);
                 tracing::debug!(thing = %thing_name, reason = reject.as_str(), "observation not evaluated");
@@ -131,17 +153,45 @@ impl Pipeline {
         }
     }
 
-    /// Appends the record to the spool (which acks it after its group commit) and offers an
-    /// observation record to the indexer.
-    async fn store(&mut self, record: Vec<u8>, kind: RecordKind, timestamp: u64, ack: AckToken) {
+    /// A redelivery of an observation already handed to the spool: not stored again, acked
+    /// once the spool has committed everything before it (the earlier copy included).
+    async fn skip_redelivered(&mut self, thing_name: &str, ack: AckToken) {
+        metrics::counter!("ccstream_observations_redelivered_skipped_total").increment(1);
+        tracing::debug!(thing = %thing_name, "redelivered observation already stored; not stored again");
+        if self.objects.append_marker(Some(ack)).await.is_err() {
+            // Shutting down: not acked, so the broker delivers it again after the restart,
+            // when the spool's recovered ids still know it.
+            tracing::debug!("object sink closed; redelivered observation left to the broker");
+        }
+    }
+
+    /// Appends the record with the observation's id to the spool (which acks it after its
+    /// group commit), remembers the id for redeliveries, and offers an observation record to
+    /// the indexer.
+    async fn store(
+        &mut self,
+        record: Vec<u8>,
+        kind: RecordKind,
+        timestamp: u64,
+        id: u64,
+        received_at_ms: u64,
+        ack: AckToken,
+    ) {
         if kind == RecordKind::Observations {
             if let Some(search) = &self.search {
                 // Never waits: a full queue is counted by the indexer; S3 has the record.
                 let _ = search.try_send(Bytes::from(record.clone()), timestamp);
             }
         }
-        match self.objects.append(record, kind, Some(ack)).await {
-            Ok(()) => {}
+        match self
+            .objects
+            .append_with_id(record, kind, id, received_at_ms, Some(ack))
+            .await
+        {
+            // Recorded at append, not at commit: the batcher commits what it was handed even if
+            // the connection drops, and after a crash the committed ids come back from the
+            // spool (see `super::dedupe`).
+            Ok(()) => self.redeliveries.insert(id),
             Err(AppendError::Closed) => {
                 // Shutting down: not acked, so the broker delivers it again after the restart.
                 tracing::debug!("object sink closed; observation left to the broker");
@@ -242,4 +292,15 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The payload's own top-level `timestamp` (ms), for objects the rule parser did not take.
+/// Parses the whole payload, so it is only used off the common path.
+fn top_level_timestamp(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        timestamp: Option<serde_json::Value>,
+    }
+    let head: Head = serde_json::from_slice(payload).ok()?;
+    head.timestamp?.as_u64()
 }

@@ -13,6 +13,8 @@
 
 pub mod mosquitto;
 pub mod receiver;
+pub mod search_standin;
+pub mod weed;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};

@@ -105,8 +105,15 @@ pub(crate) enum Msg<T> {
     Record {
         record: Vec<u8>,
         kind: RecordKind,
+        /// Written with the record, read back by recovery ([`super::spool::Recovered::ids`]).
+        id: Option<u64>,
+        /// When the record was received; a batch it opens is named after it (else: now).
+        at_ms: Option<u64>,
         token: T,
     },
+    /// A token without a record: acked with the round that takes it, so after every record
+    /// queued before it is durable.
+    Marker { token: T },
     /// Look at the shutdown flag.
     Wake,
 }
@@ -118,7 +125,10 @@ struct OpenBatch {
 
 /// Per-round tallies, by kind.
 struct Round<T> {
+    /// Records' and markers' tokens, in arrival order.
     tokens: Vec<T>,
+    /// Markers among `tokens`.
+    markers: usize,
     records: [u64; 2],
     bytes: [u64; 2],
     taken_bytes: usize,
@@ -128,6 +138,7 @@ impl<T> Default for Round<T> {
     fn default() -> Self {
         Self {
             tokens: Vec::new(),
+            markers: 0,
             records: [0; 2],
             bytes: [0; 2],
             taken_bytes: 0,
@@ -153,6 +164,9 @@ pub(crate) struct Batcher<T> {
     sealing: Vec<SpoolFile>,
     /// A spool file was created since the last commit: the directory needs an `fsync` too.
     dir_dirty: bool,
+    /// A record could not be written (shutting down with a failing disk): markers are no
+    /// longer acked, since the record a marker follows may be the one lost.
+    refused_records: bool,
 }
 
 impl<T: Send + 'static> Batcher<T> {
@@ -172,6 +186,7 @@ impl<T: Send + 'static> Batcher<T> {
             open: [None, None],
             sealing: Vec::new(),
             dir_dirty: false,
+            refused_records: false,
         }
     }
 
@@ -269,16 +284,30 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     fn take(&mut self, msg: Msg<T>, round: &mut Round<T>) {
-        let Msg::Record {
-            record,
-            kind,
-            token,
-        } = msg
-        else {
-            return;
+        let (record, kind, id, at_ms, token) = match msg {
+            Msg::Record {
+                record,
+                kind,
+                id,
+                at_ms,
+                token,
+            } => (record, kind, id, at_ms, token),
+            Msg::Marker { token } => {
+                // Channel order: every record queued before it is in this round or an earlier
+                // one, so it is durable when this round's tokens are handed out — unless the
+                // spool refused one (disk failing at shutdown): then no marker is acked.
+                if self.refused_records {
+                    return;
+                }
+                round.markers += 1;
+                round.tokens.push(token);
+                return;
+            }
+            Msg::Wake => return,
         };
-        if !self.append(kind, &record) {
+        if !self.append(kind, &record, id, at_ms) {
             // The spool could not take it (disk failing during shutdown): not acked.
+            self.refused_records = true;
             return;
         }
         let k = slot(kind);
@@ -289,7 +318,13 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     /// Frames `record` into its kind's open batch, rolling first or after as the policy says.
-    fn append(&mut self, kind: RecordKind, record: &[u8]) -> bool {
+    fn append(
+        &mut self,
+        kind: RecordKind,
+        record: &[u8],
+        id: Option<u64>,
+        at_ms: Option<u64>,
+    ) -> bool {
         let k = slot(kind);
         let policy = self.cfg.policy;
         if let Some(open) = &self.open[k] {
@@ -299,7 +334,7 @@ impl<T: Send + 'static> Batcher<T> {
             }
         }
         if self.open[k].is_none() {
-            let Some(file) = self.create(kind) else {
+            let Some(file) = self.create(kind, at_ms) else {
                 return false;
             };
             self.open[k] = Some(OpenBatch {
@@ -310,7 +345,7 @@ impl<T: Send + 'static> Batcher<T> {
         let Some(open) = &mut self.open[k] else {
             return false;
         };
-        open.file.push(record);
+        open.file.push(record, id);
         if policy.is_full(open.file.object_bytes()) {
             self.seal(k);
         }
@@ -319,10 +354,10 @@ impl<T: Send + 'static> Batcher<T> {
 
     /// Creates a new batch's spool file, retrying while the disk fails; `None` only when
     /// shutting down.
-    fn create(&mut self, kind: RecordKind) -> Option<SpoolFile> {
+    fn create(&mut self, kind: RecordKind, first_record_ms: Option<u64>) -> Option<SpoolFile> {
         let mut attempt = 0;
         loop {
-            let created_ms = now_ms();
+            let created_ms = first_record_ms.unwrap_or_else(now_ms);
             let random = random_suffix();
             let header = SpoolHeader {
                 version: FORMAT_VERSION,
@@ -413,7 +448,7 @@ impl<T: Send + 'static> Batcher<T> {
             }
         };
         self.shared.add_spool(written, 0);
-        let records = round.tokens.len();
+        let records = round.tokens.len() - round.markers;
         if durable && records > 0 {
             self.shared
                 .commits
@@ -432,6 +467,8 @@ impl<T: Send + 'static> Batcher<T> {
                         .increment(round.bytes[k]);
                 }
             }
+        }
+        if durable && !round.tokens.is_empty() {
             (self.on_commit)(round.tokens);
         } else if !durable && records > 0 {
             warn!(
@@ -565,6 +602,8 @@ mod tests {
         h.tx.send(Msg::Record {
             record: record.to_vec(),
             kind: RecordKind::Observations,
+            id: Some(u64::from(token) + 1000),
+            at_ms: None,
             token,
         })
         .expect("batcher alive");
@@ -616,6 +655,29 @@ mod tests {
         let contents = read_sealed(&sealed[0].path).expect("read");
         assert_eq!(contents.records.len(), 20_000);
         assert_eq!(&contents.records[7][..], b"{\"n\":7}");
+        let ids: Vec<u64> = (0..20_000).map(|t| t + 1000).collect();
+        assert_eq!(contents.ids, ids, "every record's id is in the spool");
+    }
+
+    #[test]
+    fn markers_are_acked_in_order_after_the_records_before_them() {
+        let h = start(u64::MAX, Duration::from_secs(3600), Delimiter::None);
+        send(&h, 0, b"{}");
+        send(&h, 1, b"{}");
+        h.tx.send(Msg::Marker { token: 2 }).expect("alive");
+        send(&h, 3, b"{}");
+        h.tx.send(Msg::Marker { token: 4 }).expect("alive");
+        // A marker alone: acked without a record or an fsync of its own.
+        std::thread::sleep(Duration::from_millis(100));
+        h.tx.send(Msg::Marker { token: 5 }).expect("alive");
+        let (acks, sealed, shared, _dir) = stop(h);
+        assert_eq!(acks.concat(), [0, 1, 2, 3, 4, 5]);
+        let stats = shared.stats();
+        assert_eq!(stats.records, 3, "markers are not records");
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].records, 3);
+        let contents = read_sealed(&sealed[0].path).expect("read");
+        assert_eq!(contents.ids, [1000, 1001, 1003]);
     }
 
     #[test]
@@ -669,6 +731,8 @@ mod tests {
         h.tx.send(Msg::Record {
             record: b"{\"reason\":1}".to_vec(),
             kind: RecordKind::Errors,
+            id: None,
+            at_ms: None,
             token: 1,
         })
         .expect("alive");

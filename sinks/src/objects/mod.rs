@@ -3,17 +3,18 @@
 //! [`writer::Writer`] under the Firehose key layout.
 //!
 //! ```text
-//! append(record, kind, token) ─▶ batcher thread ─▶ spool/<id>.spool ─fsync─▶ on_commit(tokens)
+//! append(record, kind, id, token) ─▶ batcher thread ─▶ spool/<id>.spool ─fsync─▶ on_commit(tokens)
 //!                                  │ roll by size/age
 //!                                  ▼
 //!                                uploader task ─▶ Writer::store (≤ upload_concurrency, retries)
-//!                                  └─▶ delete spool file after the store succeeded
+//!                                  └─▶ stored-ids journal, then delete the spool file
 //! ```
 //!
 //! - [`config`]: the `[objects]` section ([`ObjectsConfig`]), defaults and validation.
 //! - [`record`]: the stored record of an observation, and the error record (pure).
 //! - [`key`]: object keys (pure).
-//! - [`spool`]: the framed spool file format, reading back, crash recovery.
+//! - [`spool`]: the framed spool file format, reading back, crash recovery (records and ids).
+//! - [`stored_ids`]: the ids of recently stored batches, kept across restarts.
 //! - [`batcher`]: the thread that appends, group-commits, acks and rolls.
 //! - [`uploader`]: stores sealed batches with bounded concurrency and retries.
 //! - [`sink`]: [`ObjectSink::start`] and the [`ObjectSinkHandle`].
@@ -30,6 +31,7 @@ pub mod record;
 pub mod sink;
 pub mod spool;
 mod state;
+pub mod stored_ids;
 pub mod telemetry;
 pub mod uploader;
 pub mod writer;
@@ -40,7 +42,7 @@ pub use error::{AppendError, ConfigError, ObjectsError};
 pub use key::{object_key, random_suffix};
 pub use record::{build_error_record, build_record, NotAnObject, RecordKind};
 pub use sink::{ObjectSink, ObjectSinkHandle};
-pub use spool::{recover, SealedSpool, SpoolHeader};
+pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
 pub use state::ObjectStats;
 pub use telemetry::describe_metrics;
 pub use uploader::{BatchStore, RetryPolicy, ShutdownReport};

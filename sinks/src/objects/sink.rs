@@ -2,7 +2,7 @@
 //! handle producers append through.
 
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -17,6 +17,7 @@ use super::error::{AppendError, ObjectsError};
 use super::record::RecordKind;
 use super::spool::{self, MAX_RECORD_BYTES};
 use super::state::{ObjectStats, Shared};
+use super::stored_ids::{StoredIds, IDS_PER_FILE};
 use super::uploader::{BatchStore, RetryPolicy, ShutdownReport, Uploader};
 use super::writer::Writer;
 
@@ -32,7 +33,9 @@ pub struct ObjectSink;
 impl ObjectSink {
     /// Recovers spool files left by an earlier run (they are stored first, under the keys in
     /// their headers), then starts the batcher thread and the uploader task. Must be called
-    /// within a tokio runtime. `stack` is the stack name in keys (`<stack>-firehose-1-...`).
+    /// within a tokio runtime. The ids of the records committed by earlier runs — those of the
+    /// recovered spool files and of the last stored batches ([`super::stored_ids`]) — wait in
+    /// [`ObjectSinkHandle::take_recovered_ids`]. `stack` is the stack name in keys (`<stack>-firehose-1-...`).
     /// `on_commit` receives the tokens of each group commit, in order, after the `fsync`.
     ///
     /// The returned task ends after [`ObjectSinkHandle::shutdown`], with the same report.
@@ -57,7 +60,14 @@ impl ObjectSink {
             path: cfg.spool_dir.clone(),
             source,
         };
-        let recovered = spool::recover(&cfg.spool_dir).map_err(spool_err)?;
+        let spool::Recovered {
+            spools: recovered,
+            ids: spooled_ids,
+        } = spool::recover(&cfg.spool_dir).map_err(spool_err)?;
+        let (stored_ids, mut recovered_ids) =
+            StoredIds::open(&cfg.spool_dir, IDS_PER_FILE).map_err(spool_err)?;
+        // Oldest first: stored batches are older than the ones still in the spool.
+        recovered_ids.extend(spooled_ids);
         let shared = Arc::new(Shared::new(cfg.spool_max_bytes));
         for sealed in &recovered {
             shared.add_spool(sealed.file_bytes, 1);
@@ -107,6 +117,7 @@ impl ObjectSink {
                 initial: Duration::from_millis(cfg.retry_initial_ms),
                 max: Duration::from_millis(cfg.retry_max_ms),
             },
+            stored_ids: Some(Arc::new(Mutex::new(stored_ids))),
         };
         let task = tokio::spawn(async move {
             let report = uploader.run(recovered, sealed_rx, deadline_rx).await;
@@ -119,6 +130,7 @@ impl ObjectSink {
             shared,
             deadline_tx: Arc::new(deadline_tx),
             done_rx,
+            recovered_ids: Arc::new(Mutex::new(recovered_ids)),
         };
         Ok((handle, task))
     }
@@ -130,6 +142,7 @@ pub struct ObjectSinkHandle<T> {
     shared: Arc<Shared>,
     deadline_tx: Arc<watch::Sender<Option<Instant>>>,
     done_rx: watch::Receiver<Option<ShutdownReport>>,
+    recovered_ids: Arc<Mutex<Vec<u64>>>,
 }
 
 impl<T> Clone for ObjectSinkHandle<T> {
@@ -139,6 +152,7 @@ impl<T> Clone for ObjectSinkHandle<T> {
             shared: self.shared.clone(),
             deadline_tx: self.deadline_tx.clone(),
             done_rx: self.done_rx.clone(),
+            recovered_ids: self.recovered_ids.clone(),
         }
     }
 }
@@ -153,11 +167,62 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
         token: T,
     ) -> Result<(), AppendError> {
         check_size(&record)?;
-        match self.tx.try_send(Msg::Record {
+        self.send(Msg::Record {
             record,
             kind,
+            id: None,
+            at_ms: None,
             token,
-        }) {
+        })
+        .await
+    }
+
+    /// [`append`](Self::append) with the record's id, written to the spool with it (after a
+    /// restart, the ids of the records committed before are in
+    /// [`take_recovered_ids`](Self::take_recovered_ids)), and the time the record was received,
+    /// which names the batch it opens (the key is the time of a batch's first record, spec
+    /// 5.2, even when the record waited while the spool was full).
+    pub async fn append_with_id(
+        &self,
+        record: Vec<u8>,
+        kind: RecordKind,
+        id: u64,
+        received_at_ms: u64,
+        token: T,
+    ) -> Result<(), AppendError> {
+        check_size(&record)?;
+        self.send(Msg::Record {
+            record,
+            kind,
+            id: Some(id),
+            at_ms: Some(received_at_ms),
+            token,
+        })
+        .await
+    }
+
+    /// Queues a token without a record: it comes back through `on_commit`, in order, once
+    /// every record appended before it is durable (at once when those already are). For a
+    /// message that needs no record of its own but must not be acked before an earlier one
+    /// is safe, such as a redelivered duplicate.
+    pub async fn append_marker(&self, token: T) -> Result<(), AppendError> {
+        self.send(Msg::Marker { token }).await
+    }
+
+    /// The ids of the records that earlier runs committed and that may have been acked: those
+    /// of the spool files recovered at start and of the last batches stored (up to
+    /// [`IDS_PER_FILE`]` × 2`), oldest first. Taken once: later calls return nothing.
+    pub fn take_recovered_ids(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .recovered_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    async fn send(&self, msg: Msg<T>) -> Result<(), AppendError> {
+        match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(AppendError::Closed),
             Err(TrySendError::Full(msg)) => {
@@ -183,6 +248,8 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
             .send(Msg::Record {
                 record,
                 kind,
+                id: None,
+                at_ms: None,
                 token,
             })
             .map_err(|_| AppendError::Closed)

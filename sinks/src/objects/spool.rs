@@ -5,15 +5,20 @@
 //! ```text
 //! b"CCSPOOL1"                                   magic
 //! [u32 len][u32 crc32][header JSON]             key, created_ms, version, kind, delimiter, compression
-//! [u32 len][u32 crc32][record bytes]  ...       one frame per record
+//! [u32 len][u32 crc32][u8 tag][u64 id]?[record bytes]  ...   one frame per record (version 2)
 //! ```
 //!
-//! Integers are little-endian; the CRC-32 covers the frame's bytes. The batcher acks a record
-//! only after the `fsync` that covers its frame, and an `fsync` covers everything written
-//! before it, so after a crash the frames that were acked are an intact prefix of the file:
-//! reading stops at the first torn or bad frame, and the tail is truncated (those records were
-//! never acked; the broker redelivers them). A file whose header frame is incomplete was never
-//! acked at all and is removed.
+//! Integers are little-endian; the CRC-32 covers the frame's bytes. In version 2 (written now) a
+//! record frame starts with a tag: `0` no id follows, `1` the record's 64-bit id follows (the
+//! observation id the binary deduplicates redeliveries by, see [`Recovered::ids`]). Version 1
+//! files (written before ids existed) hold the record bytes alone and are still read, with no
+//! ids; a binary older than version 2 moves version-2 files to `failed/` instead.
+//!
+//! The batcher acks a record only after the `fsync` that covers its frame, and an `fsync`
+//! covers everything written before it, so after a crash the frames that were acked are an
+//! intact prefix of the file: reading stops at the first torn or bad frame, and the tail is
+//! truncated (those records were never acked; the broker redelivers them). A file whose header
+//! frame is incomplete was never acked at all and is removed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -31,12 +36,22 @@ use super::record::RecordKind;
 pub const SPOOL_EXT: &str = "spool";
 /// Folder below the spool directory for files whose store failed permanently.
 pub const FAILED_DIR: &str = "failed";
-/// Format version written in the header.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written in the header: record frames carry an optional id.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format: record frames hold the record alone. Still read.
+pub const FORMAT_VERSION_1: u32 = 1;
 /// Bytes a frame adds to its data: length and CRC.
 pub const FRAME_OVERHEAD: usize = 8;
-/// Largest record a frame holds. Bigger lengths read back are taken as corruption.
+/// Largest record a frame holds.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes a version-2 record frame adds before the record at most: the tag and an id.
+pub const RECORD_PREFIX_MAX: usize = 9;
+/// Largest frame data. Bigger lengths read back are taken as corruption.
+pub const MAX_FRAME_BYTES: usize = MAX_RECORD_BYTES + RECORD_PREFIX_MAX;
+/// Version-2 record tag: no id follows.
+const TAG_NO_ID: u8 = 0;
+/// Version-2 record tag: an 8-byte id follows.
+const TAG_ID: u8 = 1;
 
 const MAGIC: &[u8; 8] = b"CCSPOOL1";
 
@@ -60,11 +75,55 @@ pub struct SpoolHeader {
 
 /// Appends one frame holding `data`.
 pub fn push_frame(buf: &mut Vec<u8>, data: &[u8]) {
+    push_frame_parts(buf, &[], data);
+}
+
+/// Appends one frame whose data is `head` followed by `data`.
+fn push_frame_parts(buf: &mut Vec<u8>, head: &[u8], data: &[u8]) {
     // Callers keep records below MAX_RECORD_BYTES, far below u32::MAX.
-    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let len = u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(head);
+    crc.update(data);
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(head);
     buf.extend_from_slice(data);
+}
+
+/// Appends the frame of one record in the given format `version` (a version-1 frame has no
+/// room for `id`, which is then dropped).
+pub fn push_record(buf: &mut Vec<u8>, version: u32, record: &[u8], id: Option<u64>) {
+    if version == FORMAT_VERSION_1 {
+        return push_frame(buf, record);
+    }
+    let mut head = [0u8; RECORD_PREFIX_MAX];
+    let head = match id {
+        Some(id) => {
+            head[0] = TAG_ID;
+            head[1..].copy_from_slice(&id.to_le_bytes());
+            &head[..]
+        }
+        None => {
+            head[0] = TAG_NO_ID;
+            &head[..1]
+        }
+    };
+    push_frame_parts(buf, head, record);
+}
+
+/// Splits a version-2 record frame's data (at `range` of `data`) into the id and the record's
+/// range; `None` for an unknown tag or a missing id (corruption).
+fn split_record(data: &[u8], range: Range<usize>) -> Option<(Option<u64>, Range<usize>)> {
+    match *data.get(range.clone())?.first()? {
+        TAG_NO_ID => Some((None, range.start + 1..range.end)),
+        TAG_ID if range.len() >= RECORD_PREFIX_MAX => {
+            let id = data.get(range.start + 1..range.start + RECORD_PREFIX_MAX)?;
+            let id = u64::from_le_bytes(id.try_into().ok()?);
+            Some((Some(id), range.start + RECORD_PREFIX_MAX..range.end))
+        }
+        _ => None,
+    }
 }
 
 /// Why a file's header cannot be read.
@@ -83,6 +142,8 @@ pub struct Decoded {
     pub header: Result<SpoolHeader, HeaderProblem>,
     /// Byte ranges of the intact records, in order.
     pub records: Vec<Range<usize>>,
+    /// The id of each record in `records` (always `None` in a version-1 file).
+    pub ids: Vec<Option<u64>>,
     /// Length of the intact prefix (header and intact records).
     pub valid_len: usize,
 }
@@ -95,11 +156,11 @@ impl Decoded {
 }
 
 /// Reads a frame at `at`: the data's range, or `None` when torn or bad.
-fn frame(data: &[u8], at: usize) -> Option<Range<usize>> {
+pub(crate) fn frame(data: &[u8], at: usize) -> Option<Range<usize>> {
     let head = data.get(at..at + FRAME_OVERHEAD)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_RECORD_BYTES {
+    if len > MAX_FRAME_BYTES {
         return None;
     }
     let range = at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len;
@@ -112,6 +173,7 @@ pub fn decode(data: &[u8]) -> Decoded {
     let bad = |header| Decoded {
         header: Err(header),
         records: Vec::new(),
+        ids: Vec::new(),
         valid_len: 0,
     };
     let Some(magic) = data.get(..MAGIC.len()) else {
@@ -127,7 +189,7 @@ pub fn decode(data: &[u8]) -> Decoded {
         // A complete header frame with a bad CRC is corruption; an incomplete one is torn.
         let complete = data.get(at..at + 4).is_some_and(|len| {
             let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            len <= MAX_RECORD_BYTES && data.len() >= at + FRAME_OVERHEAD + len
+            len <= MAX_FRAME_BYTES && data.len() >= at + FRAME_OVERHEAD + len
         });
         return bad(if complete {
             HeaderProblem::Corrupt("header frame CRC mismatch".into())
@@ -139,7 +201,7 @@ pub fn decode(data: &[u8]) -> Decoded {
         Ok(h) => h,
         Err(e) => return bad(HeaderProblem::Corrupt(format!("header JSON: {e}"))),
     };
-    if header.version != FORMAT_VERSION {
+    if header.version != FORMAT_VERSION && header.version != FORMAT_VERSION_1 {
         return bad(HeaderProblem::Corrupt(format!(
             "unknown format version {}",
             header.version
@@ -147,13 +209,25 @@ pub fn decode(data: &[u8]) -> Decoded {
     }
     let mut at = range.end;
     let mut records = Vec::new();
+    let mut ids = Vec::new();
     while let Some(range) = frame(data, at) {
+        let (id, record) = if header.version == FORMAT_VERSION_1 {
+            (None, range.clone())
+        } else {
+            // A frame with a good CRC but a bad tag is corruption too: stop there.
+            let Some(split) = split_record(data, range.clone()) else {
+                break;
+            };
+            split
+        };
         at = range.end;
-        records.push(range);
+        records.push(record);
+        ids.push(id);
     }
     Decoded {
         header: Ok(header),
         records,
+        ids,
         valid_len: at,
     }
 }
@@ -179,6 +253,8 @@ pub struct SpoolContents {
     pub header: SpoolHeader,
     /// The records, slices of one buffer.
     pub records: Vec<Bytes>,
+    /// The ids the records carry, in order (records without one are skipped).
+    pub ids: Vec<u64>,
 }
 
 /// Reads a sealed spool file. A bad tail (which a live batcher never leaves) is logged and
@@ -207,15 +283,31 @@ pub fn read_sealed(path: &Path) -> io::Result<SpoolContents> {
         .into_iter()
         .map(|range| data.slice(range))
         .collect();
-    Ok(SpoolContents { header, records })
+    let ids = decoded.ids.into_iter().flatten().collect();
+    Ok(SpoolContents {
+        header,
+        records,
+        ids,
+    })
+}
+
+/// What [`recover`] found in the spool directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The spool files to store, oldest first.
+    pub spools: Vec<SealedSpool>,
+    /// The ids of their records (those written with one), in the same order: records that were
+    /// committed — and perhaps acked — before the earlier run ended.
+    pub ids: Vec<u64>,
 }
 
 /// Every spool file left in `dir` by an earlier run (a crash, or a shutdown whose grace ran
-/// out), oldest first, ready to be stored under the key in its header before anything else.
+/// out), oldest first, ready to be stored under the key in its header before anything else,
+/// with the ids of their records.
 ///
 /// Torn tails are truncated; files with no acked record (torn header, header only) are
 /// removed; files with a corrupt header are moved to `failed/` for an operator.
-pub fn recover(dir: &Path) -> io::Result<Vec<SealedSpool>> {
+pub fn recover(dir: &Path) -> io::Result<Recovered> {
     fs::create_dir_all(dir)?;
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -252,19 +344,28 @@ pub fn recover(dir: &Path) -> io::Result<Vec<SealedSpool>> {
                     file.set_len(decoded.valid_len as u64)?;
                     file.sync_data()?;
                 }
-                found.push(SealedSpool {
-                    path,
-                    header,
-                    file_bytes: decoded.valid_len as u64,
-                    records: decoded.records.len(),
-                });
+                let ids: Vec<u64> = decoded.ids.iter().flatten().copied().collect();
+                found.push((
+                    SealedSpool {
+                        path,
+                        header,
+                        file_bytes: decoded.valid_len as u64,
+                        records: decoded.records.len(),
+                    },
+                    ids,
+                ));
             }
         }
     }
-    found.sort_by(|a, b| {
+    found.sort_by(|(a, _), (b, _)| {
         (a.header.created_ms, &a.header.key).cmp(&(b.header.created_ms, &b.header.key))
     });
-    Ok(found)
+    let mut recovered = Recovered::default();
+    for (spool, ids) in found {
+        recovered.spools.push(spool);
+        recovered.ids.extend(ids);
+    }
+    Ok(recovered)
 }
 
 /// Moves a spool file to `<its dir>/failed/`, keeping its name; returns the new path.
@@ -334,9 +435,10 @@ impl SpoolFile {
         })
     }
 
-    /// Frames a record (in memory until the next commit).
-    pub fn push(&mut self, record: &[u8]) {
-        push_frame(&mut self.pending, record);
+    /// Frames a record and its id (in memory until the next commit), in the header's format
+    /// version.
+    pub fn push(&mut self, record: &[u8], id: Option<u64>) {
+        push_record(&mut self.pending, self.header.version, record, id);
         self.object_bytes += record.len() as u64 + self.delimiter_len;
         self.records += 1;
     }
@@ -398,9 +500,9 @@ impl SpoolFile {
 mod tests {
     use super::*;
 
-    fn header() -> SpoolHeader {
+    fn header_v(version: u32) -> SpoolHeader {
         SpoolHeader {
-            version: FORMAT_VERSION,
+            version,
             key: "2024/01/01/00/dev-firehose-1-2024-01-01-00-00-00-x".into(),
             created_ms: 1_704_067_200_000,
             kind: RecordKind::Observations,
@@ -409,11 +511,32 @@ mod tests {
         }
     }
 
+    fn header() -> SpoolHeader {
+        header_v(FORMAT_VERSION)
+    }
+
+    /// A file of the current version; record `i` gets the id `i * 1000 + 7`.
     fn file_bytes(records: &[&[u8]]) -> Vec<u8> {
+        let with_ids: Vec<_> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, Some(id_of(i))))
+            .collect();
+        file_bytes_v(FORMAT_VERSION, &with_ids)
+    }
+
+    fn id_of(i: usize) -> u64 {
+        i as u64 * 1000 + 7
+    }
+
+    fn file_bytes_v(version: u32, records: &[(&[u8], Option<u64>)]) -> Vec<u8> {
         let mut buf = MAGIC.to_vec();
-        push_frame(&mut buf, &serde_json::to_vec(&header()).expect("json"));
-        for r in records {
-            push_frame(&mut buf, r);
+        push_frame(
+            &mut buf,
+            &serde_json::to_vec(&header_v(version)).expect("json"),
+        );
+        for (r, id) in records {
+            push_record(&mut buf, version, r, *id);
         }
         buf
     }
@@ -428,8 +551,102 @@ mod tests {
         let d = decode(&data);
         assert_eq!(d.header.as_ref().expect("header"), &header());
         assert_eq!(records_of(&data, &d), [&b"{\"a\":1}"[..], b"", b"{}"]);
+        assert_eq!(d.ids, [Some(7), Some(1007), Some(2007)]);
         assert_eq!(d.valid_len, data.len());
         assert!(!d.has_bad_tail(data.len()));
+    }
+
+    #[test]
+    fn ids_round_trip_and_may_be_absent() {
+        let records: [(&[u8], Option<u64>); 4] = [
+            (b"{\"a\":1}", Some(u64::MAX)),
+            (b"{}", None),
+            (b"", Some(0)),
+            (b"\x01\x00", None),
+        ];
+        let data = file_bytes_v(FORMAT_VERSION, &records);
+        let d = decode(&data);
+        assert_eq!(d.header.as_ref().expect("header").version, 2);
+        assert_eq!(
+            records_of(&data, &d),
+            records.iter().map(|(r, _)| r.to_vec()).collect::<Vec<_>>()
+        );
+        assert_eq!(d.ids, [Some(u64::MAX), None, Some(0), None]);
+        assert_eq!(d.valid_len, data.len());
+    }
+
+    #[test]
+    fn version_1_files_are_read_without_ids() {
+        // Byte for byte what version 1 wrote: plain record frames.
+        let mut data = MAGIC.to_vec();
+        push_frame(
+            &mut data,
+            &serde_json::to_vec(&header_v(FORMAT_VERSION_1)).expect("json"),
+        );
+        for r in [&b"{\"a\":1}"[..], b"", b"\x01abcdefgh"] {
+            push_frame(&mut data, r);
+        }
+        assert_eq!(
+            data,
+            file_bytes_v(
+                FORMAT_VERSION_1,
+                &[
+                    (b"{\"a\":1}", Some(5)),
+                    (b"", None),
+                    (b"\x01abcdefgh", None)
+                ]
+            ),
+            "push_record writes version 1 frames for version 1 files"
+        );
+        let d = decode(&data);
+        assert_eq!(d.header.as_ref().expect("header").version, 1);
+        assert_eq!(
+            records_of(&data, &d),
+            [&b"{\"a\":1}"[..], b"", b"\x01abcdefgh"]
+        );
+        assert_eq!(d.ids, [None, None, None]);
+        assert_eq!(d.valid_len, data.len());
+
+        // Torn tails are cut the same way.
+        let intact = data.len();
+        let mut torn = data.clone();
+        push_frame(&mut torn, b"more");
+        for cut in intact..torn.len() {
+            let d = decode(&torn[..cut]);
+            assert_eq!(d.records.len(), 3);
+            assert_eq!(d.valid_len, intact);
+        }
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("old.spool"), &data).expect("write");
+        let found = recover(dir.path()).expect("recover");
+        assert_eq!(found.spools.len(), 1);
+        assert_eq!(found.spools[0].records, 3);
+        assert!(found.ids.is_empty());
+        let contents = read_sealed(&found.spools[0].path).expect("read");
+        assert_eq!(contents.records.len(), 3);
+        assert!(contents.ids.is_empty());
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_tags_are_refused() {
+        let data = file_bytes_v(3, &[(b"x", None)]);
+        assert!(matches!(
+            decode(&data).header,
+            Err(HeaderProblem::Corrupt(_))
+        ));
+        // A frame with a good CRC but an unknown tag, or a tag without its id, ends the
+        // intact prefix.
+        for bad in [&[7u8, b'x'][..], &[TAG_ID, 1, 2, 3][..], &[][..]] {
+            let mut data = file_bytes(&[b"one"]);
+            let intact = data.len();
+            push_frame(&mut data, bad);
+            push_record(&mut data, FORMAT_VERSION, b"two", Some(2));
+            let d = decode(&data);
+            assert_eq!(records_of(&data, &d), [b"one".to_vec()], "{bad:?}");
+            assert_eq!(d.ids, [Some(7)]);
+            assert_eq!(d.valid_len, intact);
+        }
     }
 
     #[test]
@@ -439,6 +656,7 @@ mod tests {
         for cut in intact..full.len() {
             let d = decode(&full[..cut]);
             assert_eq!(records_of(&full, &d), [b"one".to_vec()], "cut at {cut}");
+            assert_eq!(d.ids, [Some(7)], "cut at {cut}");
             assert_eq!(d.valid_len, intact);
             assert_eq!(d.has_bad_tail(cut), cut > intact);
         }
@@ -448,11 +666,15 @@ mod tests {
     fn bad_crc_stops_reading() {
         let mut data = file_bytes(&[b"one", b"two", b"three"]);
         let second = file_bytes(&[b"one"]).len();
-        // Flip a byte of "two".
-        data[second + FRAME_OVERHEAD] ^= 0x20;
+        // Flip a byte of "two" (after the tag and the id).
+        data[second + FRAME_OVERHEAD + RECORD_PREFIX_MAX] ^= 0x20;
         let d = decode(&data);
         assert_eq!(records_of(&data, &d), [b"one".to_vec()]);
         assert_eq!(d.valid_len, second);
+        // Flip a byte of the id of "two": caught by the CRC too.
+        let mut data = file_bytes(&[b"one", b"two", b"three"]);
+        data[second + FRAME_OVERHEAD + 3] ^= 0x01;
+        assert_eq!(decode(&data).ids, [Some(7)]);
         // An absurd length is a bad frame too, not an allocation.
         let mut data = file_bytes(&[b"one"]);
         data.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -488,18 +710,22 @@ mod tests {
     fn spool_file_commit_seal_and_recover() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut f = SpoolFile::create(dir.path(), "a", header()).expect("create");
-        f.push(b"one");
-        f.push(b"two");
+        f.push(b"one", Some(11));
+        f.push(b"two", None);
         assert!(f.is_dirty());
         let n = f.commit().expect("commit");
-        assert_eq!(n, file_bytes(&[b"one", b"two"]).len() as u64);
-        f.push(b"three");
+        assert_eq!(
+            n,
+            file_bytes_v(FORMAT_VERSION, &[(b"one", Some(11)), (b"two", None)]).len() as u64
+        );
+        f.push(b"three", Some(13));
         f.commit().expect("commit");
         assert_eq!(f.object_bytes(), 11);
         let sealed = f.seal();
         assert_eq!(sealed.records, 3);
         let contents = read_sealed(&sealed.path).expect("read");
         assert_eq!(contents.records, [&b"one"[..], b"two", b"three"]);
+        assert_eq!(contents.ids, [11, 13]);
 
         // A torn tail, a header-only file, a torn header and a corrupt one.
         let mut torn = file_bytes(&[b"x", b"yy"]);
@@ -512,6 +738,7 @@ mod tests {
 
         let found = recover(dir.path()).expect("recover");
         let names: Vec<_> = found
+            .spools
             .iter()
             .map(|s| {
                 s.path
@@ -524,6 +751,10 @@ mod tests {
         assert_eq!(names.len(), 2);
         assert!(names.contains(&"a.spool".to_string()));
         assert!(names.contains(&"torn.spool".to_string()));
+        // Both have the same created_ms: ordered by key, then the ids follow the files.
+        let mut ids = found.ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, [7, 11, 13], "the torn record's id is not recovered");
         let torn_path = dir.path().join("torn.spool");
         assert_eq!(
             fs::metadata(&torn_path).expect("meta").len(),
@@ -534,5 +765,22 @@ mod tests {
         assert!(!dir.path().join("empty.spool").exists());
         assert!(dir.path().join("failed/bad.spool").exists());
         assert!(dir.path().join("other.txt").exists());
+    }
+
+    #[test]
+    fn recovered_ids_follow_the_files_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, created_ms, ids) in [("b", 2, [3u64, 4]), ("a", 1, [1, 2]), ("c", 3, [5, 6])] {
+            let mut h = header();
+            h.created_ms = created_ms;
+            let mut f = SpoolFile::create(dir.path(), name, h).expect("create");
+            for id in ids {
+                f.push(b"{}", Some(id));
+            }
+            f.commit().expect("commit");
+        }
+        let found = recover(dir.path()).expect("recover");
+        assert_eq!(found.ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(found.spools.len(), 3);
     }
 }

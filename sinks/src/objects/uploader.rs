@@ -1,13 +1,14 @@
 //! The uploader: stores sealed spool files through the writer, at most `upload_concurrency` at
 //! once, retrying retryable failures with capped, jittered exponential backoff until they
 //! succeed or shutdown's grace runs out. A spool file is deleted only after its store
-//! succeeded; a permanent failure moves it to `failed/`.
+//! succeeded, and after the ids of its records went to the [`StoredIds`] journal; a permanent
+//! failure moves it to `failed/`.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use tracing::{error, info, warn, Instrument};
 use super::config::Compression;
 use super::spool::{move_to_failed, read_sealed, SealedSpool, SpoolContents};
 use super::state::Shared;
+use super::stored_ids::StoredIds;
 use super::telemetry;
 use super::writer::{Batch, WriteError, Writer};
 
@@ -120,6 +122,8 @@ pub(crate) struct Uploader<S> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) concurrency: usize,
     pub(crate) retry: RetryPolicy,
+    /// Where the ids of stored batches go before their spool files are deleted.
+    pub(crate) stored_ids: Option<Arc<Mutex<StoredIds>>>,
 }
 
 impl<S: BatchStore> Uploader<S> {
@@ -221,9 +225,11 @@ impl<S: BatchStore> Uploader<S> {
         let store = self.store.clone();
         let shared = self.shared.clone();
         let retry = self.retry;
+        let stored_ids = self.stored_ids.clone();
         let span = tracing::info_span!("store", key = %sealed.header.key, records = sealed.records);
         async move {
-            let outcome = store_with_retry(&*store, &shared, retry, &sealed, cancel).await;
+            let outcome =
+                store_with_retry(&*store, &shared, retry, &sealed, stored_ids, cancel).await;
             drop(permit);
             outcome
         }
@@ -236,14 +242,20 @@ async fn store_with_retry<S: BatchStore>(
     shared: &Shared,
     retry: RetryPolicy,
     sealed: &SealedSpool,
+    stored_ids: Option<Arc<Mutex<StoredIds>>>,
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let path = sealed.path.clone();
-    let loaded = tokio::task::spawn_blocking(move || read_sealed(&path).and_then(build_batch))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-    let batch = match loaded {
+    let loaded = tokio::task::spawn_blocking(move || {
+        read_sealed(&path).and_then(|mut contents| {
+            let ids = std::mem::take(&mut contents.ids);
+            build_batch(contents).map(|batch| (batch, ids))
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    let (batch, ids) = match loaded {
         Ok(batch) => batch,
         Err(e) => {
             error!(error = %e, path = %sealed.path.display(), "cannot read a sealed spool file");
@@ -265,6 +277,9 @@ async fn store_with_retry<S: BatchStore>(
                 counter!(telemetry::BATCHES_STORED_TOTAL, "sink" => store.label()).increment(1);
                 shared.batches_stored.fetch_add(1, Ordering::AcqRel);
                 info!(bytes = batch.body.len(), "batch stored");
+                if let Some(journal) = stored_ids {
+                    record_stored_ids(journal, ids).await;
+                }
                 if let Err(e) = tokio::fs::remove_file(&sealed.path).await {
                     // Stored; at worst it is stored again (same key) at the next start.
                     warn!(error = %e, path = %sealed.path.display(), "cannot remove a stored spool file");
@@ -289,6 +304,27 @@ async fn store_with_retry<S: BatchStore>(
                 return fail(shared, sealed);
             }
         }
+    }
+}
+
+/// Appends a stored batch's ids to the journal, so that they outlive its spool file. A failure
+/// is logged: at worst a redelivery after a crash is stored twice.
+async fn record_stored_ids(journal: Arc<Mutex<StoredIds>>, ids: Vec<u64>) {
+    if ids.is_empty() {
+        return;
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(&ids)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    if let Err(e) = written {
+        counter!(telemetry::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
+        warn!(error = %e, "cannot record the ids of a stored batch; a redelivery after a crash may be stored twice");
     }
 }
 
@@ -340,6 +376,7 @@ mod tests {
                 compression,
             },
             records: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{}")],
+            ids: vec![1, 2],
         }
     }
 
@@ -393,7 +430,7 @@ mod tests {
             },
         )
         .expect("create");
-        f.push(b"{}");
+        f.push(b"{}", Some(1));
         f.commit().expect("commit");
         f.seal()
     }
@@ -422,6 +459,7 @@ mod tests {
                 initial: Duration::from_millis(1),
                 max: Duration::from_millis(2),
             },
+            stored_ids: None,
         };
         let (tx, rx) = mpsc::channel(4);
         drop(tx);
@@ -477,6 +515,7 @@ mod tests {
                 initial: Duration::from_millis(5),
                 max: Duration::from_millis(10),
             },
+            stored_ids: None,
         };
         let (_tx, rx) = mpsc::channel(4);
         let (deadline_tx, deadline_rx) = watch::channel(None);
