@@ -1,11 +1,9 @@
 //! The OpenSearch indexer and the FIND search call, against a stand-in for OpenSearch
-//! (`support_search`): OpenSearch cannot be installed on this machine, so a local axum server
+//! (`testkit::search_standin`): OpenSearch cannot be installed on this machine, so a local axum server
 //! answers `_index_template`, `_bulk` and `_search` with OpenSearch's documented response
 //! shapes, scripted to fail the ways OpenSearch does (a whole-request 429, per-item 429
 //! `es_rejected_execution_exception`, per-item 400 `mapper_parsing_exception`), and records
 //! every request.
-
-mod support_search;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +13,7 @@ use serde_json::{json, Value};
 use sinks::search::{
     IndexerHandle, IndexerStats, SearchClient, SearchConfig, SearchError, SearchIndexer,
 };
-use support_search::{BulkReply, StandIn};
+use testkit::search_standin::{self as support_search, BulkReply, StandIn};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -85,7 +83,7 @@ fn things(records: &[Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_index_template_is_put_at_start() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&config(&os));
     let seen = os
         .wait_until("the template", |seen| {
@@ -116,7 +114,7 @@ async fn the_index_template_is_put_at_start() {
 
 #[tokio::test]
 async fn template_failures_are_retried_in_the_background_and_bulks_wait_for_it() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_template([503, 503, 429]);
     let (handle, task, _) = start(&SearchConfig {
         flush_interval_ms: 10,
@@ -146,7 +144,7 @@ async fn template_failures_are_retried_in_the_background_and_bulks_wait_for_it()
 
 #[tokio::test]
 async fn records_are_flushed_by_count() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&SearchConfig {
         bulk_max_actions: 3,
         ..config(&os)
@@ -175,7 +173,7 @@ async fn records_are_flushed_by_count() {
 
 #[tokio::test]
 async fn records_are_flushed_by_size() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let one =
         record(0, DAY1_NOON).len() + r#"{"index":{"_index":"observations-2026.11.26"}}"#.len() + 2;
     let (handle, task, _) = start(&SearchConfig {
@@ -197,7 +195,7 @@ async fn records_are_flushed_by_size() {
 
 #[tokio::test]
 async fn records_are_flushed_by_time() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&SearchConfig {
         flush_interval_ms: 150,
         ..config(&os)
@@ -217,7 +215,7 @@ async fn records_are_flushed_by_time() {
 
 #[tokio::test]
 async fn bulk_bodies_are_ndjson_with_daily_indices_from_record_timestamps() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&config(&os));
     let records = [
         record(0, DAY1_LAST),
@@ -252,7 +250,7 @@ async fn bulk_bodies_are_ndjson_with_daily_indices_from_record_timestamps() {
 
 #[tokio::test]
 async fn a_whole_request_429_is_retried() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([BulkReply::Status(429), BulkReply::Status(503)]);
     let (handle, task, failures) = start(&config(&os));
     for n in 0..3 {
@@ -271,7 +269,7 @@ async fn a_whole_request_429_is_retried() {
 
 #[tokio::test]
 async fn per_item_429s_are_retried_alone() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([BulkReply::Items(vec![201, 429, 201, 429, 503])]);
     let (handle, task, failures) = start(&config(&os));
     for n in 0..5 {
@@ -296,7 +294,7 @@ async fn per_item_429s_are_retried_alone() {
 
 #[tokio::test]
 async fn per_item_rejections_past_max_retries_go_to_the_callback() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.bulk_fallback(BulkReply::Items(vec![429]));
     let (handle, task, failures) = start(&SearchConfig {
         max_retries: 2,
@@ -323,7 +321,7 @@ async fn per_item_rejections_past_max_retries_go_to_the_callback() {
 
 #[tokio::test]
 async fn mapping_errors_are_counted_and_handed_on_not_retried() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([BulkReply::Items(vec![201, 400, 201])]);
     let (handle, task, failures) = start(&config(&os));
     for n in 0..3 {
@@ -348,7 +346,7 @@ async fn mapping_errors_are_counted_and_handed_on_not_retried() {
 
 #[tokio::test]
 async fn a_refused_whole_request_hands_every_record_on() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([BulkReply::Status(413)]);
     let (handle, task, failures) = start(&config(&os));
     send(&handle, 0, DAY1_NOON);
@@ -363,7 +361,7 @@ async fn a_refused_whole_request_hands_every_record_on() {
 
 #[tokio::test]
 async fn whole_request_failures_past_max_retries_are_dropped_and_counted() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.bulk_fallback(BulkReply::Status(503));
     let (handle, task, failures) = start(&SearchConfig {
         max_retries: 2,
@@ -379,7 +377,7 @@ async fn whole_request_failures_past_max_retries_are_dropped_and_counted() {
 
 #[tokio::test]
 async fn an_unreadable_2xx_is_retried_whole() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([BulkReply::Garbage]);
     let (handle, task, _) = start(&config(&os));
     send(&handle, 0, DAY1_NOON);
@@ -390,7 +388,7 @@ async fn an_unreadable_2xx_is_retried_whole() {
 
 #[tokio::test]
 async fn queue_overflow_is_counted_and_try_send_never_waits() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     // The template never goes in: nothing is sent, everything queues.
     os.template_fallback(503);
     let (handle, task, _) = start(&SearchConfig {
@@ -428,7 +426,7 @@ async fn queue_overflow_is_counted_and_try_send_never_waits() {
 
 #[tokio::test]
 async fn shutdown_flushes_what_is_queued() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&config(&os));
     for n in 0..5 {
         send(&handle, n, DAY1_NOON);
@@ -446,7 +444,7 @@ async fn shutdown_flushes_what_is_queued() {
 
 #[tokio::test]
 async fn dropping_every_handle_also_flushes() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&config(&os));
     send(&handle, 0, DAY1_NOON);
     drop(handle);
@@ -459,7 +457,7 @@ async fn dropping_every_handle_also_flushes() {
 
 #[tokio::test]
 async fn shutdown_with_opensearch_down_ends_at_the_deadline() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.bulk_fallback(BulkReply::Status(503));
     let (handle, task, _) = start(&SearchConfig {
         backoff_initial_ms: 10_000,
@@ -482,7 +480,7 @@ async fn shutdown_with_opensearch_down_ends_at_the_deadline() {
 
 #[tokio::test]
 async fn basic_auth_is_sent_when_configured() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let (handle, task, _) = start(&SearchConfig {
         username: Some("ccstream".into()),
         password: Some("s3cret".into()),
@@ -503,7 +501,7 @@ async fn basic_auth_is_sent_when_configured() {
 
 #[tokio::test]
 async fn search_returns_the_output_as_is_and_sends_the_body() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let client = SearchClient::new(&config(&os)).expect("client");
     let body = json!({"size": 0, "query": {"range": {"timestamp": {"gte": 1}}}});
     let out = client.search(body.clone()).await.expect("searches");
@@ -519,7 +517,7 @@ async fn search_returns_the_output_as_is_and_sends_the_body() {
 
 #[tokio::test]
 async fn search_errors_are_classified() {
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     let client = SearchClient::new(&config(&os)).expect("client");
     os.script_search(
         400,
@@ -543,7 +541,7 @@ async fn search_errors_are_classified() {
         Err(SearchError::Unavailable(_))
     ));
     // Nothing listens on the port of a stand-in that was dropped.
-    let gone = StandIn::start().await;
+    let gone = StandIn::start();
     let url = gone.url();
     drop(gone);
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,8 +1,6 @@
 //! Metric names and labels of the search indexer, read back from a debugging recorder, against
-//! the OpenSearch stand-in of `support_search` (OpenSearch cannot be installed here). One test
+//! the OpenSearch stand-in of `testkit::search_standin` (OpenSearch cannot be installed here). One test
 //! in this binary: the recorder is global.
-
-mod support_search;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +9,7 @@ use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde_json::json;
 use sinks::search::{describe_metrics, SearchConfig, SearchIndexer};
-use support_search::{BulkReply, StandIn};
+use testkit::search_standin::{BulkReply, StandIn};
 
 const NOON: u64 = 1_795_694_400_000;
 
@@ -26,7 +24,7 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
     recorder.install().expect("first recorder in this binary");
     describe_metrics();
 
-    let os = StandIn::start().await;
+    let os = StandIn::start();
     os.script_bulk([
         BulkReply::Status(429),
         BulkReply::Items(vec![201, 429, 400, 201]),
@@ -46,7 +44,7 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
     task.await.expect("task");
 
     // A second indexer whose template never goes in: records wait (lag grows) and overflow.
-    let stuck = StandIn::start().await;
+    let stuck = StandIn::start();
     stuck.template_fallback(503);
     let (handle, task) = SearchIndexer::start(
         &SearchConfig {

@@ -1,4 +1,5 @@
-//! A stand-in for OpenSearch on 127.0.0.1, for the search sink's tests.
+//! A stand-in for OpenSearch on 127.0.0.1, for the indexer's tests in `sinks` and the binary's
+//! ingest tests.
 //!
 //! OpenSearch itself cannot be installed on this machine (no package in the reachable
 //! registries, and its tarball is a download of its own), so this axum server answers the three
@@ -12,8 +13,8 @@
 //! - `POST /<index>/_search`: a canned hits-and-aggregations body, or a scripted error.
 //!
 //! It records every request it gets. It ignores `filter_path` and answers the full shape, which
-//! the indexer must read as well.
-#![allow(dead_code)]
+//! the indexer must read as well. It runs on a thread with its own tokio runtime, so a test that
+//! blocks its own thread (to run `mosquitto_pub`, say) never delays an answer.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,8 +27,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 /// How the stand-in answers one `_bulk` request.
 #[derive(Debug, Clone)]
@@ -112,7 +112,8 @@ struct Shared {
 pub struct StandIn {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What `_search` answers unless scripted otherwise.
@@ -138,22 +139,43 @@ pub fn canned_search() -> Value {
 }
 
 impl StandIn {
-    pub async fn start() -> Self {
+    pub fn start() -> Self {
         let shared = Arc::new(Shared {
             script: Mutex::new(Script::default()),
             seen: Mutex::new(Vec::new()),
             canned_search: canned_search(),
             next_id: Mutex::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, shared, task }
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("opensearch-standin-{}", addr.port()))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                    let app = Router::new().fallback(handle).with_state(state);
+                    // Not graceful: that would wait for ccstream's keep-alive connections.
+                    tokio::select! {
+                        res = axum::serve(listener, app) => res.expect("serve"),
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .expect("thread");
+        Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -210,9 +232,9 @@ impl StandIn {
         self.seen().into_iter().filter(Seen::is_bulk).collect()
     }
 
-    /// Waits until `done` holds for what was seen (at most 5 s).
+    /// Waits until `done` holds for what was seen (at most 15 s).
     pub async fn wait_until(&self, what: &str, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let seen = self.seen();
             if done(&seen) {
@@ -243,7 +265,24 @@ impl StandIn {
 
 impl Drop for StandIn {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- OpenSearch stand-in {} got ---", self.addr);
+            for s in self.seen() {
+                eprintln!(
+                    "{} {}?{} {}",
+                    s.method,
+                    s.path,
+                    s.query,
+                    String::from_utf8_lossy(&s.body)
+                );
+            }
+        }
     }
 }
 
