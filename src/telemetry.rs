@@ -56,6 +56,10 @@ fn describe() {
         "ccstream_observations_redelivered_skipped_total",
         "QoS 1 redeliveries (DUP) of observations already spooled: acked, not stored again"
     );
+    metrics::describe_counter!(
+        "ccstream_store_unreadable_rules_total",
+        "Stored rules skipped because their document no longer parses (unknown operator, ...)"
+    );
     // Registered at zero so dashboards and tests see the series before the first request.
     metrics::counter!("ccstream_store_errors_total").absolute(0);
     metrics::counter!("ccstream_observations_redelivered_skipped_total").absolute(0);

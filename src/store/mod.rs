@@ -276,6 +276,9 @@ impl RuleStore {
             match decode(row) {
                 Ok(rule) => rules.push(rule),
                 Err(StoreError::Corrupt { id, source }) => {
+                    // E.g. an operator this version does not know, written by hand or by
+                    // another version: the rule is not evaluated, and that is visible.
+                    metrics::counter!("ccstream_store_unreadable_rules_total").increment(1);
                     tracing::warn!(rule = %id, error = %source, "skipping unreadable stored rule");
                 }
                 Err(e) => return Err(e),
