@@ -1,0 +1,29 @@
+//! `ccstream-load`: the load generator of ccstream's end-to-end benchmark (issue 5).
+//!
+//! - [`payload`]: shadow-update payloads (thing resources, a sub thing, `seq` and `sentAt`) and
+//!   topic names; pure, no I/O.
+//! - [`report`]: latency histograms, the run report, its table and JSON forms; pure.
+//! - [`scenario`]: the directory snapshot and the rule list the scenario posts to ccstream; pure.
+//! - [`publish`]: N MQTT connections publishing at a fixed rate or as fast as the broker acks.
+//! - [`subscriber`]: `--mode bare-subscriber`, counts messages to measure the broker's ceiling.
+//! - [`receiver`]: the webhook receiver that timestamps arrivals and reads `sentAt` back.
+//!
+//! The binary (`src/main.rs`) only parses the command line and wires these together.
+
+pub mod payload;
+pub mod publish;
+pub mod receiver;
+pub mod report;
+pub mod scenario;
+pub mod subscriber;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Wall-clock milliseconds since the epoch: what `sentAt` carries and what arrivals compare to.
+/// Wall clock, not `Instant`, because the other end of the measurement is in another process.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,278 @@
+//! `ccstream-load`: parses the command line and wires the library's parts; see `lib.rs`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ccstream_load::payload::{topic_filter, AWS_TOPIC_TEMPLATE};
+use ccstream_load::publish::{self, parse_broker, Counters, PublishConfig};
+use ccstream_load::receiver::{self, Receiver};
+use ccstream_load::report::Report;
+use ccstream_load::{scenario, subscriber};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rumqttc::QoS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Publish shadow updates (and receive webhooks with --receiver).
+    Publish,
+    /// Only subscribe to the same topics and count messages: the broker's own ceiling.
+    BareSubscriber,
+}
+
+/// Load generator for ccstream's end-to-end benchmark: publishes shadow updates over MQTT,
+/// receives the rules' webhooks, reports throughput and latency.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[arg(long, value_enum, default_value = "publish")]
+    mode: Mode,
+    /// MQTT broker, `mqtt://host:port`.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Topic; `{thing}` is the thing name (`thing-update/{thing}` for the embedded broker).
+    #[arg(long, default_value = AWS_TOPIC_TEMPLATE)]
+    topic_template: String,
+    /// Number of things, named thing-000001, thing-000002, ...
+    #[arg(long, default_value_t = 1000)]
+    things: u32,
+    /// Messages per second over all connections; 0: as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// MQTT QoS, 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Unacknowledged QoS 1 publishes per connection.
+    #[arg(long, default_value_t = 100)]
+    inflight: u16,
+    /// Messages to publish (or to wait for, in bare-subscriber mode). Default 10000 when
+    /// --duration is not given either.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds to publish (or to listen, in bare-subscriber mode).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Share of updates with temp >= 100, which the generated rules turn into webhooks.
+    #[arg(long, default_value_t = 0.01)]
+    fire_ratio: f64,
+    /// Serve a webhook receiver on this address (e.g. 127.0.0.1:8090).
+    #[arg(long)]
+    receiver: Option<SocketAddr>,
+    /// After publishing, wait this many seconds without a new webhook (or subscriber message)
+    /// before reporting.
+    #[arg(long, default_value_t = 3.0)]
+    drain_secs: f64,
+    /// Write the report as JSON to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+    /// Write a directory snapshot of --things things over --thing-types types, and exit.
+    #[arg(long, requires = "gen_rules")]
+    gen_directory: Option<PathBuf>,
+    /// Write --rules RuleLambda CREATE attributes as a JSON list, and exit.
+    #[arg(long, requires = "gen_directory")]
+    gen_rules: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    thing_types: u32,
+    #[arg(long, default_value_t = 10_000)]
+    rules: u32,
+    /// The generated rules' webhook URL (the receiver's address; ccstream needs
+    /// `webhook.allow_cidrs` to reach loopback).
+    #[arg(long, default_value = "http://127.0.0.1:8090/hook")]
+    webhook_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let (Some(dir), Some(rules)) = (&args.gen_directory, &args.gen_rules) {
+        return generate(&args, dir, rules);
+    }
+    let report = match args.mode {
+        Mode::Publish => run_publish(&args).await?,
+        Mode::BareSubscriber => run_subscriber(&args).await?,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn generate(args: &Args, dir: &PathBuf, rules: &PathBuf) -> anyhow::Result<()> {
+    let d = scenario::directory(args.things, args.thing_types);
+    std::fs::write(dir, serde_json::to_vec(&d)?)
+        .with_context(|| format!("write {}", dir.display()))?;
+    let r = scenario::rules(args.rules, args.thing_types, &args.webhook_url);
+    std::fs::write(rules, serde_json::to_vec(&r)?)
+        .with_context(|| format!("write {}", rules.display()))?;
+    eprintln!(
+        "wrote {} things over {} types to {}, {} rules to {}",
+        args.things,
+        args.thing_types,
+        dir.display(),
+        args.rules,
+        rules.display()
+    );
+    Ok(())
+}
+
+fn qos(args: &Args) -> QoS {
+    if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+fn count(args: &Args) -> Option<u64> {
+    match (args.count, args.duration) {
+        (None, None) => Some(10_000),
+        (c, _) => c,
+    }
+}
+
+fn progress(args: &Args, len: Option<u64>) -> ProgressBar {
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if args.no_progress || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} {msg}",
+    ) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+fn base_report(args: &Args, mode: &str) -> Report {
+    Report {
+        mode: mode.to_owned(),
+        qos: args.qos,
+        connections: args.connections,
+        things: args.things,
+        target_rate: (args.rate > 0.0).then_some(args.rate),
+        ..Report::default()
+    }
+}
+
+async fn run_publish(args: &Args) -> anyhow::Result<Report> {
+    let (host, port) = parse_broker(&args.broker)?;
+    let webhooks = match args.receiver {
+        Some(addr) => {
+            let state = Arc::new(Receiver::default());
+            let bound = receiver::serve(addr, state.clone()).await?;
+            eprintln!("webhook receiver on http://{bound}");
+            Some(state)
+        }
+        None => None,
+    };
+    let counters = Arc::new(Counters::default());
+    let cfg = PublishConfig {
+        host,
+        port,
+        topic_template: args.topic_template.clone(),
+        things: args.things,
+        connections: args.connections,
+        qos: qos(args),
+        rate: (args.rate > 0.0).then_some(args.rate),
+        count: count(args),
+        duration: args.duration.map(Duration::from_secs_f64),
+        fire_ratio: args.fire_ratio,
+        inflight: args.inflight,
+    };
+    let pb = progress(args, cfg.count);
+    let ticker = {
+        let (pb, counters, webhooks) = (pb.clone(), counters.clone(), webhooks.clone());
+        tokio::spawn(async move {
+            loop {
+                pb.set_position(counters.published.load(Ordering::Relaxed));
+                if let Some(w) = &webhooks {
+                    pb.set_message(format!("webhooks {}", w.received.load(Ordering::Relaxed)));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let outcome = publish::run(cfg, counters).await;
+    ticker.abort();
+    pb.finish_and_clear();
+    let outcome = outcome?;
+    let secs = outcome.elapsed.as_secs_f64();
+    let mut report = Report {
+        messages_published: Some(outcome.published),
+        duration_s: secs,
+        rate_per_s: outcome.published as f64 / secs.max(1e-9),
+        ..base_report(args, "publish")
+    };
+    if let Some(w) = webhooks {
+        // Webhooks trail the publishes: wait until all expected arrived, or none came for
+        // --drain-secs.
+        let drain = Duration::from_secs_f64(args.drain_secs);
+        let (mut seen, mut since) = (w.received.load(Ordering::Relaxed), Instant::now());
+        while seen < outcome.hot && since.elapsed() < drain {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = w.received.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
+        }
+        report.webhooks_expected = Some(outcome.hot);
+        report.webhooks_received = Some(w.received.load(Ordering::Relaxed));
+        report.latency = w.latencies().summary();
+    }
+    Ok(report)
+}
+
+async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
+    let (host, port) = parse_broker(&args.broker)?;
+    let cfg = subscriber::SubscribeConfig {
+        host,
+        port,
+        filter: topic_filter(&args.topic_template),
+        qos: qos(args),
+        count: args.count,
+        duration: args.duration.map(Duration::from_secs_f64),
+        idle: Duration::from_secs_f64(args.drain_secs),
+    };
+    let pb = progress(args, cfg.count);
+    let filter = cfg.filter.clone();
+    let outcome = subscriber::run(
+        cfg,
+        // A line scripts and tests wait for before they start publishing.
+        || eprintln!("subscribed to {filter}"),
+        |n| {
+            if n % 1000 == 0 {
+                pb.set_position(n);
+            }
+        },
+    )
+    .await?;
+    pb.finish_and_clear();
+    let secs = outcome.elapsed.as_secs_f64();
+    Ok(Report {
+        messages_received: Some(outcome.received),
+        duration_s: secs,
+        rate_per_s: if secs > 0.0 {
+            outcome.received as f64 / secs
+        } else {
+            0.0
+        },
+        latency: outcome.latencies.summary(),
+        ..base_report(args, "bare-subscriber")
+    })
+}

@@ -1,0 +1,104 @@
+//! The webhook receiver: answers 200 to any request, counts it and, when the body carries a
+//! `sentAt` ([`crate::payload::sent_at`]), records publish → webhook latency.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Router;
+
+use crate::payload::sent_at;
+use crate::report::Latencies;
+
+#[derive(Debug, Default)]
+pub struct Receiver {
+    pub received: AtomicU64,
+    /// std `Mutex`: held only for one `record`, never across an `.await`.
+    latencies: Mutex<Latencies>,
+}
+
+impl Receiver {
+    pub fn latencies(&self) -> Latencies {
+        self.latencies
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Records one arrival at `now_ms`.
+    pub fn arrived(&self, body: &[u8], now_ms: u64) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let sent = serde_json::from_slice(body).ok().and_then(|v| sent_at(&v));
+        if let Some(sent) = sent {
+            let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            l.record(sent, now_ms);
+        }
+    }
+}
+
+/// Every path and method lands in the same handler.
+pub fn app(state: Arc<Receiver>) -> Router {
+    Router::new().fallback(hook).with_state(state)
+}
+
+async fn hook(State(r): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
+    // Timestamp first: the body is already read, nothing else should count.
+    let now = crate::now_ms();
+    r.arrived(&body, now);
+    StatusCode::OK
+}
+
+/// Binds `addr` and serves in a task; returns the bound address (port 0 picks one).
+pub async fn serve(addr: SocketAddr, state: Arc<Receiver>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind webhook receiver on {addr}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app(state)).await {
+            eprintln!("webhook receiver stopped: {e}");
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn arrivals_count_and_latency_from_the_default_payload() {
+        let r = Receiver::default();
+        r.arrived(br#"{"thing":{"state":{"sentAt":1000}}}"#, 1012);
+        r.arrived(b"not json", 2000);
+        assert_eq!(r.received.load(Ordering::Relaxed), 2);
+        let s = r.latencies().summary().expect("one latency");
+        assert_eq!((s.count, s.p50_ms), (1, 12));
+    }
+
+    #[tokio::test]
+    async fn serves_http_posts() {
+        let state = Arc::new(Receiver::default());
+        let addr = serve(([127, 0, 0, 1], 0).into(), state.clone())
+            .await
+            .expect("bind");
+        let body = format!(r#"{{"sentAt":{}}}"#, crate::now_ms());
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "POST /hook/thing-000001 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(state.received.load(Ordering::Relaxed), 1);
+        assert_eq!(state.latencies().summary().map(|s| s.count), Some(1));
+    }
+}

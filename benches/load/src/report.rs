@@ -1,0 +1,185 @@
+//! Latency percentiles and the run report (table and JSON). Pure.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies in milliseconds, up to an hour, 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Latencies {
+    pub fn new() -> Self {
+        // Bounds are constants that hdrhistogram accepts; `new_with_bounds` only fails on
+        // invalid bounds.
+        #[allow(clippy::unwrap_used)]
+        let h = Histogram::new_with_bounds(1, 3_600_000, 3).unwrap();
+        Latencies(h)
+    }
+
+    /// Records `arrived - sent`; clock steps backwards count as 0 ms, values over an hour are
+    /// clamped to an hour.
+    pub fn record(&mut self, sent_ms: u64, arrived_ms: u64) {
+        self.0.saturating_record(arrived_ms.saturating_sub(sent_ms));
+    }
+
+    pub fn summary(&self) -> Option<LatencySummary> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(LatencySummary {
+            count: self.0.len(),
+            p50_ms: self.0.value_at_quantile(0.50),
+            p99_ms: self.0.value_at_quantile(0.99),
+            max_ms: self.0.max(),
+        })
+    }
+}
+
+/// Percentiles of one latency measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// What one run measured. Fields that do not apply to the mode are left out of the JSON.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// `publish` or `bare-subscriber`.
+    pub mode: String,
+    pub qos: u8,
+    pub connections: usize,
+    pub things: u32,
+    /// Messages/s asked for; absent when publishing as fast as the broker takes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    /// Publish mode: acknowledged by the broker (QoS 1) or written to the socket (QoS 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_published: Option<u64>,
+    /// Bare-subscriber mode: messages delivered to the subscriber.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_received: Option<u64>,
+    /// From the first to the last message.
+    pub duration_s: f64,
+    /// Messages (published or received) per second over `duration_s`.
+    pub rate_per_s: f64,
+    /// Hot updates published: with the scenario's rules, each fires one webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks_expected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks_received: Option<u64>,
+    /// Publish → webhook arrival (publish mode with `--receiver`) or publish → subscriber
+    /// (bare-subscriber mode), from the payload's `sentAt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencySummary>,
+}
+
+impl Report {
+    /// A two-column text table, one measure a line.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&str, String)> = vec![
+            ("mode", self.mode.clone()),
+            ("qos", self.qos.to_string()),
+            ("connections", self.connections.to_string()),
+            ("things", self.things.to_string()),
+        ];
+        let opt = |v: Option<u64>| v.map(|v| v.to_string());
+        let target = self.target_rate.map(|r| format!("{r:.0}/s"));
+        for (name, value) in [
+            ("target rate", target),
+            ("messages published", opt(self.messages_published)),
+            ("messages received", opt(self.messages_received)),
+        ] {
+            if let Some(v) = value {
+                rows.push((name, v));
+            }
+        }
+        rows.push(("duration", format!("{:.3} s", self.duration_s)));
+        rows.push(("rate", format!("{:.0} msg/s", self.rate_per_s)));
+        if let Some(v) = self.webhooks_expected {
+            rows.push(("webhooks expected", v.to_string()));
+        }
+        if let Some(v) = self.webhooks_received {
+            rows.push(("webhooks received", v.to_string()));
+        }
+        if let Some(l) = self.latency {
+            rows.push(("latency p50", format!("{} ms", l.p50_ms)));
+            rows.push(("latency p99", format!("{} ms", l.p99_ms)));
+            rows.push(("latency max", format!("{} ms", l.max_ms)));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_latencies() {
+        let mut l = Latencies::new();
+        assert_eq!(l.summary(), None);
+        // 1..=1000 ms: p50 = 500, p99 = 990, max = 1000 (within 3 significant digits).
+        for ms in 1..=1000 {
+            l.record(10_000, 10_000 + ms);
+        }
+        let s = l.summary().expect("summary");
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.p50_ms, 500);
+        assert_eq!(s.p99_ms, 990);
+        assert_eq!(s.max_ms, 1000);
+    }
+
+    #[test]
+    fn clock_skew_and_huge_values_do_not_panic() {
+        let mut l = Latencies::new();
+        l.record(2_000, 1_000);
+        l.record(0, u64::MAX);
+        let s = l.summary().expect("summary");
+        assert_eq!(s.count, 2);
+        assert_eq!(s.p50_ms, 0);
+        assert!(s.max_ms >= 3_600_000);
+    }
+
+    #[test]
+    fn report_table_and_json() {
+        let r = Report {
+            mode: "publish".into(),
+            qos: 1,
+            connections: 2,
+            things: 10,
+            messages_published: Some(1000),
+            duration_s: 0.5,
+            rate_per_s: 2000.0,
+            webhooks_expected: Some(10),
+            webhooks_received: Some(9),
+            latency: Some(LatencySummary {
+                count: 9,
+                p50_ms: 3,
+                p99_ms: 7,
+                max_ms: 8,
+            }),
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(t.contains("messages published  1000\n"), "{t}");
+        assert!(t.contains("latency p99         7 ms\n"), "{t}");
+        assert!(!t.contains("messages received"), "{t}");
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["messages_published"], 1000);
+        assert_eq!(v["latency"]["p99_ms"], 7);
+        assert!(v.get("messages_received").is_none());
+        assert!(v.get("target_rate").is_none());
+    }
+}

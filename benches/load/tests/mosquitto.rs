@@ -1,0 +1,167 @@
+//! The built binary against a real Mosquitto on a free port (TESTING.md): 1,000 QoS 1 messages
+//! published while `--mode bare-subscriber` counts them; both JSON reports are checked.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccstream-load");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+fn find(name: &str, fallback: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from(fallback)])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed (Debian package `mosquitto`)"))
+}
+
+/// A Mosquitto of our own, killed by pid when dropped.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new(find("mosquitto", "/usr/sbin/mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run mosquitto");
+        let mut m = Mosquitto { child, port };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(m.child.try_wait().unwrap().is_none(), "mosquitto exited");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills a child still running when the test fails.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait(child: &mut Child, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let (sub_json, pub_json) = (dir.path().join("sub.json"), dir.path().join("pub.json"));
+
+    let mut sub = Guard(
+        Command::new(BIN)
+            .args(["--mode", "bare-subscriber", "--broker", &url, "--qos", "1"])
+            .args(["--count", "1000", "--duration", "30", "--drain-secs", "5"])
+            .arg("--json")
+            .arg(&sub_json)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Publish only once the subscription is acknowledged: earlier messages would be lost.
+    let mut lines = BufReader::new(sub.0.stderr.take().unwrap()).lines();
+    let line = lines.next().expect("subscriber output").unwrap();
+    assert!(
+        line.starts_with("subscribed to $aws/things/+/shadow/update"),
+        "{line}"
+    );
+
+    let mut publisher = Guard(
+        Command::new(BIN)
+            .args(["--broker", &url, "--qos", "1", "--count", "1000"])
+            .args(["--things", "100", "--connections", "3", "--no-progress"])
+            .arg("--json")
+            .arg(&pub_json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait(&mut publisher.0, "publisher", Duration::from_secs(30));
+    wait(&mut sub.0, "subscriber", Duration::from_secs(30));
+
+    let p = read_json(&pub_json);
+    assert_eq!(p["mode"], "publish");
+    assert_eq!(p["messages_published"], 1000, "{p}");
+    assert_eq!(p["qos"], 1);
+    assert!(p["rate_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p.get("webhooks_received").is_none(), "{p}");
+
+    let s = read_json(&sub_json);
+    assert_eq!(s["mode"], "bare-subscriber");
+    assert_eq!(s["messages_received"], 1000, "{s}");
+    assert!(s["rate_per_s"].as_f64().unwrap() > 0.0, "{s}");
+    let lat = &s["latency"];
+    assert_eq!(lat["count"], 1000, "{s}");
+    assert!(lat["p50_ms"].as_u64().unwrap() <= lat["p99_ms"].as_u64().unwrap());
+    assert!(lat["p99_ms"].as_u64().unwrap() <= lat["max_ms"].as_u64().unwrap());
+}
