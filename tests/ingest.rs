@@ -25,11 +25,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::Mosquitto;
-use common::weed::Weed;
 use common::{free_port, jwt, unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use testkit::search_standin::{canned_search, StandIn};
+use testkit::weed::Weed;
 
 const BUCKET: &str = "obs";
 /// Credentials for the S3 writer through the standard AWS chain (SeaweedFS accepts any).

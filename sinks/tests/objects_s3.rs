@@ -11,7 +11,8 @@ use bytes::Bytes;
 use metrics_util::debugging::DebuggingRecorder;
 use sinks::objects::writer::s3::{S3Settings, S3Writer, DEFAULT_REGION};
 use sinks::objects::writer::{Batch, WriteError, Writer};
-use support_aws::{counter, credentials, free_ports, get_object, list_keys, Weed, REGION};
+use support_aws::{counter, credentials, free_ports, get_object, list_keys, s3_client, REGION};
+use testkit::weed::Weed;
 
 const BUCKET: &str = "observations";
 
@@ -77,7 +78,7 @@ async fn batches_are_stored_byte_for_byte_under_their_exact_keys() {
         writer.store(b).await.expect("stored");
     }
 
-    let client = weed.client();
+    let client = s3_client(&weed.endpoint());
     assert_eq!(
         list_keys(&client, BUCKET, "").await,
         [plain.key.clone(), zipped.key.clone(), big.key.clone()]
@@ -121,7 +122,7 @@ async fn storing_a_key_again_overwrites_it() {
         .await
         .expect("again");
 
-    let client = weed.client();
+    let client = s3_client(&weed.endpoint());
     assert_eq!(list_keys(&client, BUCKET, "raw/").await, [key]);
     let (body, ..) = get_object(&client, BUCKET, key).await;
     assert_eq!(body, br#"{"n":1}{"n":2}"#);

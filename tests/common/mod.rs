@@ -7,16 +7,15 @@
 //! - [`jwt`]: HS256 and RS256 tokens (RS256 keys made with the `openssl` CLI).
 //! - [`mosquitto`]: a real Mosquitto per test, and publishing with `mosquitto_pub`.
 //! - [`receiver`]: a local webhook receiver that records requests and can answer 500.
-//! - [`weed`]: a real SeaweedFS (S3) per test, read back over plain HTTP.
 //!
-//! The OpenSearch stand-in is shared with the sinks tests: `testkit::search_standin`.
+//! SeaweedFS and the OpenSearch stand-in are shared with the sinks tests: `testkit::weed`,
+//! `testkit::search_standin`.
 //!
 //! Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod mosquitto;
 pub mod receiver;
-pub mod weed;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};

