@@ -12,6 +12,7 @@
 //!
 //! A sink never makes its producer wait without a bound: queues are bounded, overflow is counted.
 
+mod intake;
 pub mod objects;
 pub mod search;
 pub mod webhook;

@@ -21,10 +21,11 @@
 //! Shutdown: [`IndexerHandle::close`] (or dropping every handle) stops intake at once; what is
 //! queued is flushed until the drain deadline; what is left then is counted as dropped.
 
+use crate::intake::{CloseGate, LogLimiter};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,8 +49,6 @@ use super::template::{index_template, template_name};
 
 /// Drain deadline used when every handle is dropped without [`IndexerHandle::close`].
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Warnings about dropped or failed records are logged at most this often (with a count).
-const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the lag and queue gauges are refreshed while nothing else happens.
 const GAUGE_TICK: Duration = Duration::from_secs(1);
 
@@ -108,29 +107,6 @@ impl Counters {
     }
 }
 
-/// Lets one warning through per [`LOG_EVERY`] and counts the ones it holds back.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    // A std mutex, only ever `try_lock`ed and never held across an await: producers on the
-    // ingest path must not wait for it.
-    last: Mutex<Option<std::time::Instant>>,
-    held_back: AtomicU64,
-}
-
-impl LogLimiter {
-    /// `Some(n)`: log now, `n` events (this one included) since the last log line.
-    fn hit(&self, n: u64) -> Option<u64> {
-        self.held_back.fetch_add(n, Ordering::Relaxed);
-        let mut last = self.last.try_lock().ok()?;
-        let now = std::time::Instant::now();
-        if last.is_some_and(|then| now.duration_since(then) < LOG_EVERY) {
-            return None;
-        }
-        *last = Some(now);
-        Some(self.held_back.swap(0, Ordering::Relaxed))
-    }
-}
-
 /// A record in the queue.
 struct Queued {
     record: Bytes,
@@ -140,10 +116,8 @@ struct Queued {
 
 /// What the handles share.
 struct Shared {
-    closed: AtomicBool,
-    /// The drain deadline asked for by `close`; dropped with the last handle, which the task
-    /// also reads as a close.
-    close_tx: watch::Sender<Option<Duration>>,
+    /// Stops intake; dropped with the last handle, which the consumer also reads as a close.
+    gate: CloseGate,
     counters: Arc<Counters>,
     metrics: Metrics,
     overflow_log: LogLimiter,
@@ -173,7 +147,7 @@ impl IndexerHandle {
     /// `ccstream_search_dropped_total` and logged at most every 10 s.
     pub fn try_send(&self, record: Bytes, timestamp_ms: u64) -> Result<(), Full> {
         let shared = &self.shared;
-        if shared.closed.load(Ordering::Acquire) {
+        if shared.gate.is_closed() {
             return Err(self.dropped(DropReason::Closed));
         }
         let queued = Queued {
@@ -212,19 +186,12 @@ impl IndexerHandle {
     /// until `drain_deadline` has passed, counts what is left as dropped, and its task returns.
     /// A second call does not move the deadline.
     pub fn close(&self, drain_deadline: Duration) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.close_tx.send_if_modified(|asked| {
-            let first = asked.is_none();
-            if first {
-                *asked = Some(drain_deadline);
-            }
-            first
-        });
+        self.shared.gate.close(drain_deadline);
     }
 
     /// Whether intake has stopped.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.shared.gate.is_closed() || self.tx.is_closed()
     }
 
     /// Records waiting in the queue.
@@ -258,7 +225,7 @@ impl SearchIndexer {
         let metrics = Metrics::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let (close_tx, close_rx) = watch::channel(None);
+        let (gate, close_rx) = CloseGate::new();
         let (ready_tx, ready_rx) = watch::channel(false);
         let backoff = Backoff {
             initial: Duration::from_millis(config.backoff_initial_ms),
@@ -305,8 +272,7 @@ impl SearchIndexer {
         metrics.lag.set(0.0);
         let task = tokio::spawn(worker.run());
         let shared = Arc::new(Shared {
-            closed: AtomicBool::new(false),
-            close_tx,
+            gate,
             counters,
             metrics,
             overflow_log: LogLimiter::default(),

@@ -12,10 +12,11 @@
 //! queued and in flight keeps being delivered until the drain deadline; anything still
 //! undelivered then is written as a dead letter, never dropped silently.
 
+use crate::intake::{CloseGate, LogLimiter};
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::RETRY_AFTER;
@@ -36,8 +37,6 @@ use super::telemetry;
 
 /// Drain deadline used when every handle is dropped without [`WebhookHandle::close`].
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Overflow and failure warnings are logged at most this often (with a count of the rest).
-const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most response-body bytes read (and thrown away) so a keep-alive connection can be reused.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
 
@@ -99,35 +98,10 @@ impl Counters {
     }
 }
 
-/// Lets one warning through per [`LOG_EVERY`] and counts the ones it holds back.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    // A std mutex, only ever `try_lock`ed and never held across an await: producers on the
-    // ingest path must not wait for it.
-    last: Mutex<Option<std::time::Instant>>,
-    held_back: AtomicU64,
-}
-
-impl LogLimiter {
-    /// `Some(n)`: log now, `n` events (this one included) since the last log line.
-    fn hit(&self) -> Option<u64> {
-        self.held_back.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last.try_lock().ok()?;
-        let now = std::time::Instant::now();
-        if last.is_some_and(|then| now.duration_since(then) < LOG_EVERY) {
-            return None;
-        }
-        *last = Some(now);
-        Some(self.held_back.swap(0, Ordering::Relaxed))
-    }
-}
-
 /// What the handles share.
 struct Shared {
-    closed: AtomicBool,
-    /// The drain deadline asked for by `close`; dropped with the last handle, which the worker
-    /// also reads as a close.
-    close_tx: watch::Sender<Option<Duration>>,
+    /// Stops intake; dropped with the last handle, which the consumer also reads as a close.
+    gate: CloseGate,
     counters: Arc<Counters>,
     overflow_log: LogLimiter,
 }
@@ -165,7 +139,7 @@ impl WebhookHandle {
             Err(TrySendError::Full(request)) => {
                 Counters::bump(&self.shared.counters.overflowed);
                 telemetry::overflow();
-                if let Some(dropped) = self.shared.overflow_log.hit() {
+                if let Some(dropped) = self.shared.overflow_log.hit(1) {
                     tracing::warn!(
                         rule = %request.rule_id,
                         dropped,
@@ -183,19 +157,12 @@ impl WebhookHandle {
     /// and in flight until `drain_deadline` has passed, dead-letters what is left, and its task
     /// returns. A second call does not move the deadline.
     pub fn close(&self, drain_deadline: Duration) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.close_tx.send_if_modified(|asked| {
-            let first = asked.is_none();
-            if first {
-                *asked = Some(drain_deadline);
-            }
-            first
-        });
+        self.shared.gate.close(drain_deadline);
     }
 
     /// Whether intake has stopped.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.shared.gate.is_closed() || self.tx.is_closed()
     }
 
     /// Firings waiting in the queue.
@@ -228,7 +195,7 @@ impl WebhookDispatcher {
         let (dead_letters, writer) =
             dead_letter::spawn_writer(config.dead_letter_dir.clone(), Arc::clone(&counters));
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let (close_tx, close_rx) = watch::channel(None);
+        let (gate, close_rx) = CloseGate::new();
         let ctx = Arc::new(Ctx {
             client,
             policy,
@@ -251,8 +218,7 @@ impl WebhookDispatcher {
         telemetry::queue_depth(0);
         let task = tokio::spawn(worker.run());
         let shared = Arc::new(Shared {
-            closed: AtomicBool::new(false),
-            close_tx,
+            gate,
             counters,
             overflow_log: LogLimiter::default(),
         });
@@ -627,7 +593,7 @@ impl Ctx {
                 )
             }
         };
-        if let Some(similar) = self.fail_log.hit() {
+        if let Some(similar) = self.fail_log.hit(1) {
             tracing::warn!(
                 rule = %request.rule_id,
                 %reason,
