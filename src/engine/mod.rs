@@ -93,6 +93,7 @@ pub async fn start(
         thresholds: ThresholdState::with_max_keys(config.engine.threshold_max_keys),
         key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
         redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
+        metrics: pipeline::HotMetrics::register(),
     };
     let pipeline = tokio::spawn(pipeline.run());
     Ok(RunningEngine {

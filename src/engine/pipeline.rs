@@ -47,6 +47,34 @@ pub struct Pipeline {
     pub key_prefix: String,
     /// Ids of the observations handed to the spool lately (and by earlier runs).
     pub redeliveries: RedeliveryWindow,
+    pub metrics: HotMetrics,
+}
+
+/// Handles of the metrics every observation touches, registered once: a `counter!` call looks
+/// its key up in the registry each time, which the hot path need not pay.
+pub struct HotMetrics {
+    received: metrics::Counter,
+    evaluated: metrics::Counter,
+    unknown_thing: metrics::Counter,
+    rules_evaluated: metrics::Counter,
+    rules_matched: metrics::Counter,
+    rules_throttled: metrics::Counter,
+    evaluation_seconds: metrics::Histogram,
+}
+
+impl HotMetrics {
+    /// Call after the metrics recorder is installed.
+    pub fn register() -> HotMetrics {
+        HotMetrics {
+            received: metrics::counter!("ccstream_observations_received_total"),
+            evaluated: metrics::counter!("ccstream_observations_evaluated_total"),
+            unknown_thing: metrics::counter!("ccstream_observations_unknown_thing_total"),
+            rules_evaluated: metrics::counter!("ccstream_rules_evaluated_total"),
+            rules_matched: metrics::counter!("ccstream_rules_matched_total"),
+            rules_throttled: metrics::counter!("ccstream_rules_throttled_total"),
+            evaluation_seconds: metrics::histogram!("ccstream_evaluation_duration_seconds"),
+        }
+    }
 }
 
 impl Pipeline {
@@ -69,7 +97,7 @@ impl Pipeline {
                     pkid,
                     ack,
                 } => {
-                    metrics::counter!("ccstream_observations_received_total").increment(1);
+                    self.metrics.received.increment(1);
                     let id = observation_id(pkid, &thing_name, &payload);
                     if self.redeliveries.is_redelivery(dup, id) {
                         self.skip_redelivered(&thing_name, ack).await;
@@ -123,7 +151,8 @@ impl Pipeline {
                     received_at_ms,
                     &mut self.thresholds,
                 );
-                metrics::histogram!("ccstream_evaluation_duration_seconds")
+                self.metrics
+                    .evaluation_seconds
                     .record(started.elapsed().as_secs_f64());
                 drop(directory);
                 self.account(thing_name, outcome, firings);
@@ -205,13 +234,17 @@ impl Pipeline {
 
     fn account(&self, thing_name: &str, outcome: Outcome, firings: &mut u64) {
         if outcome.unknown_thing {
-            metrics::counter!("ccstream_observations_unknown_thing_total").increment(1);
+            self.metrics.unknown_thing.increment(1);
             return;
         }
-        metrics::counter!("ccstream_observations_evaluated_total").increment(1);
-        metrics::counter!("ccstream_rules_evaluated_total").increment(outcome.evaluated.into());
-        metrics::counter!("ccstream_rules_matched_total").increment(outcome.matched.into());
-        metrics::counter!("ccstream_rules_throttled_total").increment(outcome.throttled.into());
+        self.metrics.evaluated.increment(1);
+        self.metrics
+            .rules_evaluated
+            .increment(outcome.evaluated.into());
+        self.metrics.rules_matched.increment(outcome.matched.into());
+        self.metrics
+            .rules_throttled
+            .increment(outcome.throttled.into());
         if outcome.state_full > 0 {
             metrics::counter!("ccstream_rules_threshold_state_full_total")
                 .increment(outcome.state_full.into());
