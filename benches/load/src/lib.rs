@@ -7,14 +7,20 @@
 //! - [`publish`]: N MQTT connections publishing at a fixed rate or as fast as the broker acks.
 //! - [`subscriber`]: `--mode bare-subscriber`, counts messages to measure the broker's ceiling.
 //! - [`receiver`]: the webhook receiver that timestamps arrivals and reads `sentAt` back.
+//! - [`procstat`]: CPU time and peak RSS of processes (ccstream, the broker, the generator) from
+//!   Linux `/proc`; parsers pure.
+//! - [`scrape`]: a counter from ccstream's Prometheus `/metrics` over a minimal HTTP/1.1 GET, to
+//!   tell when ccstream has stored what was published; parsers pure.
 //!
 //! The binary (`src/main.rs`) only parses the command line and wires these together.
 
 pub mod payload;
+pub mod procstat;
 pub mod publish;
 pub mod receiver;
 pub mod report;
 pub mod scenario;
+pub mod scrape;
 pub mod subscriber;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ccstream_load::payload::{topic_filter, AWS_TOPIC_TEMPLATE};
-use ccstream_load::publish::{self, parse_broker, Counters, PublishConfig};
+use ccstream_load::procstat::{self, parse_name_pid, CpuWatch, Spec, Target};
+use ccstream_load::publish::{self, parse_broker, Counters, Outcome, PublishConfig};
 use ccstream_load::receiver::{self, Receiver};
-use ccstream_load::report::Report;
+use ccstream_load::report::{per_message_us, ProcessCpu, Report};
+use ccstream_load::scrape::{CounterWatch, STORED_COUNTER};
 use ccstream_load::{scenario, subscriber};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -66,10 +68,23 @@ struct Args {
     /// Serve a webhook receiver on this address (e.g. 127.0.0.1:8090).
     #[arg(long)]
     receiver: Option<SocketAddr>,
-    /// After publishing, wait this many seconds without a new webhook (or subscriber message)
-    /// before reporting.
+    /// After publishing, wait this many seconds without a new webhook (or subscriber message,
+    /// or observation stored by ccstream) before reporting.
     #[arg(long, default_value_t = 3.0)]
     drain_secs: f64,
+    /// ccstream's pid: report its CPU seconds over the run (and per message published) and its
+    /// peak RSS (VmHWM, since it started) at the end. Linux only.
+    #[arg(long, value_name = "PID")]
+    ccstream_pid: Option<u32>,
+    /// `NAME=PID`, repeatable: report the CPU seconds of another process over the run (and per
+    /// message), e.g. `mosquitto=1234`. The generator's own CPU comes as `generator`.
+    #[arg(long = "cpu-pid", value_name = "NAME=PID", value_parser = parse_name_pid)]
+    cpu_pids: Vec<(String, u32)>,
+    /// ccstream's Prometheus endpoint (`http://127.0.0.1:8080/metrics`): after publishing, wait
+    /// until its `ccstream_objects_records_total` grew by the messages published (or
+    /// --drain-secs without growth) and report the observations stored and the end-to-end rate.
+    #[arg(long, value_name = "URL")]
+    ccstream_metrics: Option<String>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -170,6 +185,51 @@ fn base_report(args: &Args, mode: &str) -> Report {
     }
 }
 
+/// Aborts a background task when dropped, also when the run ends early with an error.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The processes whose CPU the run reports: ccstream first when given, the generator itself
+/// when `/proc` has it (best effort: the rest of the report does not need Linux), then
+/// `--cpu-pid`.
+fn cpu_specs(args: &Args) -> anyhow::Result<Vec<Spec>> {
+    let mut specs = Vec::new();
+    if let Some(pid) = args.ccstream_pid {
+        specs.push(Spec {
+            name: "ccstream".into(),
+            target: Target::Pid(pid),
+            peak_rss: true,
+        });
+    }
+    if procstat::read_stat(Target::Myself).is_ok() {
+        specs.push(Spec {
+            name: "generator".into(),
+            target: Target::Myself,
+            peak_rss: false,
+        });
+    }
+    // Names key the report's `cpu` map, which ccstream's own entry is not part of (its figures
+    // are fields of their own), so only the entries after it must be unique.
+    let skip = usize::from(args.ccstream_pid.is_some());
+    for (name, pid) in &args.cpu_pids {
+        anyhow::ensure!(
+            specs[skip..].iter().all(|s| &s.name != name),
+            "--cpu-pid {name}={pid}: the name {name:?} is already taken"
+        );
+        specs.push(Spec {
+            name: name.clone(),
+            target: Target::Pid(*pid),
+            peak_rss: false,
+        });
+    }
+    Ok(specs)
+}
+
 async fn run_publish(args: &Args) -> anyhow::Result<Report> {
     let (host, port) = parse_broker(&args.broker)?;
     let webhooks = match args.receiver {
@@ -179,6 +239,11 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
             eprintln!("webhook receiver on http://{bound}");
             Some(state)
         }
+        None => None,
+    };
+    let procs = Arc::new(CpuWatch::start(cpu_specs(args)?)?);
+    let stored = match &args.ccstream_metrics {
+        Some(url) => Some(CounterWatch::start(url, STORED_COUNTER).await?),
         None => None,
     };
     let counters = Arc::new(Counters::default());
@@ -198,7 +263,7 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
     let pb = progress(args, cfg.count);
     let ticker = {
         let (pb, counters, webhooks) = (pb.clone(), counters.clone(), webhooks.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 pb.set_position(counters.published.load(Ordering::Relaxed));
                 if let Some(w) = &webhooks {
@@ -206,10 +271,18 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        })
+        }))
     };
+    // Polled during the run, not only read at its end: a process that exits first (the bare
+    // subscriber, once it has its count) still has a recent reading.
+    let cpu_poller = AbortOnDrop(procs.spawn_poller(Duration::from_millis(100)));
+    let stored_poller = stored
+        .as_ref()
+        .map(|s| AbortOnDrop(s.spawn_poller(Duration::from_millis(50))));
+    let started = Instant::now();
     let outcome = publish::run(cfg, counters).await;
-    ticker.abort();
+    procs.sample();
+    drop(ticker);
     pb.finish_and_clear();
     let outcome = outcome?;
     let secs = outcome.elapsed.as_secs_f64();
@@ -219,26 +292,99 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
         rate_per_s: outcome.published as f64 / secs.max(1e-9),
         ..base_report(args, "publish")
     };
+    drain(args, &outcome, webhooks.as_deref(), stored.as_deref()).await;
+    drop((cpu_poller, stored_poller));
+    // The end readings: ccstream's CPU includes the drain, where it works off its backlog.
+    procs.sample();
     if let Some(w) = webhooks {
-        // Webhooks trail the publishes: wait until all expected arrived, or none came for
-        // --drain-secs.
-        let drain = Duration::from_secs_f64(args.drain_secs);
-        let (mut seen, mut since) = (w.received.load(Ordering::Relaxed), Instant::now());
-        while seen < outcome.hot && since.elapsed() < drain {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = w.received.load(Ordering::Relaxed);
-            if now != seen {
-                (seen, since) = (now, Instant::now());
-            }
-        }
         report.webhooks_expected = Some(outcome.hot);
         report.webhooks_received = Some(w.received.load(Ordering::Relaxed));
         report.latency = w.latencies().summary();
     }
+    if let Some(s) = stored {
+        s.poll().await;
+        let (grown, _) = s.growth();
+        report.observations_stored = Some(grown);
+        match s
+            .reached(outcome.published)
+            .filter(|_| outcome.published > 0)
+        {
+            Some(at) => {
+                let e2e = at.saturating_duration_since(started).as_secs_f64();
+                report.end_to_end_s = Some(e2e);
+                report.end_to_end_rate_per_s = Some(outcome.published as f64 / e2e.max(1e-9));
+            }
+            None => eprintln!(
+                "WARNING: ccstream stored {grown} of {} observations{}",
+                outcome.published,
+                s.last_error()
+                    .map(|e| format!("; last /metrics error: {e}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    let mut usage = procs.usage().into_iter();
+    if args.ccstream_pid.is_some() {
+        if let Some(cc) = usage.next() {
+            if cc.exited {
+                eprintln!(
+                    "WARNING: ccstream exited during the run; figures up to its last reading"
+                );
+            }
+            report.ccstream_cpu_s = Some(cc.cpu_s());
+            report.ccstream_cpu_us_per_message = per_message_us(cc.cpu_s(), outcome.published);
+            report.ccstream_peak_rss_mib = cc.peak_rss_kib.map(|k| k as f64 / 1024.0);
+        }
+    }
+    report.cpu = usage
+        .map(|u| {
+            let cpu = ProcessCpu::new(u.cpu_s(), outcome.published, u.exited);
+            (u.name, cpu)
+        })
+        .collect();
     Ok(report)
 }
 
+/// Waits for what trails the publishes: webhooks until all expected arrived, observations until
+/// ccstream stored as many as were published; each gives up after --drain-secs without progress.
+async fn drain(
+    args: &Args,
+    outcome: &Outcome,
+    webhooks: Option<&Receiver>,
+    stored: Option<&CounterWatch>,
+) {
+    let limit = Duration::from_secs_f64(args.drain_secs);
+    let finished = Instant::now();
+    let (mut seen, mut since) = (
+        webhooks.map(|w| w.received.load(Ordering::Relaxed)),
+        finished,
+    );
+    loop {
+        let mut waiting = false;
+        if let (Some(w), Some(seen)) = (webhooks, seen.as_mut()) {
+            let now = w.received.load(Ordering::Relaxed);
+            if now != *seen {
+                (*seen, since) = (now, Instant::now());
+            }
+            waiting |= *seen < outcome.hot && since.elapsed() < limit;
+        }
+        if let Some(s) = stored {
+            let (grown, changed) = s.growth();
+            waiting |= grown < outcome.published && changed.max(finished).elapsed() < limit;
+        }
+        if !waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.ccstream_pid.is_none() && args.cpu_pids.is_empty() && args.ccstream_metrics.is_none(),
+        "--ccstream-pid, --cpu-pid and --ccstream-metrics measure a publish run; \
+         pass them to the publisher"
+    );
     let (host, port) = parse_broker(&args.broker)?;
     let cfg = subscriber::SubscribeConfig {
         host,
@@ -251,10 +397,16 @@ async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
     };
     let pb = progress(args, cfg.count);
     let filter = cfg.filter.clone();
+    // Its own CPU from the subscription on, when publishing can start: exact even when this
+    // process exits before a publisher's `--cpu-pid` reads it last.
+    let mut cpu_start = None;
     let outcome = subscriber::run(
         cfg,
-        // A line scripts and tests wait for before they start publishing.
-        || eprintln!("subscribed to {filter}"),
+        || {
+            cpu_start = procstat::read_stat(Target::Myself).ok();
+            // A line scripts and tests wait for before they start publishing.
+            eprintln!("subscribed to {filter}");
+        },
         |n| {
             if n % 1000 == 0 {
                 pb.set_position(n);
@@ -263,9 +415,19 @@ async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
     )
     .await?;
     pb.finish_and_clear();
+    let mut cpu = std::collections::BTreeMap::new();
+    if let (Some(start), Ok(end)) = (cpu_start, procstat::read_stat(Target::Myself)) {
+        let ticks = end.cpu_ticks.saturating_sub(start.cpu_ticks);
+        let secs = ticks as f64 / procstat::CLK_TCK as f64;
+        cpu.insert(
+            "generator".to_owned(),
+            ProcessCpu::new(secs, outcome.received, false),
+        );
+    }
     let secs = outcome.elapsed.as_secs_f64();
     Ok(Report {
         messages_received: Some(outcome.received),
+        cpu,
         duration_s: secs,
         rate_per_s: if secs > 0.0 {
             outcome.received as f64 / secs

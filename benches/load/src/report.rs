@@ -1,5 +1,7 @@
 //! Latency percentiles and the run report (table and JSON). Pure.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -80,6 +82,65 @@ pub struct Report {
     /// (bare-subscriber mode), from the payload's `sentAt`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySummary>,
+    /// `--ccstream-metrics`: growth of ccstream's `ccstream_objects_records_total` (observations
+    /// spooled for the object store) from the publish start to the end of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observations_stored: Option<u64>,
+    /// From the publish start to the first poll that saw `observations_stored` reach
+    /// `messages_published`; absent when it never did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end_s: Option<f64>,
+    /// `messages_published / end_to_end_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end_rate_per_s: Option<f64>,
+    /// `--ccstream-pid`: ccstream's CPU (user + system) over the run, including the drain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ccstream_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ccstream_cpu_us_per_message: Option<f64>,
+    /// ccstream's VmHWM at the end of the run: its peak since it started, not only this run's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ccstream_peak_rss_mib: Option<f64>,
+    /// `--cpu-pid NAME=PID` and the generator itself (`generator`): CPU over the run (in
+    /// bare-subscriber mode: the generator's own, from the subscription on, per message
+    /// received).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu: BTreeMap<String, ProcessCpu>,
+}
+
+/// CPU one process used during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct ProcessCpu {
+    /// User + system seconds, 10 ms resolution.
+    pub cpu_s: f64,
+    /// Per message published; absent when none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_message: Option<f64>,
+    /// The process ended before the run did; the figures stop at its last reading (100 ms poll).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
+}
+
+impl ProcessCpu {
+    pub fn new(cpu_s: f64, messages: u64, exited: bool) -> ProcessCpu {
+        ProcessCpu {
+            cpu_s,
+            cpu_us_per_message: per_message_us(cpu_s, messages),
+            exited,
+        }
+    }
+}
+
+/// CPU microseconds per message; `None` without messages.
+pub fn per_message_us(cpu_s: f64, messages: u64) -> Option<f64> {
+    (messages > 0).then(|| cpu_s * 1e6 / messages as f64)
+}
+
+fn cpu_cell(cpu_s: f64, per_message_us: Option<f64>) -> String {
+    match per_message_us {
+        Some(us) => format!("{cpu_s:.2} s, {us:.2} µs/msg"),
+        None => format!("{cpu_s:.2} s"),
+    }
 }
 
 impl Report {
@@ -114,6 +175,32 @@ impl Report {
             rows.push(("latency p50", format!("{} ms", l.p50_ms)));
             rows.push(("latency p99", format!("{} ms", l.p99_ms)));
             rows.push(("latency max", format!("{} ms", l.max_ms)));
+        }
+        if let Some(v) = self.observations_stored {
+            rows.push(("observations stored", v.to_string()));
+        }
+        if let Some(v) = self.end_to_end_s {
+            rows.push(("end-to-end", format!("{v:.3} s")));
+        }
+        if let Some(v) = self.end_to_end_rate_per_s {
+            rows.push(("end-to-end rate", format!("{v:.0} msg/s")));
+        }
+        if let Some(v) = self.ccstream_cpu_s {
+            rows.push((
+                "ccstream CPU",
+                cpu_cell(v, self.ccstream_cpu_us_per_message),
+            ));
+        }
+        if let Some(v) = self.ccstream_peak_rss_mib {
+            rows.push(("ccstream peak RSS", format!("{v:.1} MiB")));
+        }
+        let cpu_names: Vec<String> = self.cpu.keys().map(|k| format!("CPU {k}")).collect();
+        for (name, c) in cpu_names.iter().zip(self.cpu.values()) {
+            let mut cell = cpu_cell(c.cpu_s, c.cpu_us_per_message);
+            if c.exited {
+                cell.push_str(" (exited before the end)");
+            }
+            rows.push((name.as_str(), cell));
         }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()
@@ -181,5 +268,46 @@ mod tests {
         assert_eq!(v["latency"]["p99_ms"], 7);
         assert!(v.get("messages_received").is_none());
         assert!(v.get("target_rate").is_none());
+        assert!(v.get("cpu").is_none());
+        assert!(v.get("ccstream_cpu_s").is_none());
+        assert!(v.get("end_to_end_rate_per_s").is_none());
+    }
+
+    #[test]
+    fn process_figures_in_table_and_json() {
+        let mut cpu = BTreeMap::new();
+        cpu.insert("mosquitto".to_owned(), ProcessCpu::new(1.5, 300_000, false));
+        cpu.insert("subscriber".to_owned(), ProcessCpu::new(0.9, 300_000, true));
+        let r = Report {
+            mode: "publish".into(),
+            messages_published: Some(300_000),
+            observations_stored: Some(300_000),
+            end_to_end_s: Some(10.0),
+            end_to_end_rate_per_s: Some(30_000.0),
+            ccstream_cpu_s: Some(3.0),
+            ccstream_cpu_us_per_message: per_message_us(3.0, 300_000),
+            ccstream_peak_rss_mib: Some(61.25),
+            cpu,
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(t.contains("end-to-end rate      30000 msg/s\n"), "{t}");
+        assert!(
+            t.contains("ccstream CPU         3.00 s, 10.00 µs/msg\n"),
+            "{t}"
+        );
+        assert!(t.contains("ccstream peak RSS    61.2 MiB\n"), "{t}");
+        assert!(
+            t.contains("CPU mosquitto        1.50 s, 5.00 µs/msg\n"),
+            "{t}"
+        );
+        assert!(t.contains("(exited before the end)"), "{t}");
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["observations_stored"], 300_000);
+        assert_eq!(v["ccstream_cpu_us_per_message"], 10.0);
+        assert_eq!(v["cpu"]["mosquitto"]["cpu_us_per_message"], 5.0);
+        assert!(v["cpu"]["mosquitto"].get("exited").is_none());
+        assert_eq!(v["cpu"]["subscriber"]["exited"], true);
+        assert_eq!(per_message_us(1.0, 0), None);
     }
 }

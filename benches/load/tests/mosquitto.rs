@@ -1,5 +1,6 @@
 //! The built binary against a real Mosquitto on a free port (TESTING.md): 1,000 QoS 1 messages
-//! published while `--mode bare-subscriber` counts them; both JSON reports are checked.
+//! published while `--mode bare-subscriber` counts them; both JSON reports are checked. Then the
+//! broker's CPU as `--cpu-pid` reports it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -140,6 +141,8 @@ fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
         Command::new(BIN)
             .args(["--broker", &url, "--qos", "1", "--count", "1000"])
             .args(["--things", "100", "--connections", "3", "--no-progress"])
+            .arg("--cpu-pid")
+            .arg(format!("mosquitto={}", broker.child.id()))
             .arg("--json")
             .arg(&pub_json)
             .stdout(Stdio::null())
@@ -155,6 +158,16 @@ fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
     assert_eq!(p["qos"], 1);
     assert!(p["rate_per_s"].as_f64().unwrap() > 0.0, "{p}");
     assert!(p.get("webhooks_received").is_none(), "{p}");
+    // 1,000 messages take the broker about one 10 ms clock tick: present, maybe 0. The test
+    // below publishes enough for a positive figure.
+    assert!(
+        p["cpu"]["mosquitto"]["cpu_s"].as_f64().unwrap() >= 0.0,
+        "{p}"
+    );
+    assert!(
+        p["cpu"]["generator"]["cpu_s"].as_f64().unwrap() >= 0.0,
+        "{p}"
+    );
 
     let s = read_json(&sub_json);
     assert_eq!(s["mode"], "bare-subscriber");
@@ -164,4 +177,41 @@ fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
     assert_eq!(lat["count"], 1000, "{s}");
     assert!(lat["p50_ms"].as_u64().unwrap() <= lat["p99_ms"].as_u64().unwrap());
     assert!(lat["p99_ms"].as_u64().unwrap() <= lat["max_ms"].as_u64().unwrap());
+    assert!(
+        s["cpu"]["generator"]["cpu_s"].as_f64().unwrap() >= 0.0,
+        "{s}"
+    );
+}
+
+#[test]
+fn reports_the_cpu_the_broker_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let json = dir.path().join("pub.json");
+    let mut publisher = Guard(
+        Command::new(BIN)
+            .args(["--broker", &url, "--qos", "1", "--count", "30000"])
+            .args(["--things", "100", "--connections", "2", "--no-progress"])
+            .arg("--cpu-pid")
+            .arg(format!("mosquitto={}", broker.child.id()))
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait(&mut publisher.0, "publisher", Duration::from_secs(60));
+    let p = read_json(&json);
+    assert_eq!(p["messages_published"], 30000, "{p}");
+    // Tens of thousands of QoS 1 publishes and acks cost the broker well over one 10 ms tick.
+    let m = &p["cpu"]["mosquitto"];
+    assert!(m["cpu_s"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(m["cpu_us_per_message"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(m.get("exited").is_none(), "{p}");
+    assert!(
+        p["cpu"]["generator"]["cpu_s"].as_f64().unwrap() > 0.0,
+        "{p}"
+    );
+    assert!(p.get("ccstream_cpu_s").is_none(), "{p}");
 }
