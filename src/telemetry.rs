@@ -23,7 +23,11 @@ pub fn init_logs(cfg: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-/// Installs the global metrics recorder and returns the handle `/metrics` renders.
+/// How often queued histogram samples are folded into their buckets.
+const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the global metrics recorder and returns the handle `/metrics` renders. Call it
+/// inside the Tokio runtime: it spawns the recorder's upkeep task.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -34,11 +38,27 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
+    // `install_recorder` leaves upkeep to its caller. Without it, every histogram sample stays
+    // queued until the next scrape: a replica nobody scrapes grows by 8 bytes per sample.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     describe();
     Ok(handle)
 }
 
 fn describe() {
+    metrics::describe_histogram!(
+        "ccstream_evaluation_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to evaluate the rules for one observation (one observation in 64 is timed)"
+    );
     metrics::describe_counter!(
         "ccstream_api_requests_total",
         "Invocations of the management API by function, action and outcome (ok or messageKey)"
