@@ -12,6 +12,7 @@
 //! place is known.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Id of the implicit root of every domain tree (spec 9.1: "the 'root' domain is implicit").
 pub const ROOT: &str = "root";
@@ -37,7 +38,12 @@ pub enum DomainError {
 #[derive(Debug, Clone, Default)]
 pub struct DomainTree {
     parent: HashMap<String, String>,
+    /// Changes with every change of the tree, unique in the process: see [`Self::version`].
+    version: u64,
 }
+
+/// Versions handed out to changed trees; 0 is an empty tree's.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// How a caller sees a rule, from the caller's domain and the rule's `filter.domain` (spec 6.1
 /// `readonly`, DESIGN.md "Authorization").
@@ -97,7 +103,19 @@ impl DomainTree {
             return Err(DomainError::Cycle { id, parent });
         }
         self.parent.insert(id, parent);
+        self.changed();
         Ok(())
+    }
+
+    /// A number that changes whenever the tree does and that no other tree of this process
+    /// shares (a copy keeps it until one of the two changes), so a cache of values computed
+    /// from the tree, such as domain paths, knows when it is stale.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn changed(&mut self) {
+        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Registers every domain of a root-first path such as the one in the life cycle event topic
@@ -143,6 +161,7 @@ impl DomainTree {
             self.parent.insert(id.to_owned(), parent.to_owned());
             parent = id;
         }
+        self.changed();
         Ok(())
     }
 
@@ -162,6 +181,7 @@ impl DomainTree {
         for d in &doomed {
             self.parent.remove(d);
         }
+        self.changed();
         doomed.len()
     }
 
@@ -272,6 +292,32 @@ mod tests {
 
     fn ancestors<'a>(tree: &'a DomainTree, id: &str) -> Vec<&'a str> {
         tree.ancestors(id).collect()
+    }
+
+    #[test]
+    fn version_changes_with_every_change_and_is_not_shared() {
+        let mut tree = sample();
+        let v = tree.version();
+        assert_eq!(tree.path("c").join("/"), "root/a/b/c");
+        let mut copy = tree.clone();
+        assert_eq!(copy.version(), v, "an unchanged copy is the same tree");
+        tree.insert("c", "x").expect("move c");
+        assert_ne!(tree.version(), v);
+        copy.insert("c", "a").expect("move c");
+        assert_ne!(copy.version(), v);
+        assert_ne!(
+            copy.version(),
+            tree.version(),
+            "two different trees, two versions"
+        );
+        let v = tree.version();
+        tree.insert_path(&["root", "p", "q"]).expect("path");
+        assert_ne!(tree.version(), v);
+        let v = tree.version();
+        assert_eq!(tree.remove("unknown"), 0);
+        assert_eq!(tree.version(), v, "nothing removed, nothing changed");
+        assert_eq!(tree.remove("p"), 2);
+        assert_ne!(tree.version(), v);
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub struct SubThing<'a> {
 /// for the ingest path that stores it unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedObservation<'a> {
-    raw: &'a [u8],
+    /// The whole payload; valid JSON with an object at the top once parsed.
+    text: &'a str,
     timestamp: Option<u64>,
     resources: Vec<Resource<'a>>,
     sub_things: Vec<SubThing<'a>>,
@@ -179,17 +180,17 @@ impl<'a> ParsedObservation<'a> {
         if raw.len() > limits.max_bytes {
             return Err(Reject::TooLarge);
         }
+        // One UTF-8 check of the whole payload is much cheaper than serde_json's check of every
+        // string it borrows from a byte slice (a third of the parse time in the benchmark).
+        let text = std::str::from_utf8(raw).map_err(|_| Reject::NotJson)?;
         let mut obs = ParsedObservation {
-            raw,
+            text,
             timestamp: None,
             // Most updates carry a few resources: one allocation, no regrowth.
             resources: Vec::with_capacity(8),
             sub_things: Vec::new(),
             sub_resources: Vec::new(),
         };
-        // One UTF-8 check of the whole payload is much cheaper than serde_json's check of every
-        // string it borrows from a byte slice (a third of the parse time in the benchmark).
-        let text = std::str::from_utf8(raw).map_err(|_| Reject::NotJson)?;
         if let Some(reported) = scan::scan(text, limits.depth(), &mut obs) {
             return if reported {
                 Ok(obs)
@@ -222,7 +223,14 @@ impl<'a> ParsedObservation<'a> {
 
     /// The payload exactly as received.
     pub fn raw(&self) -> &'a [u8] {
-        self.raw
+        self.text.as_bytes()
+    }
+
+    /// The payload as text. Both parse paths read the whole payload, so it is known to be valid
+    /// JSON with an object at the top: the ingest path builds its record from it without
+    /// validating the payload a second time.
+    pub fn json_object(&self) -> &'a str {
+        self.text
     }
 
     /// The payload's own top-level `timestamp` (ms since epoch), when it is a non-negative number.
@@ -918,7 +926,7 @@ mod tests {
     /// The serde path alone, as the fast path is checked against it.
     fn serde_only<'a>(raw: &'a str, limits: &ParseLimits) -> Result<ParsedObservation<'a>, Reject> {
         let obs = ParsedObservation {
-            raw: raw.as_bytes(),
+            text: raw,
             timestamp: None,
             resources: Vec::new(),
             sub_things: Vec::new(),
@@ -930,7 +938,7 @@ mod tests {
     fn fast_path_takes(raw: &str) -> bool {
         let mut obs =
             serde_only("{}", &ParseLimits::default()).unwrap_or_else(|_| ParsedObservation {
-                raw: b"",
+                text: "",
                 timestamp: None,
                 resources: Vec::new(),
                 sub_things: Vec::new(),

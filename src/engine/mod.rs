@@ -94,6 +94,7 @@ pub async fn start(
         key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
         redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
         metrics: pipeline::HotMetrics::register(),
+        domain_paths: pipeline::DomainPaths::default(),
     };
     let pipeline = tokio::spawn(pipeline.run());
     Ok(RunningEngine {

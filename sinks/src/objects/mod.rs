@@ -40,7 +40,9 @@ pub use batcher::{OnCommit, RollPolicy};
 pub use config::{Compression, Delimiter, ObjectsConfig, SinkKind};
 pub use error::{AppendError, ConfigError, ObjectsError};
 pub use key::{object_key, random_suffix};
-pub use record::{build_error_record, build_record, NotAnObject, RecordKind};
+pub use record::{
+    build_error_record, build_record, build_record_from_json, NotAnObject, RecordKind,
+};
 pub use sink::{ObjectSink, ObjectSinkHandle};
 pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
 pub use state::ObjectStats;

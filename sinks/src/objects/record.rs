@@ -65,6 +65,20 @@ pub fn build_record(
     // allocation-free: `IgnoredAny` skips every value.
     serde_json::from_str::<IgnoredAny>(text)
         .map_err(|e| NotAnObject::new(format!("invalid JSON: {e}")))?;
+    build_record_from_json(text, thing_name, received_at_ms, domain_path)
+}
+
+/// [`build_record`] for a payload the caller has already parsed as JSON (the rule engine's
+/// parser reads every observation whole): the same record, without validating the payload a
+/// second time, which was a fifth of the cost of building a record. Only the top-level value
+/// is checked to be an object. Given text that is not valid JSON, the record may not be
+/// either; it never panics.
+pub fn build_record_from_json(
+    text: &str,
+    thing_name: &str,
+    received_at_ms: u64,
+    domain_path: Option<&str>,
+) -> Result<Vec<u8>, NotAnObject> {
     let bytes = text.as_bytes();
     let open = skip_ws(bytes, 0);
     match bytes.get(open) {
@@ -105,7 +119,7 @@ pub fn build_record(
     if !remove {
         // The common path: the device's bytes after `{`, verbatim.
         let body = &bytes[open + 1..close];
-        if bytes[skip_ws(bytes, open + 1)] != b'}' {
+        if bytes.get(skip_ws(bytes, open + 1)) != Some(&b'}') {
             out.push(b',');
         }
         out.extend_from_slice(body);
@@ -190,7 +204,8 @@ fn skip_string(bytes: &[u8], mut at: usize) -> usize {
             _ => at += 1,
         }
     }
-    at
+    // Unterminated (only in text that is not JSON): never past the end.
+    bytes.len()
 }
 
 /// End of the value starting at `at` (no leading whitespace).
@@ -208,7 +223,7 @@ fn skip_value(bytes: &[u8], mut at: usize) -> usize {
                     }
                     b'{' | b'[' => depth += 1,
                     b'}' | b']' => {
-                        depth -= 1;
+                        depth = depth.saturating_sub(1);
                         if depth == 0 {
                             return at + 1;
                         }
@@ -217,7 +232,7 @@ fn skip_value(bytes: &[u8], mut at: usize) -> usize {
                 }
                 at += 1;
             }
-            at
+            bytes.len()
         }
         _ => {
             while at < bytes.len() && !matches!(bytes[at], b',' | b'}' | b']') && !is_ws(bytes[at])
@@ -240,7 +255,7 @@ impl Member {
     /// The key, unescaped. `None` never happens on validated input.
     fn key<'a>(&self, text: &'a str) -> Option<std::borrow::Cow<'a, str>> {
         let quoted = text.get(self.start..self.key_end)?;
-        let raw = &quoted[1..quoted.len() - 1];
+        let raw = quoted.get(1..quoted.len().checked_sub(1)?)?;
         if raw.contains('\\') {
             serde_json::from_str::<String>(quoted)
                 .ok()
@@ -251,8 +266,8 @@ impl Member {
     }
 }
 
-/// The members of the object whose `{` is at `open`, in order. Only for input that
-/// `serde_json` has already validated.
+/// The members of the object whose `{` is at `open`, in order. Meant for validated JSON; on
+/// any other text it yields members that may make no sense, with in-bounds offsets.
 struct Members<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -284,7 +299,7 @@ impl Iterator for Members<'_> {
         let key_end = skip_string(bytes, at);
         at = skip_ws(bytes, key_end);
         // The `:`.
-        at = skip_ws(bytes, at + 1);
+        at = skip_ws(bytes, at + 1).min(bytes.len());
         let end = skip_value(bytes, at);
         self.at = end;
         Some(Member {
@@ -298,7 +313,39 @@ impl Iterator for Members<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::{json, Value};
+
+    proptest! {
+        // The caller of `build_record_from_json` vouches for the text; if it is wrong, the
+        // record is wrong, but nothing panics.
+        #[test]
+        fn any_text_after_a_brace_never_panics(body in r#"[{}\[\]",: a\\0-9]{0,40}"#) {
+            let text = format!("{{{body}");
+            let _ = build_record_from_json(&text, "t", 1, Some("root/a"));
+            let _ = build_record_from_json(&format!("{{\"thingName\":{body}"), "t", 1, None);
+        }
+
+        // On valid JSON both entry points give the same record.
+        #[test]
+        fn parsed_and_unparsed_payloads_give_the_same_record(
+            keys in proptest::collection::vec("[a-zA-Z]{1,8}", 0..6),
+            with_name in any::<bool>(),
+        ) {
+            let mut object = serde_json::Map::new();
+            for (i, k) in keys.iter().enumerate() {
+                object.insert(k.clone(), json!(i));
+            }
+            if with_name {
+                object.insert("thingName".into(), json!("other"));
+            }
+            let text = Value::Object(object).to_string();
+            prop_assert_eq!(
+                build_record(text.as_bytes(), "thing-1", 5, Some("root/a")),
+                build_record_from_json(&text, "thing-1", 5, Some("root/a"))
+            );
+        }
+    }
 
     fn rec(payload: &str, domain: Option<&str>) -> String {
         let out = build_record(payload.as_bytes(), "thing-1", 1_700_000_000_123, domain)
