@@ -281,6 +281,7 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
         .map(|s| AbortOnDrop(s.spawn_poller(Duration::from_millis(50))));
     let started = Instant::now();
     let outcome = publish::run(cfg, counters).await;
+    // At once, not at the next poll: the bare subscriber exits as soon as it has its count.
     procs.sample();
     drop(ticker);
     pb.finish_and_clear();
@@ -355,24 +356,23 @@ async fn drain(
 ) {
     let limit = Duration::from_secs_f64(args.drain_secs);
     let finished = Instant::now();
-    let (mut seen, mut since) = (
-        webhooks.map(|w| w.received.load(Ordering::Relaxed)),
+    let mut webhooks_seen = (
+        webhooks.map_or(0, |w| w.received.load(Ordering::Relaxed)),
         finished,
     );
     loop {
-        let mut waiting = false;
-        if let (Some(w), Some(seen)) = (webhooks, seen.as_mut()) {
+        let webhooks_due = webhooks.is_some_and(|w| {
             let now = w.received.load(Ordering::Relaxed);
-            if now != *seen {
-                (*seen, since) = (now, Instant::now());
+            if now != webhooks_seen.0 {
+                webhooks_seen = (now, Instant::now());
             }
-            waiting |= *seen < outcome.hot && since.elapsed() < limit;
-        }
-        if let Some(s) = stored {
+            now < outcome.hot && webhooks_seen.1.elapsed() < limit
+        });
+        let stored_due = stored.is_some_and(|s| {
             let (grown, changed) = s.growth();
-            waiting |= grown < outcome.published && changed.max(finished).elapsed() < limit;
-        }
-        if !waiting {
+            grown < outcome.published && changed.max(finished).elapsed() < limit
+        });
+        if !webhooks_due && !stored_due {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -417,8 +417,7 @@ async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
     pb.finish_and_clear();
     let mut cpu = std::collections::BTreeMap::new();
     if let (Some(start), Ok(end)) = (cpu_start, procstat::read_stat(Target::Myself)) {
-        let ticks = end.cpu_ticks.saturating_sub(start.cpu_ticks);
-        let secs = ticks as f64 / procstat::CLK_TCK as f64;
+        let secs = procstat::ticks_to_s(end.cpu_ticks.saturating_sub(start.cpu_ticks));
         cpu.insert(
             "generator".to_owned(),
             ProcessCpu::new(secs, outcome.received, false),

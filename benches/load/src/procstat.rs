@@ -13,7 +13,12 @@ use anyhow::Context;
 /// would say, but `libc` is no workspace dependency and the workspace forbids `unsafe_code`; the
 /// kernel scales these fields to USER_HZ, which is 100 on every mainstream Linux architecture
 /// (x86, arm, arm64, riscv, powerpc, s390), whatever the kernel's own HZ.
-pub const CLK_TCK: u64 = 100;
+const CLK_TCK: u64 = 100;
+
+/// Clock ticks of `/proc/PID/stat` in seconds.
+pub fn ticks_to_s(ticks: u64) -> f64 {
+    ticks as f64 / CLK_TCK as f64
+}
 
 /// The fields of `/proc/PID/stat` we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +122,7 @@ pub struct Spec {
     pub peak_rss: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Watched {
     spec: Spec,
     first: Stat,
@@ -140,7 +145,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn cpu_s(&self) -> f64 {
-        self.cpu_ticks as f64 / CLK_TCK as f64
+        ticks_to_s(self.cpu_ticks)
     }
 }
 

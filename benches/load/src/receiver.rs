@@ -69,7 +69,6 @@ pub async fn serve(addr: SocketAddr, state: Arc<Receiver>) -> anyhow::Result<Soc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn arrivals_count_and_latency_from_the_default_payload() {
@@ -87,17 +86,14 @@ mod tests {
         let addr = serve(([127, 0, 0, 1], 0).into(), state.clone())
             .await
             .expect("bind");
-        let body = format!(r#"{{"sentAt":{}}}"#, crate::now_ms());
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!(
-            "POST /hook/thing-000001 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.expect("read");
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let body = serde_json::json!({ "sentAt": crate::now_ms() });
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/hook/thing-000001"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
         assert_eq!(state.received.load(Ordering::Relaxed), 1);
         assert_eq!(state.latencies().summary().map(|s| s.count), Some(1));
     }

@@ -109,7 +109,7 @@ pub struct Report {
 }
 
 /// CPU one process used during a run.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ProcessCpu {
     /// User + system seconds, 10 ms resolution.
     pub cpu_s: f64,
@@ -194,6 +194,7 @@ impl Report {
         if let Some(v) = self.ccstream_peak_rss_mib {
             rows.push(("ccstream peak RSS", format!("{v:.1} MiB")));
         }
+        // Owned before the loop: `rows` borrows its names.
         let cpu_names: Vec<String> = self.cpu.keys().map(|k| format!("CPU {k}")).collect();
         for (name, c) in cpu_names.iter().zip(self.cpu.values()) {
             let mut cell = cpu_cell(c.cpu_s, c.cpu_us_per_message);
