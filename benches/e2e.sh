@@ -37,6 +37,7 @@ PUB_INFLIGHT=${PUB_INFLIGHT:-100}   # unacknowledged publishes per publishing co
 FIRE_RATIO=${FIRE_RATIO:-0.01}
 REPORT=${REPORT:-$ROOT/benches/e2e-report.json}
 KEEP_TMP=${KEEP_TMP:-0}
+OBJECTS_SINK=${OBJECTS_SINK:-s3}    # local: batches to files instead (to compare; S3 checks skipped)
 PERF=${PERF:-0}                     # 1: sample ccstream with `perf record` during run 2
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -220,12 +221,13 @@ allow_cidrs = ["127.0.0.1/32"]
 dead_letter_dir = "$TMP/cc/dead-letter"
 
 [objects]
-sink = "s3"
+sink = "$OBJECTS_SINK"
 bucket = "$BUCKET"
 endpoint = "$S3"
 path_style = true
 region = "us-east-1"
 spool_dir = "$TMP/cc/spool"
+dir = "$TMP/cc/objects"
 EOF
 AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret AWS_EC2_METADATA_DISABLED=true \
     "$CCSTREAM" --config "$TMP/ccstream.toml" >"$TMP/ccstream.log" 2>&1 &
@@ -275,6 +277,12 @@ metric() { # sum of a counter over its labels: one reading, for the total over r
 # --- 2. throughput through ccstream ---------------------------------------------------------
 log "run 2: $COUNT messages through ccstream, QoS 1, as fast as possible"
 stored_before=$(metric ccstream_objects_records_total)
+# System calls and context switches over run 2, for the analysis of where ccstream's CPU goes.
+kernel_counts() { # read syscalls, write syscalls, context switches (all threads)
+    awk '/^syscr:/ { r = $2 } /^syscw:/ { w = $2 } END { printf "%d %d ", r, w }' "/proc/$CC_PID/io"
+    cat /proc/"$CC_PID"/task/*/status | awk '/ctxt_switches:/ { s += $2 } END { print s }'
+}
+read -r SYSCR0 SYSCW0 CTX0 < <(kernel_counts)
 if [[ $PERF == 1 ]]; then
     command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install linux-perf)"
     # cpu-clock: these machines have no hardware counters; flat profile by symbol.
@@ -289,6 +297,7 @@ fi
     --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" --cpu-pid "mosquitto=$MOSQ_PID" \
     --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" ||
     die "publisher failed: $(cat "$TMP/e2e.err")"
+read -r SYSCR1 SYSCW1 CTX1 < <(kernel_counts)
 grep WARNING "$TMP/e2e.err" >&2 || true
 if [[ $PERF == 1 ]]; then
     kill -INT "$PERF_PID"; wait "$PERF_PID" || true; untrack "$PERF_PID"
@@ -320,11 +329,19 @@ cc_rc=0; wait "$CC_PID" || cc_rc=$?
 untrack "$CC_PID"
 
 # --- count what S3 holds --------------------------------------------------------------------
-python3 - "$S3" "$BUCKET" >"$TMP/stored.json" <<'EOF'
-import json, re, sys, urllib.parse, urllib.request
-s3, bucket = sys.argv[1], sys.argv[2]
+python3 - "$S3" "$BUCKET" "$OBJECTS_SINK" "$TMP/cc/objects" >"$TMP/stored.json" <<'EOF'
+import json, os, re, sys, urllib.parse, urllib.request
+s3, bucket, sink, local_dir = sys.argv[1:5]
 keys, token = [], None
-while True:
+def read(k):
+    if sink == "local":
+        return open(os.path.join(local_dir, k), "rb").read()
+    return urllib.request.urlopen(f"{s3}/{bucket}/{urllib.parse.quote(k)}", timeout=60).read()
+while sink == "local":
+    keys = [os.path.relpath(os.path.join(d, f), local_dir)
+            for d, _, fs in os.walk(local_dir) for f in fs if not f.startswith(".")]
+    break
+while sink != "local":
     q = {"list-type": "2", "max-keys": "1000"}
     if token: q["continuation-token"] = token
     body = urllib.request.urlopen(f"{s3}/{bucket}?{urllib.parse.urlencode(q)}", timeout=60).read().decode()
@@ -336,7 +353,7 @@ while True:
     token = unesc(m.group(1))
 records, errors, seqs = 0, 0, set()
 for k in sorted(set(keys)):
-    data = urllib.request.urlopen(f"{s3}/{bucket}/{urllib.parse.quote(k)}", timeout=60).read()
+    data = read(k)
     n = data.count(b'"thingName"')
     if k.startswith("errors/"): errors += n
     else: records += n
@@ -376,6 +393,9 @@ r = {
     "e2e_observations_stored": e2e.get("observations_stored"),
     "ccstream_cpu_s": rnd(e2e.get("ccstream_cpu_s"), 3),
     "cpu_us_per_observation": rnd(e2e.get("ccstream_cpu_us_per_message")),
+    "ccstream_read_syscalls_per_observation": round(($SYSCR1 - $SYSCR0) / count, 2),
+    "ccstream_write_syscalls_per_observation": round(($SYSCW1 - $SYSCW0) / count, 2),
+    "ccstream_context_switches_per_observation": round(($CTX1 - $CTX0) / count, 2),
     "bare_mosquitto_cpu_us_per_message": rnd(cpu(bare_pub, "mosquitto")),
     "bare_subscriber_cpu_us_per_message": rnd(cpu(bare_pub, "subscriber")),
     "bare_subscriber_exited_before_last_reading": bool(cpu(bare_pub, "subscriber", "exited")),
@@ -418,6 +438,11 @@ rows = [
      f"{f(r['e2e_pct_of_ceiling'])} % of ceiling (goal >= 90 %)"),
     ("ccstream CPU per observation", f(r["cpu_us_per_observation"], " µs"),
      f"{f(r['ccstream_cpu_s'])} s for {count:,}, run 2 incl. its drain (goal <= 10 µs)"),
+    ("ccstream system calls / context switches per observation",
+     f"{r['ccstream_read_syscalls_per_observation']} read, "
+     f"{r['ccstream_write_syscalls_per_observation']} write / "
+     f"{r['ccstream_context_switches_per_observation']}",
+     "run 2, from /proc (io, every thread's status)"),
     ("mosquitto CPU per message, run 1 (broker ceiling)", f(r["bare_mosquitto_cpu_us_per_message"], " µs"),
      f"{$CONNECTIONS} publishing connections, one bare subscriber; the publisher (generator) "
      f"{f(r['bare_generator_cpu_us_per_message'], ' µs')}"),
@@ -436,7 +461,7 @@ rows = [
      f"{f(r['latency_webhooks_received'])} of {f(r['latency_webhooks_expected'])} webhooks, "
      f"{f(r['latency_rate_achieved_msg_s'])} msg/s achieved (goal p99 <= 20 ms)"),
     ("peak RSS (VmHWM)", f(r["peak_rss_mib"], " MiB"), "goal <= 150 MiB"),
-    ("stored in S3 == published", str(r["stored_equals_published"]).lower(),
+    (f"stored ({'$OBJECTS_SINK'}) == published", str(r["stored_equals_published"]).lower(),
      f"{f(r['stored_records'])} stored ({f(r['stored_distinct_observations'])} distinct) in "
      f"{r['stored_objects']} objects, {f(published)} published, {r['stored_error_records']} in errors/"),
 ]
