@@ -19,23 +19,28 @@
 //! a PUBACK for a packet id the broker reassigned could acknowledge the wrong message.
 //!
 //! The queue is a `std::sync::Mutex` (never held across an await): the source's task registers a
-//! message per PUBLISH and the pipeline acks from its own task; both only touch a `VecDeque` and
-//! hand PUBACKs to rumqttc's request channel with `try_send`, which does not block.
+//! message per PUBLISH and the pipeline acks from its own task; both only touch a `VecDeque`.
+//!
+//! **Writing.** PUBACKs that may go out are moved to an outbox and the source's task is woken;
+//! it writes everything in the outbox to the connection and flushes once. Through rumqttc's
+//! request queue every PUBACK was a `write(2)` of its own (its event loop flushes after each
+//! request, bytebeamio/rumqtt#810): one system call and one loopback TCP segment per message,
+//! the largest share of ccstream's kernel time in the end-to-end benchmark (BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use metrics::Counter;
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::QoS;
+use tokio::sync::Notify;
 
 /// What [`Acker::ack`] did with a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
-    /// The PUBACK, and those of all earlier messages, are queued for the broker.
+    /// The PUBACK, and those of all earlier messages, are in the outbox for the broker.
     Sent,
-    /// Held back until an earlier message of the same connection is acked (or rumqttc's request
-    /// queue has room again).
+    /// Held back until an earlier message of the same connection is acked.
     Held,
     /// The message arrived on a connection that is gone; the broker delivers it again.
     Stale,
@@ -93,6 +98,13 @@ struct Entry {
     acked: bool,
 }
 
+/// A PUBACK (or, for QoS 2, PUBREC) the source's task is to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadyAck {
+    pub(crate) pkid: u16,
+    pub(crate) qos: QoS,
+}
+
 /// The order-keeping core, without I/O: which PUBACKs may be sent now.
 #[derive(Debug, Default)]
 pub(crate) struct AckQueue {
@@ -103,6 +115,8 @@ pub(crate) struct AckQueue {
     /// Next sequence number to hand out.
     next: u64,
     entries: VecDeque<Entry>,
+    /// Ready to be written by the source's task, oldest first.
+    outbox: Vec<ReadyAck>,
 }
 
 impl AckQueue {
@@ -158,13 +172,30 @@ impl AckQueue {
         slot.connection == self.connection && slot.seq < self.front
     }
 
-    /// The connection ended: every token issued so far is stale.
+    /// The connection ended: every token issued so far is stale, and PUBACKs not written yet
+    /// are dropped (their packet ids mean nothing on the next connection).
     fn reset(&mut self) {
         self.connection += 1;
         self.entries.clear();
+        self.outbox.clear();
         self.front = self.next;
     }
 
+    /// Moves the PUBACKs that may go out now to the outbox; true when it moved any.
+    fn release(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(entry) = self.ready() {
+            self.outbox.push(ReadyAck {
+                pkid: entry.pkid,
+                qos: entry.qos,
+            });
+            self.pop();
+            moved = true;
+        }
+        moved
+    }
+
+    /// Messages waiting for their ack, or for the ack of an earlier message.
     fn len(&self) -> usize {
         self.entries.len()
     }
@@ -173,16 +204,17 @@ impl AckQueue {
 /// State shared by the source's task and every [`Acker`] clone.
 pub(crate) struct AckShared {
     queue: Mutex<AckQueue>,
-    client: AsyncClient,
+    /// Wakes the source's task when the outbox has PUBACKs.
+    ready: Notify,
     stale: Counter,
     dropped: Counter,
 }
 
 impl AckShared {
-    pub(crate) fn new(client: AsyncClient, stale: Counter, dropped: Counter) -> Arc<Self> {
+    pub(crate) fn new(stale: Counter, dropped: Counter) -> Arc<Self> {
         Arc::new(AckShared {
             queue: Mutex::new(AckQueue::default()),
-            client,
+            ready: Notify::new(),
             stale,
             dropped,
         })
@@ -213,21 +245,21 @@ impl AckShared {
         self.lock().len()
     }
 
-    /// Sends the PUBACKs that are ready, oldest first. Stops when rumqttc's request queue is
-    /// full; the source calls this again after every event.
-    pub(crate) fn flush(&self) {
-        let mut queue = self.lock();
-        self.flush_locked(&mut queue);
+    /// Resolves when the outbox may have PUBACKs to write (at once if it got some since the
+    /// last call).
+    pub(crate) async fn outbox_ready(&self) {
+        self.ready.notified().await;
     }
 
-    fn flush_locked(&self, queue: &mut AckQueue) {
-        while let Some(entry) = queue.ready() {
-            let mut publish = Publish::new("", entry.qos, Vec::new());
-            publish.pkid = entry.pkid;
-            if self.client.try_ack(&publish).is_err() {
-                break;
-            }
-            queue.pop();
+    /// Swaps the outbox with `into` (which the caller has emptied): the PUBACKs to write, oldest
+    /// first. Swapping keeps both buffers' capacity, so a busy source allocates nothing.
+    pub(crate) fn take_outbox(&self, into: &mut Vec<ReadyAck>) {
+        std::mem::swap(&mut self.lock().outbox, into);
+    }
+
+    fn release_locked(&self, queue: &mut AckQueue) {
+        if queue.release() {
+            self.ready.notify_one();
         }
     }
 
@@ -245,7 +277,7 @@ impl AckShared {
             self.stale.increment(1);
             return AckOutcome::Stale;
         }
-        self.flush_locked(queue);
+        self.release_locked(queue);
         if queue.is_sent(slot) {
             AckOutcome::Sent
         } else {
@@ -288,7 +320,8 @@ impl Acker {
             .count()
     }
 
-    /// Messages received on the current connection whose PUBACK has not gone out yet.
+    /// Messages received on the current connection whose PUBACK may not go out yet: not acked,
+    /// or acked before an earlier message was. (The source writes released PUBACKs at once.)
     pub fn pending(&self) -> usize {
         self.shared.pending()
     }
@@ -353,6 +386,28 @@ mod tests {
         let mut q = AckQueue::default();
         assert!(q.register(0, QoS::AtMostOnce).is_none());
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn release_moves_ready_acks_to_the_outbox_and_reset_drops_them() {
+        let mut q = AckQueue::default();
+        let a = q.register(1, QoS::AtLeastOnce).unwrap();
+        let b = q.register(2, QoS::AtLeastOnce).unwrap();
+        assert!(q.mark(b));
+        assert!(!q.release(), "2 waits for 1");
+        assert!(q.mark(a));
+        assert!(q.release());
+        let pkids: Vec<u16> = q.outbox.iter().map(|r| r.pkid).collect();
+        assert_eq!(pkids, vec![1, 2]);
+        assert!(q.is_sent(a) && q.is_sent(b));
+        let c = q.register(3, QoS::AtLeastOnce).unwrap();
+        assert!(q.mark(c));
+        assert!(q.release());
+        q.reset();
+        assert!(
+            q.outbox.is_empty(),
+            "PUBACKs of a closed connection are never written"
+        );
     }
 
     #[test]

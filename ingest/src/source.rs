@@ -1,10 +1,10 @@
 //! The MQTT source: one task owns rumqttc's `EventLoop`, turns PUBLISHes into [`Inbound`]
 //! items and reconnects with backoff.
 //!
-//! **The task never waits on the pipeline.** rumqttc only makes progress (reads, writes the
-//! PUBACKs the pipeline queued, sends keep-alive pings) while `EventLoop::poll` is being called;
-//! a task stuck in `tx.send().await` would stall all of that, and since the pipeline's acks are
-//! written by this same loop, a full channel plus an un-written ack would be a deadlock. So
+//! **The task never waits on the pipeline.** rumqttc only makes progress (reads, sends
+//! keep-alive pings) while `EventLoop::poll` is being called, and this task also writes the
+//! PUBACKs the pipeline made ready; a task stuck in `tx.send().await` would stall all of that,
+//! and a full channel plus an un-written ack would be a deadlock. So
 //! items go out with `try_send`, and when the channel is full they wait in a local queue
 //! (`overflow`), moved on after every event. No item is lost or reordered.
 //!
@@ -17,9 +17,9 @@
 //! waits for room in the channel without polling; a long stall there can cost a keep-alive
 //! disconnect, which a persistent session survives.
 //!
-//! **Waking up.** The overflow is moved on after each event rumqttc reports, and every ack the
-//! pipeline sends comes back as such an event (`Outgoing::PubAck`); keep-alive pings are events
-//! too. A pipeline that drains the channel therefore always wakes the task.
+//! **Waking up.** The overflow is moved on after each event rumqttc reports and after each
+//! write of PUBACKs, which the acker wakes the task for (keep-alive pings are events too). A
+//! pipeline that drains the channel acks what it took, and so always wakes the task.
 //!
 //! **Connections.** `clean_session = false` (a persistent session under a stable client id),
 //! QoS 1 subscriptions sent again after every CONNACK (also when the broker reports the session
@@ -32,14 +32,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, PubAck, PubRec, Publish, QoS,
+    StateError, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::ack::{AckShared, AckToken, Acker};
+use crate::ack::{AckShared, AckToken, Acker, ReadyAck};
 use crate::backoff::Backoff;
 use crate::config::{derive_client_id, BrokerEndpoint, MqttConfig, MQTT_MAX_PACKET_BYTES};
 use crate::error::Error;
@@ -155,7 +155,6 @@ impl SourceStatus {
 /// Controls a running source: status and shutdown. Dropping it also asks the source to stop.
 pub struct SourceHandle {
     status: SourceStatus,
-    client: AsyncClient,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     client_id: String,
@@ -210,9 +209,8 @@ impl SourceHandle {
     }
 
     fn signal_shutdown(&self) {
+        // The task writes the PUBACKs already in the outbox, then queues the DISCONNECT.
         self.shutdown.send_replace(true);
-        // Goes through rumqttc's request queue behind every PUBACK already queued.
-        let _ = self.client.try_disconnect();
     }
 }
 
@@ -262,15 +260,12 @@ impl MqttSource {
             // `message_size_limit`, 128 KiB on AWS IoT, 1 MiB on the embedded broker).
             .set_max_packet_size(MQTT_MAX_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES);
 
-        // rumqttc's request queue carries our PUBACKs, which are `try_send`: room for one per
-        // message the source can hold (channel plus overflow) and some for SUBSCRIBE/DISCONNECT.
-        let (client, eventloop) = AsyncClient::new(options, cfg.inflight * 2 + 64);
+        // The request queue carries SUBSCRIBE and DISCONNECT only (PUBACKs are written by the
+        // source's task itself, see `ack`).
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let flush_timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
         let metrics = SourceMetrics::new();
-        let acks = AckShared::new(
-            client.clone(),
-            metrics.acks_stale.clone(),
-            metrics.unacked_dropped.clone(),
-        );
+        let acks = AckShared::new(metrics.acks_stale.clone(), metrics.unacked_dropped.clone());
         let (tx, rx) = mpsc::channel(cfg.inflight);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = SourceStatus::default();
@@ -299,6 +294,8 @@ impl MqttSource {
             status: status.clone(),
             shutdown: shutdown_rx,
             metrics,
+            ack_buf: Vec::new(),
+            flush_timeout,
         };
         info!(
             url = %redacted(&cfg.url),
@@ -313,7 +310,6 @@ impl MqttSource {
             Acker::new(acks),
             SourceHandle {
                 status,
-                client,
                 shutdown: shutdown_tx,
                 task: Some(task),
                 client_id,
@@ -338,6 +334,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What the connected source's task does next.
+enum Step {
+    WriteAcks,
+    Disconnect,
+    Polled(Result<Event, ConnectionError>),
+}
+
 struct Worker {
     eventloop: EventLoop,
     client: AsyncClient,
@@ -355,17 +358,44 @@ struct Worker {
     status: SourceStatus,
     shutdown: watch::Receiver<bool>,
     metrics: SourceMetrics,
+    /// The PUBACKs being written (swapped with the acker's outbox).
+    ack_buf: Vec<ReadyAck>,
+    /// How long a flush of PUBACKs may take (rumqttc's connection timeout).
+    flush_timeout: Duration,
 }
 
 impl Worker {
     async fn run(mut self) {
         let mut attempt: u32 = 0;
         let mut connected_at: Option<Instant> = None;
+        let mut disconnecting = false;
         loop {
             let polled = if connected_at.is_some() {
-                // Connected: shutdown arrives as a DISCONNECT through the request queue, behind
-                // the PUBACKs, so poll without interruption.
-                self.eventloop.poll().await
+                // Connected. PUBACKs first (biased), so that the ones acked before shutdown go
+                // out before the DISCONNECT. Interrupting `poll` is safe: what it read stays in
+                // rumqttc's state and comes out of the next call, what it buffered for writing
+                // goes out with the next flush.
+                let step = tokio::select! {
+                    biased;
+                    () = self.acks.outbox_ready() => Step::WriteAcks,
+                    _ = self.shutdown.wait_for(|stop| *stop), if !disconnecting => Step::Disconnect,
+                    polled = self.eventloop.poll() => Step::Polled(polled),
+                };
+                match step {
+                    Step::WriteAcks => {
+                        self.write_acks().await;
+                        self.drain_overflow();
+                        continue;
+                    }
+                    Step::Disconnect => {
+                        disconnecting = true;
+                        self.write_acks().await;
+                        // Ends with `Outgoing::Disconnect` below.
+                        let _ = self.client.try_disconnect();
+                        continue;
+                    }
+                    Step::Polled(polled) => polled,
+                }
             } else {
                 // Connecting: a broker that does not answer must not delay shutdown. Dropping a
                 // connect in progress only drops a socket that carried no session state yet.
@@ -452,10 +482,58 @@ impl Worker {
                 }
             }
             self.drain_overflow();
-            self.acks.flush();
         }
         self.status.set(false, false);
         self.metrics.connected.set(0.0);
+    }
+
+    /// Writes the PUBACKs in the acker's outbox to the connection and flushes once (see the
+    /// `ack` module docs for why not through rumqttc's request queue). A write that fails is
+    /// only logged: the connection is then broken, the next `poll` reports it, and the broker
+    /// delivers the messages again.
+    async fn write_acks(&mut self) {
+        self.acks.take_outbox(&mut self.ack_buf);
+        if self.ack_buf.is_empty() {
+            return;
+        }
+        let written = self.ack_buf.len();
+        let result = match self.eventloop.network.as_mut() {
+            // Not connected: these belong to a connection that is gone.
+            None => Ok(()),
+            Some(network) => {
+                let mut result = Ok(());
+                for ready in &self.ack_buf {
+                    let packet = match ready.qos {
+                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(ready.pkid)),
+                        _ => Packet::PubAck(PubAck::new(ready.pkid)),
+                    };
+                    result = network.write(packet).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    result = match tokio::time::timeout(self.flush_timeout, network.flush()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StateError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "flushing PUBACKs timed out",
+                        ))),
+                    };
+                }
+                result
+            }
+        };
+        self.ack_buf.clear();
+        match result {
+            Ok(()) => {
+                self.metrics.acks_written.increment(written as u64);
+                self.metrics.ack_flushes.increment(1);
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot write PUBACKs; the broker delivers the messages again")
+            }
+        }
     }
 
     async fn on_publish(&mut self, publish: Publish) {

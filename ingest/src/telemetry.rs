@@ -22,6 +22,9 @@ pub const REJECTED_TOTAL: &str = "ccstream_ingest_rejected_total";
 pub const SUBSCRIBE_FAILURES_TOTAL: &str = "ccstream_mqtt_subscribe_failures_total";
 /// Acks for messages of a connection that had ended (the broker delivers those again).
 pub const ACKS_STALE_TOTAL: &str = "ccstream_mqtt_acks_stale_total";
+/// PUBACKs written to the broker, and the flushes that wrote them (their ratio is the batch).
+pub const ACKS_WRITTEN_TOTAL: &str = "ccstream_mqtt_acks_written_total";
+pub const ACK_FLUSHES_TOTAL: &str = "ccstream_mqtt_ack_flushes_total";
 /// Ack tokens dropped without an ack (a pipeline bug, or messages in flight at shutdown).
 pub const UNACKED_DROPPED_TOTAL: &str = "ccstream_mqtt_unacked_dropped_total";
 
@@ -59,6 +62,16 @@ pub fn describe_metrics() {
         "Acks for messages of an MQTT connection that had ended"
     );
     describe_counter!(
+        ACKS_WRITTEN_TOTAL,
+        Unit::Count,
+        "PUBACKs written to the MQTT broker"
+    );
+    describe_counter!(
+        ACK_FLUSHES_TOTAL,
+        Unit::Count,
+        "Writes of PUBACKs to the MQTT broker (each carries every PUBACK ready at the time)"
+    );
+    describe_counter!(
         UNACKED_DROPPED_TOTAL,
         Unit::Count,
         "Messages whose ack token was dropped without an ack"
@@ -81,6 +94,8 @@ pub(crate) struct SourceMetrics {
     pub(crate) subscribe_failures: Counter,
     pub(crate) acks_stale: Counter,
     pub(crate) unacked_dropped: Counter,
+    pub(crate) acks_written: Counter,
+    pub(crate) ack_flushes: Counter,
 }
 
 impl SourceMetrics {
@@ -99,6 +114,8 @@ impl SourceMetrics {
             subscribe_failures: metrics::counter!(SUBSCRIBE_FAILURES_TOTAL),
             acks_stale: metrics::counter!(ACKS_STALE_TOTAL),
             unacked_dropped: metrics::counter!(UNACKED_DROPPED_TOTAL),
+            acks_written: metrics::counter!(ACKS_WRITTEN_TOTAL),
+            ack_flushes: metrics::counter!(ACK_FLUSHES_TOTAL),
         }
     }
 }
