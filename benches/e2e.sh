@@ -80,7 +80,7 @@ log "building release binaries"
 cargo build --release -q -p ccstream -p ccstream-load
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-CCSTREAM=$TARGET_DIR/release/ccstream
+CCSTREAM=${E2E_CCSTREAM:-$TARGET_DIR/release/ccstream} # E2E_CCSTREAM: another build, to compare
 LOAD=$TARGET_DIR/release/ccstream-load
 [[ -x $CCSTREAM && -x $LOAD ]] || die "release binaries not found under $TARGET_DIR/release"
 
