@@ -550,11 +550,17 @@ impl Worker {
         let item = match self.routes.classify(&topic) {
             Route::Shadow(shadow) => {
                 self.metrics.shadow.increment(1);
-                let thing_name = shadow.thing_name.to_owned();
                 if self.too_large(&topic, payload.len()) {
                     self.ack_now(ack);
                     return;
                 }
+                // The name is a slice of the topic: cut the topic down to it rather than
+                // allocate a copy (one allocation less per observation).
+                let start = shadow.thing_name.as_ptr() as usize - topic.as_ptr() as usize;
+                let end = start + shadow.thing_name.len();
+                let mut thing_name = topic;
+                thing_name.truncate(end);
+                thing_name.drain(..start);
                 Inbound::Shadow {
                     thing_name,
                     received_at_ms,

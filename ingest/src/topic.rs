@@ -191,13 +191,16 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
+    // Levels as bytes: every message goes through here once per filter, and splitting a short
+    // topic on a `char` went through the generic pattern searcher (1.5 % of the CPU of an
+    // observation in the end-to-end profile).
+    let mut topic_levels = topic.as_bytes().split(|&b| b == b'/');
+    for f in filter.as_bytes().split(|&b| b == b'/') {
+        if f == b"#" {
             return true;
         }
         match topic_levels.next() {
-            Some(t) if f == "+" || f == t => {}
+            Some(t) if f == b"+" || f == t => {}
             _ => return false,
         }
     }

@@ -42,5 +42,5 @@ pub use directory::{
 };
 pub use eval::{Engine, FilledAction, Firing, Outcome};
 pub use index::RuleIndex;
-pub use observation::{ParseLimits, ParsedObservation, Reject};
+pub use observation::{ParseLimits, ParsedObservation, Reject, TopLevelKeys};
 pub use threshold::{Decision, ThresholdState};

@@ -25,7 +25,7 @@ use rule_engine::{
 };
 use sinks::objects::{
     build_error_record, build_record, build_record_from_json, AppendError, NotAnObject,
-    ObjectSinkHandle, RecordKind,
+    ObjectSinkHandle, PayloadKeys, RecordKind,
 };
 use sinks::search::IndexerHandle;
 use sinks::webhook::{EnqueueError, WebhookHandle, WebhookRequest};
@@ -204,12 +204,19 @@ impl Pipeline {
                         .evaluation_seconds
                         .record(started.elapsed().as_secs_f64());
                 }
-                // The parser read the whole payload: a JSON object, no need to validate again.
+                // The parser read the whole payload (a JSON object, no need to validate it
+                // again) and noted the top-level keys the record sets.
+                let keys = obs.top_level_keys();
                 let record = build_record_from_json(
                     obs.json_object(),
                     thing_name,
                     received_at_ms,
                     domain_path,
+                    Some(PayloadKeys {
+                        thing_name: keys.thing_name,
+                        timestamp: keys.timestamp,
+                        domain: keys.domain,
+                    }),
                 );
                 drop(directory);
                 self.account(thing_name, outcome, firings);
@@ -408,4 +415,32 @@ fn top_level_timestamp(payload: &[u8]) -> Option<u64> {
     }
     let head: Head = serde_json::from_slice(payload).ok()?;
     head.timestamp?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_evaluation_in_sixty_four_is_timed() {
+        let mut metrics = HotMetrics::register();
+        let timed: Vec<usize> = (1..=200)
+            .filter(|_| metrics.next_evaluation_is_timed())
+            .collect();
+        assert_eq!(timed, vec![64, 128, 192]);
+    }
+
+    #[test]
+    fn domain_paths_follow_the_tree() {
+        let mut tree = DomainTree::from_pairs([("a", "root"), ("b", "a")]).expect("tree");
+        let mut paths = DomainPaths::default();
+        assert_eq!(paths.get(&tree, "b"), "root/a/b");
+        assert_eq!(paths.get(&tree, "unknown"), "root/unknown");
+        tree.insert("b", "root").expect("move b");
+        assert_eq!(
+            paths.get(&tree, "b"),
+            "root/b",
+            "a changed tree is not served stale"
+        );
+    }
 }

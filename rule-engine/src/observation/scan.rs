@@ -309,6 +309,7 @@ impl<'a> Scanner<'a> {
         }
         let mut reported = false;
         self.members(|s, key| {
+            out.top_keys.see(key);
             match key {
                 "state" => reported = s.state(out)?,
                 "timestamp" => out.timestamp = s.timestamp()?,

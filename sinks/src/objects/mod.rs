@@ -41,7 +41,7 @@ pub use config::{Compression, Delimiter, ObjectsConfig, SinkKind};
 pub use error::{AppendError, ConfigError, ObjectsError};
 pub use key::{object_key, random_suffix};
 pub use record::{
-    build_error_record, build_record, build_record_from_json, NotAnObject, RecordKind,
+    build_error_record, build_record, build_record_from_json, NotAnObject, PayloadKeys, RecordKind,
 };
 pub use sink::{ObjectSink, ObjectSinkHandle};
 pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
