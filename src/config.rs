@@ -9,6 +9,12 @@ use std::path::Path;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sinks::objects::writer::firehose::MAX_RECORD_BYTES;
+use sinks::objects::SinkKind;
+
+/// Largest MQTT payload the Firehose sink can always take: its record limit less room for the
+/// keys a record adds (thing names and domain paths are far shorter in practice).
+pub const FIREHOSE_MAX_PAYLOAD_BYTES: usize = MAX_RECORD_BYTES - 8 * 1024;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "CCSTREAM_";
@@ -323,6 +329,20 @@ impl Config {
             section: "search",
             reason: e.to_string(),
         })?;
+        if self.objects.sink == SinkKind::Firehose
+            && self.mqtt.max_payload_bytes > FIREHOSE_MAX_PAYLOAD_BYTES
+        {
+            // Caught here, not at the first large message: Firehose refuses a whole record over
+            // its limit, and a batch holding one ends in the spool's failed/ folder.
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_payload_bytes",
+                reason: format!(
+                    "must be at most {FIREHOSE_MAX_PAYLOAD_BYTES} with objects.sink = \"firehose\" \
+                     (Firehose refuses records over {MAX_RECORD_BYTES} bytes, and a record adds \
+                     thingName, timestamp and domain to the payload)"
+                ),
+            });
+        }
         if self.engine.rules_poll_ms == 0 {
             return Err(invalid("engine.rules_poll_ms", "must be greater than 0"));
         }
@@ -387,6 +407,25 @@ mod tests {
             assert!(err.to_string().contains("lisen"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn firehose_sink_refuses_payloads_it_could_not_send() {
+        let mut c = Config::default();
+        c.objects.sink = SinkKind::Firehose;
+        c.objects.delivery_stream = Some("stream".into());
+        c.mqtt.max_payload_bytes = FIREHOSE_MAX_PAYLOAD_BYTES;
+        c.validate().unwrap();
+        c.mqtt.max_payload_bytes = FIREHOSE_MAX_PAYLOAD_BYTES + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.max_payload_bytes") && err.contains("firehose"),
+            "{err}"
+        );
+        // Other sinks take what MQTT allows.
+        c.objects.sink = SinkKind::S3;
+        c.objects.bucket = Some("b".into());
+        c.validate().unwrap();
     }
 
     #[test]

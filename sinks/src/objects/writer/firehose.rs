@@ -14,7 +14,9 @@
 //! are not dropped silently: the batch's other records are delivered, then `store` returns
 //! [`WriteError::Permanent`] naming them, so the batch stays in the spool's `failed/` folder for
 //! an operator (whose replay would duplicate the delivered records), and
-//! `ccstream_objects_firehose_failed_records_total{reason="oversized"}` counts them.
+//! `ccstream_objects_firehose_failed_records_total{reason="oversized"}` counts them. The
+//! binary refuses to start with the Firehose sink and an `mqtt.max_payload_bytes` that could
+//! make such a record, so only a writer used outside the binary meets one.
 //!
 //! **Delimiter.** Firehose concatenates records exactly as given, and the batcher's records carry
 //! no delimiter; `append_newline` (set from `objects.delimiter = "newline"`) adds `\n` to each.
