@@ -24,10 +24,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::mosquitto::Mosquitto;
 use common::{free_port, jwt, unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use testkit::mosquitto::Mosquitto;
 use testkit::search_standin::{canned_search, StandIn};
 use testkit::weed::Weed;
 

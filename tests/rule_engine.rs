@@ -14,10 +14,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::mosquitto::{mosquitto_pub, Mosquitto};
 use common::receiver::{Received, Receiver};
 use common::{unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
+use testkit::mosquitto::{mosquitto_pub, Mosquitto};
 
 const FUNCTION: &str = "RuleLambda";
 /// Generous: a webhook normally arrives within milliseconds.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use ingest::{AckOutcome, EmbeddedBroker, Error, Inbound, MqttConfig, MqttSource};
+use testkit::free_port;
 
 const GRACE: Duration = Duration::from_secs(5);
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use ingest::{AckOutcome, Inbound, MqttSource};
+use testkit::free_port;
+use testkit::mosquitto::Mosquitto;
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -16,13 +18,13 @@ const GRACE: Duration = Duration::from_secs(5);
 async fn receives_shadow_updates_and_events() {
     init_tracing();
     let broker = Mosquitto::start();
-    let cfg = source_config(broker.port, &unique_id("recv"));
+    let cfg = source_config(broker.port(), &unique_id("recv"));
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
     wait_until("subscribed", || status.is_subscribed()).await;
 
     publish(
-        broker.port,
+        broker.port(),
         vec![
             shadow("thing-1", r#"{"state":{"reported":{"temp":21.5}}}"#),
             shadow("odd:name_x-1", r#"{"state":{"reported":{"on":true}}}"#),
@@ -90,13 +92,13 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
     init_tracing();
     let broker = Mosquitto::start();
     let id = unique_id("redeliver");
-    let cfg = source_config(broker.port, &id);
+    let cfg = source_config(broker.port(), &id);
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
     wait_until("subscribed", || status.is_subscribed()).await;
 
     publish(
-        broker.port,
+        broker.port(),
         (1..=4).map(|i| shadow("t", &format!("m{i}"))).collect(),
     )
     .await;
@@ -140,13 +142,13 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
 async fn a_redelivered_message_has_dup_set_and_keeps_its_packet_id() {
     init_tracing();
     let broker = Mosquitto::start();
-    let cfg = source_config(broker.port, &unique_id("dup"));
+    let cfg = source_config(broker.port(), &unique_id("dup"));
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
     wait_until("subscribed", || status.is_subscribed()).await;
 
     publish(
-        broker.port,
+        broker.port(),
         (1..=3).map(|i| shadow("t", &format!("m{i}"))).collect(),
     )
     .await;
@@ -191,7 +193,7 @@ async fn a_redelivered_message_has_dup_set_and_keeps_its_packet_id() {
         assert_eq!(acker.ack(item.into_ack()), AckOutcome::Sent);
     }
     // A new message on the same session: no DUP.
-    publish(broker.port, vec![shadow("t", "m4")]).await;
+    publish(broker.port(), vec![shadow("t", "m4")]).await;
     let item = recv(&mut rx).await;
     assert_eq!(shadow_of(&item).1, "m4");
     assert!(!item.is_dup());
@@ -204,7 +206,7 @@ async fn a_redelivered_message_has_dup_set_and_keeps_its_packet_id() {
 async fn messages_published_while_stopped_arrive_after_restart() {
     init_tracing();
     let broker = Mosquitto::start();
-    let cfg = source_config(broker.port, &unique_id("offline"));
+    let cfg = source_config(broker.port(), &unique_id("offline"));
     // The first start creates the session and its subscriptions.
     let (rx, _acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
@@ -213,7 +215,7 @@ async fn messages_published_while_stopped_arrive_after_restart() {
     drop(rx);
 
     publish(
-        broker.port,
+        broker.port(),
         (0..50)
             .map(|i| shadow(&format!("t{i}"), &format!("{i}")))
             .collect(),
@@ -234,7 +236,7 @@ async fn messages_published_while_stopped_arrive_after_restart() {
 async fn reconnects_and_resubscribes_after_a_broker_restart() {
     init_tracing();
     let mut broker = Mosquitto::start();
-    let port = broker.port;
+    let port = broker.port();
     let cfg = source_config(port, &unique_id("restart"));
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
@@ -248,8 +250,7 @@ async fn reconnects_and_resubscribes_after_a_broker_restart() {
     // A fresh broker on the same port: the session is gone, so only resubscribing helps.
     broker.kill();
     wait_until("disconnected", || !status.is_connected()).await;
-    drop(broker);
-    let broker = Mosquitto::start_with(port, "");
+    broker.start_again();
     wait_until("subscribed again", || status.is_subscribed()).await;
 
     publish(port, vec![shadow("after", "2")]).await;
@@ -282,7 +283,7 @@ async fn a_slow_consumer_loses_nothing() {
     let broker = Mosquitto::start();
     let cfg = ingest::MqttConfig {
         inflight: 4,
-        ..source_config(broker.port, &unique_id("slow"))
+        ..source_config(broker.port(), &unique_id("slow"))
     };
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
@@ -290,7 +291,7 @@ async fn a_slow_consumer_loses_nothing() {
 
     const N: usize = 200;
     publish(
-        broker.port,
+        broker.port(),
         (0..N).map(|i| shadow("t", &i.to_string())).collect(),
     )
     .await;

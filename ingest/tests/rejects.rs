@@ -16,6 +16,7 @@ use common::*;
 use ingest::telemetry;
 use ingest::MqttSource;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use testkit::mosquitto::Mosquitto;
 
 /// Counters and gauges by `name{label=value,...}`.
 #[derive(Default)]
@@ -76,7 +77,7 @@ async fn oversize_payloads_and_bad_topics_are_counted_acked_and_not_forwarded() 
     let broker = Mosquitto::start();
     let cfg = ingest::MqttConfig {
         max_payload_bytes: 1024,
-        ..source_config(broker.port, &unique_id("rejects"))
+        ..source_config(broker.port(), &unique_id("rejects"))
     };
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
@@ -88,7 +89,7 @@ async fn oversize_payloads_and_bad_topics_are_counted_acked_and_not_forwarded() 
     );
 
     publish(
-        broker.port,
+        broker.port(),
         vec![
             ("$aws/things/big/shadow/update".into(), vec![b'x'; 1025]),
             ("$aws/things//shadow/update".into(), b"{}".to_vec()),

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use ingest::{Error, MqttConfig, MqttSource};
+use testkit::free_port;
+use testkit::mosquitto::Mosquitto;
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -111,17 +113,14 @@ async fn mqtts_with_a_client_certificate() {
     make_certs(dir.path());
     readable_by_all(dir.path());
     let d = dir.path().display();
-    let plain_port = free_port();
     let tls_port = free_port();
     // A plain listener for the test's publisher, a TLS one that demands a client certificate.
-    let broker = Mosquitto::start_in(
-        tempfile::tempdir().unwrap(),
-        plain_port,
-        &format!(
+    let broker = Mosquitto::builder()
+        .config(&format!(
             "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
              keyfile {d}/server.key\nrequire_certificate true\n"
-        ),
-    );
+        ))
+        .start();
 
     let cfg = MqttConfig {
         url: format!("mqtts://localhost:{tls_port}"),
@@ -133,7 +132,7 @@ async fn mqtts_with_a_client_certificate() {
     let (mut rx, acker, handle) = MqttSource::start(&cfg, "test", "host").unwrap();
     let status = handle.status();
     wait_until("subscribed over TLS", || status.is_subscribed()).await;
-    publish(broker.port, vec![shadow("secure-thing", "{}")]).await;
+    publish(broker.port(), vec![shadow("secure-thing", "{}")]).await;
     let item = recv(&mut rx).await;
     assert_eq!(shadow_of(&item).0, "secure-thing");
     acker.ack(item.into_ack());

@@ -1,11 +1,62 @@
 //! Test support shared by the suites of several workspace crates (`tests/` of the binary,
-//! `sinks/tests/`), which cannot import each other's test files. Only ever a dev-dependency.
+//! `sinks/tests/`, `ingest/tests/`, `benches/load/tests/`), which cannot import each other's
+//! test files. Only ever a dev-dependency.
 //!
+//! - [`mosquitto`]: a real Mosquitto per test on a free port, and `mosquitto_pub`.
 //! - [`search_standin`]: an OpenSearch stand-in (OpenSearch cannot be installed here).
 //! - [`weed`]: a real SeaweedFS (S3) per test on free ports.
+//! - [`free_port`]: a port on 127.0.0.1 no other test of this process is given.
+//! - [`wait_or_kill`]: a child process's exit, or a kill when it overstays.
 //!
 //! Test support panics on setup failures (that is a failed test), hence `unwrap` here.
 #![allow(clippy::unwrap_used)]
 
+pub mod mosquitto;
 pub mod search_standin;
 pub mod weed;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::process::{Child, ExitStatus};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Waits up to `timeout` for `child` to exit. `None` when it did not: it is then killed and
+/// reaped, and the caller reports the failure with what it knows (logs, arguments).
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago. Ports handed out in this process are
+/// remembered so that tests running in parallel never get the same one.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port on 127.0.0.1")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The last `lines` lines of a server's log, for a failed test's output.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::tail;
+
 /// How long a fresh (or restarted) SeaweedFS gets to answer S3 calls. A restart on an existing
 /// data dir waits for its raft leader election, which takes some seconds more than a fresh start.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -348,9 +350,4 @@ fn xml_unescape(s: &str) -> String {
         .replace("&apos;", "'")
         .replace("&#39;", "'")
         .replace("&amp;", "&")
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

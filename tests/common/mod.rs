@@ -5,29 +5,26 @@
 //!   files in that dir and are printed when a test fails.
 //! - [`PgDb`]: a throw-away PostgreSQL database, made and dropped with the `psql` CLI.
 //! - [`jwt`]: HS256 and RS256 tokens (RS256 keys made with the `openssl` CLI).
-//! - [`mosquitto`]: a real Mosquitto per test, and publishing with `mosquitto_pub`.
 //! - [`receiver`]: a local webhook receiver that records requests and can answer 500.
 //!
-//! SeaweedFS and the OpenSearch stand-in are shared with the sinks tests: `testkit::weed`,
-//! `testkit::search_standin`.
+//! Mosquitto, SeaweedFS and the OpenSearch stand-in are shared with the other crates' tests:
+//! `testkit::mosquitto`, `testkit::weed`, `testkit::search_standin`; so is [`free_port`].
 //!
 //! Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub mod mosquitto;
 pub mod receiver;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tempfile::TempDir;
+pub use testkit::free_port;
 
 /// The placeholder a test config uses for the listen address the harness picks.
 pub const LISTEN: &str = "@LISTEN@";
@@ -36,23 +33,6 @@ pub const LISTEN: &str = "@LISTEN@";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the binary gets to exit after SIGTERM (it must shut down gracefully).
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A TCP port on 127.0.0.1 that was free a moment ago. Ports handed out by this process are
-/// remembered so that tests running in parallel never get the same one.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral port on 127.0.0.1")
-            .port();
-        if given.insert(port) {
-            return port;
-        }
-    }
-}
 
 /// A name unlikely to collide across test processes and runs.
 pub fn unique_suffix() -> String {
@@ -132,23 +112,14 @@ pub fn run_to_exit(
         .stderr(File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .expect("spawn ccstream");
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ccstream was expected to exit but was still running after {timeout:?}\n\
-                 --- stdout ---\n{}\n--- stderr ---\n{}",
-                read_lossy(&dir.path().join("stdout.log")),
-                read_lossy(&dir.path().join("stderr.log"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = testkit::wait_or_kill(&mut child, timeout).unwrap_or_else(|| {
+        panic!(
+            "ccstream was expected to exit but was still running after {timeout:?}\n\
+             --- stdout ---\n{}\n--- stderr ---\n{}",
+            read_lossy(&dir.path().join("stdout.log")),
+            read_lossy(&dir.path().join("stderr.log"))
+        )
+    });
     Exited {
         status,
         stdout: read_lossy(&dir.path().join("stdout.log")),

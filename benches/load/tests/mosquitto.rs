@@ -5,79 +5,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::mosquitto::Mosquitto;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccstream-load");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-fn find(name: &str, fallback: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from(fallback)])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed (Debian package `mosquitto`)"))
-}
-
-/// A Mosquitto of our own, killed by pid when dropped.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
-        let child = Command::new(find("mosquitto", "/usr/sbin/mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run mosquitto");
-        let mut m = Mosquitto { child, port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(m.child.try_wait().unwrap().is_none(), "mosquitto exited");
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Mosquitto of our own without the per-packet log: the tests read the broker's CPU.
+fn broker() -> Mosquitto {
+    Mosquitto::builder().log_packets(false).start()
 }
 
 /// Kills a child still running when the test fails.
@@ -114,8 +53,8 @@ fn read_json(path: &Path) -> Value {
 #[test]
 fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let broker = broker();
+    let url = broker.url();
     let (sub_json, pub_json) = (dir.path().join("sub.json"), dir.path().join("pub.json"));
 
     let mut sub = Guard(
@@ -142,7 +81,7 @@ fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
             .args(["--broker", &url, "--qos", "1", "--count", "1000"])
             .args(["--things", "100", "--connections", "3", "--no-progress"])
             .arg("--cpu-pid")
-            .arg(format!("mosquitto={}", broker.child.id()))
+            .arg(format!("mosquitto={}", broker.pid()))
             .arg("--json")
             .arg(&pub_json)
             .stdout(Stdio::null())
@@ -186,15 +125,15 @@ fn publishes_1000_qos1_messages_that_a_bare_subscriber_counts() {
 #[test]
 fn reports_the_cpu_the_broker_used() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let broker = broker();
+    let url = broker.url();
     let json = dir.path().join("pub.json");
     let mut publisher = Guard(
         Command::new(BIN)
             .args(["--broker", &url, "--qos", "1", "--count", "30000"])
             .args(["--things", "100", "--connections", "2", "--no-progress"])
             .arg("--cpu-pid")
-            .arg(format!("mosquitto={}", broker.child.id()))
+            .arg(format!("mosquitto={}", broker.pid()))
             .arg("--json")
             .arg(&json)
             .stdout(Stdio::null())

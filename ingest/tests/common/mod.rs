@@ -1,12 +1,10 @@
-//! Test harness: a real Mosquitto per test on a free port, a rumqttc publisher, and helpers
-//! to wait for the source. Mosquitto missing is a test failure, not a skip.
+//! Test harness: a real Mosquitto per test on a free port (`testkit::mosquitto`), a rumqttc
+//! publisher, and helpers to wait for the source. Mosquitto missing is a test failure, not a
+//! skip.
 
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,14 +25,6 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A port nobody listens on right now (bind to port 0, read it, let it go).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
 /// A client id no other test (or earlier run) uses, so sessions never collide.
 pub fn unique_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -47,114 +37,6 @@ pub fn unique_id(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn mosquitto_binary() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mosquitto"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    candidates
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin/mosquitto")])
-        .find(|p| p.is_file())
-        .expect(
-            "mosquitto is not installed (Debian package `mosquitto`); these tests need a real broker",
-        )
-}
-
-/// A Mosquitto process of our own; killed (by pid) when dropped.
-pub struct Mosquitto {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    pub fn start() -> Self {
-        Self::start_with(free_port(), "")
-    }
-
-    /// Starts on `port` with the test defaults of TESTING.md plus `extra` config lines.
-    pub fn start_with(port: u16, extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, port, extra)
-    }
-
-    pub fn start_in(dir: tempfile::TempDir, port: u16, extra: &str) -> Self {
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n\
-                 persistence false\nlog_dest stderr\n{extra}\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("log file");
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot run mosquitto");
-        let mut m = Mosquitto {
-            child: Some(child),
-            port,
-            dir,
-        };
-        m.wait_ready();
-        m
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("mosquitto exited with {status}: {}", self.log());
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the process (SIGKILL, by pid) and waits for it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Config for a source on Mosquitto at `port`, reading both shadow topic forms and events.
