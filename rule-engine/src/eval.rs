@@ -82,8 +82,22 @@ impl<'a> Engine<'a> {
         now_ms: u64,
         thresholds: &mut ThresholdState,
     ) -> Outcome {
+        let thing = self.directory.thing(thing_name);
+        self.evaluate_thing(thing_name, thing, obs, now_ms, thresholds)
+    }
+
+    /// [`Self::evaluate`] for a caller that has already looked the thing up in this engine's
+    /// directory (the ingest path needs its domain too): one hash lookup less per observation.
+    pub fn evaluate_thing(
+        &self,
+        thing_name: &str,
+        thing: Option<&Thing>,
+        obs: &ParsedObservation<'_>,
+        now_ms: u64,
+        thresholds: &mut ThresholdState,
+    ) -> Outcome {
         let mut outcome = Outcome::default();
-        let Some(thing) = self.directory.thing(thing_name) else {
+        let Some(thing) = thing else {
             outcome.unknown_thing = true;
             return outcome;
         };

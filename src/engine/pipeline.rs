@@ -186,15 +186,15 @@ impl Pipeline {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let domain_path = directory
-            .thing(thing_name)
-            .map(|t| self.domain_paths.get(directory.domains(), t.domain()));
+        let thing = directory.thing(thing_name);
+        let domain_path = thing.map(|t| self.domain_paths.get(directory.domains(), t.domain()));
         match ParsedObservation::parse(payload, &self.limits) {
             Ok(obs) => {
                 let timestamp = obs.timestamp().unwrap_or(received_at_ms);
                 let started = self.metrics.next_evaluation_is_timed().then(Instant::now);
-                let outcome = Engine::new(&rules.index, &directory).evaluate(
+                let outcome = Engine::new(&rules.index, &directory).evaluate_thing(
                     thing_name,
+                    thing,
                     &obs,
                     received_at_ms,
                     &mut self.thresholds,
