@@ -106,60 +106,40 @@ fn bench_spool(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(RECORDS));
-    group.bench_function("append_commit_roll_200B", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                for i in 0..RECORDS {
-                    let record = records[(i % 1024) as usize].clone();
-                    handle
-                        .append_blocking(record, RecordKind::Observations, sent)
-                        .expect("append");
-                    sent += 1;
-                }
-                acks.wait_for(sent);
+    // `iters` rounds of RECORDS records from `make` (given the record's index), each round
+    // waited for until committed.
+    let mut run = |iters: u64, make: &dyn Fn(u64) -> Vec<u8>| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            for i in 0..RECORDS {
+                handle
+                    .append_blocking(make(i), RecordKind::Observations, sent)
+                    .expect("append");
+                sent += 1;
             }
-            start.elapsed()
-        })
+            acks.wait_for(sent);
+        }
+        start.elapsed()
+    };
+    let prebuilt = |i: u64| records[(i % 1024) as usize].clone();
+    let built = |i: u64| {
+        build_record(
+            &payloads[(i % 1024) as usize],
+            "thing-000001",
+            1_700_000_000_000 + i,
+            None,
+        )
+        .expect("record")
+    };
+    group.bench_function("append_commit_roll_200B", |b| {
+        b.iter_custom(|iters| run(iters, &prebuilt))
     });
     group.bench_function("build_append_commit_roll_200B", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                for i in 0..RECORDS {
-                    let record = build_record(
-                        &payloads[(i % 1024) as usize],
-                        "thing-000001",
-                        1_700_000_000_000 + i,
-                        None,
-                    )
-                    .expect("record");
-                    handle
-                        .append_blocking(record, RecordKind::Observations, sent)
-                        .expect("append");
-                    sent += 1;
-                }
-                acks.wait_for(sent);
-            }
-            start.elapsed()
-        })
+        b.iter_custom(|iters| run(iters, &built))
     });
     group.throughput(Throughput::Bytes(RECORDS * 200));
     group.bench_function("append_commit_roll_200B_bytes", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                for i in 0..RECORDS {
-                    let record = records[(i % 1024) as usize].clone();
-                    handle
-                        .append_blocking(record, RecordKind::Observations, sent)
-                        .expect("append");
-                    sent += 1;
-                }
-                acks.wait_for(sent);
-            }
-            start.elapsed()
-        })
+        b.iter_custom(|iters| run(iters, &prebuilt))
     });
     group.finish();
 
