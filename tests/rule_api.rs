@@ -535,6 +535,56 @@ async fn create_with_an_existing_id_is_refused() {
     assert_eq!(ids(&list(&svc, None).await), ["dev-00000001", "my-rule"]);
 }
 
+/// Rules migrated with their ids may hold the numbers the sequence hands out next: an
+/// id-less CREATE then gets the next free number instead of RULE_ID_EXISTS.
+#[tokio::test]
+async fn generated_ids_skip_ids_created_explicitly() {
+    let svc = Ccstream::start(&sqlite_config()).await;
+    for id in ["dev-00000001", "dev-00000002"] {
+        create(&svc, with(attrs("root"), "id", Some(json!(id))), None).await;
+    }
+    let generated = create(&svc, attrs("root"), None).await;
+    assert_eq!(generated["id"], "dev-00000003", "{generated}");
+    assert_eq!(
+        ids(&list(&svc, None).await),
+        ["dev-00000001", "dev-00000002", "dev-00000003"]
+    );
+}
+
+/// Spec 6.2.1.2: the created rule "as described above". What was given is answered as given:
+/// an omitted optional property stays omitted, a thing type id stays a number.
+#[tokio::test]
+async fn rules_are_answered_as_they_were_given() {
+    let svc = Ccstream::start(&sqlite_config()).await;
+    let minimal = json!({
+        "name": "minimal",
+        "enabled": true,
+        "filter": {"domain": "root", "thingType": 7},
+        "expression": {"operator": "gt", "resource": "temp", "value": 50},
+        "actions": [{"type": "WEBHOOK", "config": {"url": "https://example.com/hook"}}]
+    });
+    let created = create(&svc, minimal.clone(), None).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut expected = minimal.clone();
+    expected["id"] = json!(id);
+    expected["readonly"] = json!(false);
+    assert_eq!(created, expected);
+    let got = svc.invoke(FUNCTION, id_payload("GET", &id), None).await;
+    assert_eq!(got.ok(), &expected);
+    assert_eq!(list(&svc, None).await, json!([expected]));
+
+    // Given, they come back, empty list included.
+    let full = with(
+        with(attrs("root"), "filter.thingNames", Some(json!([]))),
+        "filter.thingType",
+        Some(json!("7")),
+    );
+    let created = create(&svc, full.clone(), None).await;
+    assert_eq!(created["filter"], full["filter"]);
+    assert_eq!(created["threshold"], full["threshold"]);
+    assert_eq!(created["description"], full["description"]);
+}
+
 #[tokio::test]
 async fn get_and_remove_errors() {
     let svc = Ccstream::start(&sqlite_config()).await;

@@ -493,6 +493,8 @@ async fn every_operator_compares_as_documented() {
         ("ne", "temp", "ne", json!(50)),
         // A numeric string in the rule counts as a number.
         ("gt-str", "temp", "gt", json!("49.5")),
+        // Surrounding whitespace is allowed in the rule's numeric string (as validation allows).
+        ("gte-padded", "temp", "gte", json!(" 50 ")),
         ("eq-door", "door", "eq", json!("closed")),
         ("ne-door", "door", "ne", json!("closed")),
         // Two strings compare as text, a number and a numeric string as numbers
@@ -512,13 +514,33 @@ async fn every_operator_compares_as_documented() {
     // (resource, value, rules that fire)
     let table: &[(&str, Value, &[&str])] = &[
         ("temp", json!(49), &["lt", "lte", "ne"]),
-        ("temp", json!(50), &["gte", "lte", "eq", "gt-str"]),
-        ("temp", json!(51), &["gt", "gte", "ne", "gt-str"]),
+        (
+            "temp",
+            json!(50),
+            &["gte", "lte", "eq", "gt-str", "gte-padded"],
+        ),
+        (
+            "temp",
+            json!(51),
+            &["gt", "gte", "ne", "gt-str", "gte-padded"],
+        ),
         ("temp", json!("49"), &["lt", "lte", "ne"]),
-        ("temp", json!("50"), &["gte", "lte", "eq", "gt-str"]),
-        ("temp", json!("51"), &["gt", "gte", "ne", "gt-str"]),
+        (
+            "temp",
+            json!("50"),
+            &["gte", "lte", "eq", "gt-str", "gte-padded"],
+        ),
+        (
+            "temp",
+            json!("51"),
+            &["gt", "gte", "ne", "gt-str", "gte-padded"],
+        ),
         ("temp", json!(49.75), &["lt", "lte", "ne", "gt-str"]),
-        ("temp", json!(50.0), &["gte", "lte", "eq", "gt-str"]),
+        (
+            "temp",
+            json!(50.0),
+            &["gte", "lte", "eq", "gt-str", "gte-padded"],
+        ),
         ("temp", json!(-1e3), &["lt", "lte", "ne"]),
         // Not a number: the order operators do not match; eq/ne compare JSON values.
         ("temp", json!("abc"), &["ne"]),
@@ -1014,7 +1036,8 @@ async fn templates_fill_typed_values_headers_and_the_url() {
 
 /// A filled value is data, not URL syntax: a thing name with `?` stays in its path segment
 /// (as the JSON body never gets pasted text, the URL should not either). Values are encoded
-/// like JavaScript's encodeURIComponent, sub-delimiters such as `=` included.
+/// exactly as JavaScript's encodeURIComponent does: sub-delimiters such as `=` encoded,
+/// `!'()*` not.
 #[tokio::test]
 async fn url_variables_are_percent_encoded() {
     let mut rig = Rig::start().await;
@@ -1024,7 +1047,8 @@ async fn url_variables_are_percent_encoded() {
         .post(format!("{}/directory", rig.svc.base_url()))
         .json(&json!({"things": [
             {"thingName": "a?x=1", "thingType": "Pump", "domain": "root"},
-            {"thingName": "b c", "thingType": "Pump", "domain": "root"}
+            {"thingName": "b c", "thingType": "Pump", "domain": "root"},
+            {"thingName": "o'k(1)*!", "thingType": "Pump", "domain": "root"}
         ]}))
         .send()
         .await
@@ -1041,15 +1065,49 @@ async fn url_variables_are_percent_encoded() {
     .await;
     rig.report("b c", json!({"temp": 90}));
     rig.report("a?x=1", json!({"temp": 90}));
-    let got = rig.hooks.wait_for(2, WAIT).await.unwrap();
+    rig.report("o'k(1)*!", json!({"temp": 90}));
+    let got = rig.hooks.wait_for(3, WAIT).await.unwrap();
     let paths: BTreeSet<String> = got.into_iter().map(|r| r.path).collect();
     assert_eq!(
         paths,
         BTreeSet::from([
             "/hook/b%20c/end".to_owned(),
-            "/hook/a%3Fx%3D1/end".to_owned()
+            "/hook/a%3Fx%3D1/end".to_owned(),
+            "/hook/o'k(1)*!/end".to_owned()
         ])
     );
+}
+
+/// A rule whose `filter.thingType` is a platform thing type id (a number, spec 1.3) sends
+/// `thing.thingType` as that number, as the rule was given.
+#[tokio::test]
+async fn a_numeric_thing_type_reaches_the_webhook_as_a_number() {
+    let mut rig = Rig::start().await;
+    let answer = rig
+        .svc
+        .client()
+        .post(format!("{}/directory", rig.svc.base_url()))
+        .json(&json!({"things": [{"thingName": "typed-001", "thingType": 7, "domain": "root"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut attributes = rule(
+        "typed",
+        "root",
+        "temp",
+        "gte",
+        json!(50),
+        &rig.hooks.url("/typed"),
+    );
+    attributes["filter"]["thingType"] = json!(7);
+    attributes["actions"][0]["config"]["headers"] = json!({"X-Type": "${thing.thingType}"});
+    let created = rig.create(attributes).await;
+    assert_eq!(created["filter"]["thingType"], json!(7));
+    rig.report("typed-001", json!({"temp": 90}));
+    let got = rig.hooks.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].json()["thing"]["thingType"], json!(7));
+    assert_eq!(got[0].header("x-type"), Some("7"));
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ impl Num {
         }
     }
 
-    fn as_f64(self) -> f64 {
+    pub fn as_f64(self) -> f64 {
         match self {
             Num::Int(i) => i as f64,
             Num::UInt(u) => u as f64,
@@ -61,9 +61,21 @@ impl Num {
         }
     }
 
+    /// `expression.value` as a number: a JSON number, or a numeric string with surrounding
+    /// whitespace allowed (as JavaScript's `Number()` allows it, and as a tenant may type it).
+    /// Validation accepts a gt/gte/lt/lte value exactly when this is `Some`, and evaluation
+    /// compares against the same number, so a rule that validates can fire.
+    pub fn of_rule_value(value: &Value) -> Option<Num> {
+        match value {
+            Value::Number(n) => Num::from_json(n),
+            Value::String(s) => Num::parse(s.trim()),
+            _ => None,
+        }
+    }
+
     /// A numeric string: what `str::parse` reads as a finite number, starting with a digit, a
     /// sign or a point (so `inf` and `NaN` are not numbers). Surrounding whitespace is not
-    /// allowed.
+    /// allowed: a reported `" 5"` is text.
     pub fn parse(s: &str) -> Option<Num> {
         let first = *s.as_bytes().first()?;
         if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
@@ -107,11 +119,8 @@ pub struct Operand {
 
 impl Operand {
     pub fn new(value: Value) -> Self {
-        let (num, json_number) = match &value {
-            Value::Number(n) => (Num::from_json(n), true),
-            Value::String(s) => (Num::parse(s), false),
-            _ => (None, false),
-        };
+        let num = Num::of_rule_value(&value);
+        let json_number = value.is_number();
         Operand {
             value,
             num,
@@ -223,6 +232,23 @@ mod tests {
             assert!(!m(op, ResourceValue::Json(Box::new(json!([1]))), json!(1)));
             assert!(!m(op, s("b"), json!("a")));
         }
+    }
+
+    #[test]
+    fn rule_values_with_surrounding_whitespace_compare_as_numbers() {
+        use ResourceValue::*;
+        assert!(m(Gt, UInt(51), json!(" 50")));
+        assert!(m(Gte, UInt(50), json!("50 ")));
+        assert!(m(Lt, Float(-1.5), json!("\t-1 ")));
+        assert!(m(Lte, s("50"), json!(" 5e1 ")));
+        assert!(!m(Gt, UInt(50), json!(" 50")));
+        assert!(m(Eq, UInt(50), json!(" 50")));
+        assert_eq!(
+            Num::of_rule_value(&json!(" 2.5e1 ")),
+            Some(Num::Float(25.0))
+        );
+        assert_eq!(Num::of_rule_value(&json!(" ")), None);
+        assert_eq!(Num::of_rule_value(&json!(true)), None);
     }
 
     #[test]

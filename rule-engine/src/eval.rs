@@ -226,7 +226,7 @@ impl<'o, 'a> Run<'_, 'o, 'a> {
             },
             thing: ThingPayload {
                 thing_name: self.thing_name.to_owned(),
-                thing_type: self.thing.thing_type().to_owned(),
+                thing_type: rule.rule().filter.thing_type.clone(),
                 domain: self.thing.domain().to_owned(),
                 state,
             },
@@ -343,6 +343,26 @@ mod tests {
     }
 
     #[test]
+    fn a_thing_type_given_as_a_number_reaches_the_payload_as_a_number() {
+        let snapshot: DirectorySnapshot = serde_json::from_value(json!({
+            "things": [{"thingName": "t7", "thingType": 7, "domain": "root"}]
+        }))
+        .unwrap();
+        let dir = Directory::from_snapshot(snapshot).unwrap();
+        let mut r = rule("typed", Operator::Gte, "temp", json!(50));
+        r.filter.thing_type = serde_json::from_value(json!(7)).unwrap();
+        r.actions[0]
+            .config
+            .insert("body".into(), json!("${thing.thingType}"));
+        let rules = RuleIndex::from_rules([r]);
+        let mut st = ThresholdState::new();
+        let o = eval(&rules, &dir, "t7", &shadow(json!({"temp": 51})), &mut st);
+        assert_eq!(fired(&o), [("typed", "temp")]);
+        assert_eq!(o.firings[0].payload["thing"]["thingType"], json!(7));
+        assert_eq!(o.firings[0].actions[0].config["body"], json!(7));
+    }
+
+    #[test]
     fn sub_thing_rule_fires_once_per_matching_sub_thing() {
         let rules = RuleIndex::from_rules([sub_overheat()]);
         let dir = directory();
@@ -414,7 +434,7 @@ mod tests {
         let mut in_sub1 = rule("sub1", Operator::Gt, "temp", json!(1));
         in_sub1.filter.domain = "sub1".into();
         let mut named = rule("named", Operator::Gt, "temp", json!(1));
-        named.filter.thing_names = vec!["thing-002".into(), "thing-201".into()];
+        named.filter.thing_names = Some(vec!["thing-002".into(), "thing-201".into()]);
         let mut disabled = rule("off", Operator::Gt, "temp", json!(1));
         disabled.enabled = false;
         let mut fan = rule("fan", Operator::Gt, "temp", json!(1));

@@ -37,7 +37,7 @@ pub struct CompiledRule {
 
 impl CompiledRule {
     pub fn new(rule: Rule) -> Self {
-        let mut thing_names = rule.filter.thing_names.clone();
+        let mut thing_names = rule.filter.thing_names().to_vec();
         thing_names.sort_unstable();
         thing_names.dedup();
         // Spec 6.1: a sub thing resource is `<subthing_type>.<resource_name>`.
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn thing_names_filter() {
         let mut r = rule("a", "Pump", "temp", true);
-        r.filter.thing_names = vec!["t2".into(), "t1".into(), "t2".into()];
+        r.filter.thing_names = Some(vec!["t2".into(), "t1".into(), "t2".into()]);
         let c = CompiledRule::new(r);
         assert!(c.admits_name("t1") && c.admits_name("t2") && !c.admits_name("t3"));
         assert!(CompiledRule::new(rule("b", "Pump", "temp", true)).admits_name("any"));

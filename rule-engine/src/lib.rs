@@ -25,7 +25,7 @@ pub mod rule;
 pub mod validate;
 
 pub use domain::{DomainError, DomainTree, Visibility, ROOT};
-pub use rule::{Action, ActionType, Expression, Filter, Operator, Rule, Threshold};
+pub use rule::{Action, ActionType, Expression, Filter, Operator, Rule, ThingType, Threshold};
 pub use validate::{validate_rule, Invalid, MessageKey, ValidateMode};
 
 pub mod compare;

@@ -1,6 +1,8 @@
 //! The rule of spec 6.1.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// A rule as stored and as returned by the Rule API (without the computed `readonly`, which
@@ -24,10 +26,101 @@ pub struct Rule {
 #[serde(rename_all = "camelCase")]
 pub struct Filter {
     pub domain: String,
-    pub thing_type: String,
-    /// Empty means every thing of the type in the domain subtree.
-    #[serde(default)]
-    pub thing_names: Vec<String>,
+    pub thing_type: ThingType,
+    /// `None` (not given) and an empty list both mean every thing of the type in the domain
+    /// subtree; the rule is answered as it was given (spec 6.1 lists the property as optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thing_names: Option<Vec<String>>,
+}
+
+impl Filter {
+    /// The listed thing names, empty when the filter names none.
+    pub fn thing_names(&self) -> &[String] {
+        self.thing_names.as_deref().unwrap_or_default()
+    }
+}
+
+/// `filter.thingType`: a name (`'Pump'`, spec 6.2.1) or a platform thing type id (`1`, spec
+/// 1.3). Matched as text, an id by its decimal digits (the form the directory keeps), and
+/// answered and put into webhook payloads in the JSON type it was given in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ThingType {
+    text: String,
+    /// Given as a JSON integer; `text` then holds its decimal digits.
+    integer: bool,
+}
+
+impl ThingType {
+    /// A thing type given by name.
+    pub fn name(name: impl Into<String>) -> Self {
+        ThingType {
+            text: name.into(),
+            integer: false,
+        }
+    }
+
+    /// A thing type given as a JSON integer; `None` for a number that is not an integer.
+    pub fn integer(n: &serde_json::Number) -> Option<Self> {
+        (n.is_i64() || n.is_u64()).then(|| ThingType {
+            text: n.to_string(),
+            integer: true,
+        })
+    }
+
+    /// The text rules match things' types against.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether it was given as a JSON integer.
+    pub fn is_integer(&self) -> bool {
+        self.integer
+    }
+}
+
+impl fmt::Display for ThingType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<&str> for ThingType {
+    fn from(name: &str) -> Self {
+        ThingType::name(name)
+    }
+}
+
+impl PartialEq<&str> for ThingType {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl Serialize for ThingType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.integer {
+            if let Ok(u) = self.text.parse::<u64>() {
+                return serializer.serialize_u64(u);
+            }
+            if let Ok(i) = self.text.parse::<i64>() {
+                return serializer.serialize_i64(i);
+            }
+        }
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ThingType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(name) => Ok(ThingType::name(name)),
+            Value::Number(n) => ThingType::integer(&n)
+                .ok_or_else(|| serde::de::Error::custom("thingType must be an integer")),
+            _ => Err(serde::de::Error::custom(
+                "thingType must be a string or an integer",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

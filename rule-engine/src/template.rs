@@ -15,8 +15,11 @@
 //! JSON. Unknown paths become `""` and are counted. An unterminated `${` is kept as text. Object
 //! keys are not templates. Values are inserted as `Value`s, never by pasting text into JSON.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::rule::ThingType;
 
 /// `resource.parent` of a sub thing payload.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,7 +47,9 @@ pub struct RulePayload {
 #[serde(rename_all = "camelCase")]
 pub struct ThingPayload {
     pub thing_name: String,
-    pub thing_type: String,
+    /// The rule's `filter.thingType`, which the thing's type equals, in the JSON type the
+    /// rule gave it (a platform id stays a number).
+    pub thing_type: ThingType,
     pub domain: String,
     pub state: Value,
 }
@@ -83,9 +88,9 @@ pub fn fill_config(config: &Map<String, Value>, payload: &Value) -> (Map<String,
     (filled, unknown)
 }
 
-/// Fills a URL template. Each filled value is percent-encoded (everything but RFC 3986's
-/// unreserved characters), so a thing named `a?x=1` or `a/b` stays one path segment instead of
-/// rewriting the path or the query. A value that is `.` or `..` would still be read as a dot
+/// Fills a URL template. Each filled value is percent-encoded as JavaScript's
+/// `encodeURIComponent` does (what the README promises), so a thing named `a?x=1` or `a/b`
+/// stays one path segment instead of rewriting the path or the query. A value that is `.` or `..` would still be read as a dot
 /// segment (URL parsers treat `%2e` as `.`) and could climb out of the literal path: such a
 /// URL is filled as `""`, which the dispatcher refuses as a missing url (counted, logged).
 pub fn fill_url(s: &str, payload: &Value, unknown: &mut u32) -> String {
@@ -115,17 +120,20 @@ pub fn fill_url(s: &str, payload: &Value, unknown: &mut u32) -> String {
     out
 }
 
+/// What JavaScript's `encodeURIComponent` leaves as it is: letters, digits and `-_.!~*'()`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
 fn percent_encode_into(text: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
+    out.extend(utf8_percent_encode(text, URI_COMPONENT));
 }
 
 /// Fills every string in `template` (recursively) from `payload`; counts unknown paths.
@@ -329,6 +337,20 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn url_values_are_encoded_as_encode_uri_component() {
+        // Every printable ASCII character and two multi-byte ones; the expected text is what
+        // `encodeURIComponent` returns in node.
+        let name = " !\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~é€";
+        let payload = serde_json::json!({"thing": {"thingName": name}});
+        let mut unknown = 0;
+        assert_eq!(
+            fill_url("http://h/${thing.thingName}", &payload, &mut unknown),
+            "http://h/%20!%22%23%24%25%26'()*%2B%2C-.%2F09%3A%3B%3C%3D%3E%3F%40AZ%5B%5C%5D%5E_%60az%7B%7C%7D~%C3%A9%E2%82%AC"
+        );
+        assert_eq!(unknown, 0);
     }
 
     proptest! {

@@ -23,7 +23,8 @@
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use crate::rule::{Action, ActionType, Expression, Filter, Operator, Rule, Threshold};
+use crate::compare::Num;
+use crate::rule::{Action, ActionType, Expression, Filter, Operator, Rule, ThingType, Threshold};
 
 /// Longest rule id; ids are limited to `[A-Za-z0-9._:-]`.
 pub const MAX_ID_LEN: usize = 128;
@@ -142,19 +143,10 @@ pub enum ValidateMode {
 
 /// The number a JSON value stands for when a rule compares numbers: a JSON number, or a string
 /// that holds a finite decimal number (surrounding whitespace allowed, as JavaScript's `Number()`
-/// allows it). DESIGN.md: "numeric strings count as numbers". Validation accepts a gt/gte/lt/lte
-/// `expression.value` exactly when this returns `Some`, so evaluation should use it too.
+/// allows it). DESIGN.md: "numeric strings count as numbers". The same reading as evaluation's
+/// ([`Num::of_rule_value`]), so a gt/gte/lt/lte rule that validates can fire.
 pub fn numeric_value(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => {
-            let s = s.trim();
-            // `f64::from_str` also takes "inf" and "NaN", and "1e999" overflows to infinity:
-            // none of them is a number a device could report, so refuse them.
-            s.parse::<f64>().ok().filter(|f| f.is_finite())
-        }
-        _ => None,
-    }
+    Num::of_rule_value(value).map(Num::as_f64)
 }
 
 /// Validates `attributes` and builds the rule. In `Create` mode a missing id yields
@@ -308,23 +300,25 @@ fn validate_filter(filter: &Object) -> Result<Filter, Invalid> {
     let domain = required_string(filter, "domain", "filter.domain", MAX_FILTER_ID_LEN)?;
 
     // Thing type ids are numbers in the platform (spec 1.3 shows `"thingType": 1`) while spec
-    // 6.2.1 shows a name ('Pump'): accept both and store an integer as its decimal string.
+    // 6.2.1 shows a name ('Pump'): accept both, and keep which one it was.
     let thing_type = match required(filter, "thingType", "filter.thingType")? {
         Value::String(s) => {
             check_length(s, "filter.thingType", MAX_FILTER_ID_LEN)?;
-            s.clone()
+            ThingType::name(s.as_str())
         }
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-        _ => {
-            return Err(Invalid::invalid_arguments(
-                "filter.thingType",
-                "filter.thingType must be a string or an integer",
-            ))
-        }
+        value => value
+            .as_number()
+            .and_then(ThingType::integer)
+            .ok_or_else(|| {
+                Invalid::invalid_arguments(
+                    "filter.thingType",
+                    "filter.thingType must be a string or an integer",
+                )
+            })?,
     };
 
     let thing_names = match get(filter, "thingNames") {
-        None => Vec::new(),
+        None => None,
         Some(Value::Array(names)) => {
             if names.len() > MAX_THING_NAMES {
                 return Err(Invalid::not_in_range(
@@ -342,7 +336,8 @@ fn validate_filter(filter: &Object) -> Result<Filter, Invalid> {
                     check_length(name, &path, MAX_FILTER_ID_LEN)?;
                     Ok(name.to_owned())
                 })
-                .collect::<Result<Vec<_>, Invalid>>()?
+                .collect::<Result<Vec<_>, Invalid>>()
+                .map(Some)?
         }
         Some(_) => {
             return Err(Invalid::invalid_arguments(
@@ -733,7 +728,7 @@ mod tests {
             filter: Filter {
                 domain: "root".into(),
                 thing_type: "Pump".into(),
-                thing_names: vec!["thing-001".into(), "thing-002".into()],
+                thing_names: Some(vec!["thing-001".into(), "thing-002".into()]),
             },
             expression: Expression {
                 operator: Operator::Gte,
@@ -778,7 +773,7 @@ mod tests {
         assert_eq!(rule.description, None);
         assert!(!rule.enabled);
         assert_eq!(rule.filter.thing_type, "1");
-        assert!(rule.filter.thing_names.is_empty());
+        assert_eq!(rule.filter.thing_names, None);
         assert_eq!(rule.threshold, None);
     }
 
@@ -819,28 +814,50 @@ mod tests {
     }
 
     #[test]
-    fn thing_type_numbers_are_stored_as_decimal_strings() {
+    fn thing_type_numbers_match_as_decimal_text_and_stay_numbers() {
         let cases = [
             (json!(1), "1"),
             (json!(-3), "-3"),
             (json!(u64::MAX), "18446744073709551615"),
+            (json!("1"), "1"),
+            (json!("Pump"), "Pump"),
         ];
         for (value, expected) in cases {
-            assert_eq!(
-                ok(&set("/filter/thingType", value)).filter.thing_type,
-                expected
-            );
+            let rule = ok(&set("/filter/thingType", value.clone()));
+            assert_eq!(rule.filter.thing_type, expected);
+            assert_eq!(rule.filter.thing_type.is_integer(), value.is_number());
+            // Answered (and stored) in the JSON type it was given in.
+            let answered = serde_json::to_value(&rule).expect("serializes");
+            assert_eq!(answered["filter"]["thingType"], value);
+            let read_back: Rule = serde_json::from_value(answered).expect("deserializes");
+            assert_eq!(read_back, rule);
         }
+    }
+
+    #[test]
+    fn optional_properties_are_answered_as_given() {
+        let without = ok(&unset("/filter/thingNames"));
+        let answered = serde_json::to_value(&without).expect("serializes");
+        assert_eq!(answered["filter"].get("thingNames"), None);
+        let empty = ok(&set("/filter/thingNames", json!([])));
+        let answered = serde_json::to_value(&empty).expect("serializes");
+        assert_eq!(answered["filter"]["thingNames"], json!([]));
+        let minimal = serde_json::to_value(ok(&unset("/threshold"))).expect("serializes");
+        assert_eq!(minimal.get("threshold"), None);
+        let no_description = serde_json::to_value(ok(&unset("/description"))).expect("serializes");
+        assert_eq!(no_description.get("description"), None);
     }
 
     #[test]
     fn null_optional_properties_are_absent() {
         let rule = ok(&set("/description", Value::Null));
         assert_eq!(rule.description, None);
-        assert!(ok(&set("/filter/thingNames", Value::Null))
-            .filter
-            .thing_names
-            .is_empty());
+        assert_eq!(
+            ok(&set("/filter/thingNames", Value::Null))
+                .filter
+                .thing_names,
+            None
+        );
         assert_eq!(ok(&set("/threshold", Value::Null)).threshold, None);
         assert_eq!(ok(&unset("/threshold")).threshold, None);
         assert_eq!(

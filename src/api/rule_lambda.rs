@@ -128,17 +128,17 @@ impl RuleApi {
     }
 
     async fn create(&self, caller: &Caller, attributes: &Value) -> Result<Value, FunctionError> {
-        let mut rule = validate_rule(attributes, ValidateMode::Create)?;
+        let rule = validate_rule(attributes, ValidateMode::Create)?;
         self.check_destinations(&rule)?;
         self.require_writable(caller, &rule.filter.domain)?;
-        if rule.id.is_empty() {
-            let n = self.store.next_id().await.map_err(store_failure)?;
-            rule.id = match &self.id_prefix {
-                Some(prefix) => format!("{prefix}-{n:08}"),
-                None => format!("{n:08}"),
-            };
-        }
-        match self.store.insert(&rule).await {
+        let stored = if rule.id.is_empty() {
+            self.store
+                .insert_with_generated_id(&rule, self.id_prefix.as_deref())
+                .await
+        } else {
+            self.store.insert(&rule).await
+        };
+        match stored {
             Ok(stored) => {
                 self.rules_changed.notify_one();
                 tracing::info!(rule = %stored.rule.id, user = %caller.user, "rule created");

@@ -154,6 +154,31 @@ impl SqliteTarget {
     }
 }
 
+/// Tries of an id-less create; each conflict moves the sequence past every taken id, so more
+/// than one retry only happens when explicit creates race it.
+const GENERATED_ID_ATTEMPTS: usize = 5;
+
+/// The id spec 6.2.1.1 generates: the number padded to 8 digits, after `<stack>-` outside
+/// production.
+fn generated_id(prefix: Option<&str>, n: u64) -> String {
+    match prefix {
+        Some(prefix) => format!("{prefix}-{n:08}"),
+        None => format!("{n:08}"),
+    }
+}
+
+/// The number of an id of the generated form for `prefix`, if it is one.
+fn generated_number(prefix: Option<&str>, id: &str) -> Option<u64> {
+    let digits = match prefix {
+        Some(prefix) => id.strip_prefix(prefix)?.strip_prefix('-')?,
+        None => id,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn install_drivers() {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
@@ -221,6 +246,52 @@ impl RuleStore {
         // The row is seeded by the migration; without it the schema is not ours.
         let value = value.ok_or(sqlx::Error::RowNotFound)?;
         u64::try_from(value).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
+    }
+
+    /// Stores a new rule under the next generated id, `<prefix>-00000001` or `00000001` (spec
+    /// 6.2.1.1: sequential, padded to 8 digits), and returns it with that id.
+    ///
+    /// A rule created with an explicit id in the generated form (rules migrated with their
+    /// ids) may hold the next number already: the sequence then skips past every id of that
+    /// form and the create is tried again, so an id-less CREATE does not fail on it.
+    pub async fn insert_with_generated_id(
+        &self,
+        rule: &Rule,
+        prefix: Option<&str>,
+    ) -> Result<Versioned, StoreError> {
+        let mut rule = rule.clone();
+        for _ in 0..GENERATED_ID_ATTEMPTS {
+            rule.id = generated_id(prefix, self.next_id().await?);
+            match self.insert(&rule).await {
+                Err(StoreError::AlreadyExists(_)) => self.skip_taken_ids(prefix).await?,
+                done => return done,
+            }
+        }
+        Err(StoreError::AlreadyExists(rule.id))
+    }
+
+    /// Moves the id sequence past the highest number among the stored ids of the generated
+    /// form. Rare (after a conflict), so a scan of the ids is fine.
+    async fn skip_taken_ids(&self, prefix: Option<&str>) -> Result<(), StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM rules")
+            .fetch_all(&self.pool)
+            .await?;
+        let highest = ids
+            .iter()
+            .filter_map(|id| generated_number(prefix, id))
+            .max()
+            .unwrap_or(0);
+        let highest = i64::try_from(highest).unwrap_or(i64::MAX);
+        sqlx::query("UPDATE id_sequences SET value = $2 WHERE name = $1 AND value < $2")
+            .bind(RULE_ID_SEQUENCE)
+            .bind(highest)
+            .execute(&self.pool)
+            .await?;
+        tracing::info!(
+            next = highest.saturating_add(1),
+            "rule id sequence moved past ids created with explicit values"
+        );
+        Ok(())
     }
 
     /// Stores a new rule at version 1. The database's primary key decides duplicates (no

@@ -172,6 +172,7 @@ backend_suite!(
     stale_version_conflicts,
     next_id_survives_reconnect,
     concurrent_next_id_is_distinct,
+    generated_ids_skip_ids_taken_explicitly,
     concurrent_cas_updates_lose_nothing,
     corrupt_row_is_reported_not_fatal,
     every_rule_write_bumps_the_generation,
@@ -393,6 +394,41 @@ async fn stale_version_conflicts(db: &TestDb) {
         Err(StoreError::Conflict(_))
     ));
     assert!(!store.remove("missing", Some(1)).await.expect("remove"));
+}
+
+async fn generated_ids_skip_ids_taken_explicitly(db: &TestDb) {
+    let store = connect(db).await;
+    // Rules migrated with their ids hold the numbers the sequence would hand out next.
+    for id in [
+        "dev-00000001",
+        "dev-00000002",
+        "dev-00000007",
+        "other-00000099",
+        "dev-x",
+    ] {
+        store.insert(&rule(id, "acme")).await.expect("insert");
+    }
+    let created = store
+        .insert_with_generated_id(&rule("", "acme"), Some("dev"))
+        .await
+        .expect("an id-less create succeeds");
+    assert_eq!(created.rule.id, "dev-00000008");
+    assert!(store.get("dev-00000008").await.expect("get").is_some());
+    let next = store
+        .insert_with_generated_id(&rule("", "acme"), Some("dev"))
+        .await
+        .expect("create");
+    assert_eq!(next.rule.id, "dev-00000009", "the sequence carries on");
+    // Production ids have no prefix.
+    store
+        .insert(&rule("00000010", "acme"))
+        .await
+        .expect("insert");
+    let unprefixed = store
+        .insert_with_generated_id(&rule("", "acme"), None)
+        .await
+        .expect("create");
+    assert_eq!(unprefixed.rule.id, "00000011");
 }
 
 async fn next_id_survives_reconnect(db: &TestDb) {
