@@ -32,7 +32,7 @@ pub struct ThingInfo {
 
 /// A thing as the directory stores it: its type and domain strings are shared by all things of
 /// that type or domain. Less memory, and the type string an evaluation hashes next is usually
-/// already in cache (measured: one cache miss less per observation with 100,000 things).
+/// already in cache: one cache miss less per observation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Thing {
     thing_type: Arc<str>,

@@ -3,8 +3,8 @@
 //!
 //! Why: with 100,000 things and 10,000 rules, comparing a looked-up key with a `String` key
 //! means following the key's pointer to memory that is rarely in cache. Keeping short keys in
-//! place saves that cache miss per lookup (measured in `benches/rule_eval.rs`, issue 3). Long
-//! keys fall back to the heap and behave like `Box<str>`.
+//! place saves that cache miss per lookup. Long keys fall back to the heap and behave like
+//! `Box<str>`.
 //!
 //! It hashes, compares and borrows as the byte slice `[u8]`, so a `HashMap<InlineStr<N>, V>` is
 //! looked up with `key.as_bytes()`: comparing bytes needs no UTF-8 check of the stored key (which

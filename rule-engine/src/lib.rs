@@ -1,5 +1,5 @@
-//! The pure core of ccstream: what a rule is, how its input is validated, the domain tree, and
-//! (from the rule engine issue on) the directory of things, evaluation, thresholds and templates.
+//! The pure core of ccstream: what a rule is, how its input is validated, the domain tree, the
+//! directory of things, evaluation, thresholds and templates.
 //!
 //! Modules:
 //! - [`rule`]: the rule model of spec 6.1, serialized in camelCase exactly as the Rule API shows it.

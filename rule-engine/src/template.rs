@@ -90,9 +90,10 @@ pub fn fill_config(config: &Map<String, Value>, payload: &Value) -> (Map<String,
 
 /// Fills a URL template. Each filled value is percent-encoded as JavaScript's
 /// `encodeURIComponent` does (what the README promises), so a thing named `a?x=1` or `a/b`
-/// stays one path segment instead of rewriting the path or the query. A value that is `.` or `..` would still be read as a dot
-/// segment (URL parsers treat `%2e` as `.`) and could climb out of the literal path: such a
-/// URL is filled as `""`, which the dispatcher refuses as a missing url (counted, logged).
+/// stays one path segment instead of rewriting the path or the query. A value that is `.` or
+/// `..` would still be read as a dot segment (URL parsers treat `%2e` as `.`) and could climb
+/// out of the literal path: such a URL is filled as `""`, which the dispatcher refuses as a
+/// missing url (counted, logged).
 pub fn fill_url(s: &str, payload: &Value, unknown: &mut u32) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
