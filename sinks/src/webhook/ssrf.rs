@@ -6,6 +6,12 @@
 //! goes through [`GuardedResolver`](super::GuardedResolver), which checks every resolved address
 //! and hands reqwest only checked ones, so the connection goes to the address that was judged
 //! (no second lookup for a rebinding DNS server to answer differently).
+//!
+//! Refused by default, unless allowed (see [`SsrfPolicy`]): the ranges of the IANA IPv4 and IPv6
+//! Special-Purpose Address Registries that are not globally reachable, multicast, broadcast and
+//! 240.0.0.0/4, each named by a [`Reason`]. An IPv6 address that carries an IPv4 address
+//! (IPv4-mapped, IPv4-compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by that IPv4
+//! address.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -38,6 +44,28 @@ pub enum Reason {
     Multicast,
     /// 240.0.0.0/4 (reserved for future use).
     Reserved,
+    /// Documentation only, never routed: 192.0.2.0/24, 198.51.100.0/24 and 203.0.113.0/24
+    /// (TEST-NET-1/2/3, RFC 5737), 2001:db8::/32 (RFC 3849), 3fff::/20 (RFC 9637).
+    Documentation,
+    /// Benchmarking only: 198.18.0.0/15 (RFC 2544), 2001:2::/48 (RFC 5180).
+    Benchmarking,
+    /// IETF protocol assignments: 192.0.0.0/24 (RFC 6890) and 2001::/23 (RFC 2928), which holds
+    /// Teredo 2001::/32 (RFC 4380) and the deprecated ORCHID 2001:10::/28 (RFC 4843). The blocks
+    /// in them that the registry marks globally reachable pass: 192.0.0.9 (PCP anycast,
+    /// RFC 7723), 192.0.0.10 (TURN anycast, RFC 8155), 2001:1::1 and 2001:1::2 (the same two
+    /// services), 2001:3::/32 (AMT, RFC 7450), 2001:4:112::/48 (AS112-v6, RFC 7535),
+    /// 2001:20::/28 (ORCHIDv2, RFC 7343) and 2001:30::/28 (drone DETs, RFC 9374).
+    ProtocolAssignment,
+    /// 192.88.99.0/24, the deprecated 6to4 relay anycast prefix (RFC 7526).
+    Deprecated6to4Relay,
+    /// 64:ff9b:1::/48, local-use IPv4/IPv6 translation (RFC 8215). How it carries an IPv4
+    /// address is up to the local translator, so the whole prefix is refused.
+    LocalTranslation,
+    /// 100::/64, discard-only (RFC 6666), and 100:0:0:1::/64, the dummy prefix (RFC 9780):
+    /// neither leads to a real host.
+    DiscardOnly,
+    /// 5f00::/16, SRv6 segment identifiers (RFC 9602).
+    Srv6,
 }
 
 impl fmt::Display for Reason {
@@ -54,6 +82,21 @@ impl fmt::Display for Reason {
             Reason::Broadcast => "the broadcast address",
             Reason::Multicast => "a multicast address",
             Reason::Reserved => "a reserved (240.0.0.0/4) address",
+            Reason::Documentation => {
+                "a documentation (TEST-NET / 2001:db8::/32 / 3fff::/20) address"
+            }
+            Reason::Benchmarking => "a benchmarking (198.18.0.0/15, 2001:2::/48) address",
+            Reason::ProtocolAssignment => {
+                "an IETF protocol assignment (192.0.0.0/24, 2001::/23) address"
+            }
+            Reason::Deprecated6to4Relay => {
+                "a deprecated 6to4 relay anycast (192.88.99.0/24) address"
+            }
+            Reason::LocalTranslation => {
+                "a local-use IPv4/IPv6 translation (64:ff9b:1::/48) address"
+            }
+            Reason::DiscardOnly => "a discard-only or dummy (100::/63) address",
+            Reason::Srv6 => "an SRv6 segment identifier (5f00::/16) address",
         })
     }
 }
@@ -137,8 +180,8 @@ impl SsrfPolicy {
 
     /// Why `ip` is refused under this policy, or `None` when it may be reached.
     ///
-    /// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) and NAT64 (`64:ff9b::/96`)
-    /// addresses are judged by the IPv4 address they carry.
+    /// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`)
+    /// and 6to4 (`2002::/16`) addresses are judged by the IPv4 address they carry.
     pub fn is_refused(&self, ip: IpAddr) -> Option<Reason> {
         if self.allow_private {
             return None;
@@ -176,7 +219,7 @@ pub fn special_range(ip: IpAddr) -> Option<Reason> {
 }
 
 fn special_v4(ip: Ipv4Addr) -> Option<Reason> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, d] = ip.octets();
     if ip.is_unspecified() {
         Some(Reason::Unspecified)
     } else if a == 0 {
@@ -195,13 +238,22 @@ fn special_v4(ip: Ipv4Addr) -> Option<Reason> {
         Some(Reason::Multicast)
     } else if a >= 240 {
         Some(Reason::Reserved)
+    } else if ip.is_documentation() {
+        Some(Reason::Documentation)
+    } else if a == 198 && (b & 0xfe) == 18 {
+        Some(Reason::Benchmarking)
+    } else if (a, b, c) == (192, 0, 0) && !matches!(d, 9 | 10) {
+        Some(Reason::ProtocolAssignment)
+    } else if (a, b, c) == (192, 88, 99) {
+        Some(Reason::Deprecated6to4Relay)
     } else {
         None
     }
 }
 
 fn special_v6(ip: Ipv6Addr) -> Option<Reason> {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     if ip.is_unspecified() {
         Some(Reason::Unspecified)
     } else if ip.is_loopback() {
@@ -214,8 +266,36 @@ fn special_v6(ip: Ipv6Addr) -> Option<Reason> {
         Some(Reason::SiteLocal)
     } else if first & 0xff00 == 0xff00 {
         Some(Reason::Multicast)
+    } else if s[..3] == [0x64, 0xff9b, 1] {
+        Some(Reason::LocalTranslation)
+    } else if s[..3] == [0x100, 0, 0] && s[3] <= 1 {
+        Some(Reason::DiscardOnly)
+    } else if s[..2] == [0x2001, 0xdb8] || (first == 0x3fff && s[1] < 0x1000) {
+        Some(Reason::Documentation)
+    } else if s[..3] == [0x2001, 2, 0] {
+        Some(Reason::Benchmarking)
+    } else if first == 0x2001 && s[1] < 0x200 && !global_in_2001_23(ip) {
+        Some(Reason::ProtocolAssignment)
+    } else if first == 0x5f00 {
+        Some(Reason::Srv6)
     } else {
         None
+    }
+}
+
+/// The blocks in 2001::/23 that the IANA registry marks globally reachable.
+fn global_in_2001_23(ip: Ipv6Addr) -> bool {
+    match ip.segments() {
+        // PCP anycast 2001:1::1 (RFC 7723), TURN anycast 2001:1::2 (RFC 8155), DNS-SD SRP
+        // anycast 2001:1::3 (RFC 9665).
+        [0x2001, 1, 0, 0, 0, 0, 0, last] => matches!(last, 1..=3),
+        // AMT 2001:3::/32 (RFC 7450).
+        [0x2001, 3, ..] => true,
+        // AS112-v6 2001:4:112::/48 (RFC 7535).
+        [0x2001, 4, 0x112, ..] => true,
+        // ORCHIDv2 2001:20::/28 (RFC 7343), drone DETs 2001:30::/28 (RFC 9374).
+        [0x2001, second, ..] => (0x20..=0x3f).contains(&second),
+        _ => false,
     }
 }
 
@@ -235,6 +315,13 @@ fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     // NAT64 well-known prefix (RFC 6052): a gateway forwards it to the embedded IPv4 address.
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(low);
+    }
+    // 6to4 (RFC 3056): `2002:AABB:CCDD::/48` is the site behind the IPv4 address AA.BB.CC.DD
+    // (bits 16..48), which a relay tunnels the packet to.
+    if s[0] == 0x2002 {
+        let [a, b] = s[1].to_be_bytes();
+        let [c, d] = s[2].to_be_bytes();
+        return Some(Ipv4Addr::new(a, b, c, d));
     }
     None
 }
@@ -400,6 +487,185 @@ mod tests {
             "64:ff9b::808:808",
         ] {
             assert_eq!(policy.is_refused(ip(addr)), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn registry_ranges_are_refused_by_default() {
+        let policy = SsrfPolicy::strict();
+        let cases = [
+            ("192.0.0.1", Reason::ProtocolAssignment),
+            ("192.0.0.8", Reason::ProtocolAssignment),
+            ("192.0.0.170", Reason::ProtocolAssignment),
+            ("192.0.0.255", Reason::ProtocolAssignment),
+            ("192.0.2.1", Reason::Documentation),
+            ("198.51.100.7", Reason::Documentation),
+            ("203.0.113.255", Reason::Documentation),
+            ("198.18.0.1", Reason::Benchmarking),
+            ("198.19.255.255", Reason::Benchmarking),
+            ("192.88.99.1", Reason::Deprecated6to4Relay),
+            ("64:ff9b:1::a9fe:a9fe", Reason::LocalTranslation),
+            ("64:ff9b:1:ffff::808:808", Reason::LocalTranslation),
+            ("100::1", Reason::DiscardOnly),
+            ("100::ffff:ffff:ffff:ffff", Reason::DiscardOnly),
+            ("100:0:0:1::1", Reason::DiscardOnly),
+            // 2001::/23: Teredo, deprecated ORCHID, and the rest of the block.
+            ("2001::1", Reason::ProtocolAssignment),
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                Reason::ProtocolAssignment,
+            ),
+            ("2001:10::1", Reason::ProtocolAssignment),
+            ("2001:5::1", Reason::ProtocolAssignment),
+            ("2001:4:113::1", Reason::ProtocolAssignment),
+            ("2001:1ff::1", Reason::ProtocolAssignment),
+            ("2001:2::1", Reason::Benchmarking),
+            ("2001:2:0:ffff::1", Reason::Benchmarking),
+            ("2001:db8::1", Reason::Documentation),
+            ("2001:db8:ffff::1", Reason::Documentation),
+            ("3fff::1", Reason::Documentation),
+            ("3fff:fff::1", Reason::Documentation),
+            ("5f00::1", Reason::Srv6),
+            ("5f00:ffff::1", Reason::Srv6),
+            // 6to4 is judged by the IPv4 address in bits 16..48.
+            ("2002:7f00:0001::", Reason::Loopback),
+            ("2002:0a00:0001::1", Reason::Private),
+            ("2002:a9fe:a9fe::1", Reason::LinkLocal),
+            ("2002:c000:0201::1", Reason::Documentation),
+            ("2002::1", Reason::Unspecified),
+            // The IPv4 ranges carried in IPv6 are judged by the IPv4 address too.
+            ("::ffff:192.0.2.1", Reason::Documentation),
+            ("64:ff9b::c612:1", Reason::Benchmarking),
+        ];
+        for (addr, reason) in cases {
+            assert_eq!(policy.is_refused(ip(addr)), Some(reason), "{addr}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_next_to_registry_ranges_pass() {
+        let policy = SsrfPolicy::strict();
+        for addr in [
+            // IPv4 neighbours, and the globally reachable anycast addresses in 192.0.0.0/24.
+            "192.0.0.9",
+            "192.0.0.10",
+            "192.0.1.1",
+            "192.0.3.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "198.51.99.1",
+            "198.51.101.1",
+            "203.0.112.1",
+            "203.0.114.1",
+            "192.88.98.1",
+            "192.88.100.1",
+            // IPv6 neighbours.
+            "64:ff9b:2::1",
+            "2001:200::1",
+            "2001:4860::8888",
+            "2001:db7::1",
+            "2001:db9::1",
+            "3ffe::1",
+            "3fff:1000::1",
+            "5f01::1",
+            "5eff::1",
+            "100:0:0:2::1",
+            // The globally reachable blocks in 2001::/23.
+            "2001:1::1",
+            "2001:1::2",
+            "2001:1::3",
+            "2001:3::1",
+            "2001:4:112::1",
+            "2001:20::1",
+            "2001:2f::1",
+            "2001:30::1",
+            "2001:3f::1",
+            // 6to4 of a public IPv4 address.
+            "2002:0808:0808::1",
+            "2002:5db8:d822::",
+        ] {
+            assert_eq!(policy.is_refused(ip(addr)), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn allow_cidrs_allow_registry_ranges() {
+        let nets = [
+            "192.0.2.0/24",
+            "198.18.0.0/15",
+            "192.0.0.0/24",
+            "192.88.99.0/24",
+            "2001:db8::/32",
+            "3fff::/20",
+            "2001::/23",
+            "64:ff9b:1::/48",
+            "100::/64",
+            "5f00::/16",
+            "10.1.0.0/16",
+        ]
+        .iter()
+        .map(|entry| parse_cidr(entry).expect("cidr"))
+        .collect();
+        let policy = SsrfPolicy::new(false, nets);
+        for addr in [
+            "192.0.2.1",
+            "198.19.0.1",
+            "192.0.0.1",
+            "192.88.99.1",
+            "2001:db8::1",
+            "3fff::1",
+            "2001::1",
+            "2001:2::1",
+            "64:ff9b:1::1",
+            "100::1",
+            "5f00::1",
+            // 6to4 and mapped forms of an allowed IPv4 range.
+            "2002:0a01:0203::1",
+            "2002:c000:0201::1",
+            "::ffff:198.18.0.1",
+        ] {
+            assert_eq!(policy.is_refused(ip(addr)), None, "{addr}");
+        }
+        assert_eq!(
+            policy.is_refused(ip("198.51.100.1")),
+            Some(Reason::Documentation)
+        );
+        assert_eq!(policy.is_refused(ip("2002:0a02::1")), Some(Reason::Private));
+
+        // A 6to4 prefix can be allowed as such.
+        let sixtofour = SsrfPolicy::new(false, vec![parse_cidr("2002:7f00:1::/48").expect("cidr")]);
+        assert_eq!(sixtofour.is_refused(ip("2002:7f00:1::5")), None);
+        assert_eq!(
+            sixtofour.is_refused(ip("127.0.0.1")),
+            Some(Reason::Loopback)
+        );
+    }
+
+    #[test]
+    fn registry_reasons_name_their_range() {
+        for (url, text) in [
+            ("http://192.0.2.1/", "a documentation (TEST-NET"),
+            ("http://[2001:db8::1]/", "2001:db8::/32"),
+            ("http://198.18.0.1/", "a benchmarking (198.18.0.0/15"),
+            (
+                "http://192.0.0.1/",
+                "an IETF protocol assignment (192.0.0.0/24",
+            ),
+            ("http://[2001::1]/", "2001::/23"),
+            ("http://192.88.99.1/", "6to4 relay anycast (192.88.99.0/24)"),
+            ("http://[64:ff9b:1::1]/", "(64:ff9b:1::/48)"),
+            (
+                "http://[100::1]/",
+                "a discard-only or dummy (100::/63) address",
+            ),
+            (
+                "http://[5f00::1]/",
+                "an SRv6 segment identifier (5f00::/16) address",
+            ),
+            ("http://[2002:7f00:1::]/", "a loopback address"),
+        ] {
+            let message = refused_now(url).to_string();
+            assert!(message.contains(text), "{url}: {message}");
         }
     }
 
