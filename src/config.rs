@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use ccstream_common::ConfigError as KeyError;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -231,16 +232,14 @@ pub struct DomainEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file or the environment does not parse into the configuration (figment names the
+    /// key and where it came from).
     #[error("{0}")]
     Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration: {key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    /// A section validated by the crate that owns it; its message names the key.
-    #[error("invalid configuration in [{section}]: {reason}")]
-    Section {
-        section: &'static str,
-        reason: String,
-    },
+    /// A value is refused; the message names its full key (`webhook.timeout_secs`), whichever
+    /// crate checked it.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] KeyError),
 }
 
 impl Config {
@@ -253,10 +252,11 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Invalid {
-                    key: "--config",
-                    reason: format!("{} does not exist", path.display()),
-                });
+                return Err(KeyError::new(
+                    "--config",
+                    format!("{} does not exist", path.display()),
+                )
+                .into());
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -267,10 +267,7 @@ impl Config {
 
     /// Checks what types alone cannot say, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| ConfigError::Invalid {
-            key,
-            reason: reason.to_owned(),
-        };
+        let invalid = |key, reason: &str| ConfigError::from(KeyError::new(key, reason));
         if self.stack.name.is_empty() && !self.stack.production {
             return Err(invalid(
                 "stack.name",
@@ -313,35 +310,30 @@ impl Config {
                 "must start with sqlite:// or postgres://",
             ));
         }
-        self.mqtt.validate().map_err(|e| ConfigError::Section {
-            section: "mqtt",
-            reason: e.to_string(),
+        self.mqtt.validate().map_err(|e| match e {
+            ingest::Error::Config(e) => e,
+            ingest::Error::TlsFile { key, path, message } => {
+                KeyError::new(key, format!("{}: {message}", path.display()))
+            }
+            other => KeyError::new("mqtt", other.to_string()),
         })?;
-        self.webhook.validate().map_err(|e| ConfigError::Section {
-            section: "webhook",
-            reason: e.to_string(),
-        })?;
-        self.objects.validate().map_err(|e| ConfigError::Section {
-            section: "objects",
-            reason: e.to_string(),
-        })?;
-        self.search.validate().map_err(|e| ConfigError::Section {
-            section: "search",
-            reason: e.to_string(),
-        })?;
+        self.webhook.validate()?;
+        self.objects.validate()?;
+        self.search.validate()?;
         if self.objects.sink == SinkKind::Firehose
             && self.mqtt.max_payload_bytes > FIREHOSE_MAX_PAYLOAD_BYTES
         {
             // Caught here, not at the first large message: Firehose refuses a whole record over
             // its limit, and a batch holding one ends in the spool's failed/ folder.
-            return Err(ConfigError::Invalid {
-                key: "mqtt.max_payload_bytes",
-                reason: format!(
+            return Err(KeyError::new(
+                "mqtt.max_payload_bytes",
+                format!(
                     "must be at most {FIREHOSE_MAX_PAYLOAD_BYTES} with objects.sink = \"firehose\" \
                      (Firehose refuses records over {MAX_RECORD_BYTES} bytes, and a record adds \
                      thingName, timestamp and domain to the payload)"
                 ),
-            });
+            )
+            .into());
         }
         if self.engine.rules_poll_ms == 0 {
             return Err(invalid("engine.rules_poll_ms", "must be greater than 0"));

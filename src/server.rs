@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use ccstream_common::redact;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rule_engine::{Directory, DirectorySnapshot};
 use sinks::search::SearchClient;
@@ -63,7 +64,12 @@ pub async fn run(
     let auth = Authenticator::from_config(&config.api)?;
     let store = RuleStore::connect(&config.store.url)
         .await
-        .with_context(|| format!("opening the rule store {}", redact(&config.store.url)))?;
+        .with_context(|| {
+            format!(
+                "opening the rule store {}",
+                redact::url_password(&config.store.url)
+            )
+        })?;
     let directory = Arc::new(RwLock::new(load_directory(&config, &store).await?));
     let id_prefix = (!config.stack.production).then(|| config.stack.name.clone());
     let ssrf = Arc::new(
@@ -109,7 +115,7 @@ pub async fn run(
     tracing::info!(
         listen = %listener.local_addr()?,
         auth = ?config.api.auth,
-        store = %redact(&config.store.url),
+        store = %redact::url_password(&config.store.url),
         "ccstream API listening"
     );
 
@@ -146,38 +152,4 @@ pub async fn run(
     api_result?;
     tracing::info!("ccstream stopped");
     Ok(())
-}
-
-/// A store URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
-    }
 }

@@ -16,6 +16,7 @@
 
 mod common;
 
+use ccstream_common::time::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -53,13 +54,6 @@ const STRANGER: &str = "stranger-1";
 
 fn shadow_topic(thing: &str) -> String {
     format!("$aws/things/{thing}/shadow/update")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn directory_file() -> String {

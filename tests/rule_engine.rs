@@ -11,6 +11,7 @@
 
 mod common;
 
+use ccstream_common::time::now_ms;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -37,13 +38,6 @@ fn fixture(name: &str) -> Value {
 
 fn shadow_topic(thing: &str) -> String {
     format!("$aws/things/{thing}/shadow/update")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// A rule for things of type Pump in `domain`, with one WEBHOOK to `url` (default body).

@@ -13,6 +13,8 @@ use rumqttc::MqttOptions;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use ccstream_common::redact;
+
 use crate::error::Error;
 use crate::topic::{check_filter, effective_filter};
 
@@ -118,15 +120,8 @@ impl Default for MqttConfig {
 /// Debug without the password (in `password` or in the URL).
 impl fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = match Url::parse(&self.url) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            _ => self.url.clone(),
-        };
         f.debug_struct("MqttConfig")
-            .field("url", &url)
+            .field("url", &redact::url_password(&self.url))
             .field("client_id", &self.client_id)
             .field("topics", &self.topics)
             .field("event_topics", &self.event_topics)
@@ -452,9 +447,9 @@ mod tests {
         }
     }
 
-    fn key_of(result: Result<(), Error>) -> &'static str {
+    fn key_of(result: Result<(), Error>) -> String {
         match result {
-            Err(Error::Config { key, .. }) => key,
+            Err(Error::Config(e)) => e.key,
             other => panic!("expected a config error, got {other:?}"),
         }
     }

@@ -6,12 +6,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ccstream_common::ConfigError;
+
 /// Why the MQTT source or the embedded broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A configuration value is invalid. `key` is the full key (`mqtt.url`).
-    #[error("{key}: {message}")]
-    Config { key: &'static str, message: String },
+    /// A configuration value is invalid; the error names the full key (`mqtt.url`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 
     /// A TLS file named in the configuration cannot be read or holds no usable PEM item.
     #[error("{key}: {path}: {message}")]
@@ -44,9 +46,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn config(key: &'static str, message: impl Into<String>) -> Self {
-        Error::Config {
-            key,
-            message: message.into(),
-        }
+        Error::Config(ConfigError::new(key, message))
     }
 }

@@ -35,7 +35,6 @@
 //! ```
 
 pub mod ack;
-mod backoff;
 pub mod broker;
 pub mod config;
 mod error;

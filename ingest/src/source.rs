@@ -28,9 +28,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ccstream_common::time::now_ms;
+use ccstream_common::{redact, Backoff};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, PubAck, PubRec, Publish, QoS,
     StateError, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
@@ -40,7 +42,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::ack::{AckShared, AckToken, Acker, ReadyAck};
-use crate::backoff::Backoff;
 use crate::config::{derive_client_id, BrokerEndpoint, MqttConfig, MQTT_MAX_PACKET_BYTES};
 use crate::error::Error;
 use crate::telemetry::SourceMetrics;
@@ -298,7 +299,7 @@ impl MqttSource {
             flush_timeout,
         };
         info!(
-            url = %redacted(&cfg.url),
+            url = %redact::url_password(&cfg.url),
             client_id = %client_id,
             topics = ?worker.routes,
             "starting MQTT source"
@@ -316,22 +317,6 @@ impl MqttSource {
             },
         ))
     }
-}
-
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the connected source's task does next.
@@ -468,8 +453,8 @@ impl Worker {
                     } else {
                         self.metrics.connect_failed.increment(1);
                     }
-                    let delay = self.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
+                    let delay = self.backoff.delay(attempt);
                     if was_connected.is_some() {
                         warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
                     } else {

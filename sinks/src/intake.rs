@@ -1,4 +1,6 @@
-//! Pieces the queue-fed sinks (webhook dispatcher, search indexer) share on their producer side.
+//! Pieces the sinks share around their queues: the close gate and drain deadline of the
+//! queue-fed ones (webhook dispatcher, search indexer), rate-limited warnings, and waiting for a
+//! deadline that may not be set.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -65,6 +67,15 @@ impl CloseGate {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none (a `select!` branch that only fires
+/// once a drain deadline is set).
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

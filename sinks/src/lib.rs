@@ -12,7 +12,9 @@
 //!
 //! A sink never makes its producer wait without a bound: queues are bounded, overflow is counted.
 
+mod error_text;
 mod intake;
 pub mod objects;
 pub mod search;
+mod utc;
 pub mod webhook;

@@ -2,12 +2,13 @@
 //! delimiter, gzip, crash recovery, shutdown, backpressure, and a property test that the stored
 //! objects hold exactly the appended records.
 
+use ccstream_common::time::now_ms;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use regex::Regex;
@@ -144,13 +145,6 @@ fn assert_key_layout(key: &str, re: &Regex) {
     for i in 1..=4 {
         assert_eq!(&c[i], &c[i + 4], "folder and name agree in {key}");
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
 }
 
 /// The key's time (to the second) is within a few seconds after `ms`.

@@ -276,9 +276,6 @@ fn store_failure(e: StoreError) -> FunctionError {
 pub(crate) fn reference() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let now = ccstream_common::time::now_ms();
     format!("{now:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }

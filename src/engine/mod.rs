@@ -72,7 +72,8 @@ pub async fn start(
     let host = ingest::config::local_hostname().unwrap_or_else(|| "localhost".to_owned());
     let (inbound, acker, source) = MqttSource::start(&config.mqtt, &config.stack.name, &host)
         .context("starting the MQTT source")?;
-    tracing::info!(client_id = source.client_id(), url = %redact_url(&config.mqtt.url), "MQTT source started");
+    // The source logged its URL (password hidden) as it started.
+    tracing::info!(client_id = source.client_id(), "MQTT source started");
 
     let outputs = outputs::Outputs::start(config, acker.clone()).await?;
     let recovered = outputs.objects.take_recovered_ids();
@@ -146,16 +147,5 @@ impl RunningEngine {
             }
         };
         tokio::join!(outputs, webhooks);
-    }
-}
-
-/// An MQTT URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
     }
 }

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rule_engine::Rule;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -184,12 +184,9 @@ fn install_drivers() {
     DRIVERS.call_once(sqlx::any::install_default_drivers);
 }
 
+/// `updated_at`: informational, so a clock before 1970 is not worth failing a write over.
 fn now_ms() -> i64 {
-    // A clock before 1970 is not worth failing a write over; the column is informational.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    i64::try_from(ccstream_common::time::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn encode(rule: &Rule) -> Result<String, StoreError> {

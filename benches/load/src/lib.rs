@@ -23,13 +23,6 @@ pub mod scenario;
 pub mod scrape;
 pub mod subscriber;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// Wall-clock milliseconds since the epoch: what `sentAt` carries and what arrivals compare to.
 /// Wall clock, not `Instant`, because the other end of the measurement is in another process.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use ccstream_common::time::now_ms;

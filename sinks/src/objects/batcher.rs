@@ -13,8 +13,10 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use ccstream_common::time::now_ms;
+use ccstream_common::Backoff;
 use metrics::{counter, histogram};
 use tokio::sync::mpsc::Sender;
 use tracing::{error, info, warn};
@@ -32,9 +34,8 @@ pub const COMMIT_MAX_RECORDS: usize = 4096;
 pub const COMMIT_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// How often a backpressured batcher looks again (it is also woken when space is freed).
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(100);
-/// Backoff bounds while the spool disk fails.
-const DISK_RETRY_INITIAL: Duration = Duration::from_millis(50);
-const DISK_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Backoff while the spool disk fails: from 50 ms up to 5 s.
+const DISK_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 /// Rounds committed at shutdown from what is still queued, at most (the producers have
 /// stopped by then; this covers the queue's capacity).
 const SHUTDOWN_ROUNDS: usize = 8;
@@ -511,18 +512,9 @@ impl<T: Send + 'static> Batcher<T> {
         if self.shared.is_shutting_down() && attempt + 1 >= SHUTDOWN_DISK_ATTEMPTS {
             return false;
         }
-        let delay = DISK_RETRY_INITIAL
-            .saturating_mul(1 << attempt.min(16))
-            .min(DISK_RETRY_MAX);
-        std::thread::sleep(delay);
+        std::thread::sleep(DISK_RETRY.delay(attempt.saturating_add(1)));
         true
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ConfigError;
+use ccstream_common::ConfigError;
 
 /// Default values of [`ObjectsConfig`], in one place.
 pub mod defaults {
@@ -154,42 +154,52 @@ impl ObjectsConfig {
     /// Checks every field; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sink == SinkKind::Local && self.dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("dir", "must not be empty"));
+            return Err(ConfigError::new("objects.dir", "must not be empty"));
         }
         if self.prefix.starts_with('/') || self.prefix.split('/').any(|part| part == "..") {
             return Err(ConfigError::new(
-                "prefix",
+                "objects.prefix",
                 format!(
                     "must be a relative key prefix without `..`, got {:?}",
                     self.prefix
                 ),
             ));
         }
-        in_range("max_bytes", self.max_bytes, 1, MAX_MAX_BYTES)?;
-        in_range("max_age_secs", self.max_age_secs, 1, MAX_MAX_AGE_SECS)?;
+        ConfigError::check_range("objects.max_bytes", self.max_bytes, 1, MAX_MAX_BYTES)?;
+        ConfigError::check_range(
+            "objects.max_age_secs",
+            self.max_age_secs,
+            1,
+            MAX_MAX_AGE_SECS,
+        )?;
         if self.spool_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("spool_dir", "must not be empty"));
+            return Err(ConfigError::new("objects.spool_dir", "must not be empty"));
         }
         if self.spool_max_bytes < self.max_bytes {
             return Err(ConfigError::new(
-                "spool_max_bytes",
+                "objects.spool_max_bytes",
                 format!(
                     "must be at least max_bytes ({}), got {}",
                     self.max_bytes, self.spool_max_bytes
                 ),
             ));
         }
-        in_range(
-            "upload_concurrency",
+        ConfigError::check_range(
+            "objects.upload_concurrency",
             self.upload_concurrency as u64,
             1,
             MAX_UPLOAD_CONCURRENCY as u64,
         )?;
-        in_range("retry_initial_ms", self.retry_initial_ms, 1, MAX_RETRY_MS)?;
-        in_range("retry_max_ms", self.retry_max_ms, 1, MAX_RETRY_MS)?;
+        ConfigError::check_range(
+            "objects.retry_initial_ms",
+            self.retry_initial_ms,
+            1,
+            MAX_RETRY_MS,
+        )?;
+        ConfigError::check_range("objects.retry_max_ms", self.retry_max_ms, 1, MAX_RETRY_MS)?;
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(ConfigError::new(
-                "retry_max_ms",
+                "objects.retry_max_ms",
                 format!(
                     "must be at least retry_initial_ms ({}), got {}",
                     self.retry_initial_ms, self.retry_max_ms
@@ -198,11 +208,14 @@ impl ObjectsConfig {
         }
         match self.sink {
             SinkKind::S3 if blank(&self.bucket) => {
-                return Err(ConfigError::new("bucket", "is required when sink = \"s3\""));
+                return Err(ConfigError::new(
+                    "objects.bucket",
+                    "is required when sink = \"s3\"",
+                ));
             }
             SinkKind::Firehose if blank(&self.delivery_stream) => {
                 return Err(ConfigError::new(
-                    "delivery_stream",
+                    "objects.delivery_stream",
                     "is required when sink = \"firehose\"",
                 ));
             }
@@ -219,16 +232,6 @@ impl ObjectsConfig {
 
 fn blank(value: &Option<String>) -> bool {
     value.as_deref().is_none_or(|v| v.trim().is_empty())
-}
-
-fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::new(
-            key,
-            format!("must be between {min} and {max}, got {value}"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

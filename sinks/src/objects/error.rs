@@ -1,6 +1,7 @@
 //! Errors of the object sink. Expected outcomes (a store that fails and is retried, a payload
 //! that is not a JSON object) are not errors of the API: they are counted and logged.
 
+use ccstream_common::ConfigError;
 use std::path::PathBuf;
 
 /// Everything starting the object sink can fail with.
@@ -19,25 +20,6 @@ pub enum ObjectsError {
     /// The batcher thread could not be started.
     #[error("cannot start the objects batcher thread: {0}")]
     Thread(#[source] std::io::Error),
-}
-
-/// A bad `[objects]` setting; the message names the key (`objects.max_bytes: ...`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("objects.{key}: {reason}")]
-pub struct ConfigError {
-    /// The key below `objects.`.
-    pub key: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// Why [`ObjectSinkHandle::append`](super::ObjectSinkHandle::append) did not take a record.

@@ -6,10 +6,9 @@
 
 use std::fmt::Write;
 
-use time::OffsetDateTime;
-
 use super::config::Compression;
 use super::record::RecordKind;
+use crate::utc;
 
 /// The object key of a batch. `random` makes keys of batches opened in the same second
 /// distinct ([`random_suffix`]).
@@ -21,7 +20,7 @@ pub fn object_key(
     random: &str,
     compression: Compression,
 ) -> String {
-    let t = utc(first_record_ms);
+    let t = utc::from_ms(first_record_ms);
     let (y, mo, d, h, mi, s) = (
         t.year(),
         u8::from(t.month()),
@@ -61,15 +60,6 @@ pub fn random_suffix() -> String {
         lo >> 48,
         lo & 0xFFFF_FFFF_FFFF
     )
-}
-
-/// UTC time of `ms` since the epoch; times past year 9999 (never from a real clock) are clamped
-/// to the epoch rather than failing a batch.
-fn utc(ms: u64) -> OffsetDateTime {
-    i64::try_from(ms / 1000)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]

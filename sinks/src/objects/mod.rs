@@ -38,7 +38,7 @@ pub mod writer;
 
 pub use batcher::{OnCommit, RollPolicy};
 pub use config::{Compression, Delimiter, ObjectsConfig, SinkKind};
-pub use error::{AppendError, ConfigError, ObjectsError};
+pub use error::{AppendError, ObjectsError};
 pub use key::{object_key, random_suffix};
 pub use record::{
     build_error_record, build_record, build_record_from_json, NotAnObject, PayloadKeys, RecordKind,
@@ -47,5 +47,5 @@ pub use sink::{ObjectSink, ObjectSinkHandle};
 pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
 pub use state::ObjectStats;
 pub use telemetry::describe_metrics;
-pub use uploader::{BatchStore, RetryPolicy, ShutdownReport};
+pub use uploader::{BatchStore, ShutdownReport};
 pub use writer::{Batch, LocalWriter, WriteError, Writer};

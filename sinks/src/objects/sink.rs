@@ -3,11 +3,14 @@
 
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::info;
+
+use ccstream_common::Backoff;
 
 use super::batcher::{
     Batcher, BatcherConfig, Msg, OnCommit, RollPolicy, COMMIT_MAX_BYTES, COMMIT_MAX_RECORDS,
@@ -18,7 +21,7 @@ use super::record::RecordKind;
 use super::spool::{self, MAX_RECORD_BYTES};
 use super::state::{ObjectStats, Shared};
 use super::stored_ids::{StoredIds, IDS_PER_FILE};
-use super::uploader::{BatchStore, RetryPolicy, ShutdownReport, Uploader};
+use super::uploader::{BatchStore, ShutdownReport, Uploader};
 use super::writer::Writer;
 
 /// Records waiting for the batcher. When full, `append` waits: that is the backpressure that
@@ -113,10 +116,10 @@ impl ObjectSink {
             store: Arc::new(store),
             shared: shared.clone(),
             concurrency: cfg.upload_concurrency,
-            retry: RetryPolicy {
-                initial: Duration::from_millis(cfg.retry_initial_ms),
-                max: Duration::from_millis(cfg.retry_max_ms),
-            },
+            retry: Backoff::new(
+                Duration::from_millis(cfg.retry_initial_ms),
+                Duration::from_millis(cfg.retry_max_ms),
+            ),
             stored_ids: Some(Arc::new(Mutex::new(stored_ids))),
         };
         let task = tokio::spawn(async move {

@@ -9,14 +9,16 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use metrics::{counter, histogram};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{error, info, warn, Instrument};
+
+use ccstream_common::Backoff;
 
 use super::config::Compression;
 use super::spool::{move_to_failed, read_sealed, SealedSpool, SpoolContents};
@@ -24,6 +26,7 @@ use super::state::Shared;
 use super::stored_ids::StoredIds;
 use super::telemetry;
 use super::writer::{Batch, WriteError, Writer};
+use crate::intake::sleep_until_opt;
 
 /// Where batches are stored: [`Writer`], or a stand-in in tests.
 pub trait BatchStore: Send + Sync + 'static {
@@ -40,29 +43,6 @@ impl BatchStore for Writer {
 
     fn label(&self) -> &'static str {
         self.kind()
-    }
-}
-
-/// Retry backoff bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Ceiling of the first wait.
-    pub initial: Duration,
-    /// Cap on any wait.
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    /// The wait before retry number `attempt` (0-based), given `unit` drawn uniformly from
-    /// [0, 1): "equal jitter" — half the ceiling fixed, half random — so a wait is never zero
-    /// and stores failing together spread out. The ceiling doubles per attempt up to `max`.
-    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
-        let half = ceiling / 2;
-        half + half.mul_f64(unit.clamp(0.0, 1.0))
     }
 }
 
@@ -121,7 +101,7 @@ pub(crate) struct Uploader<S> {
     pub(crate) store: Arc<S>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) concurrency: usize,
-    pub(crate) retry: RetryPolicy,
+    pub(crate) retry: Backoff,
     /// Where the ids of stored batches go before their spool files are deleted.
     pub(crate) stored_ids: Option<Arc<Mutex<StoredIds>>>,
 }
@@ -160,15 +140,9 @@ impl<S: BatchStore> Uploader<S> {
                 report.completed = true;
                 break;
             }
-            let sleep_until = deadline.map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
-                () = async {
-                    match sleep_until {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => break,
+                () = sleep_until_opt(deadline) => break,
                 Ok(()) = deadline_rx.changed(), if deadline.is_none() => {
                     deadline = *deadline_rx.borrow_and_update();
                 }
@@ -240,7 +214,7 @@ impl<S: BatchStore> Uploader<S> {
 async fn store_with_retry<S: BatchStore>(
     store: &S,
     shared: &Shared,
-    retry: RetryPolicy,
+    retry: Backoff,
     sealed: &SealedSpool,
     stored_ids: Option<Arc<Mutex<StoredIds>>>,
     mut cancel: watch::Receiver<bool>,
@@ -290,9 +264,9 @@ async fn store_with_retry<S: BatchStore>(
             Err(e) if e.is_retryable() => {
                 counter!(telemetry::STORE_RETRIES_TOTAL).increment(1);
                 shared.store_retries.fetch_add(1, Ordering::AcqRel);
-                let wait = retry.backoff(attempt, fastrand::f64());
-                warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "store failed; retrying");
                 attempt = attempt.saturating_add(1);
+                let wait = retry.delay(attempt);
+                warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "store failed; retrying");
                 tokio::select! {
                     biased;
                     _ = cancel.wait_for(|c| *c) => return Outcome::Left,
@@ -351,19 +325,7 @@ mod tests {
     use crate::objects::spool::{SpoolFile, SpoolHeader, FORMAT_VERSION};
     use std::io::Read;
     use std::sync::Mutex;
-
-    #[test]
-    fn backoff_is_capped_jittered_and_never_zero() {
-        let p = RetryPolicy {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        };
-        assert_eq!(p.backoff(0, 0.0), Duration::from_millis(250));
-        assert_eq!(p.backoff(0, 1.0), Duration::from_millis(500));
-        assert_eq!(p.backoff(3, 0.0), Duration::from_millis(2000));
-        assert_eq!(p.backoff(30, 1.0), Duration::from_secs(30));
-        assert_eq!(p.backoff(u32::MAX, 0.0), Duration::from_secs(15));
-    }
+    use std::time::Duration;
 
     fn contents(delimiter: Delimiter, compression: Compression) -> SpoolContents {
         SpoolContents {
@@ -455,10 +417,7 @@ mod tests {
             store: store.clone(),
             shared: shared.clone(),
             concurrency: 2,
-            retry: RetryPolicy {
-                initial: Duration::from_millis(1),
-                max: Duration::from_millis(2),
-            },
+            retry: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
             stored_ids: None,
         };
         let (tx, rx) = mpsc::channel(4);
@@ -511,10 +470,7 @@ mod tests {
             store,
             shared: Arc::new(Shared::new(u64::MAX)),
             concurrency: 1,
-            retry: RetryPolicy {
-                initial: Duration::from_millis(5),
-                max: Duration::from_millis(10),
-            },
+            retry: Backoff::new(Duration::from_millis(5), Duration::from_millis(10)),
             stored_ids: None,
         };
         let (_tx, rx) = mpsc::channel(4);

@@ -9,27 +9,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::utc;
+
 const MS_PER_DAY: u64 = 86_400_000;
 
 /// The daily index of a record: `<prefix>YYYY.MM.DD`, the UTC day of `timestamp_ms`.
 pub fn index_name(prefix: &str, timestamp_ms: u64) -> String {
-    let (year, month, day) = civil_from_days(timestamp_ms / MS_PER_DAY);
+    let t = utc::from_ms(timestamp_ms);
+    let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
     format!("{prefix}{year:04}.{month:02}.{day:02}")
-}
-
-/// Year, month and day of the `days`-th day after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for non-negative day numbers).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Daily index names with the last day remembered: records arrive in near time order, so one

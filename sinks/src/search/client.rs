@@ -8,14 +8,15 @@
 //! it adds about 24 crates (serde_with with darling proc macros, flate2 and async-compression,
 //! lazy_static, void) for three calls whose bodies are raw NDJSON and JSON either way.
 
-use std::error::Error as StdError;
-
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::config::SearchConfig;
 use super::error::SearchError;
-use super::retry::truncate;
+use crate::error_text::{error_chain, truncate};
+
+/// Longest error text kept for a log line or a FIND error reference, in bytes.
+const ERROR_TEXT_MAX: usize = 400;
 
 /// A pooled keep-alive client for one OpenSearch endpoint; cheap to clone.
 #[derive(Clone)]
@@ -154,12 +155,12 @@ impl SearchClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Exchange::Failed(error_chain(&e)),
+            Err(e) => return Exchange::Failed(error_chain(&e, ERROR_TEXT_MAX)),
         };
         let status = response.status().as_u16();
         match response.bytes().await {
             Ok(body) => Exchange::Response { status, body },
-            Err(e) => Exchange::Failed(error_chain(&e)),
+            Err(e) => Exchange::Failed(error_chain(&e, ERROR_TEXT_MAX)),
         }
     }
 }
@@ -184,22 +185,6 @@ pub(crate) fn error_reason(body: &[u8]) -> String {
     };
     truncate(&mut text, 500);
     text
-}
-
-/// `outer: inner: innermost`, without repeats, at most 400 bytes.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = Some(error);
-    while let Some(current) = source {
-        let text = current.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        source = current.source();
-    }
-    let mut joined = parts.join(": ");
-    truncate(&mut joined, 400);
-    joined
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ConfigError;
+use ccstream_common::ConfigError;
 
 /// Default values of [`SearchConfig`], in one place.
 pub mod defaults {
@@ -134,72 +134,88 @@ impl SearchConfig {
         }
         match (&self.username, &self.password) {
             (Some(_), None) => {
-                return Err(ConfigError::new("password", "is required with username"))
+                return Err(ConfigError::new(
+                    "search.password",
+                    "is required with username",
+                ))
             }
             (None, Some(_)) => {
-                return Err(ConfigError::new("username", "is required with password"))
+                return Err(ConfigError::new(
+                    "search.username",
+                    "is required with password",
+                ))
             }
             (Some(user), Some(_)) if user.is_empty() || user.contains(':') => {
                 return Err(ConfigError::new(
-                    "username",
+                    "search.username",
                     "must be non-empty and contain no ':' (HTTP basic authentication)",
                 ))
             }
             _ => {}
         }
-        index_name_part("index_prefix", &self.index_prefix)?;
-        index_name_part("alias", &self.alias)?;
+        index_name_part("search.index_prefix", &self.index_prefix)?;
+        index_name_part("search.alias", &self.alias)?;
         if self.alias.starts_with(&self.index_prefix) {
             // The template's pattern `<index_prefix>*` would then also cover the alias' name.
             return Err(ConfigError::new(
-                "alias",
+                "search.alias",
                 format!(
                     "must not start with index_prefix ({:?}), got {:?}",
                     self.index_prefix, self.alias
                 ),
             ));
         }
-        in_range(
-            "bulk_max_bytes",
+        ConfigError::check_range(
+            "search.bulk_max_bytes",
             self.bulk_max_bytes as u64,
             1,
             MAX_BULK_BYTES as u64,
         )?;
-        in_range(
-            "bulk_max_actions",
+        ConfigError::check_range(
+            "search.bulk_max_actions",
             self.bulk_max_actions as u64,
             1,
             MAX_BULK_ACTIONS as u64,
         )?;
-        in_range(
-            "flush_interval_ms",
+        ConfigError::check_range(
+            "search.flush_interval_ms",
             self.flush_interval_ms,
             1,
             MAX_FLUSH_INTERVAL_MS,
         )?;
-        in_range(
-            "queue_capacity",
+        ConfigError::check_range(
+            "search.queue_capacity",
             self.queue_capacity as u64,
             1,
             MAX_QUEUE_CAPACITY as u64,
         )?;
-        in_range(
-            "max_retries",
+        ConfigError::check_range(
+            "search.max_retries",
             u64::from(self.max_retries),
             0,
             u64::from(MAX_RETRIES_LIMIT),
         )?;
-        in_range("timeout_secs", self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
-        in_range(
-            "backoff_initial_ms",
+        ConfigError::check_range(
+            "search.timeout_secs",
+            self.timeout_secs,
+            1,
+            MAX_TIMEOUT_SECS,
+        )?;
+        ConfigError::check_range(
+            "search.backoff_initial_ms",
             self.backoff_initial_ms,
             1,
             MAX_BACKOFF_MS,
         )?;
-        in_range("backoff_max_ms", self.backoff_max_ms, 1, MAX_BACKOFF_MS)?;
+        ConfigError::check_range(
+            "search.backoff_max_ms",
+            self.backoff_max_ms,
+            1,
+            MAX_BACKOFF_MS,
+        )?;
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err(ConfigError::new(
-                "backoff_max_ms",
+                "search.backoff_max_ms",
                 format!(
                     "must be at least backoff_initial_ms ({}), got {}",
                     self.backoff_initial_ms, self.backoff_max_ms
@@ -228,22 +244,22 @@ impl SearchConfig {
 
 fn base_url(raw: &str) -> Result<url::Url, ConfigError> {
     let mut url = url::Url::parse(raw)
-        .map_err(|e| ConfigError::new("url", format!("not a URL ({e}): {raw:?}")))?;
+        .map_err(|e| ConfigError::new("search.url", format!("not a URL ({e}): {raw:?}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(ConfigError::new(
-            "url",
+            "search.url",
             format!("must be an http:// or https:// URL with a host, got {raw:?}"),
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(
-            "url",
+            "search.url",
             "must have no query and no fragment",
         ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::new(
-            "url",
+            "search.url",
             "must not carry credentials; use username and password",
         ));
     }
@@ -281,17 +297,6 @@ fn index_name_part(key: &str, value: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            key,
-            format!("must be between {min} and {max}, got {value}"),
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -458,10 +463,8 @@ mod tests {
         ];
         for (config, key) in cases {
             let err = config.validate().expect_err(key);
-            assert_eq!(err.key, key, "{err}");
-            assert!(err
-                .to_string()
-                .starts_with(&format!("invalid search.{key}: ")));
+            assert_eq!(err.key, format!("search.{key}"), "{err}");
+            assert!(err.to_string().starts_with(&format!("search.{key}: ")));
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Errors of the search sink. Expected outcomes of indexing (a 429, a mapping conflict) are not
 //! errors of the API: the indexer retries, counts and hands them on.
 
+use ccstream_common::ConfigError;
+
 /// Everything the search sink's API can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -21,25 +23,6 @@ pub enum SearchError {
     /// or our credentials refused). The text is for logs, not for API callers.
     #[error("OpenSearch is unavailable: {0}")]
     Unavailable(String),
-}
-
-/// A bad `[search]` setting; the message names the key (`search.bulk_max_bytes`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid search.{key}: {reason}")]
-pub struct ConfigError {
-    /// The key below `search.`.
-    pub key: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// [`IndexerHandle::try_send`](super::IndexerHandle::try_send) did not queue the record: the queue

@@ -21,7 +21,7 @@
 //! Shutdown: [`IndexerHandle::close`] (or dropping every handle) stops intake at once; what is
 //! queued is flushed until the drain deadline; what is left then is counted as dropped.
 
-use crate::intake::{CloseGate, LogLimiter};
+use crate::intake::{sleep_until_opt, CloseGate, LogLimiter};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,13 +36,14 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::Instrument;
 
+use ccstream_common::Backoff;
+
 use super::bulk::{self, Batcher, IndexNames, Item};
 use super::client::{error_reason, Exchange, SearchClient};
 use super::config::SearchConfig;
 use super::error::{Full, SearchError};
 use super::retry::{
-    backoff, classify_items, classify_status, status_label, FailureReason, ItemOutcome,
-    RequestClass,
+    classify_items, classify_status, status_label, FailureReason, ItemOutcome, RequestClass,
 };
 use super::telemetry::{DropReason, Metrics};
 use super::template::{index_template, template_name};
@@ -227,10 +228,10 @@ impl SearchIndexer {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (gate, close_rx) = CloseGate::new();
         let (ready_tx, ready_rx) = watch::channel(false);
-        let backoff = Backoff {
-            initial: Duration::from_millis(config.backoff_initial_ms),
-            max: Duration::from_millis(config.backoff_max_ms),
-        };
+        let backoff = Backoff::new(
+            Duration::from_millis(config.backoff_initial_ms),
+            Duration::from_millis(config.backoff_max_ms),
+        );
         let template = tokio::spawn(install_template(
             client.clone(),
             template_name(config).to_owned(),
@@ -281,18 +282,6 @@ impl SearchIndexer {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn wait(&self, retry: u32) -> Duration {
-        backoff(retry, self.initial, self.max, fastrand::f64())
-    }
-}
-
 /// Puts the index template in place, retrying 429, 5xx and connection errors with backoff for
 /// as long as it takes; then tells the indexer to go ahead. A refusal (another 4xx: a bad
 /// template, or a user without the right to manage templates) is logged and indexing goes on
@@ -327,7 +316,7 @@ async fn install_template(
             Exchange::Failed(reason) => reason,
         };
         failures = failures.saturating_add(1);
-        let wait = backoff.wait(failures);
+        let wait = backoff.delay(failures);
         tracing::warn!(
             template = %name,
             %reason,
@@ -374,13 +363,6 @@ impl Drain {
                 out = &mut fut => return Some(out),
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -656,7 +638,7 @@ impl Worker {
 
     /// Waits the backoff before retry `retry`; `false` if the drain deadline passed first.
     async fn pause(&mut self, retry: u32) -> bool {
-        let wait = self.backoff.wait(retry);
+        let wait = self.backoff.delay(retry);
         self.drain.bounded(tokio::time::sleep(wait)).await.is_some()
     }
 

@@ -27,7 +27,7 @@ pub mod template;
 
 pub use client::SearchClient;
 pub use config::SearchConfig;
-pub use error::{ConfigError, Full, SearchError};
+pub use error::{Full, SearchError};
 pub use find::{
     check_find_query, check_find_query_for, restrict_to_domain, FindError, INVALID_ARGUMENTS,
     PROPERTY_REQUIRED,

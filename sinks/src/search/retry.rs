@@ -1,9 +1,8 @@
 //! Retry rules, as pure functions (STYLE habit 6): which outcomes of a bulk request, and which
 //! items of a `"errors": true` response, are worth another attempt, and how long to wait.
 
-use std::time::Duration;
-
 use super::bulk::{BulkResponse, ItemResult};
+use crate::error_text::truncate;
 
 /// What to do after a whole request's HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,26 +132,6 @@ pub fn classify_items(response: &BulkResponse, sent: usize) -> Option<Vec<ItemOu
     )
 }
 
-/// Exponential backoff with full jitter: before retry `retry` (1-based) the wait is drawn
-/// uniformly from `[0, min(max, initial * 2^(retry-1)))`; `unit` is the random draw in `[0, 1)`.
-/// Full jitter spreads the retries of replicas that were throttled together.
-pub fn backoff(retry: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let doublings = retry.saturating_sub(1).min(31);
-    let ceiling = initial.saturating_mul(1 << doublings).min(max);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
-}
-
-/// Cuts `text` to at most `max` bytes at a character boundary.
-pub(crate) fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        text.truncate(cut);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,27 +199,5 @@ mod tests {
         // No errors: everything indexed, items not even needed.
         let ok = parse_response(br#"{"took":1,"errors":false}"#).expect("parses");
         assert_eq!(classify_items(&ok, 3), Some(vec![ItemOutcome::Indexed; 3]));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_full_jitter() {
-        let initial = Duration::from_millis(200);
-        let max = Duration::from_secs(30);
-        let top = |retry| backoff(retry, initial, max, 1.0).as_millis();
-        assert_eq!(top(1), 200);
-        assert_eq!(top(2), 400);
-        assert_eq!(top(8), 25_600);
-        assert_eq!(top(9), 30_000);
-        assert_eq!(top(u32::MAX), 30_000);
-        assert_eq!(backoff(3, initial, max, 0.0), Duration::ZERO);
-        assert_eq!(backoff(1, initial, max, 5.0), initial);
-        assert_eq!(backoff(0, initial, max, 1.0), initial);
-    }
-
-    #[test]
-    fn truncation_respects_characters() {
-        let mut s = "ééé".to_owned();
-        truncate(&mut s, 3);
-        assert_eq!(s, "é");
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::error::ConfigError;
 use super::ssrf::{parse_cidr, SsrfPolicy};
+use ccstream_common::ConfigError;
 
 /// Default values of [`WebhookConfig`], in one place.
 pub mod defaults {
@@ -88,48 +88,61 @@ impl Default for WebhookConfig {
 impl WebhookConfig {
     /// Checks every field; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        in_range("timeout_secs", self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
-        in_range(
-            "max_attempts",
+        ConfigError::check_range(
+            "webhook.timeout_secs",
+            self.timeout_secs,
+            1,
+            MAX_TIMEOUT_SECS,
+        )?;
+        ConfigError::check_range(
+            "webhook.max_attempts",
             u64::from(self.max_attempts),
             1,
             u64::from(MAX_ATTEMPTS_LIMIT),
         )?;
-        in_range(
-            "backoff_initial_ms",
+        ConfigError::check_range(
+            "webhook.backoff_initial_ms",
             self.backoff_initial_ms,
             1,
             MAX_BACKOFF_MS,
         )?;
-        in_range("backoff_max_ms", self.backoff_max_ms, 1, MAX_BACKOFF_MS)?;
+        ConfigError::check_range(
+            "webhook.backoff_max_ms",
+            self.backoff_max_ms,
+            1,
+            MAX_BACKOFF_MS,
+        )?;
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err(ConfigError::new(
-                "backoff_max_ms",
+                "webhook.backoff_max_ms",
                 format!(
                     "must be at least backoff_initial_ms ({}), got {}",
                     self.backoff_initial_ms, self.backoff_max_ms
                 ),
             ));
         }
-        in_range(
-            "queue_capacity",
+        ConfigError::check_range(
+            "webhook.queue_capacity",
             self.queue_capacity as u64,
             1,
             MAX_QUEUE_CAPACITY as u64,
         )?;
-        in_range(
-            "concurrency",
+        ConfigError::check_range(
+            "webhook.concurrency",
             self.concurrency as u64,
             1,
             MAX_CONCURRENCY as u64,
         )?;
         self.allow_nets()?;
         if self.dead_letter_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("dead_letter_dir", "must not be empty"));
+            return Err(ConfigError::new(
+                "webhook.dead_letter_dir",
+                "must not be empty",
+            ));
         }
         if reqwest::header::HeaderValue::from_str(&self.user_agent).is_err() {
             return Err(ConfigError::new(
-                "user_agent",
+                "webhook.user_agent",
                 "must be visible ASCII text (it is sent as a header)",
             ));
         }
@@ -152,20 +165,9 @@ impl WebhookConfig {
             .enumerate()
             .map(|(i, entry)| {
                 parse_cidr(entry)
-                    .map_err(|reason| ConfigError::new(format!("allow_cidrs[{i}]"), reason))
+                    .map_err(|reason| ConfigError::new(format!("webhook.allow_cidrs[{i}]"), reason))
             })
             .collect()
-    }
-}
-
-fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            key,
-            format!("must be between {min} and {max}, got {value}"),
-        ))
     }
 }
 
@@ -209,12 +211,9 @@ mod tests {
             ..WebhookConfig::default()
         };
         let err = c.validate().expect_err("bad prefix");
-        assert_eq!(err.key, "allow_cidrs[1]");
+        assert_eq!(err.key, "webhook.allow_cidrs[1]");
         let text = err.to_string();
-        assert!(
-            text.starts_with("invalid webhook.allow_cidrs[1]: "),
-            "{text}"
-        );
+        assert!(text.starts_with("webhook.allow_cidrs[1]: "), "{text}");
         assert!(text.contains("10.0.0.0/33"), "{text}");
     }
 
@@ -273,7 +272,10 @@ mod tests {
             ),
         ];
         for (config, key) in cases {
-            assert_eq!(config.validate().expect_err(key).key, key);
+            assert_eq!(
+                config.validate().expect_err(key).key,
+                format!("webhook.{key}")
+            );
         }
     }
 }

@@ -15,9 +15,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::dispatcher::Counters;
+use super::counters::Counters;
 use super::request::WebhookBody;
 use super::telemetry;
+use crate::utc;
 
 /// Dead letters waiting for the writer.
 const CHANNEL_CAPACITY: usize = 1_024;
@@ -173,45 +174,29 @@ impl Writer {
 
 /// `YYYY-MM-DD` of `time` in UTC.
 fn utc_date(time: SystemTime) -> String {
-    let (y, m, d, ..) = utc_parts(time);
-    format!("{y:04}-{m:02}-{d:02}")
+    let t = utc_time(time);
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn rfc3339_utc(time: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, ms) = utc_parts(time);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
-}
-
-fn utc_parts(time: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
-    // A clock before 1970 is a broken clock; write it as the epoch rather than fail.
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    (
-        y,
-        m,
-        d,
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        since.subsec_millis(),
+    let t = utc_time(time);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+fn utc_time(time: SystemTime) -> time::OffsetDateTime {
+    // A clock before 1970 is a broken clock; write it as the epoch rather than fail.
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    utc::from_ms(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -225,11 +210,14 @@ mod tests {
 
     #[test]
     fn dates_are_utc_civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(utc_date(at(0, 0)), "1970-01-01");
+        assert_eq!(utc_date(at(1_704_067_200, 0)), "2024-01-01");
+        assert_eq!(utc_date(at(951_782_400, 0)), "2000-02-29");
+        assert_eq!(
+            utc_date(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01",
+            "a clock before 1970 is written as the epoch"
+        );
         assert_eq!(
             rfc3339_utc(at(1_464_081_794, 634)),
             "2016-05-24T09:23:14.634Z"

@@ -12,10 +12,10 @@
 //! queued and in flight keeps being delivered until the drain deadline; anything still
 //! undelivered then is written as a dead letter, never dropped silently.
 
-use crate::intake::{CloseGate, LogLimiter};
+use crate::error_text::error_chain;
+use crate::intake::{sleep_until_opt, CloseGate, LogLimiter};
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +26,12 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use ccstream_common::Backoff;
+
 use super::config::WebhookConfig;
+use super::counters::Counters;
+// Also public here, where it was defined before it moved to `counters`.
+pub use super::counters::WebhookStats;
 use super::dead_letter::{self, DeadLetter};
 use super::error::{EnqueueError, WebhookError};
 use super::request::{Prepared, WebhookRequest};
@@ -39,64 +44,8 @@ use super::telemetry;
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Most response-body bytes read (and thrown away) so a keep-alive connection can be reused.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
-
-/// Counts since start, for tests, health checks and the summary returned at shutdown.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct WebhookStats {
-    /// Firings taken into the queue.
-    pub enqueued: u64,
-    /// Firings dropped because the queue was full.
-    pub overflowed: u64,
-    /// HTTP attempts made.
-    pub attempts: u64,
-    /// Firings delivered (a 2xx).
-    pub delivered: u64,
-    /// Firings given up (final status, attempts exhausted, invalid, or shutdown).
-    pub failed: u64,
-    /// Firings refused by the SSRF guard.
-    pub refused: u64,
-    /// Of the failed: still undelivered when the drain deadline passed.
-    pub abandoned: u64,
-    /// Dead letters written to disk.
-    pub dead_letters: u64,
-}
-
-/// The atomics behind [`WebhookStats`].
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    enqueued: AtomicU64,
-    overflowed: AtomicU64,
-    attempts: AtomicU64,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    refused: AtomicU64,
-    abandoned: AtomicU64,
-    dead_letters: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn add_dead_letters(&self, count: u64) {
-        self.dead_letters.fetch_add(count, Ordering::Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> WebhookStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WebhookStats {
-            enqueued: get(&self.enqueued),
-            overflowed: get(&self.overflowed),
-            attempts: get(&self.attempts),
-            delivered: get(&self.delivered),
-            failed: get(&self.failed),
-            refused: get(&self.refused),
-            abandoned: get(&self.abandoned),
-            dead_letters: get(&self.dead_letters),
-        }
-    }
-}
+/// Longest error text kept in a dead letter, in bytes.
+const ERROR_TEXT_MAX: usize = 400;
 
 /// What the handles share.
 struct Shared {
@@ -200,8 +149,10 @@ impl WebhookDispatcher {
             client,
             policy,
             max_attempts: config.max_attempts,
-            backoff_initial: Duration::from_millis(config.backoff_initial_ms),
-            backoff_max: Duration::from_millis(config.backoff_max_ms),
+            backoff: Backoff::new(
+                Duration::from_millis(config.backoff_initial_ms),
+                Duration::from_millis(config.backoff_max_ms),
+            ),
             timeout: config.timeout(),
             dead_letters,
             counters: Arc::clone(&counters),
@@ -254,8 +205,7 @@ struct Ctx {
     client: reqwest::Client,
     policy: Arc<SsrfPolicy>,
     max_attempts: u32,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    backoff: Backoff,
     timeout: Duration,
     dead_letters: mpsc::Sender<DeadLetter>,
     counters: Arc<Counters>,
@@ -383,13 +333,6 @@ fn start_drain(
     Instant::now() + grace
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn note_join(done: Result<(), JoinError>) {
     if let Err(error) = done {
         if error.is_panic() {
@@ -488,13 +431,7 @@ impl Ctx {
                     ));
                 }
                 Retry::Yes { after } => {
-                    let wait = retry_delay(
-                        after,
-                        progress.attempts,
-                        self.backoff_initial,
-                        self.backoff_max,
-                        fastrand::f64(),
-                    );
+                    let wait = retry_delay(after, progress.attempts, &self.backoff);
                     tracing::debug!(
                         attempt = progress.attempts,
                         outcome = outcome.label(),
@@ -558,9 +495,9 @@ impl Ctx {
             let secs = self.timeout.as_secs();
             (AttemptOutcome::Timeout, format!("timed out after {secs} s"))
         } else if error.is_builder() {
-            (AttemptOutcome::Invalid, error_chain(error))
+            (AttemptOutcome::Invalid, error_chain(error, ERROR_TEXT_MAX))
         } else {
-            (AttemptOutcome::Connect, error_chain(error))
+            (AttemptOutcome::Connect, error_chain(error, ERROR_TEXT_MAX))
         }
     }
 
@@ -618,26 +555,4 @@ impl Ctx {
             tracing::error!(rule = %request.rule_id, "webhook dead-letter writer is gone; firing lost");
         }
     }
-}
-
-/// `outer: inner: innermost`, without repeats, at most 400 characters.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = Some(error);
-    while let Some(current) = source {
-        let text = current.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        source = current.source();
-    }
-    let mut joined = parts.join(": ");
-    if joined.len() > 400 {
-        let cut = (0..=400)
-            .rev()
-            .find(|&i| joined.is_char_boundary(i))
-            .unwrap_or(0);
-        joined.truncate(cut);
-    }
-    joined
 }

@@ -3,6 +3,7 @@
 
 use super::request::RequestError;
 use super::ssrf::Refusal;
+use ccstream_common::ConfigError;
 
 /// Everything the webhook sink's API can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -22,25 +23,6 @@ pub enum WebhookError {
     /// The dispatcher did not take the firing.
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
-}
-
-/// A bad `[webhook]` setting; the message names the key (`webhook.allow_cidrs[1]`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid webhook.{key}: {reason}")]
-pub struct ConfigError {
-    /// The key below `webhook.`, with an index for list entries (`allow_cidrs[1]`).
-    pub key: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// Why [`WebhookHandle::try_enqueue`](super::WebhookHandle::try_enqueue) did not take a firing.

@@ -8,9 +8,12 @@
 //! - [`retry`]: which outcomes are retried and how long to wait (pure functions).
 //! - [`dispatcher`]: the bounded queue, the worker with its concurrency limit, shutdown.
 //! - [`dead_letter`]: JSON-lines records of firings that could not be delivered.
+//! - `counters`: the atomics behind [`WebhookStats`], shared by the dispatcher and the
+//!   dead-letter writer.
 //! - [`telemetry`]: metric names.
 
 pub mod config;
+mod counters;
 pub mod dead_letter;
 pub mod dispatcher;
 pub mod error;
@@ -21,13 +24,12 @@ pub mod ssrf;
 pub mod telemetry;
 
 pub use config::WebhookConfig;
+pub use counters::WebhookStats;
 pub use dead_letter::{dead_letter_path, DeadLetter};
-pub use dispatcher::{
-    build_client, WebhookDispatcher, WebhookHandle, WebhookStats, DEFAULT_DRAIN_DEADLINE,
-};
-pub use error::{ConfigError, EnqueueError, WebhookError};
+pub use dispatcher::{build_client, WebhookDispatcher, WebhookHandle, DEFAULT_DRAIN_DEADLINE};
+pub use error::{EnqueueError, WebhookError};
 pub use request::{RequestError, WebhookBody, WebhookRequest};
 pub use resolve::{resolve_checked, GuardedResolver, ResolveError};
-pub use retry::{backoff, classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
+pub use retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
 pub use ssrf::{check_url_now, parse_cidr, Reason, Refusal, SsrfPolicy};
 pub use telemetry::describe_metrics;

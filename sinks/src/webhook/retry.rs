@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use ccstream_common::Backoff;
+
 /// What one attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -81,27 +83,12 @@ pub fn classify(outcome: &AttemptOutcome) -> Retry {
     }
 }
 
-/// Exponential backoff with full jitter: after failed attempt `attempt` (1-based) the wait is
-/// drawn uniformly from `[0, min(max, initial * 2^(attempt-1)))`; `unit` is the random draw in
-/// `[0, 1)`. Full jitter spreads the retries of many firings that failed together.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(31);
-    let ceiling = initial.saturating_mul(1 << doublings).min(max);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
-}
-
-/// The wait before the next attempt: the server's `Retry-After` capped at `max`, or the jittered
-/// backoff.
-pub fn retry_delay(
-    after: Option<Duration>,
-    attempt: u32,
-    initial: Duration,
-    max: Duration,
-    unit: f64,
-) -> Duration {
+/// The wait after failed attempt `attempt` (1-based): the server's `Retry-After` capped at the
+/// backoff's `max`, or the jittered backoff.
+pub fn retry_delay(after: Option<Duration>, attempt: u32, backoff: &Backoff) -> Duration {
     match after {
-        Some(wait) => wait.min(max),
-        None => backoff(attempt, initial, max, unit),
+        Some(wait) => wait.min(backoff.max()),
+        None => backoff.delay(attempt),
     }
 }
 
@@ -168,40 +155,21 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_full_jitter() {
-        let initial = Duration::from_millis(200);
-        let max = Duration::from_millis(10_000);
-        // Just below 1: the ceiling itself (to rounding).
-        let top = |attempt| backoff(attempt, initial, max, 1.0).as_millis();
-        assert_eq!(top(1), 200);
-        assert_eq!(top(2), 400);
-        assert_eq!(top(3), 800);
-        assert_eq!(top(6), 6_400);
-        assert_eq!(top(7), 10_000);
-        assert_eq!(top(1_000), 10_000);
-        assert_eq!(backoff(3, initial, max, 0.0), Duration::ZERO);
-        assert_eq!(backoff(3, initial, max, 0.5), Duration::from_millis(400));
-        // Out-of-range draws are clamped, never panic.
-        assert_eq!(backoff(1, initial, max, 7.0), initial);
-        assert_eq!(backoff(1, initial, max, -1.0), Duration::ZERO);
-        assert_eq!(backoff(0, initial, max, 1.0), initial);
-    }
-
-    #[test]
     fn retry_after_is_honoured_and_capped() {
-        let initial = Duration::from_millis(200);
         let max = Duration::from_secs(10);
+        let backoff = Backoff::new(Duration::from_millis(200), max);
         assert_eq!(
-            retry_delay(Some(Duration::from_secs(3)), 1, initial, max, 0.9),
+            retry_delay(Some(Duration::from_secs(3)), 1, &backoff),
             Duration::from_secs(3)
         );
         assert_eq!(
-            retry_delay(Some(Duration::from_secs(3600)), 1, initial, max, 0.9),
+            retry_delay(Some(Duration::from_secs(3600)), 1, &backoff),
             max
         );
-        assert_eq!(
-            retry_delay(None, 2, initial, max, 0.5),
-            Duration::from_millis(200)
+        let wait = retry_delay(None, 2, &backoff);
+        assert!(
+            (Duration::from_millis(200)..=Duration::from_millis(400)).contains(&wait),
+            "{wait:?}"
         );
         assert_eq!(parse_retry_after(" 5 "), Some(Duration::from_secs(5)));
         assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));

@@ -27,6 +27,7 @@ use std::time::Duration;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use bytes::{BufMut, Bytes, BytesMut};
+use ccstream_common::Backoff;
 
 use super::s3::{classify, sdk_config};
 use super::{Batch, WriteError};
@@ -208,7 +209,7 @@ impl FirehoseWriter {
                 )));
             }
             resends += 1;
-            let pause = backoff(self.retry_backoff, resends);
+            let pause = Backoff::new(self.retry_backoff, MAX_BACKOFF).delay(resends);
             tracing::warn!(
                 failed = failed.len(),
                 ?codes,
@@ -297,15 +298,6 @@ fn failed_records(
     Ok((failed, codes))
 }
 
-/// `base * 2^(resend-1)`, capped, then a random point in its upper half (jitter spreads the
-/// resends of several writers).
-fn backoff(base: Duration, resend: u32) -> Duration {
-    let full = base
-        .saturating_mul(2u32.saturating_pow(resend.saturating_sub(1)))
-        .min(MAX_BACKOFF);
-    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-}
-
 #[cfg(test)]
 mod tests {
     use aws_sdk_firehose::types::PutRecordBatchResponseEntry;
@@ -370,17 +362,5 @@ mod tests {
         assert_eq!(codes["ServiceUnavailableException"], 2);
         assert!(failed_records(sent.clone(), std::slice::from_ref(&ok)).is_err());
         assert!(failed_records(sent, &[ok.clone(), ok.clone(), ok]).is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_within_jitter_and_is_capped() {
-        let base = Duration::from_millis(200);
-        for (resend, full) in [(1, 200), (2, 400), (3, 800)] {
-            let pause = backoff(base, resend);
-            assert!(
-                pause >= Duration::from_millis(full / 2) && pause <= Duration::from_millis(full)
-            );
-        }
-        assert!(backoff(base, 40) <= MAX_BACKOFF);
     }
 }
