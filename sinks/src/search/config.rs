@@ -74,7 +74,7 @@ pub struct SearchConfig {
     /// Timeout of one HTTP request to OpenSearch in seconds, connecting included.
     pub timeout_secs: u64,
     /// Backoff ceiling before the first retry in ms; it doubles per retry and the wait is drawn
-    /// uniformly below it (full jitter).
+    /// from its upper half (`ccstream_common::Backoff`).
     pub backoff_initial_ms: u64,
     /// Cap on one backoff wait in ms.
     pub backoff_max_ms: u64,

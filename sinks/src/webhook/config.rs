@@ -46,7 +46,7 @@ pub struct WebhookConfig {
     /// errors, timeouts, 429 and 5xx.
     pub max_attempts: u32,
     /// Backoff ceiling before the second attempt in ms; it doubles per attempt and the wait is
-    /// drawn uniformly below it (full jitter).
+    /// drawn from its upper half (`ccstream_common::Backoff`).
     pub backoff_initial_ms: u64,
     /// Cap on one backoff wait in ms; a `Retry-After` from a 429 or 5xx is honoured up to it.
     pub backoff_max_ms: u64,
