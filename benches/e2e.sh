@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark (issue 5): Mosquitto + SeaweedFS (S3) + the release ccstream with
+# End-to-end benchmark: Mosquitto + SeaweedFS (S3) + the release ccstream with
 # THINGS things, RULES rules over THING_TYPES types, about 1 % of observations firing a webhook.
 #
 #   benches/e2e.sh                       # full scale: 100,000 things, 10,000 rules, 200,000 msgs
@@ -243,8 +243,8 @@ spool_dir = "$TMP/cc/spool"
 dir = "$TMP/cc/objects"
 EOF
 # MALLOC_ARENA_MAX=2 as in production (README, "Memory"): with glibc's default of 8 arenas per
-# core, the threads that rebuild the rule index and run SQLite leave ~30 MiB of freed memory
-# resident. MALLOC_ARENA_MAX=0 measures glibc's default.
+# core, the threads that rebuild the rule index and run SQLite keep freed memory resident in
+# arenas of their own. MALLOC_ARENA_MAX=0 measures glibc's default.
 AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret AWS_EC2_METADATA_DISABLED=true \
     MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX \
     "$CCSTREAM" --config "$TMP/ccstream.toml" >"$TMP/ccstream.log" 2>&1 &
@@ -302,7 +302,8 @@ kernel_counts() { # read syscalls, write syscalls, context switches (all threads
 read -r SYSCR0 SYSCW0 CTX0 < <(kernel_counts)
 if [[ $PERF == 1 ]]; then
     command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install linux-perf)"
-    # cpu-clock: these machines have no hardware counters; flat profile by symbol.
+    # cpu-clock: a software event, so it also works without hardware counters (VMs, containers);
+    # flat profile by symbol.
     perf record -q -e cpu-clock -F 1999 -p "$CC_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
     PERF_PID=$!; PIDS+=("$PERF_PID")
 fi

@@ -1,4 +1,4 @@
-//! Rule evaluation throughput (issue 3, Benchmark): parse + match + threshold of observations,
+//! Rule evaluation throughput: parse + match + threshold of observations,
 //! from the raw payload bytes, against 10,000 rules over 1,000 thing types and 100,000 things.
 //! The rules' expressions never match for the generated values ("actions not fired"), so the
 //! figure is the cost of the hot path every observation pays.

@@ -22,10 +22,9 @@
 //! message per PUBLISH and the pipeline acks from its own task; both only touch a `VecDeque`.
 //!
 //! **Writing.** PUBACKs that may go out are moved to an outbox and the source's task is woken;
-//! it writes everything in the outbox to the connection and flushes once. Through rumqttc's
-//! request queue every PUBACK was a `write(2)` of its own (its event loop flushes after each
-//! request, bytebeamio/rumqtt#810): one system call and one loopback TCP segment per message,
-//! the largest share of ccstream's kernel time in the end-to-end benchmark (BENCHMARKS.md).
+//! it writes everything in the outbox to the connection and flushes once. Not through rumqttc's
+//! request queue: its event loop flushes after each request (bytebeamio/rumqtt#810), so every
+//! PUBACK would be a `write(2)` of its own, one system call and one TCP segment per message.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,8 +1,7 @@
-//! Objects spool throughput (issue 4, Benchmark): 200-byte observation records appended through
-//! the object sink's handle, group-committed (`fsync`) on this machine's disk, acked, rolled at
-//! 5 MiB and handed to the uploader (sink `none`: read back and deleted). Also `build_record`
-//! alone, and the whole path (build + append + commit). Goal: 100,000 observations/s of
-//! 200-byte records on one core.
+//! Objects spool throughput: 200-byte observation records appended through the object sink's
+//! handle, group-committed (`fsync`) on the disk of `$TMPDIR`, acked, rolled at 5 MiB and
+//! handed to the uploader (sink `none`: read back and deleted). Also `build_record` alone, and
+//! the whole path (build + append + commit). The goal and the figures are in BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p sinks --bench spool`. The spool lives in a temporary directory on the
 //! disk of `$TMPDIR` (default `/tmp`); set `TMPDIR` to measure another disk.

@@ -23,13 +23,12 @@
 //! crate promises not to change between versions) of the payload, and of the thing name, mixed
 //! with the packet id by the MurmurHash3 64-bit finalizer (`fmix64`). Fixed by its definition,
 //! so ids written to the spool by one process (or Rust version) mean the same in the next —
-//! unlike std's `DefaultHasher`, whose algorithm may change between releases. About 20 ns for
-//! a 200-byte observation; the FNV-1a used before cost 200 ns, 2 % of ccstream's CPU per
-//! observation in the end-to-end profile (BENCHMARKS.md). Ids spooled by a build with the old
-//! hash do not match after an upgrade, so a crash right across an upgrade can store a
-//! redelivered observation twice (at-least-once, as without the check). Collisions are at
-//! 2⁻⁶⁴ per pair: a DUP message wrongly skipped needs a collision with one of the window's ids,
-//! some 10⁻¹⁴.
+//! unlike std's `DefaultHasher`, whose algorithm may change between releases. It runs once per
+//! observation, so it is a hash that reads several bytes per step rather than one (as FNV-1a
+//! does). Changing the function would make ids spooled before the upgrade not match after it,
+//! so a crash right across that upgrade could store a redelivered observation twice
+//! (at-least-once, as without the check). Collisions are at 2⁻⁶⁴ per pair: a DUP message
+//! wrongly skipped needs a collision with one of the window's ids, some 10⁻¹⁴.
 //!
 //! **Recorded at append, not at commit.** Within one run, a record handed to the spool is
 //! committed by the batcher even if the MQTT connection drops meanwhile (only a process exit

@@ -1,4 +1,4 @@
-//! `ccstream-load`: the load generator of ccstream's end-to-end benchmark (issue 5).
+//! `ccstream-load`: the load generator of ccstream's end-to-end benchmark (`benches/e2e.sh`).
 //!
 //! - [`payload`]: shadow-update payloads (thing resources, a sub thing, `seq` and `sentAt`) and
 //!   topic names; pure, no I/O.

@@ -8,9 +8,10 @@
 //! [u32 len][u32 crc32][u8 tag][u64 id]?[record bytes]  ...   one frame per record (version 2)
 //! ```
 //!
-//! Integers are little-endian; the CRC-32 covers the frame's bytes. In version 2 (written now) a
-//! record frame starts with a tag: `0` no id follows, `1` the record's 64-bit id follows (the
-//! observation id the binary deduplicates redeliveries by, see [`Recovered::ids`]). Version 1
+//! Integers are little-endian; the CRC-32 covers the frame's bytes. In version 2 (the one
+//! written) a record frame starts with a tag: `0` no id follows, `1` the record's 64-bit id
+//! follows (the observation id the binary deduplicates redeliveries by, see
+//! [`Recovered::ids`]). Version 1
 //! files (written before ids existed) hold the record bytes alone and are still read, with no
 //! ids; a binary older than version 2 moves version-2 files to `failed/` instead.
 //!

@@ -1,12 +1,11 @@
 //! The HTTP side: three documented OpenSearch REST calls (`PUT _index_template/<name>`,
 //! `POST _bulk`, `POST <alias>/_search`) over the workspace's reqwest client.
 //!
-//! Why not the `opensearch` crate: its current release (2.4, what `opensearch = "2"` resolves
-//! to) depends on reqwest 0.13, a second reqwest major beside the workspace's 0.12, and its
-//! `rustls-tls` feature builds aws-lc-rs, which the workspace avoids (rustls with ring only).
-//! 2.3.0 still fits reqwest 0.12, but only pinned exactly (`=2.3.0`, so no fixes reach us), and
-//! it adds about 24 crates (serde_with with darling proc macros, flate2 and async-compression,
-//! lazy_static, void) for three calls whose bodies are raw NDJSON and JSON either way.
+//! Why not the `opensearch` crate: it pins its own reqwest major, which need not be the
+//! workspace's (a second reqwest in the build), its `rustls-tls` feature builds aws-lc-rs, which
+//! the workspace avoids (rustls with ring only), and it brings many crates of its own (serde_with
+//! with darling proc macros, flate2 and async-compression, ...) for three calls whose bodies are
+//! raw NDJSON and JSON either way.
 
 use bytes::Bytes;
 use serde_json::Value;

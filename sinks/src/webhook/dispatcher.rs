@@ -30,7 +30,7 @@ use ccstream_common::Backoff;
 
 use super::config::WebhookConfig;
 use super::counters::Counters;
-// Also public here, where it was defined before it moved to `counters`.
+// Also public here, beside the dispatcher whose task returns it (`counters` is private).
 pub use super::counters::WebhookStats;
 use super::dead_letter::{self, DeadLetter};
 use super::error::{EnqueueError, WebhookError};
