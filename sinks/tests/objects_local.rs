@@ -659,3 +659,37 @@ proptest! {
         }
     }
 }
+
+/// A batcher thread that dies (here: a commit callback that panics) is reported, not only
+/// logged: `failure()` says why (what `/readyz` shows), and later records are refused, so that
+/// they are never acked and the broker keeps them.
+#[tokio::test]
+async fn a_dead_batcher_is_reported_and_refuses_records() {
+    let d = dirs();
+    let cfg = config(&d);
+    let writer = Writer::Local(LocalWriter::new(&cfg.dir));
+    let on_commit: sinks::objects::OnCommit<u64> =
+        Box::new(|_| panic!("the commit callback failed"));
+    let (handle, task) = ObjectSink::start(&cfg, STACK, writer, on_commit).expect("start");
+    assert_eq!(handle.failure(), None);
+    handle
+        .append(record(1, 64), RecordKind::Observations, 1)
+        .await
+        .expect("the first record is taken");
+    wait_until("the batcher's death", Duration::from_secs(20), || {
+        handle.failure().is_some()
+    })
+    .await;
+    let failure = handle.failure().expect("failure");
+    assert!(failure.contains("the commit callback failed"), "{failure}");
+    assert!(failure.contains("no longer stored or acked"), "{failure}");
+    assert_eq!(
+        handle
+            .append(record(2, 64), RecordKind::Observations, 2)
+            .await,
+        Err(sinks::objects::AppendError::Closed)
+    );
+    // Shutdown still ends (the thread is joined) and the committed record is in the spool.
+    handle.shutdown(Duration::from_secs(5)).await;
+    task.await.expect("uploader task");
+}

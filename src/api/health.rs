@@ -11,8 +11,9 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: the rule store answers, the MQTT source is connected and subscribed, and
-/// the spool is under `objects.spool_max_bytes` (over it, messages are left to the broker).
+/// Ready to serve: the rule store answers, the MQTT source is connected and subscribed, the
+/// spool is under `objects.spool_max_bytes` (over it, messages are left to the broker) and its
+/// batcher thread is alive.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if let Err(e) = state.inner.store.ping().await {
@@ -25,6 +26,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             reasons.push("MQTT broker not connected".to_owned());
         } else if !status.mqtt.is_subscribed() {
             reasons.push("MQTT subscriptions not confirmed".to_owned());
+        }
+        if let Some(why) = status.objects.failure() {
+            reasons.push(why);
         }
         if let Some(why) = status.objects.backpressure_reason() {
             reasons.push(why);

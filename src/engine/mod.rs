@@ -96,6 +96,7 @@ pub async fn start(
         redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
         metrics: pipeline::HotMetrics::register(),
         domain_paths: pipeline::DomainPaths::default(),
+        actions_sent: 0,
     };
     let pipeline = tokio::spawn(pipeline.run());
     Ok(RunningEngine {

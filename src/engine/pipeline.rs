@@ -21,7 +21,8 @@ use bytes::Bytes;
 use ingest::{AckToken, Acker, Inbound};
 use rule_engine::directory::ThingChange;
 use rule_engine::{
-    Directory, DomainTree, Engine, Outcome, ParseLimits, ParsedObservation, Reject, ThresholdState,
+    Directory, DomainTree, Engine, Firing, Outcome, ParseLimits, ParsedObservation, Reject,
+    ThresholdState,
 };
 use sinks::objects::{
     build_error_record, build_record, build_record_from_json, AppendError, NotAnObject,
@@ -53,6 +54,8 @@ pub struct Pipeline {
     pub redeliveries: RedeliveryWindow,
     pub metrics: HotMetrics,
     pub domain_paths: DomainPaths,
+    /// Actions handed to the webhook dispatcher so far: the sequence in idempotency keys.
+    pub actions_sent: u64,
 }
 
 /// The `<domainPath>` of each domain (`root/sub1/sub2`), for the records: walking the tree and
@@ -130,7 +133,6 @@ impl Pipeline {
     /// Runs until the source closes its channel (shutdown), acking everything it took.
     pub async fn run(mut self) {
         let mut rules = Arc::clone(&self.rules.borrow_and_update());
-        let mut firings: u64 = 0;
         while let Some(item) = self.inbound.recv().await {
             if self.rules.has_changed().unwrap_or(false) {
                 let next = Arc::clone(&self.rules.borrow_and_update());
@@ -153,7 +155,7 @@ impl Pipeline {
                         continue;
                     }
                     let (record, kind, timestamp) =
-                        self.observe(&rules, &thing_name, received_at_ms, &payload, &mut firings);
+                        self.observe(&rules, &thing_name, received_at_ms, &payload);
                     self.store(record, kind, timestamp, id, received_at_ms, ack)
                         .await;
                 }
@@ -171,16 +173,15 @@ impl Pipeline {
         tracing::info!("observation pipeline stopped");
     }
 
-    /// Evaluates the rules and builds the record to store: the observation record, or an
-    /// error record when the payload is not a JSON object. Returns it with its kind and the
-    /// timestamp it is indexed under.
+    /// Evaluates the rules, hands the firings' actions to the webhook dispatcher, and builds the
+    /// record to store: the observation record, or an error record when the payload is not a
+    /// JSON object. Returns it with its kind and the timestamp it is indexed under.
     fn observe(
         &mut self,
         rules: &RuleSet,
         thing_name: &str,
         received_at_ms: u64,
         payload: &[u8],
-        firings: &mut u64,
     ) -> (Vec<u8>, RecordKind, u64) {
         let directory = match self.directory.read() {
             Ok(d) => d,
@@ -219,7 +220,8 @@ impl Pipeline {
                     }),
                 );
                 drop(directory);
-                self.account(thing_name, outcome, firings);
+                self.count_outcome(&outcome);
+                self.dispatch_firings(thing_name, outcome.firings);
                 record_or_error(record, payload, thing_name, received_at_ms, timestamp)
             }
             Err(reject) => {
@@ -246,9 +248,9 @@ impl Pipeline {
         metrics::counter!("ccstream_observations_redelivered_skipped_total").increment(1);
         tracing::debug!(thing = %thing_name, "redelivered observation already stored; not stored again");
         if self.objects.append_marker(Some(ack)).await.is_err() {
-            // Shutting down: not acked, so the broker delivers it again after the restart,
-            // when the spool's recovered ids still know it.
-            tracing::debug!("object sink closed; redelivered observation left to the broker");
+            // Not acked, so the broker delivers it again after the restart, when the spool's
+            // recovered ids still know it.
+            self.sink_closed();
         }
     }
 
@@ -279,10 +281,8 @@ impl Pipeline {
             // the connection drops, and after a crash the committed ids come back from the
             // spool (see `super::dedupe`).
             Ok(()) => self.redeliveries.insert(id),
-            Err(AppendError::Closed) => {
-                // Shutting down: not acked, so the broker delivers it again after the restart.
-                tracing::debug!("object sink closed; observation left to the broker");
-            }
+            // Not acked, so the broker delivers it again after the restart.
+            Err(AppendError::Closed) => self.sink_closed(),
             Err(e) => {
                 metrics::counter!("ccstream_objects_append_refused_total").increment(1);
                 tracing::warn!(error = %e, "record not stored");
@@ -290,7 +290,17 @@ impl Pipeline {
         }
     }
 
-    fn account(&self, thing_name: &str, outcome: Outcome, firings: &mut u64) {
+    /// The object sink took no more: normal while shutting down, an error when its batcher
+    /// died (then every message from here on is left to the broker, and `/readyz` says why).
+    fn sink_closed(&self) {
+        match self.objects.failure() {
+            Some(reason) => tracing::error!(%reason, "observation not stored"),
+            None => tracing::debug!("object sink closed; observation left to the broker"),
+        }
+    }
+
+    /// The evaluation's metrics.
+    fn count_outcome(&self, outcome: &Outcome) {
         if outcome.unknown_thing {
             self.metrics.unknown_thing.increment(1);
             return;
@@ -307,17 +317,23 @@ impl Pipeline {
             metrics::counter!("ccstream_rules_threshold_state_full_total")
                 .increment(outcome.state_full.into());
         }
-        for firing in outcome.firings {
+        for firing in &outcome.firings {
             metrics::counter!("ccstream_rules_fired_total").increment(1);
             if firing.unknown_variables > 0 {
                 metrics::counter!("ccstream_template_unknown_variables_total")
                     .increment(firing.unknown_variables.into());
             }
+        }
+    }
+
+    /// Turns each firing's filled actions into webhook requests and queues them; never waits.
+    fn dispatch_firings(&mut self, thing_name: &str, firings: Vec<Firing>) {
+        for firing in firings {
             for action in &firing.actions {
-                *firings += 1;
+                self.actions_sent += 1;
                 // Stable across the retries of this firing (the dispatcher reuses it), unique
                 // across firings and process restarts.
-                let key = format!("{}-{:x}", self.key_prefix, firings);
+                let key = format!("{}-{:x}", self.key_prefix, self.actions_sent);
                 let request = match WebhookRequest::from_action_config(
                     firing.rule_id.as_ref(),
                     &action.config,

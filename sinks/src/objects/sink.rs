@@ -1,6 +1,8 @@
 //! The object sink's entry point: starts the batcher thread and the uploader task, and the
 //! handle producers append through.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{error, info};
 
 use ccstream_common::Backoff;
 
@@ -107,9 +109,15 @@ impl ObjectSink {
             on_commit,
             shared.clone(),
         );
-        std::thread::Builder::new()
+        let batcher_shared = Arc::clone(&shared);
+        let batcher_thread = std::thread::Builder::new()
             .name("ccstream-spool".into())
-            .spawn(move || batcher.run())
+            .spawn(move || {
+                // Caught so that the death is reported at once, not when someone joins.
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| batcher.run())) {
+                    batcher_died(&batcher_shared, panic_text(&*panic));
+                }
+            })
             .map_err(ObjectsError::Thread)?;
 
         let uploader = Uploader {
@@ -134,6 +142,7 @@ impl ObjectSink {
             deadline_tx: Arc::new(deadline_tx),
             done_rx,
             recovered_ids: Arc::new(Mutex::new(recovered_ids)),
+            batcher_thread: Arc::new(Mutex::new(Some(batcher_thread))),
         };
         Ok((handle, task))
     }
@@ -146,6 +155,8 @@ pub struct ObjectSinkHandle<T> {
     deadline_tx: Arc<watch::Sender<Option<Instant>>>,
     done_rx: watch::Receiver<Option<ShutdownReport>>,
     recovered_ids: Arc<Mutex<Vec<u64>>>,
+    /// Joined at shutdown, so that the process ends only after the thread has.
+    batcher_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl<T> Clone for ObjectSinkHandle<T> {
@@ -156,6 +167,7 @@ impl<T> Clone for ObjectSinkHandle<T> {
             deadline_tx: self.deadline_tx.clone(),
             done_rx: self.done_rx.clone(),
             recovered_ids: self.recovered_ids.clone(),
+            batcher_thread: self.batcher_thread.clone(),
         }
     }
 }
@@ -269,6 +281,13 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
         self.shared.backpressure_reason()
     }
 
+    /// Why the sink can no longer take records, once its batcher thread has died (for
+    /// `/readyz`). Records appended after that are refused ([`AppendError::Closed`]) and never
+    /// acked, so the broker keeps them for the next start.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
     /// Counters.
     pub fn stats(&self) -> ObjectStats {
         self.shared.stats()
@@ -292,6 +311,7 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
             done.wait_for(Option::is_some).await.map(|r| *r)
         })
         .await;
+        self.join_batcher().await;
         match waited {
             Ok(Ok(Some(report))) => report,
             _ => ShutdownReport {
@@ -300,6 +320,45 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
             },
         }
     }
+}
+
+impl<T> ObjectSinkHandle<T> {
+    /// Waits for the batcher thread to end (it has sealed everything by the time the uploader
+    /// reports) on a blocking-pool thread.
+    async fn join_batcher(&self) {
+        let thread = self
+            .batcher_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            if tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("cannot join the objects batcher thread");
+            }
+        }
+    }
+}
+
+/// Records the batcher's death where `/readyz`, the metrics and the log show it.
+fn batcher_died(shared: &Shared, cause: String) {
+    let reason = format!(
+        "the objects batcher thread died ({cause}): observations are no longer stored or acked; \
+         restart ccstream (the broker keeps what was not acked)"
+    );
+    error!(%reason, "objects batcher died");
+    shared.set_failed(reason);
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn check_size(record: &[u8]) -> Result<(), AppendError> {

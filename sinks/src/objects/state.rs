@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     spool_files: AtomicU64,
     backpressured: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// Why the batcher thread died, once it has: nothing is stored or acked any more.
+    failure: Mutex<Option<String>>,
     shutdown: AtomicBool,
     /// Bumped whenever space is freed or shutdown begins; the backpressured batcher waits on it.
     generation: Mutex<u64>,
@@ -106,6 +108,20 @@ impl Shared {
             return None;
         }
         self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The batcher thread died: intake is over for good (its queue's receiver is gone).
+    pub(crate) fn set_failed(&self, reason: String) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        gauge!(telemetry::BATCHER_FAILED).set(1.0);
+        self.notify();
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

@@ -26,6 +26,8 @@ pub const SPOOL_COMMIT_RECORDS: &str = "ccstream_spool_commit_records";
 pub const SPOOL_WRITE_ERRORS_TOTAL: &str = "ccstream_spool_write_errors_total";
 /// 1 while the spool is over `objects.spool_max_bytes` and intake is stopped.
 pub const SPOOL_BACKPRESSURE: &str = "ccstream_spool_backpressure";
+/// 1 once the batcher thread has died: nothing is stored or acked until a restart.
+pub const BATCHER_FAILED: &str = "ccstream_objects_batcher_failed";
 
 /// Registers descriptions with the installed recorder (call once after installing it).
 pub fn describe_metrics() {
@@ -66,5 +68,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         SPOOL_BACKPRESSURE,
         "1 while the spool is full and ccstream stops taking observations."
+    );
+    describe_gauge!(
+        BATCHER_FAILED,
+        "1 once the objects batcher thread has died; restart ccstream (nothing is lost: \
+         what was not committed was not acked)."
     );
 }
