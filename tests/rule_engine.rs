@@ -1005,7 +1005,7 @@ async fn templates_fill_typed_values_headers_and_the_url() {
     let got = rig.hooks_to("/hook/", 1).await;
     let r = &got[0];
     assert_eq!(r.method, "PUT");
-    assert_eq!(r.path, "/hook/thing-001?v=55.5");
+    assert_eq!(r.path_and_query(), "/hook/thing-001?v=55.5");
     assert_eq!(r.header("x-rule"), Some("rule-001"));
     assert_eq!(
         r.json(),
@@ -1118,7 +1118,7 @@ async fn webhook_is_retried_after_a_500_with_one_idempotency_key() {
     .await;
 
     // 500 once, then 200: two requests of one firing.
-    rig.hooks.fail_next(1);
+    rig.hooks.fail_next(1, 500);
     rig.report("thing-001", json!({"temp": 90}));
     let got = rig.hooks_to("/retry", 2).await;
     assert_eq!(
@@ -1151,7 +1151,7 @@ async fn webhook_is_retried_after_a_500_with_one_idempotency_key() {
     assert_ne!(got[2].header("idempotency-key"), Some(key.as_str()));
 
     // 500 on all 3 attempts (the default): the firing goes to the dead-letter file.
-    rig.hooks.fail_next(3);
+    rig.hooks.fail_next(3, 500);
     rig.report("thing-001", json!({"temp": 92}));
     let got = rig.hooks_to("/retry", 6).await;
     let last: Vec<&Received> = got[3..].iter().collect();
@@ -1170,7 +1170,7 @@ async fn webhook_is_retried_after_a_500_with_one_idempotency_key() {
     assert_eq!(rig.hooks.count(), 6, "no fourth attempt");
 
     // 429 is retried too.
-    rig.hooks.fail_next_with(1, 429);
+    rig.hooks.fail_next(1, 429);
     rig.report("thing-001", json!({"temp": 93}));
     let got = rig.hooks_to("/retry", 8).await;
     assert_eq!(
@@ -1183,7 +1183,7 @@ async fn webhook_is_retried_after_a_500_with_one_idempotency_key() {
     );
 
     // Another 4xx is not: one attempt, then a dead letter.
-    rig.hooks.fail_next_with(1, 404);
+    rig.hooks.fail_next(1, 404);
     rig.report("thing-001", json!({"temp": 94}));
     let got = rig.hooks_to("/retry", 9).await;
     assert_eq!(got[8].answered, 404);

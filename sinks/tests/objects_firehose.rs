@@ -18,7 +18,7 @@ use metrics_util::debugging::DebuggingRecorder;
 use sinks::objects::writer::firehose::{FirehoseSettings, FirehoseWriter, MAX_RECORD_BYTES};
 use sinks::objects::writer::{Batch, WriteError, Writer};
 use support_aws::firehose_standin::{Answer, FirehoseStandIn};
-use support_aws::{counter, credentials, free_ports, get_object, list_keys, Moto, REGION};
+use support_aws::{counter, credentials, free_port, get_object, list_keys, Moto, REGION};
 
 const STREAM: &str = "observations";
 
@@ -297,7 +297,10 @@ async fn an_oversized_record_is_not_sent_and_fails_the_batch_after_the_rest() {
     );
 }
 
-#[tokio::test]
+// The SDK's own retries wait a jittered backoff of up to seconds; with the stand-in on the
+// test's runtime and a paused clock (tokio's test-util, which the SDK's sleeps follow), those
+// waits cost no real time.
+#[tokio::test(start_paused = true)]
 async fn whole_call_errors_are_classified() {
     for (status, kind, retryable) in [
         (503, "ServiceUnavailableException", true),
@@ -323,9 +326,9 @@ async fn whole_call_errors_are_classified() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_endpoint_that_is_down_is_retryable() {
-    let port = free_ports(1)[0];
+    let port = free_port();
     let writer = FirehoseWriter::new(settings(format!("http://127.0.0.1:{port}")))
         .await
         .expect("writer");

@@ -436,8 +436,13 @@ async fn backpressure_while_the_store_fails_then_nothing_lost() {
             }
         })
     };
-    // Intake stays stopped: nothing more is acked while the store is down.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Intake stays stopped: nothing more is acked while the store is down, across several
+    // failed stores.
+    let retries = handle.stats().store_retries;
+    wait_until("three more store retries", Duration::from_secs(10), || {
+        handle.stats().store_retries >= retries + 3
+    })
+    .await;
     assert_eq!(acks.len() as u64, first, "no acks while backpressured");
     assert!(handle.is_backpressured());
     assert!(handle.stats().store_retries > 0);

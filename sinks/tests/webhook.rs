@@ -1,16 +1,27 @@
 //! The webhook dispatcher against real HTTP receivers on 127.0.0.1.
+//!
+//! The tests about waits run under a paused clock (`start_paused`), with the receiver on the
+//! same runtime: backoffs, timeouts, reply delays and drain deadlines pass in virtual time, at
+//! no real cost, and the elapsed times they assert are exact rather than upper bounds a loaded
+//! machine could miss. On loopback the runtime is not idle while a request is on its way (the
+//! kernel delivers it within the write), so auto-advance only jumps to the next timer.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sinks::webhook::{
     EnqueueError, WebhookConfig, WebhookDispatcher, WebhookHandle, WebhookRequest, WebhookStats,
 };
-use support::{config, dead_letters, firing, payload, Reply, TestServer};
+use support::{config, dead_letters, firing, payload, Receiver, Reply};
+use tokio::time::Instant;
 
 const DRAIN: Duration = Duration::from_secs(20);
+/// Longest real-time wait for a request to reach the receiver.
+const WAIT: Duration = Duration::from_secs(10);
+/// Slack on an elapsed virtual time: timer rounding (1 ms) and the few ms of jittered backoff.
+const EPSILON: Duration = Duration::from_millis(20);
 
 /// Starts a dispatcher, queues `requests`, closes and waits for the final stats.
 async fn deliver_all(config: &WebhookConfig, requests: Vec<WebhookRequest>) -> WebhookStats {
@@ -38,7 +49,7 @@ async fn close_and_wait(
 
 #[tokio::test]
 async fn delivers_method_headers_and_json_body() {
-    let server = TestServer::ok().await;
+    let server = Receiver::start_here().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config(dir.path());
     let request = firing(
@@ -53,7 +64,7 @@ async fn delivers_method_headers_and_json_body() {
     let stats = deliver_all(&config, vec![request]).await;
     assert_eq!((stats.delivered, stats.failed, stats.attempts), (1, 0, 1));
 
-    let got = server.received();
+    let got = server.requests();
     assert_eq!(got.len(), 1);
     let hit = &got[0];
     assert_eq!(hit.method, "PUT");
@@ -71,7 +82,7 @@ async fn delivers_method_headers_and_json_body() {
 
 #[tokio::test]
 async fn string_body_is_text_and_default_body_is_the_payload() {
-    let server = TestServer::ok().await;
+    let server = Receiver::start_here().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let text = firing(
         json!({"url": server.url("/text"), "body": "temp is 51"}),
@@ -81,7 +92,7 @@ async fn string_body_is_text_and_default_body_is_the_payload() {
     let stats = deliver_all(&config(dir.path()), vec![text, default]).await;
     assert_eq!(stats.delivered, 2);
 
-    let got = server.received();
+    let got = server.requests();
     let text = got
         .iter()
         .find(|r| r.path == "/text")
@@ -102,7 +113,8 @@ async fn string_body_is_text_and_default_body_is_the_payload() {
 
 #[tokio::test]
 async fn retries_after_500_with_the_same_idempotency_key() {
-    let server = TestServer::start(vec![("/flaky", Reply::status(500))], Reply::status(200)).await;
+    let server = Receiver::start_here().await;
+    server.reply_once("/flaky", Reply::status(500));
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = deliver_all(
         &config(dir.path()),
@@ -110,7 +122,7 @@ async fn retries_after_500_with_the_same_idempotency_key() {
     )
     .await;
     assert_eq!((stats.delivered, stats.attempts), (1, 2));
-    let got = server.received();
+    let got = server.requests();
     assert_eq!(got.len(), 2);
     for hit in &got {
         assert_eq!(hit.header("idempotency-key"), Some("same-key"));
@@ -119,13 +131,12 @@ async fn retries_after_500_with_the_same_idempotency_key() {
     assert!(dead_letters(dir.path()).is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_429_after_its_retry_after() {
-    let server = TestServer::start(
-        vec![("/limited", Reply::status(429).header("retry-after", "1"))],
-        Reply::status(204),
-    )
-    .await;
+    let server = Receiver::start_here().await;
+    server
+        .reply_once("/limited", Reply::status(429).header("retry-after", "1"))
+        .fallback(Reply::status(204));
     let dir = tempfile::tempdir().expect("tempdir");
     // Jittered backoff alone would wait at most 1 ms; the 1 s wait is the server's Retry-After.
     let config = WebhookConfig {
@@ -140,17 +151,22 @@ async fn retries_429_after_its_retry_after() {
     )
     .await;
     assert_eq!((stats.delivered, stats.attempts), (1, 2));
+    // Virtual time: the server's 1 s and nothing more (no backoff on top of it).
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(1) + EPSILON,
+        "{elapsed:?}"
     );
-    assert_eq!(server.received().len(), 2);
+    let got = server.requests();
+    assert_eq!(got.len(), 2);
+    let apart = got[1].clock_at - got[0].clock_at;
+    assert!(apart >= Duration::from_secs(1), "{apart:?}");
 }
 
 #[tokio::test]
 async fn a_404_is_final_and_dead_lettered() {
-    let server = TestServer::start(Vec::new(), Reply::status(404)).await;
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(404));
     let dir = tempfile::tempdir().expect("tempdir");
     let url = server.url("/missing");
     let stats = deliver_all(
@@ -162,7 +178,7 @@ async fn a_404_is_final_and_dead_lettered() {
         (stats.failed, stats.attempts, stats.dead_letters),
         (1, 1, 1)
     );
-    assert_eq!(server.received().len(), 1);
+    assert_eq!(server.requests().len(), 1);
 
     let letters = dead_letters(dir.path());
     assert_eq!(letters.len(), 1);
@@ -210,10 +226,10 @@ async fn connection_refused_is_retried_then_dead_lettered() {
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_server_times_out_and_is_retried() {
-    let server =
-        TestServer::start(Vec::new(), Reply::status(200).after(Duration::from_secs(4))).await;
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(200).after(Duration::from_secs(4)));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = WebhookConfig {
         timeout_secs: 1,
@@ -227,12 +243,13 @@ async fn a_slow_server_times_out_and_is_retried() {
     )
     .await;
     assert_eq!((stats.failed, stats.attempts), (1, 2));
+    // Virtual time: two attempts cut off at 1 s each, never waiting for the 4 s answer.
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(2) + EPSILON,
+        "{elapsed:?}"
     );
-    assert_eq!(server.received().len(), 2);
+    assert_eq!(server.requests().len(), 2);
     let letters = dead_letters(dir.path());
     let reason = letters[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("timed out after 1 s"), "{reason}");
@@ -240,11 +257,8 @@ async fn a_slow_server_times_out_and_is_retried() {
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let server = TestServer::start(
-        vec![("/old", Reply::status(302).header("location", "/new"))],
-        Reply::status(200),
-    )
-    .await;
+    let server = Receiver::start_here().await;
+    server.reply_once("/old", Reply::status(302).header("location", "/new"));
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = deliver_all(
         &config(dir.path()),
@@ -252,7 +266,7 @@ async fn redirects_are_not_followed() {
     )
     .await;
     assert_eq!((stats.failed, stats.attempts), (1, 1));
-    let got = server.received();
+    let got = server.requests();
     assert_eq!(got.len(), 1, "the redirect target was not requested");
     let letters = dead_letters(dir.path());
     assert_eq!(letters[0]["last_status"], 302);
@@ -260,13 +274,10 @@ async fn redirects_are_not_followed() {
     assert!(reason.contains("redirects are not followed"), "{reason}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn overflow_is_counted_and_never_waits() {
-    let server = TestServer::start(
-        Vec::new(),
-        Reply::status(200).after(Duration::from_millis(300)),
-    )
-    .await;
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(200).after(Duration::from_millis(300)));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = WebhookConfig {
         queue_capacity: 1,
@@ -274,7 +285,6 @@ async fn overflow_is_counted_and_never_waits() {
         ..config(dir.path())
     };
     let (handle, task) = WebhookDispatcher::start(&config).expect("starts");
-    let started = Instant::now();
     let mut overflowed = 0;
     for i in 0..10 {
         match handle.try_enqueue(firing(
@@ -286,10 +296,8 @@ async fn overflow_is_counted_and_never_waits() {
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "try_enqueue never waits"
-    );
+    // try_enqueue never waits: the loop runs on the runtime's only thread, so nothing can be
+    // delivered during it, and the firings past the queue's one place are refused at once.
     assert!(
         overflowed >= 7,
         "at most one in flight and one queued (+1 race): {overflowed}"
@@ -302,7 +310,7 @@ async fn overflow_is_counted_and_never_waits() {
 
 #[tokio::test]
 async fn ip_literal_destinations_are_refused_at_send_time() {
-    let server = TestServer::ok().await;
+    let server = Receiver::start_here().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let strict = WebhookConfig {
         allow_cidrs: Vec::new(),
@@ -311,17 +319,17 @@ async fn ip_literal_destinations_are_refused_at_send_time() {
     let requests = vec![
         firing(json!({"url": server.url("/x")}), "k1"),
         firing(
-            json!({"url": format!("http://[::ffff:127.0.0.1]:{}/x", server.addr.port())}),
+            json!({"url": format!("http://[::ffff:127.0.0.1]:{}/x", server.port())}),
             "k2",
         ),
         firing(
-            json!({"url": format!("http://2130706433:{}/x", server.addr.port())}),
+            json!({"url": format!("http://2130706433:{}/x", server.port())}),
             "k3",
         ),
     ];
     let stats = deliver_all(&strict, requests).await;
     assert_eq!((stats.refused, stats.attempts, stats.delivered), (3, 0, 0));
-    assert!(server.received().is_empty(), "nothing reached the server");
+    assert!(server.requests().is_empty(), "nothing reached the server");
     let letters = dead_letters(dir.path());
     assert_eq!(letters.len(), 3);
     for letter in letters {
@@ -333,8 +341,8 @@ async fn ip_literal_destinations_are_refused_at_send_time() {
 
 #[tokio::test]
 async fn a_name_resolving_to_loopback_is_refused_unless_allowed() {
-    let server = TestServer::ok().await;
-    let url = format!("http://localhost:{}/hook", server.addr.port());
+    let server = Receiver::start_here().await;
+    let url = format!("http://localhost:{}/hook", server.port());
 
     // Refused by the resolver: the name is fine, the address it resolves to is not.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -344,7 +352,7 @@ async fn a_name_resolving_to_loopback_is_refused_unless_allowed() {
     };
     let stats = deliver_all(&strict, vec![firing(json!({"url": url}), "k1")]).await;
     assert_eq!((stats.refused, stats.delivered), (1, 0));
-    assert!(server.received().is_empty());
+    assert!(server.requests().is_empty());
     let letters = dead_letters(dir.path());
     let reason = letters[0]["reason"].as_str().unwrap_or_default();
     assert!(
@@ -370,16 +378,13 @@ async fn a_name_resolving_to_loopback_is_refused_unless_allowed() {
     };
     let stats = deliver_all(&allowed, vec![firing(json!({"url": url}), "k2")]).await;
     assert_eq!((stats.delivered, stats.refused), (1, 0));
-    assert_eq!(server.received().len(), 1);
+    assert_eq!(server.requests().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn close_drains_what_is_queued() {
-    let server = TestServer::start(
-        Vec::new(),
-        Reply::status(200).after(Duration::from_millis(100)),
-    )
-    .await;
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(200).after(Duration::from_millis(100)));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = WebhookConfig {
         concurrency: 2,
@@ -390,13 +395,13 @@ async fn close_drains_what_is_queued() {
         .collect();
     let stats = deliver_all(&config, requests).await;
     assert_eq!((stats.delivered, stats.failed), (8, 0));
-    assert_eq!(server.received().len(), 8);
+    assert_eq!(server.requests().len(), 8);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn what_the_deadline_cuts_off_is_dead_lettered() {
-    let server =
-        TestServer::start(Vec::new(), Reply::status(200).after(Duration::from_secs(3))).await;
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(200).after(Duration::from_secs(3)));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = WebhookConfig {
         concurrency: 1,
@@ -411,14 +416,18 @@ async fn what_the_deadline_cuts_off_is_dead_lettered() {
             ))
             .expect("queued");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server
+        .wait_for(1, WAIT)
+        .await
+        .expect("the first request is in flight");
     handle.close(Duration::from_millis(300));
     let started = Instant::now();
     let stats = task.await.expect("dispatcher task");
+    // Virtual time: the 300 ms deadline, not the 3 s answer.
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(300) + EPSILON,
+        "{elapsed:?}"
     );
     assert_eq!((stats.abandoned, stats.failed, stats.delivered), (3, 3, 0));
     let letters = dead_letters(dir.path());
@@ -437,7 +446,7 @@ async fn what_the_deadline_cuts_off_is_dead_lettered() {
 
 #[tokio::test]
 async fn dropping_every_handle_drains_too() {
-    let server = TestServer::ok().await;
+    let server = Receiver::start_here().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (handle, task) = WebhookDispatcher::start(&config(dir.path())).expect("starts");
     let clone = handle.clone();

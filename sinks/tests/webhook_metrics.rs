@@ -9,23 +9,20 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde_json::json;
 use sinks::webhook::{describe_metrics, WebhookConfig, WebhookDispatcher};
-use support::{config, firing, Reply, TestServer};
+use support::{config, firing, Receiver, Reply};
 
-#[tokio::test]
+// A paused clock: the slow server's delays and the retry's backoff cost no real time.
+#[tokio::test(start_paused = true)]
 async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("first recorder in this binary");
     describe_metrics();
 
-    let server = TestServer::start(
-        vec![
-            ("/missing", Reply::status(404)),
-            ("/flaky", Reply::status(503)),
-        ],
-        Reply::status(200),
-    )
-    .await;
+    let server = Receiver::start_here().await;
+    server
+        .reply_once("/missing", Reply::status(404))
+        .reply_once("/flaky", Reply::status(503));
     let dir = tempfile::tempdir().expect("tempdir");
     let (handle, task) = WebhookDispatcher::start(&config(dir.path())).expect("starts");
     for (path, key) in [("/ok", "a"), ("/missing", "b"), ("/flaky", "c")] {
@@ -36,7 +33,7 @@ async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
     // 127.0.0.2 is loopback but outside the allowed 127.0.0.1/32: refused before connecting.
     handle
         .try_enqueue(firing(
-            json!({"url": format!("http://127.0.0.2:{}/", server.addr.port())}),
+            json!({"url": format!("http://127.0.0.2:{}/", server.port())}),
             "d",
         ))
         .expect("queued");
@@ -44,11 +41,8 @@ async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
     task.await.expect("task");
 
     // A second dispatcher, tiny and slow, to overflow.
-    let slow = TestServer::start(
-        Vec::new(),
-        Reply::status(200).after(Duration::from_millis(200)),
-    )
-    .await;
+    let slow = Receiver::start_here().await;
+    slow.fallback(Reply::status(200).after(Duration::from_millis(200)));
     let tiny = WebhookConfig {
         queue_capacity: 1,
         concurrency: 1,

@@ -3,6 +3,8 @@
 //! test files. Only ever a dev-dependency.
 //!
 //! - [`mosquitto`]: a real Mosquitto per test on a free port, and `mosquitto_pub`.
+//! - [`receiver`]: a scripted webhook receiver that records requests, on its own thread or on
+//!   the test's runtime (for tests under a paused clock).
 //! - [`search_standin`]: an OpenSearch stand-in (OpenSearch cannot be installed here).
 //! - [`weed`]: a real SeaweedFS (S3) per test on free ports.
 //! - [`free_port`]: a port on 127.0.0.1 no other test of this process is given.
@@ -12,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod mosquitto;
+pub mod receiver;
 pub mod search_standin;
 pub mod weed;
 

@@ -7,9 +7,11 @@
 //! ports and data dir (the S3-outage test). Processes are killed by pid, never by name.
 //! A missing `weed` is a test failure with the install line, never a skip (TESTING.md).
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -20,16 +22,26 @@ use crate::tail;
 /// data dir waits for its raft leader election, which takes some seconds more than a fresh start.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `n` random ports below 55000, each free along with its +10000 neighbour: SeaweedFS listens
-/// there for gRPC, and dies with "invalid port" above 65535 (TESTING.md).
+/// Starts that fail because weed exited (most often: a port taken between our check and its
+/// bind) before another set of ports is tried.
+const START_ATTEMPTS: usize = 3;
+
+/// `n` random ports, each free along with its +10000 neighbour: SeaweedFS listens there for
+/// gRPC, and dies with "invalid port" above 65535 (TESTING.md). Both lie below Linux's ephemeral
+/// range (32768 and up), where any outgoing connection on the machine may take a port between
+/// this check and weed's bind; and ports handed out in this process are not handed out again,
+/// so tests starting SeaweedFS in parallel never share one.
 pub fn free_port_pairs(n: usize) -> Vec<u16> {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
     let mut ports: Vec<u16> = Vec::with_capacity(n);
     let mut tries = 0;
     while ports.len() < n {
         tries += 1;
-        assert!(tries < 10_000, "no free port pairs below 55000");
-        let port = fastrand::u16(20_000..44_990);
-        if ports.iter().any(|p| p.abs_diff(port) < 2) {
+        assert!(tries < 10_000, "no free port pairs in 20000-22767");
+        let port = fastrand::u16(20_000..22_768);
+        if given.contains(&port) || ports.iter().any(|p| p.abs_diff(port) < 2) {
             continue;
         }
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
@@ -37,6 +49,7 @@ pub fn free_port_pairs(n: usize) -> Vec<u16> {
             ports.push(port);
         }
     }
+    given.extend(ports.iter().copied());
     ports
 }
 
@@ -91,26 +104,35 @@ pub struct Weed {
 impl Weed {
     /// Starts `weed server -s3` on free ports and waits until its S3 gateway answers.
     pub async fn start() -> Weed {
-        let dir = TempDir::new().unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        let [s3_port, master_port, volume_port, filer_port] = free_port_pairs(4)[..] else {
-            unreachable!()
-        };
-        let mut weed = Weed {
-            child: None,
-            s3_port,
-            master_port,
-            volume_port,
-            filer_port,
-            dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
-        weed.spawn();
-        weed.wait_ready().await;
-        weed
+        let mut exits = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = TempDir::new().unwrap();
+            std::fs::create_dir(dir.path().join("data")).unwrap();
+            let [s3_port, master_port, volume_port, filer_port] = free_port_pairs(4)[..] else {
+                unreachable!()
+            };
+            let mut weed = Weed {
+                child: None,
+                s3_port,
+                master_port,
+                volume_port,
+                filer_port,
+                dir,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            };
+            weed.spawn();
+            match weed.wait_ready().await {
+                Ok(()) => return weed,
+                Err(exited) => exits.push(exited),
+            }
+        }
+        panic!(
+            "weed exited before it was ready, {START_ATTEMPTS} times:\n{}",
+            exits.join("\n---\n")
+        );
     }
 
     /// The S3 endpoint, for `objects.endpoint`.
@@ -159,19 +181,22 @@ impl Weed {
     }
 
     /// Waits until the S3 gateway answers ListBuckets with 200 (the port opens before the filer
-    /// behind it is ready).
-    async fn wait_ready(&mut self) {
+    /// behind it is ready). `Err` with its log when weed exited meanwhile.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.s3_port));
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::new();
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 self.child = None;
-                panic!("weed exited with {status}:\n{}", tail(&self.log(), 60));
+                return Err(format!(
+                    "weed exited with {status}:\n{}",
+                    tail(&self.log(), 60)
+                ));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 match self.http.get(self.endpoint()).send().await {
-                    Ok(r) if r.status() == 200 => return,
+                    Ok(r) if r.status() == 200 => return Ok(()),
                     Ok(r) => last = format!("ListBuckets answered {}", r.status()),
                     Err(e) => last = format!("ListBuckets failed: {e}"),
                 }
@@ -226,7 +251,9 @@ impl Weed {
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "kill weed before starting it again");
         self.spawn();
-        self.wait_ready().await;
+        if let Err(exited) = self.wait_ready().await {
+            panic!("{exited}");
+        }
     }
 
     /// Every key in `bucket` under `prefix`, sorted (ListObjectsV2, unsigned, all pages). An

@@ -7,7 +7,7 @@
 
 pub mod firehose_standin;
 
-pub use testkit::weed::free_port_pairs as free_ports;
+pub use testkit::free_port;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -72,7 +72,7 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Moto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_ports(1)[0];
+        let port = free_port();
         let log_path = dir.path().join("moto.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut child = Command::new(python_executable())
