@@ -150,6 +150,24 @@ async fn wait_metric(svc: &Ccstream, series: &str, at_least: f64, timeout: Durat
     }
 }
 
+/// Waits until every record ccstream committed is stored: no spool file is left, open batches
+/// included. After the record of an observation published last is stored, nothing received
+/// before it (a late redelivery included) can show up later.
+async fn wait_spool_empty(svc: &Ccstream) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let files = metric(svc, "ccstream_spool_files").await;
+        if files == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{files} spool files still there after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // What was published, and what ccstream must have stored for it
 
@@ -540,10 +558,13 @@ fn check_key(key: &str, prefix: &str, first_ms: u64, gzip: bool) {
     if !is_uuid(fields[6]) {
         bad(&format!("{:?} is not a lowercase UUID", fields[6]));
     }
-    let secs = days_from_civil(i64::from(y), mo, d) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(s);
+    let secs = time::Month::try_from(mo as u8)
+        .ok()
+        .and_then(|month| time::Date::from_calendar_date(y as i32, month, d as u8).ok())
+        .and_then(|date| date.with_hms(h as u8, mi as u8, s as u8).ok())
+        .unwrap_or_else(|| bad("not a valid date and time"))
+        .assume_utc()
+        .unix_timestamp();
     let first = (first_ms / 1000) as i64;
     if secs < first || secs > first + 2 {
         bad(&format!(
@@ -560,50 +581,15 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `YYYY.MM.DD` (UTC) of `ms` since the epoch.
 fn utc_day(ms: u64) -> String {
-    let z = (ms / 86_400_000) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}.{m:02}.{d:02}")
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap();
+    format!("{:04}.{:02}.{:02}", t.year(), u8::from(t.month()), t.day())
 }
 
 fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// Files under the spool dir `dir` other than the journal of stored record ids
@@ -641,10 +627,6 @@ fn helpers_are_right() {
     assert_eq!(utc_day(1_464_081_794_634), "2016.05.24");
     assert_eq!(utc_day(0), "1970.01.01");
     assert_eq!(utc_day(951_782_400_000), "2000.02.29");
-    assert_eq!(days_from_civil(2016, 5, 24), 16_945);
-    assert_eq!(base64(b"[1,2]"), "WzEsMl0=");
-    assert_eq!(base64(b"ab"), "YWI=");
-    assert_eq!(base64(b"abc"), "YWJj");
     check_key(
         "p/2016/05/24/09/dev-firehose-1-2016-05-24-09-23-14-0f8fad5b-d9cb-469f-a165-70867728950e",
         "p/",
@@ -748,10 +730,25 @@ async fn batches_roll_by_size_with_exact_keys_and_bytes() {
             );
         }
     }
-    // Nothing else shows up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing else shows up: ccstream received each message once and committed each record
+    // once, and every batch it stored is one of the objects checked above.
+    let n = ledger.sent.len() as f64;
+    assert_eq!(
+        metric(&svc, "ccstream_observations_received_total").await,
+        n
+    );
+    assert_eq!(
+        metric(&svc, RECORDS_OBSERVATIONS).await,
+        n,
+        "records committed twice"
+    );
     stored.refresh(&weed).await.unwrap();
     assert_eq!(stored.records(), ledger.sent.len(), "records stored twice");
+    assert_eq!(
+        metric(&svc, "ccstream_objects_batches_stored_total{sink=\"s3\"}").await,
+        stored.seen.len() as f64,
+        "batches stored that are not in the bucket"
+    );
     drop(svc);
 }
 
@@ -784,10 +781,12 @@ async fn batches_roll_by_age_and_records_carry_thing_time_and_domain() {
         published.elapsed(),
         stored.seen.keys()
     );
+    // Stored by age (max_bytes is far away), not before it: how much later depends on the
+    // machine's load, so only WAIT bounds it.
     stored.wait_records(&weed, 5, WAIT).await;
     let took = published.elapsed();
     assert!(
-        took >= Duration::from_millis(1500) && took <= Duration::from_secs(10),
+        took >= Duration::from_millis(1500),
         "the batch was stored {took:?} after its first record, max_age_secs = 2"
     );
     assert_eq!(
@@ -1257,6 +1256,15 @@ async fn kill_9_during_100k_observations_then_restart_stores_each_exactly_once()
     // Restart: spool files left by the crash are stored, the broker redelivers what was not
     // acked and sends what was queued.
     let second = start(&conf).await;
+    // A last observation, published after everything else: once it is stored and the spool is
+    // empty, every redelivery the broker made before it has been stored too.
+    broker.publish_lines(
+        &shadow_topic("thing-001"),
+        &[format!(
+            "{{\"seq\":{TOTAL},\"state\":{{\"reported\":{{\"temp\":1}}}}}}"
+        )],
+    );
+    expected_thing.insert(TOTAL, "thing-001");
     let mut stored = Objects::new(BUCKET, "");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -1266,7 +1274,7 @@ async fn kill_9_during_100k_observations_then_restart_stores_each_exactly_once()
             .values()
             .flat_map(|o| o.records.iter().filter_map(|r| r["seq"].as_u64()))
             .collect();
-        if distinct.len() as u64 >= TOTAL {
+        if distinct.len() as u64 > TOTAL {
             break;
         }
         assert!(
@@ -1279,9 +1287,7 @@ async fn kill_9_during_100k_observations_then_restart_stores_each_exactly_once()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Late duplicates (redeliveries stored after the last original) would land within a batch
-    // age or two.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_spool_empty(&second).await;
     let mut fresh = Objects::new(BUCKET, "");
     fresh.refresh(&weed).await.unwrap();
 
@@ -1300,7 +1306,7 @@ async fn kill_9_during_100k_observations_then_restart_stores_each_exactly_once()
             count.entry(seq).or_default().push(&obj.key);
         }
     }
-    let missing: Vec<u64> = (0..TOTAL).filter(|s| !count.contains_key(s)).collect();
+    let missing: Vec<u64> = (0..=TOTAL).filter(|s| !count.contains_key(s)).collect();
     let twice: Vec<(&u64, &Vec<&str>)> = count.iter().filter(|(_, keys)| keys.len() > 1).collect();
     assert!(
         missing.is_empty() && twice.is_empty(),
@@ -1338,10 +1344,10 @@ async fn kill_9_during_100k_observations_then_restart_stores_each_exactly_once()
 }
 
 // ---------------------------------------------------------------------------------------------
-// The store goes away for 30 s
+// The store goes away
 
 #[tokio::test]
-async fn s3_down_for_30_s_loses_nothing_and_backpressure_shows_in_readyz() {
+async fn s3_down_loses_nothing_and_backpressure_shows_in_readyz() {
     let broker = Mosquitto::start();
     let mut weed = Weed::start().await;
     weed.create_bucket(BUCKET).await;
@@ -1375,9 +1381,17 @@ async fn s3_down_for_30_s_loses_nothing_and_backpressure_shows_in_readyz() {
         "/readyz is 503 but does not name the spool: {why}"
     );
     assert_eq!(metric(&svc, "ccstream_spool_backpressure").await, 1.0);
-    while down.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The outage goes on, backpressured, across several failed stores (each retried with a
+    // longer wait), before S3 comes back.
+    let retries = metric(&svc, "ccstream_objects_store_retries_total").await;
+    wait_metric(
+        &svc,
+        "ccstream_objects_store_retries_total",
+        retries + 3.0,
+        WAIT,
+    )
+    .await;
+    assert_eq!(metric(&svc, "ccstream_spool_backpressure").await, 1.0);
     let taken = metric(&svc, RECORDS_OBSERVATIONS).await;
     assert!(
         taken < 1600.0,
@@ -1398,7 +1412,10 @@ async fn s3_down_for_30_s_loses_nothing_and_backpressure_shows_in_readyz() {
         .wait_records(&weed, 1600, Duration::from_secs(120))
         .await;
     wait_readyz(&svc, 200, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A last observation: once it is stored and the spool is empty, no late copy can follow.
+    ledger.publish(&broker, SUB1_THING, Some(SUB1_PATH), [1600], padded);
+    stored.wait_records(&weed, 1601, WAIT).await;
+    wait_spool_empty(&svc).await;
     let mut fresh = Objects::new(BUCKET, "");
     fresh.refresh(&weed).await.unwrap();
     let mut seqs = Vec::new();
@@ -1415,7 +1432,7 @@ async fn s3_down_for_30_s_loses_nothing_and_backpressure_shows_in_readyz() {
     );
     assert_eq!(
         seqs,
-        (0..1600).collect::<Vec<_>>(),
+        (0..=1600).collect::<Vec<_>>(),
         "records lost in the outage"
     );
     // Last: keys carry the time of the batch's first record, also for a record that waited

@@ -659,13 +659,20 @@ mod tests {
         h.tx.send(Msg::Marker { token: 2 }).expect("alive");
         send(&h, 3, b"{}");
         h.tx.send(Msg::Marker { token: 4 }).expect("alive");
-        // A marker alone: acked without a record or an fsync of its own.
-        std::thread::sleep(Duration::from_millis(100));
+        // A marker alone, once everything before it is acked: acked without a record or an
+        // fsync of its own.
+        let acked = || h.acks.lock().expect("lock").concat().len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while acked() < 5 {
+            assert!(Instant::now() < deadline, "tokens 0 to 4 not acked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         h.tx.send(Msg::Marker { token: 5 }).expect("alive");
         let (acks, sealed, shared, _dir) = stop(h);
         assert_eq!(acks.concat(), [0, 1, 2, 3, 4, 5]);
         let stats = shared.stats();
         assert_eq!(stats.records, 3, "markers are not records");
+
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].records, 3);
         let contents = read_sealed(&sealed[0].path).expect("read");

@@ -417,7 +417,7 @@ mod tests {
             store: store.clone(),
             shared: shared.clone(),
             concurrency: 2,
-            retry: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             stored_ids: None,
         };
         let (tx, rx) = mpsc::channel(4);
@@ -427,8 +427,11 @@ mod tests {
         (report, store, shared, dir)
     }
 
-    #[tokio::test]
+    // The clock is paused (tokio's test-util): waits cost no real time and their lengths are
+    // exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn retryable_errors_are_retried_then_the_file_is_deleted() {
+        let started = Instant::now();
         let (report, store, shared, dir) = run_with(vec![
             WriteError::Retryable("503".into()),
             WriteError::Retryable("timeout".into()),
@@ -441,9 +444,15 @@ mod tests {
         assert_eq!(stats.store_retries, 2);
         assert_eq!((stats.spool_bytes, stats.spool_files), (0, 0));
         assert!(!dir.path().join("a.spool").exists());
+        // Two backoff waits: 250-500 ms, then 500-1000 ms.
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_millis(750)..=Duration::from_millis(1500)).contains(&waited),
+            "{waited:?}"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn permanent_errors_move_the_file_to_failed() {
         let (report, store, shared, dir) =
             run_with(vec![WriteError::Permanent("403".into())]).await;
@@ -454,7 +463,7 @@ mod tests {
         assert!(dir.path().join("failed/a.spool").exists());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn grace_deadline_leaves_unstored_batches_in_the_spool() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sealed = sealed_in(dir.path(), "b");
@@ -466,21 +475,29 @@ mod tests {
             ),
             stored: Mutex::new(Vec::new()),
         });
+        let shared = Arc::new(Shared::new(u64::MAX));
         let uploader = Uploader {
             store,
-            shared: Arc::new(Shared::new(u64::MAX)),
+            shared: Arc::clone(&shared),
             concurrency: 1,
-            retry: Backoff::new(Duration::from_millis(5), Duration::from_millis(10)),
+            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             stored_ids: None,
         };
         let (_tx, rx) = mpsc::channel(4);
         let (deadline_tx, deadline_rx) = watch::channel(None);
         let task = tokio::spawn(uploader.run(vec![sealed], rx, deadline_rx));
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        deadline_tx
-            .send(Some(Instant::now() + Duration::from_millis(20)))
-            .expect("uploader alive");
+        // The store has failed and is being retried.
+        while shared.stats().store_retries == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        deadline_tx.send(Some(deadline)).expect("uploader alive");
         let report = task.await.expect("join");
+        assert_eq!(
+            Instant::now(),
+            deadline,
+            "the uploader gives up at the deadline"
+        );
         assert!(!report.completed);
         assert_eq!(report.left_in_spool, 1);
         assert!(dir.path().join("b.spool").exists());
