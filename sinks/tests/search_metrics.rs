@@ -17,14 +17,16 @@ fn record(n: usize) -> Bytes {
     Bytes::from(json!({"thingName": format!("thing-{n}"), "timestamp": NOON}).to_string())
 }
 
-#[tokio::test]
+// A paused clock (tokio's test-util) with the stand-ins on the test's runtime: the gauge tick
+// and the lag pass in virtual time.
+#[tokio::test(start_paused = true)]
 async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("first recorder in this binary");
     describe_metrics();
 
-    let os = StandIn::start();
+    let os = StandIn::start_here();
     os.script_bulk([
         BulkReply::Status(429),
         BulkReply::Items(vec![201, 429, 400, 201]),
@@ -44,7 +46,7 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
     task.await.expect("task");
 
     // A second indexer whose template never goes in: records wait (lag grows) and overflow.
-    let stuck = StandIn::start();
+    let stuck = StandIn::start_here();
     stuck.template_fallback(503);
     let (handle, task) = SearchIndexer::start(
         &SearchConfig {

@@ -13,8 +13,10 @@
 //! - `POST /<index>/_search`: a canned hits-and-aggregations body, or a scripted error.
 //!
 //! It records every request it gets. It ignores `filter_path` and answers the full shape, which
-//! the indexer must read as well. It runs on a thread with its own tokio runtime, so a test that
-//! blocks its own thread (to run `mosquitto_pub`, say) never delays an answer.
+//! the indexer must read as well. [`StandIn::start`] runs it on a thread with its own tokio
+//! runtime, so a test that blocks its own thread (to run `mosquitto_pub`, say) never delays an
+//! answer; [`StandIn::start_here`] runs it on the test's runtime, so that a paused clock
+//! (`tokio::time::pause`) covers both the indexer and its server.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -114,7 +116,11 @@ pub struct StandIn {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long [`StandIn::wait_until`] waits, in real time (a paused clock must not end it).
+const WAIT: Duration = Duration::from_secs(15);
 
 /// What `_search` answers unless scripted otherwise.
 pub fn canned_search() -> Value {
@@ -139,7 +145,33 @@ pub fn canned_search() -> Value {
 }
 
 impl StandIn {
+    /// On a thread of its own.
     pub fn start() -> Self {
+        let (mut standin, std_listener, stopped) = Self::bind();
+        let state = Arc::clone(&standin.shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("opensearch-standin-{}", standin.addr.port()))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(serve(std_listener, state, stopped));
+            })
+            .expect("thread");
+        standin.thread = Some(thread);
+        standin
+    }
+
+    /// On the caller's runtime (call it within one), as a task.
+    pub fn start_here() -> Self {
+        let (mut standin, std_listener, stopped) = Self::bind();
+        let state = Arc::clone(&standin.shared);
+        standin.task = Some(tokio::spawn(serve(std_listener, state, stopped)));
+        standin
+    }
+
+    fn bind() -> (Self, std::net::TcpListener, oneshot::Receiver<()>) {
         let shared = Arc::new(Shared {
             script: Mutex::new(Script::default()),
             seen: Mutex::new(Vec::new()),
@@ -150,32 +182,14 @@ impl StandIn {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("opensearch-standin-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                    let app = Router::new().fallback(handle).with_state(state);
-                    // Not graceful: that would wait for ccstream's keep-alive connections.
-                    tokio::select! {
-                        res = axum::serve(listener, app) => res.expect("serve"),
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .expect("thread");
-        Self {
+        let standin = Self {
             addr,
             shared,
             stop: Some(stop),
-            thread: Some(thread),
-        }
+            thread: None,
+            task: None,
+        };
+        (standin, std_listener, stopped)
     }
 
     pub fn url(&self) -> String {
@@ -232,16 +246,17 @@ impl StandIn {
         self.seen().into_iter().filter(Seen::is_bulk).collect()
     }
 
-    /// Waits until `done` holds for what was seen (at most 15 s).
+    /// Waits until `done` holds for what was seen (at most 15 s of real time; under a paused
+    /// clock, the runtime's clock moves on meanwhile as far as its timers take it).
     pub async fn wait_until(&self, what: &str, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + WAIT;
         loop {
             let seen = self.seen();
             if done(&seen) {
                 return seen;
             }
             assert!(
-                tokio::time::Instant::now() < deadline,
+                std::time::Instant::now() < deadline,
                 "timed out waiting for {what}; seen: {:?}",
                 seen.iter()
                     .map(|s| format!("{} {}", s.method, s.path))
@@ -271,6 +286,9 @@ impl Drop for StandIn {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
         if std::thread::panicking() {
             eprintln!("--- OpenSearch stand-in {} got ---", self.addr);
             for s in self.seen() {
@@ -283,6 +301,20 @@ impl Drop for StandIn {
                 );
             }
         }
+    }
+}
+
+async fn serve(
+    std_listener: std::net::TcpListener,
+    state: Arc<Shared>,
+    stopped: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+    let app = Router::new().fallback(handle).with_state(state);
+    // Not graceful: that would wait for ccstream's keep-alive connections.
+    tokio::select! {
+        res = axum::serve(listener, app) => res.expect("serve"),
+        _ = stopped => {}
     }
 }
 
