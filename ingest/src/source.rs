@@ -26,7 +26,7 @@
 //! present: it is cheap and covers a broker that lost it), manual acks ([`crate::ack`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,7 @@ pub struct SourceStatus {
 struct StatusFlags {
     connected: AtomicBool,
     subscribed: AtomicBool,
+    connect_failures: AtomicU64,
 }
 
 impl SourceStatus {
@@ -145,6 +146,13 @@ impl SourceStatus {
     /// Connected, and the broker has answered this connection's SUBSCRIBE.
     pub fn is_subscribed(&self) -> bool {
         self.is_connected() && self.inner.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Connection attempts that ended without a connection (no broker, TLS handshake refused,
+    /// CONNACK with an error code) since the source started: the event a caller can wait on
+    /// instead of guessing how long a failed attempt takes. Lost connections do not count.
+    pub fn connect_failures(&self) -> u64 {
+        self.inner.connect_failures.load(Ordering::Relaxed)
     }
 
     fn set(&self, connected: bool, subscribed: bool) {
@@ -448,10 +456,16 @@ impl Worker {
                         if since.elapsed() >= STABLE_CONNECTION {
                             attempt = 0;
                         }
-                    } else if matches!(e, ConnectionError::ConnectionRefused(_)) {
-                        self.metrics.connect_refused.increment(1);
                     } else {
-                        self.metrics.connect_failed.increment(1);
+                        self.status
+                            .inner
+                            .connect_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        if matches!(e, ConnectionError::ConnectionRefused(_)) {
+                            self.metrics.connect_refused.increment(1);
+                        } else {
+                            self.metrics.connect_failed.increment(1);
+                        }
                     }
                     attempt = attempt.saturating_add(1);
                     let delay = self.backoff.delay(attempt);

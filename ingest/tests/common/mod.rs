@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ingest::{Inbound, MqttConfig};
+use ingest::{AckOutcome, Acker, Inbound, MqttConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -58,12 +58,15 @@ pub fn source_config(port: u16, client_id: &str) -> MqttConfig {
 
 /// Publishes every message with QoS 1 from a fresh clean-session client and waits for all the
 /// PUBACKs, so the broker has them when this returns.
+///
+/// The connection is then closed without a DISCONNECT: rumqttd 0.20 counts a DISCONNECT and the
+/// socket's close as two disconnections, and the second one, when late, drops whichever client
+/// got the same connection slot meanwhile (the next publisher, or the source).
 pub async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
     let mut opts = MqttOptions::new(unique_id("pub"), "127.0.0.1", port);
     opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (sender, mut eventloop) = AsyncClient::new(opts, 64);
     let count = messages.len();
-    let sender = client.clone();
     tokio::spawn(async move {
         for (topic, payload) in messages {
             if sender
@@ -87,8 +90,7 @@ pub async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
     })
     .await
     .unwrap_or_else(|_| panic!("publisher: {acked} of {count} PUBACKs"));
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    drop(eventloop);
 }
 
 pub fn shadow(thing: &str, payload: &str) -> (String, Vec<u8>) {
@@ -114,11 +116,58 @@ pub async fn recv(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
         .expect("the source's channel closed")
 }
 
-/// Asserts nothing arrives within `quiet`.
-pub async fn assert_quiet(rx: &mut mpsc::Receiver<Inbound>, quiet: Duration) {
-    if let Ok(Some(item)) = tokio::time::timeout(quiet, rx.recv()).await {
-        panic!("unexpected message: {item:?}");
-    }
+/// Payload of the sentinel of [`expect_sentinel_next`].
+pub const SENTINEL: &[u8] = b"sentinel";
+
+/// Proves that nothing is queued for the source ahead of a new message, without waiting for
+/// a quiet period: publishes a sentinel (payload [`SENTINEL`], QoS 1) to `topic` on the broker
+/// at `port` and asserts it is the next item the source forwards, new (no DUP), then acks it.
+///
+/// Whatever must not arrive (a message that should have been dropped, a redelivery of an acked
+/// one) must reach the broker's queue for this session before the sentinel: published earlier
+/// ([`publish`] returns after the PUBACKs) or, for a redelivery, queued when the session
+/// resumed (call this once the source is connected). The sentinel must then take the same
+/// ordering path: QoS 1 like the rest, and a `topic` in the subscription the unwanted message
+/// would come through. Mosquitto keeps one ordered queue per client (what the cross-topic order
+/// assertions of these tests rely on too); rumqttd keeps one log per subscription filter, so
+/// there the filter must be the same.
+pub async fn expect_sentinel_next(
+    port: u16,
+    topic: &str,
+    rx: &mut mpsc::Receiver<Inbound>,
+    acker: &Acker,
+) {
+    publish(port, vec![(topic.to_owned(), SENTINEL.to_vec())]).await;
+    let item = recv(rx).await;
+    let same_topic = match &item {
+        Inbound::Shadow { thing_name, .. } => topic.split('/').any(|level| level == thing_name),
+        Inbound::Event { topic: got, .. } => got == topic,
+    };
+    assert!(
+        &item.payload()[..] == SENTINEL && same_topic,
+        "expected the sentinel on {topic}, got {item:?}"
+    );
+    assert!(!item.is_dup(), "the sentinel is a new message: {item:?}");
+    assert_eq!(acker.ack(item.into_ack()), AckOutcome::Sent);
+}
+
+/// Waits until Mosquitto has read every connection of `cfg`'s client id to its DISCONNECT; call
+/// it after [`ingest::SourceHandle::shutdown`] and before starting a source with the same id.
+///
+/// `shutdown` returns once the PUBACKs and the DISCONNECT are written. A source that connects
+/// again under the same client id before Mosquitto read them takes the session over, and
+/// Mosquitto drops what it had not read of the old connection: acked messages come back.
+/// Mosquitto reads a connection in order, so its DISCONNECT logged means every PUBACK before it
+/// was taken. Needs the packet log (`log_type all`, testkit's default).
+pub async fn wait_for_disconnect_read(broker: &testkit::mosquitto::Mosquitto, cfg: &MqttConfig) {
+    let id = cfg.client_id.as_deref().expect("tests set a client id");
+    let connected = format!(" as {id} (");
+    let disconnected = format!("Received DISCONNECT from {id}\n");
+    wait_until("Mosquitto read the DISCONNECT", || {
+        let log = broker.log();
+        log.matches(&disconnected).count() == log.matches(&connected).count()
+    })
+    .await;
 }
 
 /// The thing name and payload (as text) of a shadow update.
