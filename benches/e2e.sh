@@ -153,9 +153,12 @@ log "mosquitto on $MQTT_PORT (pid $MOSQ_PID, max_inflight_messages $INFLIGHT)"
 
 # --- SeaweedFS --------------------------------------------------------------------------------
 mkdir -p "$TMP/weed"
+# -volume.max=0: as many 64 MB volumes as the disk holds. With the default (8, most of them taken
+# by the filer) the bucket gets one volume and SeaweedFS refuses writes past ~64 MB ("failed to
+# find writable volumes"): ccstream then keeps the rest in its spool, and S3 counts fall short.
 "$WEED" server -dir="$TMP/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 \
     -s3.port="$S3_PORT" -master.port="$MASTER_PORT" -volume.port="$VOLUME_PORT" \
-    -filer.port="$FILER_PORT" -master.volumeSizeLimitMB=64 \
+    -filer.port="$FILER_PORT" -master.volumeSizeLimitMB=64 -volume.max=0 \
     -s3.port.iceberg=0 -s3.port.lance=0 >"$TMP/weed.log" 2>&1 &
 WEED_PID=$!; PIDS+=("$WEED_PID")
 S3=http://127.0.0.1:$S3_PORT

@@ -167,8 +167,11 @@ impl Weed {
             .arg(format!("-volume.port={}", self.volume_port))
             .arg(format!("-filer.port={}", self.filer_port))
             // Without the last two it binds the fixed ports 8181 and 9101 (TESTING.md).
+            // -volume.max=0: as many volumes as the disk holds; the default (8, most taken by
+            // the filer) leaves a bucket about 64 MB.
             .args([
                 "-master.volumeSizeLimitMB=64",
+                "-volume.max=0",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
             ])
