@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use ccstream_common::redact;
 use ccstream_common::ConfigError as KeyError;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -232,14 +233,43 @@ pub struct DomainEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or the environment does not parse into the configuration (figment names the
-    /// key and where it came from).
-    #[error("{0}")]
+    /// The file or the environment does not parse into the configuration; one line naming
+    /// the key and where it came from.
+    #[error("invalid configuration: {}", load_error_line(.0))]
     Load(#[from] Box<figment::Error>),
     /// A value is refused; the message names its full key (`webhook.timeout_secs`), whichever
     /// crate checked it.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] KeyError),
+}
+
+/// figment's error on one line: `api.listn: unknown field ... (in ccstream.toml TOML file)`.
+/// Its own Display puts the profile before the key and, for TOML syntax errors, spreads the
+/// parser's report with its caret drawing over several lines.
+fn load_error_line(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let what = e
+        .kind
+        .to_string()
+        .lines()
+        .map(str::trim)
+        // The parser's drawing of the line at fault: "1 | [api", "  |     ^".
+        .filter(|line| !line.is_empty() && !line.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ");
+    let from = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(source) => format!(" (in {source}, {})", m.name),
+            None => format!(" (in {})", m.name),
+        })
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{what}{from}")
+    } else {
+        format!("{key}: {what}{from}")
+    }
 }
 
 impl Config {
@@ -263,6 +293,25 @@ impl Config {
         let config: Config = figment.merge(env).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration with every secret replaced by `***`: the JWT secret, passwords, and
+    /// the passwords in URLs. For `ccstream check-config` and logs.
+    pub fn redacted(&self) -> Config {
+        const HIDDEN: &str = "***";
+        let hide = |s: &Option<String>| s.as_ref().map(|_| HIDDEN.to_owned());
+        let mut c = self.clone();
+        c.api.jwt.hs256_secret = hide(&c.api.jwt.hs256_secret);
+        c.mqtt.password = hide(&c.mqtt.password);
+        c.mqtt.url = redact::url_password(&c.mqtt.url);
+        c.store.url = redact::url_password(&c.store.url);
+        c.search.password = hide(&c.search.password);
+        c
+    }
+
+    /// The configuration as a TOML document (what `ccstream check-config` prints, redacted).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
     }
 
     /// Checks what types alone cannot say, naming the key at fault.

@@ -10,11 +10,13 @@
 //! - [`auth`]: who is calling (none or JWT) and with which role and domain.
 //! - [`store`]: rules in SQLite or PostgreSQL.
 //! - [`telemetry`], [`shutdown`]: logs, metrics, signals.
+//! - [`healthcheck`]: `ccstream healthcheck`, the probe for images without curl.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod healthcheck;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -1,42 +1,68 @@
-//! `ccstream [--config FILE]`: parses the command line, loads the configuration, starts
-//! telemetry and runs the service until SIGINT or SIGTERM.
+//! `ccstream [--config FILE] [check-config | healthcheck [--ready]]`: parses the command line,
+//! loads the configuration, and runs the service until SIGINT or SIGTERM, checks the
+//! configuration, or probes a running service.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use ccstream::config::Config;
+use clap::{Parser, Subcommand};
 
 /// Rule engine and observation-ingest stream processor of the Cloud Connect IoT platform.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file; every key can also be set with CCSTREAM_<SECTION>__<KEY>.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load and check the configuration (file and environment), print it with secrets hidden,
+    /// and exit: 0 when it is valid, 2 with the offending key when it is not.
+    CheckConfig,
+    /// Ask the running service's /healthz (or /readyz) on api.listen: exit 0 on 200, else 1.
+    /// For container health checks in images without curl.
+    Healthcheck {
+        /// Ask /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match ccstream::config::Config::load(cli.config.as_deref()) {
+    let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ccstream: {e}");
             return ExitCode::from(2);
         }
     };
+    match cli.command {
+        None => run(config),
+        Some(Command::CheckConfig) => check_config(&config),
+        Some(Command::Healthcheck {
+            ready,
+            timeout_secs,
+        }) => healthcheck(&config, ready, Duration::from_secs(timeout_secs)),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
     if let Err(e) = ccstream::telemetry::init_logs(&config.log) {
         eprintln!("ccstream: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ccstream: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let metrics = ccstream::telemetry::init_metrics()?;
@@ -48,6 +74,50 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "ccstream failed");
             eprintln!("ccstream: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(config: &Config) -> ExitCode {
+    match config.redacted().to_toml() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccstream: the configuration is valid but cannot be printed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(config: &Config, ready: bool, timeout: Duration) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match runtime.block_on(ccstream::healthcheck::probe(
+        config.api.listen,
+        path,
+        timeout,
+    )) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("ccstream: cannot start the runtime: {e}");
+            None
         }
     }
 }

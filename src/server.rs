@@ -107,7 +107,10 @@ pub async fn run(
         mqtt: engine.mqtt_status(),
         objects: engine.objects(),
     });
-    let app = router(state, Duration::from_secs(config.api.request_timeout_secs));
+    let app = router(
+        state.clone(),
+        Duration::from_secs(config.api.request_timeout_secs),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -119,37 +122,38 @@ pub async fn run(
         "ccstream API listening"
     );
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // On the signal, /readyz turns 503 at once and the engine drains (stop intake, finish what
+    // was taken, store the open batches, deliver the queued webhooks) while the API still
+    // answers; the API stops last, with what is left of the grace period.
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drain_tx.send(());
+        let _ = api_stopped.await;
     });
     let grace = Duration::from_secs(config.shutdown.grace_secs);
-    let server = tokio::spawn(async move { serve.await });
-    tokio::pin!(server);
-    let served = tokio::select! {
+    let mut server = tokio::spawn(async move { serve.await });
+    let failed = tokio::select! {
         res = &mut server => Some(res),
-        _ = drain_rx => None,
+        () = shutdown => None,
     };
-    // From the signal on, the API's in-flight requests and the engine (stop intake, finish
-    // what was taken, drain webhooks) share one grace period.
-    let api = async {
-        match served {
-            Some(res) => res?,
-            None => match tokio::time::timeout(grace, &mut server).await {
-                Ok(res) => res?,
-                Err(_) => {
-                    tracing::warn!(
-                        grace_secs = grace.as_secs(),
-                        "grace period over, in-flight requests dropped"
-                    );
-                    Ok(())
-                }
-            },
-        }
-    };
-    let (api_result, ()) = tokio::join!(api, engine.shutdown(grace));
-    api_result?;
+    state.begin_shutdown();
+    let draining = tokio::time::Instant::now();
+    engine.shutdown(grace).await;
+    if let Some(res) = failed {
+        res??;
+        anyhow::bail!("the API server stopped on its own");
+    }
+    let _ = stop_api.send(());
+    // At least a second for the API's in-flight requests, even when the engine used the grace.
+    let api_grace = grace
+        .saturating_sub(draining.elapsed())
+        .max(Duration::from_secs(1));
+    match tokio::time::timeout(api_grace, server).await {
+        Ok(res) => res??,
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over, in-flight requests dropped"
+        ),
+    }
     tracing::info!("ccstream stopped");
     Ok(())
 }

@@ -15,7 +15,7 @@ use ccstream_common::time::now_ms;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::receiver::{Received, Receiver};
+use common::receiver::{Received, Receiver, Reply};
 use common::{unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use testkit::mosquitto::{mosquitto_pub, Mosquitto};
@@ -1630,4 +1630,52 @@ async fn embedded_broker_default_end_to_end() {
     let body = got[0].json();
     assert_eq!(body["thing"]["domain"], "sub1", "{body}");
     assert_eq!(body["resource"]["value"], 70, "{body}");
+}
+
+/// SIGTERM turns `/readyz` 503 at once, so that load balancers stop sending API traffic, while
+/// the drain goes on (here: a webhook in flight to a slow receiver) and the API still answers.
+#[tokio::test]
+async fn sigterm_turns_readyz_503_at_once_while_the_drain_runs() {
+    let mut rig = Rig::start().await;
+    rig.hooks
+        .reply_once("/slow", Reply::status(200).after(Duration::from_secs(3)));
+    rig.create(rule(
+        "slow",
+        "root",
+        "temp",
+        "gte",
+        json!(50),
+        &rig.hooks.url("/slow"),
+    ))
+    .await;
+    rig.report("thing-001", json!({"temp": 90}));
+    rig.hooks_to("/slow", 1).await;
+
+    let pid = rig.svc.pid().unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = rig.svc.get("/readyz").await;
+        if status == 503 && body.contains("shutting down") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not report the shutdown: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Still draining: the webhook has not been answered yet, and the API serves.
+    assert_eq!(rig.svc.get("/healthz").await.0, 200);
+    let status = rig.svc.stop().await.unwrap();
+    assert!(status.success(), "{status}\n{}", rig.svc.logs());
+    assert!(
+        rig.svc.logs().contains("webhook dispatcher stopped"),
+        "{}",
+        rig.svc.logs()
+    );
 }

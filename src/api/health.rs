@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use std::sync::atomic::Ordering;
 
 use super::AppState;
 
@@ -11,11 +12,14 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: the rule store answers, the MQTT source is connected and subscribed, the
+/// Ready to serve: not shutting down, the rule store answers, the MQTT source is connected and subscribed, the
 /// spool is under `objects.spool_max_bytes` (over it, messages are left to the broker) and its
 /// batcher thread is alive.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
+    if state.inner.shutting_down.load(Ordering::Acquire) {
+        reasons.push("shutting down".to_owned());
+    }
     if let Err(e) = state.inner.store.ping().await {
         tracing::warn!(error = %e, "readiness check failed: rule store");
         reasons.push("rule store unreachable".to_owned());

@@ -13,6 +13,7 @@ pub mod invoke;
 pub mod observation_lambda;
 pub mod rule_lambda;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ struct Inner {
     max_body_bytes: usize,
     /// The MQTT connection and the object spool, once the engine runs.
     engine: RwLock<Option<EngineStatus>>,
+    /// Set on SIGTERM: `/readyz` answers 503 from then on, while the drain runs.
+    shutting_down: AtomicBool,
 }
 
 /// What `/readyz` asks of the running engine.
@@ -81,8 +84,15 @@ impl AppState {
                 metrics,
                 max_body_bytes,
                 engine: RwLock::new(None),
+                shutting_down: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// `/readyz` answers 503 from now on, so that load balancers stop sending API traffic
+    /// while the service drains; the API itself keeps answering until the drain is over.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
     }
 
     /// From now on `/readyz` also needs the MQTT source connected and subscribed, and the

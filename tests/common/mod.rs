@@ -196,6 +196,20 @@ impl Ccstream {
         format!("http://{}", self.addr)
     }
 
+    /// Runs the binary once more with this instance's config and environment and `args` (a
+    /// subcommand such as `healthcheck`), and waits for it to exit.
+    pub fn run_command(&self, args: &[&str]) -> Exited {
+        let output = command(self.dir.path(), &self.config, &self.env)
+            .args(args)
+            .output()
+            .expect("run ccstream");
+        Exited {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
