@@ -185,22 +185,19 @@ impl Rig {
         }
     }
 
-    /// How many times the engine rebuilt its rule index.
-    async fn reloads(&self) -> f64 {
-        self.metric("ccstream_rules_index_build_seconds_count")
-            .await
+    /// The store generation of the rule index the engine evaluates against.
+    async fn rules_generation(&self) -> f64 {
+        self.metric("ccstream_rules_generation").await
     }
 
-    /// Waits until the engine reloaded its rules after `before` (see [`Rig::reloads`]) and holds
+    /// Waits until the engine reloaded its rules after `before` (see [`Rig::rules_generation`]) and holds
     /// `self.rules` of them.
     async fn wait_reload(&self, before: f64) {
         let deadline = Instant::now() + WAIT;
         loop {
             let m = self.metrics().await;
             let loaded = m.get("ccstream_rules_loaded");
-            if m.get("ccstream_rules_index_build_seconds_count") > before
-                && loaded == self.rules as f64
-            {
+            if m.get("ccstream_rules_generation") > before && loaded == self.rules as f64 {
                 return;
             }
             assert!(
@@ -215,7 +212,7 @@ impl Rig {
 
     /// CREATE through the API, then waits until the engine has the rule.
     async fn create(&mut self, attributes: Value) -> Value {
-        let before = self.reloads().await;
+        let before = self.rules_generation().await;
         let created = self
             .svc
             .invoke(
@@ -234,7 +231,7 @@ impl Rig {
     /// Sends a Rule API write and returns how long after it was sent the engine had rebuilt its
     /// rule index with it (the contract: within a second). `delta`: rules added or removed.
     async fn time_to_effect(&mut self, payload: Value, delta: isize) -> Duration {
-        let before = self.reloads().await;
+        let before = self.rules_generation().await;
         let sent = Instant::now();
         self.svc.invoke(FUNCTION, payload, None).await.ok();
         self.rules = self.rules.checked_add_signed(delta).unwrap();
@@ -244,7 +241,7 @@ impl Rig {
 
     /// UPDATE through the API, then waits until the engine has the new version.
     async fn update(&mut self, attributes: Value) -> Value {
-        let before = self.reloads().await;
+        let before = self.rules_generation().await;
         let updated = self
             .svc
             .invoke(

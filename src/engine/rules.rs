@@ -28,6 +28,9 @@ pub async fn load(store: &RuleStore) -> Result<RuleSet, crate::store::StoreError
     metrics::histogram!("ccstream_rules_index_build_seconds")
         .record(started.elapsed().as_secs_f64());
     metrics::gauge!("ccstream_rules_loaded").set(index.len() as f64);
+    // Tests and operators compare this across replicas; the histogram's count is no substitute
+    // (its samples are folded in asynchronously by the exporter).
+    metrics::gauge!("ccstream_rules_generation").set(generation as f64);
     Ok(RuleSet { index, generation })
 }
 
