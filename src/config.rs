@@ -243,6 +243,15 @@ pub enum ConfigError {
     Invalid(#[from] KeyError),
 }
 
+/// The `<prefix><SECTION>__<KEY>` variables. Every key lives in a section, so a variable without
+/// `__` is not ours: Kubernetes sets `CCSTREAM_PORT`, `CCSTREAM_SERVICE_HOST`, ... for a Service
+/// named `ccstream` (service links), and those must not stop the start-up as unknown keys.
+fn environment(prefix: &str) -> Env {
+    Env::prefixed(prefix)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
 /// figment's error on one line: `api.listn: unknown field ... (in ccstream.toml TOML file)`.
 /// Its own Display puts the profile before the key and, for TOML syntax errors, spreads the
 /// parser's report with its caret drawing over several lines.
@@ -275,7 +284,7 @@ fn load_error_line(e: &figment::Error) -> String {
 impl Config {
     /// Defaults, then the file (when given), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_from(file, environment(ENV_PREFIX))
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
@@ -436,6 +445,22 @@ mod tests {
             let c = Config::load(Some(Path::new("c.toml"))).unwrap();
             assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
             assert_eq!(c.store.url, "postgres://x@localhost/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_without_a_section_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            // What Kubernetes' service links set for a Service named "ccstream".
+            jail.set_env("CCSTREAM_PORT", "tcp://10.0.0.1:8088");
+            jail.set_env("CCSTREAM_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("CCSTREAM_SHUTDOWN__GRACE_SECS", "7");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.shutdown.grace_secs, 7);
+            jail.set_env("CCSTREAM_SHUTDOWN__GRACE_SECONDS", "7");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("grace_seconds"), "{err}");
             Ok(())
         });
     }

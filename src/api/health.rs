@@ -7,9 +7,18 @@ use std::sync::atomic::Ordering;
 
 use super::AppState;
 
-/// The process is up and serving HTTP.
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// The process serves HTTP and can still do its work: 503 once the objects batcher thread has
+/// died, which only a restart mends (nothing is lost: what it did not commit was not acked, and
+/// its spool is stored at the next start), so that a liveness probe restarts the process.
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let engine = state.inner.engine.read().ok().and_then(|s| s.clone());
+    match engine.and_then(|status| status.objects.failure()) {
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+        None => (StatusCode::OK, "ok\n".to_owned()),
+    }
 }
 
 /// Ready to serve: not shutting down, the rule store answers, the MQTT source is connected and subscribed, the
