@@ -53,6 +53,11 @@ pub struct MqttConfig {
     /// `["$aws/things/+/shadow/update"]`, or `["thing-update/#"]` with the embedded broker,
     /// which refuses `$` filters. Both topic forms of spec 9.1 are read on either.
     pub topics: Option<Vec<String>>,
+    /// Shared subscription group of the replicas. When set, the shadow update filters are
+    /// subscribed as `$share/<group>/<filter>`, so the broker hands each update to one replica
+    /// of the group; `event_topics` stay unshared, as every replica needs every life cycle
+    /// event. Which topic a broker can share: see the README ("Several replicas").
+    pub share_group: Option<String>,
     /// Topic filters of life cycle events (spec 1.3), subscribed with QoS 1; empty for none.
     pub event_topics: Vec<String>,
     /// User name for the broker (not needed with client certificates).
@@ -100,6 +105,7 @@ impl Default for MqttConfig {
             url: format!("mqtt://127.0.0.1:{EMBEDDED_DEFAULT_PORT}"),
             client_id: None,
             topics: None,
+            share_group: None,
             event_topics: DEFAULT_EVENT_TOPICS.iter().map(|s| s.to_string()).collect(),
             username: None,
             password: None,
@@ -124,6 +130,7 @@ impl fmt::Debug for MqttConfig {
             .field("url", &redact::url_password(&self.url))
             .field("client_id", &self.client_id)
             .field("topics", &self.topics)
+            .field("share_group", &self.share_group)
             .field("event_topics", &self.event_topics)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -139,6 +146,20 @@ impl fmt::Debug for MqttConfig {
             .field("embedded_listen", &self.embedded_listen)
             .finish()
     }
+}
+
+/// A group name as MQTT 5 (4.8.2) allows it, on a broker that shares subscriptions.
+fn check_share_group(group: &str, embedded: bool) -> Result<(), &'static str> {
+    if embedded {
+        return Err("needs an external broker (the embedded one serves a single replica)");
+    }
+    if group.is_empty() {
+        return Err("must not be empty");
+    }
+    if group.contains(['/', '+', '#']) {
+        return Err("must not contain /, + or #");
+    }
+    Ok(())
 }
 
 /// The parts of the broker URL the source needs besides rumqttc's options.
@@ -158,6 +179,26 @@ impl MqttConfig {
                 .map(|s| s.to_string())
                 .collect(),
             None => DEFAULT_TOPICS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The shadow update filters as subscribed: [`Self::shadow_topics`], each in
+    /// `$share/<share_group>/...` when a group is set (a filter already written as a shared
+    /// subscription is kept as it is).
+    pub fn shadow_subscriptions(&self) -> Vec<String> {
+        let topics = self.shadow_topics();
+        match &self.share_group {
+            Some(group) => topics
+                .into_iter()
+                .map(|t| {
+                    if t.starts_with("$share/") {
+                        t
+                    } else {
+                        format!("$share/{group}/{t}")
+                    }
+                })
+                .collect(),
+            None => topics,
         }
     }
 
@@ -192,6 +233,10 @@ impl MqttConfig {
             ));
         }
         self.check_filters("mqtt.topics", &topics)?;
+        if let Some(group) = &self.share_group {
+            check_share_group(group, self.embedded)
+                .map_err(|m| Error::config("mqtt.share_group", m))?;
+        }
         self.check_filters("mqtt.event_topics", &self.event_topics)?;
         if self.password.is_some() && self.username.is_none() {
             return Err(Error::config(
@@ -483,6 +528,38 @@ mod tests {
             ..MqttConfig::default()
         };
         assert_eq!(explicit.shadow_topics(), vec!["a/#"]);
+    }
+
+    #[test]
+    fn a_share_group_shares_the_shadow_filters_only() {
+        let cfg = MqttConfig {
+            topics: Some(vec!["thing-update/#".into(), "$share/own/x/+".into()]),
+            share_group: Some("ccstream".into()),
+            ..external()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.shadow_subscriptions(),
+            vec!["$share/ccstream/thing-update/#", "$share/own/x/+"]
+        );
+        assert_eq!(cfg.event_topics, vec!["event/#"]);
+        assert_eq!(
+            external().shadow_subscriptions(),
+            external().shadow_topics()
+        );
+
+        for bad in ["", "a/b", "g+", "#"] {
+            let cfg = MqttConfig {
+                share_group: Some(bad.into()),
+                ..external()
+            };
+            assert_eq!(key_of(cfg.validate()), "mqtt.share_group", "{bad:?}");
+        }
+        let embedded = MqttConfig {
+            share_group: Some("g".into()),
+            ..MqttConfig::default()
+        };
+        assert_eq!(key_of(embedded.validate()), "mqtt.share_group");
     }
 
     #[test]

@@ -280,7 +280,7 @@ impl MqttSource {
         let status = SourceStatus::default();
         metrics.connected.set(0.0);
 
-        let shadow = cfg.shadow_topics();
+        let shadow = cfg.shadow_subscriptions();
         let mut subscriptions: Vec<SubscribeFilter> = Vec::new();
         for filter in shadow.iter().chain(&cfg.event_topics) {
             if !subscriptions.iter().any(|s| &s.path == filter) {

@@ -376,3 +376,76 @@ async fn a_slow_consumer_loses_nothing() {
     .await;
     handle.shutdown(GRACE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_group_splits_updates_and_every_member_gets_every_event() {
+    init_tracing();
+    let broker = Mosquitto::start();
+    let member = |name: &str| ingest::MqttConfig {
+        topics: Some(vec!["thing-update/#".into()]),
+        share_group: Some("ccstream".into()),
+        ..source_config(broker.port(), &unique_id(name))
+    };
+    let (a, b) = (member("share-a"), member("share-b"));
+    let (mut rx_a, acker_a, handle_a) = MqttSource::start(&a, "test", "host").unwrap();
+    let (mut rx_b, acker_b, handle_b) = MqttSource::start(&b, "test", "host").unwrap();
+    let (status_a, status_b) = (handle_a.status(), handle_b.status());
+    wait_until("both subscribed", || {
+        status_a.is_subscribed() && status_b.is_subscribed()
+    })
+    .await;
+    assert!(broker.log().contains(&format!(
+        "{} 1 $share/ccstream/thing-update/#",
+        a.client_id.as_deref().unwrap()
+    )));
+
+    const N: usize = 100;
+    let mut messages: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            (
+                format!("thing-update/root/t{i}"),
+                i.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    messages.push((
+        "event/root".into(),
+        br#"{"type":"THING.CREATE","source":{"thingName":"t"}}"#.to_vec(),
+    ));
+    publish(broker.port(), messages).await;
+
+    // Each update reaches one member; the event reaches both (its subscription is not shared).
+    let mut seen = vec![0_u32; N];
+    let mut per_member = [0_usize; 2];
+    let mut events = [0_usize; 2];
+    while per_member.iter().sum::<usize>() < N || events.contains(&0) {
+        let (member, item) = tokio::select! {
+            item = recv(&mut rx_a) => (0, item),
+            item = recv(&mut rx_b) => (1, item),
+        };
+        let acker = if member == 0 { &acker_a } else { &acker_b };
+        match &item {
+            Inbound::Shadow { .. } => {
+                let i: usize = shadow_of(&item).1.parse().unwrap();
+                seen[i] += 1;
+                per_member[member] += 1;
+            }
+            Inbound::Event { .. } => events[member] += 1,
+        }
+        acker.ack(item.into_ack());
+    }
+    assert!(seen.iter().all(|&n| n == 1), "each update once: {seen:?}");
+    assert_eq!(events, [1, 1]);
+    // Mosquitto hands them round-robin; any real split will do.
+    assert!(
+        per_member.iter().all(|&n| n >= N / 4),
+        "updates split {per_member:?}"
+    );
+    // Nothing more for either member: the sentinel event reaches both, and comes next.
+    expect_sentinel_next(broker.port(), "event/root", &mut rx_a, &acker_a).await;
+    let item = recv(&mut rx_b).await;
+    assert_eq!(&item.payload()[..], SENTINEL, "{item:?}");
+    acker_b.ack(item.into_ack());
+    handle_a.shutdown(GRACE).await.unwrap();
+    handle_b.shutdown(GRACE).await.unwrap();
+}
