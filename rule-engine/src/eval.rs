@@ -21,7 +21,7 @@ use crate::index::{CompiledRule, Entry, RuleIndex};
 use crate::observation::{ParsedObservation, Resource, SubThing};
 use crate::rule::ActionType;
 use crate::template::{self, ParentPayload, Payload, ResourcePayload, RulePayload, ThingPayload};
-use crate::threshold::{Decision, ResourcePath, ThresholdState};
+use crate::threshold::{Decision, ResourcePath, Thresholds};
 
 /// An action with its config filled from the firing's payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +55,8 @@ pub struct Outcome {
     pub matched: u32,
     /// Matches held back by the threshold (run not complete, or within the interval).
     pub throttled: u32,
-    /// Matches dropped because the threshold state is full (see [`ThresholdState`]).
+    /// Matches dropped because the threshold state is full (see
+    /// [`crate::threshold::ThresholdState`]).
     pub state_full: u32,
     pub firings: Vec<Firing>,
 }
@@ -80,7 +81,7 @@ impl<'a> Engine<'a> {
         thing_name: &str,
         obs: &ParsedObservation<'_>,
         now_ms: u64,
-        thresholds: &mut ThresholdState,
+        thresholds: &mut impl Thresholds,
     ) -> Outcome {
         let thing = self.directory.thing(thing_name);
         self.evaluate_thing(thing_name, thing, obs, now_ms, thresholds)
@@ -94,7 +95,7 @@ impl<'a> Engine<'a> {
         thing: Option<&Thing>,
         obs: &ParsedObservation<'_>,
         now_ms: u64,
-        thresholds: &mut ThresholdState,
+        thresholds: &mut impl Thresholds,
     ) -> Outcome {
         let mut outcome = Outcome::default();
         let Some(thing) = thing else {
@@ -137,19 +138,19 @@ impl<'a> Engine<'a> {
 }
 
 /// The state of one evaluation.
-struct Run<'e, 'o, 'a> {
+struct Run<'e, 'o, 'a, T: Thresholds> {
     engine: &'e Engine<'e>,
     thing_name: &'e str,
     thing: &'e Thing,
     obs: &'o ParsedObservation<'a>,
     now_ms: u64,
-    thresholds: &'e mut ThresholdState,
+    thresholds: &'e mut T,
     outcome: Outcome,
     /// `thing.state`, built once per observation on the first firing.
     state: Option<Value>,
 }
 
-impl<'o, 'a> Run<'_, 'o, 'a> {
+impl<'o, 'a, T: Thresholds> Run<'_, 'o, 'a, T> {
     fn check(&mut self, entries: &[Entry], sub: Option<&SubThing<'a>>, res: &Resource<'a>) {
         let path = ResourcePath {
             sub: sub.map(|s| s.id.as_ref()),
@@ -263,6 +264,7 @@ mod tests {
     use crate::directory::DirectorySnapshot;
     use crate::observation::ParseLimits;
     use crate::rule::{Operator, Rule, Threshold};
+    use crate::threshold::ThresholdState;
     use serde_json::json;
 
     const NOW: u64 = 1_700_000_000_000;

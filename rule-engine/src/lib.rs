@@ -14,6 +14,8 @@
 //! - [`index`]: enabled rules indexed by thing type and resource ([`RuleIndex`]).
 //! - [`compare`]: the six operators on reported values.
 //! - [`threshold`]: `count` / `interval` state per (rule, thing, resource path), bounded.
+//! - [`deferred`]: threshold steps recorded in one pass and replayed in a second, for state a
+//!   shared store keeps.
 //! - [`template`]: the spec 6.1 rule payload and `${...}` filling of action configs.
 //! - [`eval`]: one observation through index, filter and thresholds to [`Firing`]s ([`Engine`]).
 //!
@@ -29,6 +31,7 @@ pub use rule::{Action, ActionType, Expression, Filter, Operator, Rule, ThingType
 pub use validate::{validate_rule, Invalid, MessageKey, ValidateMode};
 
 pub mod compare;
+pub mod deferred;
 pub mod directory;
 pub mod eval;
 pub mod index;
@@ -43,4 +46,4 @@ pub use directory::{
 pub use eval::{Engine, FilledAction, Firing, Outcome};
 pub use index::RuleIndex;
 pub use observation::{ParseLimits, ParsedObservation, Reject, TopLevelKeys};
-pub use threshold::{Decision, ThresholdState};
+pub use threshold::{Decision, ThresholdState, Thresholds};

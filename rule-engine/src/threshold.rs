@@ -37,6 +37,40 @@ use std::sync::Arc;
 
 use crate::rule::Threshold;
 
+/// Where an evaluation takes its threshold decisions from: [`ThresholdState`] in this process,
+/// or [`crate::deferred`]'s recorder and replay when a shared store decides them.
+pub trait Thresholds {
+    /// The expression of `rule` matched for `thing`'s resource `path` at `now_ms`.
+    fn on_match(
+        &mut self,
+        rule: &Arc<str>,
+        throttle: Throttle,
+        thing: &str,
+        path: ResourcePath<'_>,
+        now_ms: u64,
+    ) -> Decision;
+
+    /// The expression of `rule`, whose threshold counts runs, did not match.
+    fn on_miss(&mut self, rule: &Arc<str>, thing: &str, path: ResourcePath<'_>, now_ms: u64);
+}
+
+impl Thresholds for ThresholdState {
+    fn on_match(
+        &mut self,
+        rule: &Arc<str>,
+        throttle: Throttle,
+        thing: &str,
+        path: ResourcePath<'_>,
+        now_ms: u64,
+    ) -> Decision {
+        ThresholdState::on_match(self, rule, throttle, thing, path, now_ms)
+    }
+
+    fn on_miss(&mut self, rule: &Arc<str>, thing: &str, path: ResourcePath<'_>, now_ms: u64) {
+        ThresholdState::on_miss(self, rule, thing, path, now_ms)
+    }
+}
+
 /// A rule's threshold, normalized: `count` ≥ 1, `interval` in ms (0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {
@@ -49,6 +83,14 @@ impl Throttle {
         count: 1,
         interval: 0,
     };
+
+    /// `count` matches in a row (0 counts as 1), at most one firing per `interval` ms.
+    pub const fn new(count: u64, interval: u64) -> Throttle {
+        Throttle {
+            count: if count == 0 { 1 } else { count },
+            interval,
+        }
+    }
 
     /// Whether this threshold needs any state (a rule without one fires on every match).
     pub fn is_stateful(self) -> bool {
@@ -64,10 +106,7 @@ impl Throttle {
 impl From<Option<Threshold>> for Throttle {
     fn from(t: Option<Threshold>) -> Self {
         let t = t.unwrap_or_default();
-        Throttle {
-            count: t.count.unwrap_or(0).max(1),
-            interval: t.interval.unwrap_or(0),
-        }
+        Throttle::new(t.count.unwrap_or(0), t.interval.unwrap_or(0))
     }
 }
 
@@ -80,7 +119,23 @@ pub struct ResourcePath<'x> {
     pub name: &'x str,
 }
 
-impl ResourcePath<'_> {
+impl<'x> ResourcePath<'x> {
+    /// A resource of the thing itself.
+    pub const fn thing(name: &'x str) -> Self {
+        ResourcePath { sub: None, name }
+    }
+
+    /// `temp` or `sub1.temp`, as [`fmt::Display`] writes it.
+    pub fn parse(path: &'x str) -> Self {
+        match path.split_once('.') {
+            Some((sub, name)) => ResourcePath {
+                sub: Some(sub),
+                name,
+            },
+            None => ResourcePath::thing(path),
+        }
+    }
+
     fn is(&self, path: &str) -> bool {
         match self.sub {
             None => path == self.name,
@@ -320,16 +375,10 @@ fn find(slots: &[Slot], rule: &str, path: ResourcePath<'_>) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const TEMP: ResourcePath<'static> = ResourcePath {
-        sub: None,
-        name: "temp",
-    };
+    const TEMP: ResourcePath<'static> = ResourcePath::thing("temp");
 
     fn throttle(count: u64, interval: u64) -> Throttle {
-        Throttle::from(Some(Threshold {
-            count: Some(count),
-            interval: Some(interval),
-        }))
+        Throttle::new(count, interval)
     }
 
     fn rule(id: &str) -> Arc<str> {
