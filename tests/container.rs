@@ -330,13 +330,7 @@ impl Container<'_> {
 
     async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.get("/metrics").await.expect("metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+        common::metric_value(&body, series)
     }
 
     async fn wait_spooled(&self, n: u64) {

@@ -118,17 +118,7 @@ async fn wait_readyz(svc: &Ccstream, status: u16, timeout: Duration) -> String {
 
 /// One series of `/metrics`, written as exported (`name{label="v"}`); 0 when absent.
 async fn metric(svc: &Ccstream, series: &str) -> f64 {
-    let (status, body) = svc.get("/metrics").await;
-    assert_eq!(status, 200, "/metrics: {body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series)
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .unwrap_or(0.0)
+    svc.metric(series).await
 }
 
 const RECORDS_OBSERVATIONS: &str = "ccstream_objects_records_total{kind=\"observations\"}";

@@ -59,16 +59,7 @@ impl Metrics {
     /// The value of one series, written exactly as exported (`name{label="v"}`); 0 when the
     /// series was never touched.
     fn get(&self, series: &str) -> f64 {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series)
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
-            .unwrap_or(0.0)
+        common::metric_value(&self.0, series)
     }
 }
 

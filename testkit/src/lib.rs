@@ -3,6 +3,7 @@
 //! test files. Only ever a dev-dependency.
 //!
 //! - [`mosquitto`]: a real Mosquitto per test on a free port, and `mosquitto_pub`.
+//! - [`redis`]: a real Redis per test on a free port, stopped and started for outages.
 //! - [`receiver`]: a scripted webhook receiver that records requests, on its own thread or on
 //!   the test's runtime (for tests under a paused clock).
 //! - [`search_standin`]: an OpenSearch stand-in (OpenSearch cannot be installed here).
@@ -15,6 +16,7 @@
 
 pub mod mosquitto;
 pub mod receiver;
+pub mod redis;
 pub mod search_standin;
 pub mod weed;
 
@@ -59,6 +61,55 @@ pub fn free_port() -> u16 {
 }
 
 /// The last `lines` lines of a server's log, for a failed test's output.
+/// Waits until the server `child` (just spawned) accepts connections on `addr` and `ready`
+/// holds, for up to `wait`. An error, with `log()`, when it exits first or does not listen in
+/// time (then it is killed): a port still held by a predecessor, say.
+pub(crate) fn wait_listening(
+    what: &str,
+    child: &mut Option<Child>,
+    addr: std::net::SocketAddr,
+    wait: Duration,
+    ready: impl Fn() -> bool,
+    log: impl Fn() -> String,
+) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            *child = None;
+            return Err(format!("{what} exited with {status}:\n{}", log()));
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            && ready()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(format!(
+                "{what} did not listen on {addr} within {wait:?}:\n{}",
+                log()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Calls `start` until it succeeds or `wait` has passed (then panics with its last error): a
+/// server started again on the port its predecessor held a moment ago.
+pub(crate) fn retry_start(wait: Duration, mut start: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + wait;
+    loop {
+        match start() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

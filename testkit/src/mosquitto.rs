@@ -14,10 +14,10 @@
 //! with the package to install, never a skip (`scripts/setup-test-deps.sh` installs it).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -163,24 +163,9 @@ impl Mosquitto {
             .expect("run mosquitto");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                self.child = None;
-                return Err(format!("mosquitto exited with {status}:\n{}", self.log()));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(format!(
-                    "mosquitto did not listen on {addr} within {WAIT:?}:\n{}",
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let dir = self.dir.path().to_owned();
+        let log = move || std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+        crate::wait_listening("mosquitto", &mut self.child, addr, WAIT, || true, log)
     }
 
     /// Kills the broker (SIGKILL, by pid) and waits for it.
@@ -198,14 +183,7 @@ impl Mosquitto {
             self.child.is_none(),
             "kill the broker before starting it again"
         );
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.try_spawn() {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => panic!("{e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        crate::retry_start(WAIT, || self.try_spawn());
     }
 
     /// Publishes `payload` to `topic` with QoS 1 and returns once the broker acknowledged it.
@@ -270,9 +248,53 @@ pub fn mosquitto_pub(port: u16, topic: &str, mode: &[&str], input: &[u8]) {
     );
 }
 
+/// Publishes every `(topic, payload)` with QoS 1, in order, over one connection to the broker
+/// at `port`, and returns once every PUBACK arrived (the broker has them all). For many topics
+/// at once, which one `mosquitto_pub` per topic would make slow.
+pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "testkit-pub-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let count = messages.len();
+    let sender = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut acked = 0;
+    let deadline = WAIT + Duration::from_millis(count as u64);
+    tokio::time::timeout(deadline, async {
+        while acked < count {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher to port {port}: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("publisher to port {port}: {acked} of {count} PUBACKs"));
+    let _ = sender.await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     /// Starts, publishes, restarts on the same port, publishes again; the pid changes.
     #[test]

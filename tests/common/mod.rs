@@ -54,6 +54,20 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// The value of one series in Prometheus text, written exactly as exported
+/// (`name{label="v"}`); 0 when the series was never touched.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
+}
+
 /// The binary under test, as cargo built it for this integration test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ccstream")
@@ -338,11 +352,25 @@ impl Ccstream {
         self.spawn().await;
     }
 
+    /// SIGKILL, then the binary again in the same dir with the same config: a crash and the
+    /// recovery from what it left on disk.
+    pub async fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// One series of `/metrics` (see [`metric_value`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        metric_value(&body, series)
     }
 
     /// `POST /2015-03-31/functions/{function}/invocations` with `payload` as the body.
