@@ -3,7 +3,8 @@
 # root on a fresh Debian 12 machine with Rust, with or without a terminal (CI runs it with no
 # stdin and CI=true). One line of output per step.
 #
-#   Debian packages  postgresql, mosquitto, mosquitto-clients, openssl, python3-pip;
+#   Debian packages  postgresql, mosquitto, mosquitto-clients, redis-server (tests start their
+#                    own on free ports), openssl, python3-pip;
 #                    podman, runc, mmdebstrap, uidmap (the container test builds and runs the
 #                    image from a Debian rootfs: no container registry can be reached);
 #                    kubernetes-client only when there is no kubectl (`kubectl kustomize`
@@ -18,7 +19,7 @@
 #   PostgreSQL       started when 127.0.0.1:5432 does not answer; user postgres must connect
 #                    over TCP from loopback without a password (see ensure_postgres_login).
 #
-# Mosquitto is installed but never started here: every test starts its own broker on a free
+# Mosquitto and Redis are installed but never started here: every test starts its own broker on a free
 # port with its own config (TESTING.md).
 set -euo pipefail
 
@@ -31,7 +32,7 @@ deb_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-debs=(postgresql mosquitto mosquitto-clients openssl podman runc mmdebstrap uidmap)
+debs=(postgresql mosquitto mosquitto-clients redis-server openssl podman runc mmdebstrap uidmap)
 missing_debs=()
 for pkg in "${debs[@]}"; do
     deb_installed "$pkg" || missing_debs+=("$pkg")

@@ -58,8 +58,26 @@ pub struct EngineConfig {
     /// ms. Rules written through this replica take effect at once.
     pub rules_poll_ms: u64,
     /// Most (rule, thing, resource) threshold states kept; beyond it new runs are not tracked
-    /// and are counted (`ccstream_rules_threshold_state_full_total`).
+    /// and are counted (`ccstream_rules_threshold_state_full_total`). `local` state only.
     pub threshold_max_keys: usize,
+    /// Where threshold state (count in a row, interval since the last firing) lives: `local`
+    /// (this process) or `redis` (shared by every replica, kept across restarts).
+    pub state: StateMode,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS); needed by
+    /// `state = "redis"`. Redis 6+ or Valkey.
+    pub redis_url: Option<String>,
+    /// How long a threshold key outlives its interval in Redis when its thing reports no more
+    /// (a run in progress is forgotten after this much silence), in seconds.
+    pub state_ttl_secs: u64,
+}
+
+/// See [`EngineConfig::state`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMode {
+    #[default]
+    Local,
+    Redis,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +85,9 @@ impl Default for EngineConfig {
         Self {
             rules_poll_ms: 500,
             threshold_max_keys: 1_000_000,
+            state: StateMode::Local,
+            redis_url: None,
+            state_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -315,6 +336,7 @@ impl Config {
         c.mqtt.url = redact::url_password(&c.mqtt.url);
         c.store.url = redact::url_password(&c.store.url);
         c.search.password = hide(&c.search.password);
+        c.engine.redis_url = c.engine.redis_url.as_deref().map(redact::url_password);
         c
     }
 
@@ -395,6 +417,26 @@ impl Config {
         }
         if self.engine.rules_poll_ms == 0 {
             return Err(invalid("engine.rules_poll_ms", "must be greater than 0"));
+        }
+        if self.engine.state == StateMode::Redis {
+            match &self.engine.redis_url {
+                None => {
+                    return Err(invalid(
+                        "engine.redis_url",
+                        "is needed by state = \"redis\"",
+                    ))
+                }
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                    return Err(invalid(
+                        "engine.redis_url",
+                        "must start with redis:// or rediss://",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.engine.state_ttl_secs == 0 {
+            return Err(invalid("engine.state_ttl_secs", "must be greater than 0"));
         }
         for d in &self.domains {
             if d.id.is_empty() || d.parent.is_empty() {
@@ -511,5 +553,26 @@ mod tests {
         c.validate().unwrap();
         c.api.jwt.rs256_public_key_pem = Some("pem".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn redis_state_needs_a_redis_url_and_hides_its_password() {
+        let mut c = Config::default();
+        c.engine.state = StateMode::Redis;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("engine.redis_url: "), "{err}");
+        c.engine.redis_url = Some("http://127.0.0.1:6379".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("engine.redis_url: "), "{err}");
+        c.engine.redis_url = Some("rediss://user:secret@redis.example:6380/0".into());
+        c.validate().unwrap();
+        let shown = c.redacted().engine.redis_url.unwrap();
+        assert!(
+            !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        c.engine.state_ttl_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("engine.state_ttl_secs: "), "{err}");
     }
 }

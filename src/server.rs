@@ -106,6 +106,7 @@ pub async fn run(
     state.set_engine_status(EngineStatus {
         mqtt: engine.mqtt_status(),
         objects: engine.objects(),
+        threshold_state: engine.state_status(),
     });
     let app = router(
         state.clone(),

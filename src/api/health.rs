@@ -21,9 +21,10 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Ready to serve: not shutting down, the rule store answers, the MQTT source is connected and subscribed, the
-/// spool is under `objects.spool_max_bytes` (over it, messages are left to the broker) and its
-/// batcher thread is alive.
+/// Ready to serve: not shutting down, the rule store answers, the MQTT source is connected and
+/// subscribed, the spool is under `objects.spool_max_bytes` (over it, messages are left to the
+/// broker) and its batcher thread is alive, and Redis answered its last round trip when it
+/// holds the threshold state.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if state.inner.shutting_down.load(Ordering::Acquire) {
@@ -45,6 +46,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
         if let Some(why) = status.objects.backpressure_reason() {
             reasons.push(why);
+        }
+        if let Some(why) = status.threshold_state.and_then(|s| s.unavailable()) {
+            reasons.push(format!(
+                "Redis (threshold state) unreachable, nothing is evaluated or acked: {why}"
+            ));
         }
     }
     if reasons.is_empty() {

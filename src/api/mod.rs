@@ -62,6 +62,8 @@ struct Inner {
 pub struct EngineStatus {
     pub mqtt: SourceStatus,
     pub objects: ObjectSinkHandle<Token>,
+    /// Redis, with `engine.state = "redis"`.
+    pub threshold_state: Option<crate::engine::redis_state::StateStatus>,
 }
 
 impl AppState {

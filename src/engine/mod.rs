@@ -7,10 +7,12 @@
 //! - [`dedupe`]: observation ids and the window that keeps QoS 1 redeliveries of observations
 //!   already stored from being stored twice.
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
+//! - [`redis_state`]: threshold state shared by replicas in Redis (`engine.state = "redis"`).
 
 pub mod dedupe;
 pub mod outputs;
 pub mod pipeline;
+pub mod redis_state;
 pub mod rules;
 
 use std::sync::{Arc, RwLock};
@@ -23,7 +25,7 @@ use sinks::webhook::{WebhookDispatcher, WebhookHandle, WebhookStats};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, StateMode};
 use crate::store::RuleStore;
 
 /// The running engine, for readiness checks and an orderly shutdown.
@@ -36,6 +38,8 @@ pub struct RunningEngine {
     webhook_task: JoinHandle<WebhookStats>,
     reloader: JoinHandle<()>,
     outputs: outputs::Outputs,
+    /// Whether Redis answers, with `engine.state = "redis"`.
+    state_status: Option<redis_state::StateStatus>,
 }
 
 /// Starts the broker (when embedded), the webhook dispatcher, the rule reloader, the MQTT source
@@ -81,22 +85,51 @@ pub async fn start(
         ids = recovered.len(),
         "redelivery window seeded with the observations earlier runs stored"
     );
+    let state = match config.engine.state {
+        StateMode::Local => pipeline::ThresholdBackend::Local(ThresholdState::with_max_keys(
+            config.engine.threshold_max_keys,
+        )),
+        StateMode::Redis => {
+            let url = config.engine.redis_url.as_deref().unwrap_or_default();
+            let redis = redis_state::RedisThresholds::new(
+                url,
+                &config.stack.name,
+                Duration::from_secs(config.engine.state_ttl_secs),
+            )
+            .context("engine.redis_url")?;
+            tracing::info!(url = %ccstream_common::redact::url_password(url), "threshold state in Redis");
+            pipeline::ThresholdBackend::Redis(pipeline::SharedState {
+                redis,
+                backoff: ccstream_common::Backoff::new(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                ),
+                client_id: source.client_id().to_owned(),
+            })
+        }
+    };
+    let state_status = match &state {
+        pipeline::ThresholdBackend::Redis(shared) => Some(shared.redis.status()),
+        pipeline::ThresholdBackend::Local(_) => None,
+    };
     let pipeline = pipeline::Pipeline {
         inbound,
-        acker,
-        objects: outputs.objects.clone(),
-        search: outputs.search.clone(),
         rules: rules_rx,
-        directory,
-        store: store.clone(),
-        webhooks: webhooks.clone(),
-        limits: ParseLimits::new(config.mqtt.max_payload_bytes),
-        thresholds: ThresholdState::with_max_keys(config.engine.threshold_max_keys),
-        key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
-        redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
-        metrics: pipeline::HotMetrics::register(),
-        domain_paths: pipeline::DomainPaths::default(),
-        actions_sent: 0,
+        state,
+        stages: pipeline::Stages {
+            acker,
+            objects: outputs.objects.clone(),
+            search: outputs.search.clone(),
+            directory,
+            store: store.clone(),
+            webhooks: webhooks.clone(),
+            limits: ParseLimits::new(config.mqtt.max_payload_bytes),
+            key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
+            redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
+            metrics: pipeline::HotMetrics::register(),
+            domain_paths: pipeline::DomainPaths::default(),
+            actions_sent: 0,
+        },
     };
     let pipeline = tokio::spawn(pipeline.run());
     Ok(RunningEngine {
@@ -107,12 +140,18 @@ pub async fn start(
         webhook_task,
         reloader,
         outputs,
+        state_status,
     })
 }
 
 impl RunningEngine {
     pub fn mqtt_status(&self) -> SourceStatus {
         self.source.status()
+    }
+
+    /// Whether Redis answers, with `engine.state = "redis"`, for `/readyz`.
+    pub fn state_status(&self) -> Option<redis_state::StateStatus> {
+        self.state_status.clone()
     }
 
     /// The object sink, for `/readyz` (spool over its limit).

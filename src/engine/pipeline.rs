@@ -8,6 +8,14 @@
 //! handed to the spool is neither evaluated nor stored again; it is acked after the spool's
 //! next commit ([`super::dedupe`] explains the rule and why it is safe).
 //!
+//! Messages are taken in batches of what is waiting (up to [`BATCH_MAX`]). With local threshold
+//! state each one is handled in turn. With state in Redis ([`super::redis_state`]) a batch's
+//! observations are evaluated once recording their threshold steps, the steps are decided in
+//! one round trip, and the observations where something fired are evaluated again with those
+//! decisions ([`rule_engine::deferred`]); only then are the records stored (and so acked): while
+//! Redis is unreachable the batch waits and is retried, nothing is evaluated without state and
+//! nothing is acked, and the broker keeps what follows.
+//!
 //! One task owns the threshold state, so it needs no lock. The directory is behind a std
 //! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
 //! await. Webhooks are only enqueued here (`try_enqueue` never waits): a slow receiver cannot
@@ -18,11 +26,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use ccstream_common::Backoff;
 use ingest::{AckToken, Acker, Inbound};
+use rule_engine::deferred::{Step, StepRecorder, StepReplay};
 use rule_engine::directory::ThingChange;
 use rule_engine::{
-    Directory, DomainTree, Engine, Firing, Outcome, ParseLimits, ParsedObservation, Reject,
-    ThresholdState,
+    Decision, Directory, DomainTree, Engine, Firing, Outcome, ParseLimits, ParsedObservation,
+    Reject, ThresholdState, Thresholds,
 };
 use sinks::objects::{
     build_error_record, build_record, build_record_from_json, AppendError, NotAnObject,
@@ -34,20 +44,54 @@ use tokio::sync::{mpsc, watch};
 
 use super::dedupe::{observation_id, RedeliveryWindow};
 use super::outputs::Token;
+use super::redis_state::{ObservationSteps, RedisThresholds};
 use super::rules::RuleSet;
 use crate::store::RuleStore;
 
 pub struct Pipeline {
     pub inbound: mpsc::Receiver<Inbound>,
-    pub acker: Acker,
     pub rules: watch::Receiver<Arc<RuleSet>>,
+    pub state: ThresholdBackend,
+    pub stages: Stages,
+}
+
+/// Where threshold state lives (`engine.state`).
+pub enum ThresholdBackend {
+    Local(ThresholdState),
+    Redis(SharedState),
+}
+
+/// Threshold state in Redis, and what retrying a batch needs.
+pub struct SharedState {
+    pub redis: RedisThresholds,
+    /// Between round trips that failed.
+    pub backoff: Backoff,
+    /// This replica's MQTT client id: with the observation id, the id of an observation's
+    /// threshold steps (see [`step_id`]).
+    pub client_id: String,
+}
+
+/// The id of an observation's threshold steps in Redis: the client id and the observation id.
+/// A QoS 1 redelivery after a crash comes to the same client (its persistent session) with the
+/// same packet id and payload, so it has the same id and gets the decisions its first
+/// evaluation got: a retry or a crash never counts a match twice. Two different messages share
+/// it only if one thing sent the same payload twice with the same packet id to one client in a
+/// row (packet ids cycle through 65,535 values per client), and then the second match is not
+/// counted.
+fn step_id(client_id: &str, observation_id: u64) -> String {
+    format!("{client_id}-{observation_id:016x}")
+}
+
+/// Everything an observation goes through besides the threshold state: the directory, the
+/// webhook queue, the spool, the indexer, the redelivery window and the metrics.
+pub struct Stages {
+    pub acker: Acker,
     pub directory: Arc<RwLock<Directory>>,
     pub store: RuleStore,
     pub webhooks: WebhookHandle,
     pub objects: ObjectSinkHandle<Token>,
     pub search: Option<IndexerHandle>,
     pub limits: ParseLimits,
-    pub thresholds: ThresholdState,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
     /// Ids of the observations handed to the spool lately (and by earlier runs).
@@ -56,6 +100,38 @@ pub struct Pipeline {
     pub domain_paths: DomainPaths,
     /// Actions handed to the webhook dispatcher so far: the sequence in idempotency keys.
     pub actions_sent: u64,
+}
+
+/// Messages taken from the source at once, at most: one Redis round trip decides their
+/// threshold steps.
+pub const BATCH_MAX: usize = 256;
+
+/// A shadow update taken from the source.
+struct Shadow {
+    thing_name: String,
+    received_at_ms: u64,
+    payload: Bytes,
+    dup: bool,
+    pkid: u16,
+    ack: AckToken,
+}
+
+/// An observation evaluated once (threshold steps recorded), waiting for its decisions.
+struct Pending {
+    shadow: Shadow,
+    id: u64,
+    observed: Observed,
+    steps: Vec<Step>,
+}
+
+/// What evaluating and recording an observation produced.
+struct Observed {
+    record: Vec<u8>,
+    kind: RecordKind,
+    /// What the record is indexed under.
+    timestamp: u64,
+    /// `None` when the payload was not evaluated (rejected by the parser).
+    outcome: Option<Outcome>,
 }
 
 /// The `<domainPath>` of each domain (`root/sub1/sub2`), for the records: walking the tree and
@@ -133,56 +209,293 @@ impl Pipeline {
     /// Runs until the source closes its channel (shutdown), acking everything it took.
     pub async fn run(mut self) {
         let mut rules = Arc::clone(&self.rules.borrow_and_update());
-        while let Some(item) = self.inbound.recv().await {
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        while self.inbound.recv_many(&mut batch, BATCH_MAX).await > 0 {
             if self.rules.has_changed().unwrap_or(false) {
                 let next = Arc::clone(&self.rules.borrow_and_update());
-                self.forget_changed_rules(&rules, &next);
+                if let ThresholdBackend::Local(state) = &mut self.state {
+                    forget_changed_rules(state, &rules, &next);
+                }
                 rules = next;
             }
-            match item {
-                Inbound::Shadow {
-                    thing_name,
-                    received_at_ms,
-                    payload,
-                    dup,
-                    pkid,
-                    ack,
-                } => {
-                    self.metrics.received.increment(1);
-                    let id = observation_id(pkid, &thing_name, &payload);
-                    if self.redeliveries.is_redelivery(dup, id) {
-                        self.skip_redelivered(&thing_name, ack).await;
-                        continue;
+            match &mut self.state {
+                ThresholdBackend::Local(state) => {
+                    for item in batch.drain(..) {
+                        self.stages.handle_local(&rules, item, state).await;
                     }
-                    let (record, kind, timestamp) =
-                        self.observe(&rules, &thing_name, received_at_ms, &payload);
-                    self.store(record, kind, timestamp, id, received_at_ms, ack)
-                        .await;
                 }
-                Inbound::Event {
-                    topic,
-                    payload,
-                    ack,
-                    ..
-                } => {
-                    self.apply_event(&topic, &payload).await;
-                    self.acker.ack(ack);
+                ThresholdBackend::Redis(shared) => {
+                    let completed = self
+                        .stages
+                        .handle_shared(&rules, &mut batch, shared, &self.inbound)
+                        .await;
+                    if !completed {
+                        tracing::warn!(
+                            "shutting down while Redis is unreachable: the messages not \
+                             evaluated are left to the broker"
+                        );
+                        break;
+                    }
                 }
             }
         }
         tracing::info!("observation pipeline stopped");
     }
+}
 
-    /// Evaluates the rules, hands the firings' actions to the webhook dispatcher, and builds the
-    /// record to store: the observation record, or an error record when the payload is not a
-    /// JSON object. Returns it with its kind and the timestamp it is indexed under.
+/// Splits a message into what the stages need.
+enum Item {
+    Shadow(Shadow),
+    Event {
+        topic: String,
+        payload: Bytes,
+        ack: AckToken,
+    },
+}
+
+impl From<Inbound> for Item {
+    fn from(inbound: Inbound) -> Self {
+        match inbound {
+            Inbound::Shadow {
+                thing_name,
+                received_at_ms,
+                payload,
+                dup,
+                pkid,
+                ack,
+            } => Item::Shadow(Shadow {
+                thing_name,
+                received_at_ms,
+                payload,
+                dup,
+                pkid,
+                ack,
+            }),
+            Inbound::Event {
+                topic,
+                payload,
+                ack,
+                ..
+            } => Item::Event {
+                topic,
+                payload,
+                ack,
+            },
+        }
+    }
+}
+
+impl Stages {
+    /// One message with local threshold state.
+    async fn handle_local(&mut self, rules: &RuleSet, item: Inbound, state: &mut ThresholdState) {
+        match Item::from(item) {
+            Item::Shadow(shadow) => {
+                self.metrics.received.increment(1);
+                let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
+                if self.redeliveries.is_redelivery(shadow.dup, id) {
+                    self.skip_redelivered(&shadow.thing_name, shadow.ack).await;
+                    return;
+                }
+                let observed = self.observe(
+                    rules,
+                    &shadow.thing_name,
+                    shadow.received_at_ms,
+                    &shadow.payload,
+                    state,
+                );
+                self.finish(shadow, id, observed).await;
+            }
+            Item::Event {
+                topic,
+                payload,
+                ack,
+            } => {
+                if let Some(thing) = self.apply_event(&topic, &payload).await {
+                    let dropped = state.forget_thing(&thing);
+                    tracing::debug!(%thing, dropped, "thing removed; threshold state dropped");
+                }
+                self.acker.ack(ack);
+            }
+        }
+    }
+
+    /// A batch with threshold state in Redis: runs of observations are decided together,
+    /// events are applied between them in arrival order. Returns false when the source shut
+    /// down while Redis was unreachable (what was not stored is left unacked).
+    async fn handle_shared(
+        &mut self,
+        rules: &RuleSet,
+        batch: &mut Vec<Inbound>,
+        shared: &mut SharedState,
+        inbound: &mpsc::Receiver<Inbound>,
+    ) -> bool {
+        let mut pending: Vec<Pending> = Vec::new();
+        for item in batch.drain(..) {
+            match Item::from(item) {
+                Item::Shadow(shadow) => {
+                    self.metrics.received.increment(1);
+                    let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
+                    // The original may still be waiting in this batch: it is stored first, so
+                    // that the marker acks the copy after the original's commit.
+                    let in_batch = shadow.dup && pending.iter().any(|p| p.id == id);
+                    if in_batch || self.redeliveries.is_redelivery(shadow.dup, id) {
+                        if !self
+                            .decide_and_store(rules, &mut pending, shared, inbound)
+                            .await
+                        {
+                            return false;
+                        }
+                        self.skip_redelivered(&shadow.thing_name, shadow.ack).await;
+                        continue;
+                    }
+                    let mut steps = Vec::new();
+                    let observed = self.observe(
+                        rules,
+                        &shadow.thing_name,
+                        shadow.received_at_ms,
+                        &shadow.payload,
+                        &mut StepRecorder { steps: &mut steps },
+                    );
+                    pending.push(Pending {
+                        shadow,
+                        id,
+                        observed,
+                        steps,
+                    });
+                }
+                Item::Event {
+                    topic,
+                    payload,
+                    ack,
+                } => {
+                    // Observations before the event are evaluated against the directory
+                    // before it.
+                    if !self
+                        .decide_and_store(rules, &mut pending, shared, inbound)
+                        .await
+                    {
+                        return false;
+                    }
+                    // A removed thing's keys in Redis expire on their own (see redis_state).
+                    let _ = self.apply_event(&topic, &payload).await;
+                    self.acker.ack(ack);
+                }
+            }
+        }
+        self.decide_and_store(rules, &mut pending, shared, inbound)
+            .await
+    }
+
+    /// Decides the threshold steps of `pending` in one round trip (retried while Redis is
+    /// unreachable), evaluates again the observations where something fired, dispatches their
+    /// firings and stores every record, in order. False: the source shut down meanwhile.
+    async fn decide_and_store(
+        &mut self,
+        rules: &RuleSet,
+        pending: &mut Vec<Pending>,
+        shared: &mut SharedState,
+        inbound: &mpsc::Receiver<Inbound>,
+    ) -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        let ids: Vec<String> = pending
+            .iter()
+            .map(|p| step_id(&shared.client_id, p.id))
+            .collect();
+        let requests: Vec<ObservationSteps<'_>> = pending
+            .iter()
+            .zip(&ids)
+            .map(|(p, id)| ObservationSteps {
+                thing: &p.shadow.thing_name,
+                steps: &p.steps,
+                step_id: id,
+                now_ms: p.shadow.received_at_ms,
+            })
+            .collect();
+        let mut failures = 0;
+        let decisions = loop {
+            match shared
+                .redis
+                .decide(&requests, |rule| rules.state_epoch(rule))
+                .await
+            {
+                Ok(d) => break d,
+                Err(e) => {
+                    if inbound.is_closed() {
+                        return false;
+                    }
+                    failures += 1;
+                    let delay = shared.backoff.delay(failures);
+                    tracing::warn!(error = %e, retry_in = ?delay, observations = pending.len(), "threshold state unreachable; nothing is evaluated or acked until it answers");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        drop(requests);
+        for (mut p, decided) in pending.drain(..).zip(decisions) {
+            if decided.contains(&Decision::Fire) {
+                p.observed.outcome = self.evaluate_again(rules, &p.shadow, &decided);
+            }
+            let Pending {
+                shadow,
+                id,
+                observed,
+                ..
+            } = p;
+            self.finish(shadow, id, observed).await;
+        }
+        true
+    }
+
+    /// The second pass of [`rule_engine::deferred`]: the same evaluation, answered with the
+    /// decisions Redis gave.
+    fn evaluate_again(
+        &mut self,
+        rules: &RuleSet,
+        shadow: &Shadow,
+        decisions: &[Decision],
+    ) -> Option<Outcome> {
+        let obs = ParsedObservation::parse(&shadow.payload, &self.limits).ok()?;
+        let directory = match self.directory.read() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Some(Engine::new(&rules.index, &directory).evaluate(
+            &shadow.thing_name,
+            &obs,
+            shadow.received_at_ms,
+            &mut StepReplay::new(decisions),
+        ))
+    }
+
+    /// Counts the outcome, queues its firings' webhooks, and stores the record.
+    async fn finish(&mut self, shadow: Shadow, id: u64, observed: Observed) {
+        if let Some(outcome) = observed.outcome {
+            self.count_outcome(&outcome);
+            self.dispatch_firings(&shadow.thing_name, outcome.firings);
+        }
+        self.store(
+            observed.record,
+            observed.kind,
+            observed.timestamp,
+            id,
+            shadow.received_at_ms,
+            shadow.ack,
+        )
+        .await;
+    }
+
+    /// Evaluates the rules and builds the record to store: the observation record, or an
+    /// error record when the payload is not a JSON object.
     fn observe(
         &mut self,
         rules: &RuleSet,
         thing_name: &str,
         received_at_ms: u64,
         payload: &[u8],
-    ) -> (Vec<u8>, RecordKind, u64) {
+        thresholds: &mut impl Thresholds,
+    ) -> Observed {
         let directory = match self.directory.read() {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
@@ -198,7 +511,7 @@ impl Pipeline {
                     thing,
                     &obs,
                     received_at_ms,
-                    &mut self.thresholds,
+                    thresholds,
                 );
                 if let Some(started) = started {
                     self.metrics
@@ -220,9 +533,13 @@ impl Pipeline {
                     }),
                 );
                 drop(directory);
-                self.count_outcome(&outcome);
-                self.dispatch_firings(thing_name, outcome.firings);
-                record_or_error(record, payload, thing_name, received_at_ms, timestamp)
+                let (record, kind) = record_or_error(record, payload, thing_name, received_at_ms);
+                Observed {
+                    record,
+                    kind,
+                    timestamp,
+                    outcome: Some(outcome),
+                }
             }
             Err(reject) => {
                 let record = build_record(payload, thing_name, received_at_ms, domain_path);
@@ -237,7 +554,13 @@ impl Pipeline {
                 metrics::counter!("ccstream_observations_rejected_total", "reason" => reject.as_str())
                     .increment(1);
                 tracing::debug!(thing = %thing_name, reason = reject.as_str(), "observation not evaluated");
-                record_or_error(record, payload, thing_name, received_at_ms, timestamp)
+                let (record, kind) = record_or_error(record, payload, thing_name, received_at_ms);
+                Observed {
+                    record,
+                    kind,
+                    timestamp,
+                    outcome: None,
+                }
             }
         }
     }
@@ -362,7 +685,9 @@ impl Pipeline {
         }
     }
 
-    async fn apply_event(&mut self, topic: &str, payload: &[u8]) {
+    /// Applies a life cycle event to the directory (and the store). Returns the name of a
+    /// thing it removed, whose threshold state the caller drops.
+    async fn apply_event(&mut self, topic: &str, payload: &[u8]) -> Option<String> {
         metrics::counter!("ccstream_events_received_total").increment(1);
         let change = {
             let mut directory = match self.directory.write() {
@@ -376,27 +701,28 @@ impl Pipeline {
             Err(e) => {
                 metrics::counter!("ccstream_events_rejected_total").increment(1);
                 tracing::warn!(topic, error = %e, "life cycle event not applied");
-                return;
+                return None;
             }
         };
-        if let ThingChange::Removed { thing_name, .. } = &change.thing {
-            let dropped = self.thresholds.forget_thing(thing_name);
-            tracing::debug!(thing = %thing_name, dropped, "thing removed; threshold state dropped");
-        }
         if let Err(e) = self.store.apply_directory_change(&change).await {
             // The in-memory directory has the change; it is lost at the next restart only.
             metrics::counter!("ccstream_store_errors_total").increment(1);
             tracing::error!(topic, error = %e, "cannot persist a directory change");
         }
+        match change.thing {
+            ThingChange::Removed { thing_name, .. } => Some(thing_name),
+            _ => None,
+        }
     }
+}
 
-    /// Drops the threshold state of rules that were removed or changed: a changed expression
-    /// or threshold starts counting afresh.
-    fn forget_changed_rules(&mut self, old: &RuleSet, new: &RuleSet) {
-        for rule in old.index.rules() {
-            if new.index.get(&rule.id) != Some(rule) {
-                self.thresholds.forget_rule(&rule.id);
-            }
+/// Drops the local threshold state of rules that were removed or changed: a changed expression
+/// or threshold starts counting afresh. (In Redis, a changed rule's keys change with it; see
+/// [`super::redis_state`].)
+fn forget_changed_rules(state: &mut ThresholdState, old: &RuleSet, new: &RuleSet) {
+    for rule in old.index.rules() {
+        if new.index.get(&rule.id) != Some(rule) {
+            state.forget_rule(&rule.id);
         }
     }
 }
@@ -407,16 +733,14 @@ fn record_or_error(
     payload: &[u8],
     thing_name: &str,
     received_at_ms: u64,
-    timestamp: u64,
-) -> (Vec<u8>, RecordKind, u64) {
+) -> (Vec<u8>, RecordKind) {
     match record {
-        Ok(record) => (record, RecordKind::Observations, timestamp),
+        Ok(record) => (record, RecordKind::Observations),
         Err(not_object) => {
             let reason = not_object.to_string();
             (
                 build_error_record(payload, thing_name, received_at_ms, &reason),
                 RecordKind::Errors,
-                timestamp,
             )
         }
     }

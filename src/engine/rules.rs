@@ -1,7 +1,8 @@
 //! Keeps the rule index current: rebuilt from the store whenever the store's rule generation
 //! moves (a write through this replica or another), published through a `watch` channel.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rule_engine::RuleIndex;
@@ -15,6 +16,30 @@ use crate::store::RuleStore;
 pub struct RuleSet {
     pub index: RuleIndex,
     pub generation: i64,
+    /// Rule id → [`super::redis_state::rule_epoch`], computed on first use (Redis state only).
+    epochs: OnceLock<HashMap<String, String>>,
+}
+
+impl RuleSet {
+    pub fn new(index: RuleIndex, generation: i64) -> Self {
+        RuleSet {
+            index,
+            generation,
+            epochs: OnceLock::new(),
+        }
+    }
+
+    /// The epoch of a rule's threshold state: it changes when the rule's expression or
+    /// threshold does. Empty for an unknown rule.
+    pub fn state_epoch(&self, id: &str) -> String {
+        let epochs = self.epochs.get_or_init(|| {
+            self.index
+                .rules()
+                .map(|r| (r.id.clone(), super::redis_state::rule_epoch(r)))
+                .collect()
+        });
+        epochs.get(id).cloned().unwrap_or_default()
+    }
 }
 
 /// Loads every rule and builds the index.
@@ -31,7 +56,7 @@ pub async fn load(store: &RuleStore) -> Result<RuleSet, crate::store::StoreError
     // Tests and operators compare this across replicas; the histogram's count is no substitute
     // (its samples are folded in asynchronously by the exporter).
     metrics::gauge!("ccstream_rules_generation").set(generation as f64);
-    Ok(RuleSet { index, generation })
+    Ok(RuleSet::new(index, generation))
 }
 
 /// Polls the store every `poll` (or at once when `changed` is notified, after a write through
