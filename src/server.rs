@@ -102,6 +102,14 @@ pub async fn run(
         metrics,
         config.api.max_body_bytes,
     );
+    if store.announces_changes() {
+        // Detached: it listens for the life of the process.
+        tokio::spawn(crate::store::notify::listen(
+            store.clone(),
+            Arc::clone(&rules_changed),
+            Arc::clone(&directory),
+        ));
+    }
     let engine = engine::start(&config, &store, directory, rules_changed).await?;
     state.set_engine_status(EngineStatus {
         mqtt: engine.mqtt_status(),

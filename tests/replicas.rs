@@ -88,6 +88,10 @@ struct Cluster {
     published: usize,
 }
 
+/// How often replicas poll for rules written elsewhere: short, except where a test shows that
+/// changes arrive by notification.
+const POLL_MS: u64 = 200;
+
 fn replica_config(
     i: usize,
     broker: &Mosquitto,
@@ -95,6 +99,7 @@ fn replica_config(
     db: &PgDb,
     directory: &str,
     run: &str,
+    poll_ms: u64,
 ) -> String {
     format!(
         "[api]\nlisten = \"{LISTEN}\"\n\
@@ -102,7 +107,7 @@ fn replica_config(
          topics = [\"thing-update/#\"]\nshare_group = \"{GROUP}\"\n\
          keep_alive_secs = 5\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\
          [webhook]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nallow_cidrs = [\"127.0.0.1/32\"]\n\
-         [engine]\nrules_poll_ms = 200\nstate = \"redis\"\nredis_url = \"{}\"\n\
+         [engine]\nrules_poll_ms = {poll_ms}\nstate = \"redis\"\nredis_url = \"{}\"\n\
          [store]\nurl = \"{}\"\n\
          [objects]\ndelimiter = \"newline\"\nmax_age_secs = 1\n\
          [directory]\nimport_file = \"{directory}\"\n",
@@ -114,6 +119,10 @@ fn replica_config(
 
 impl Cluster {
     async fn start(replicas: usize, things: usize) -> Cluster {
+        Cluster::start_polling(replicas, things, POLL_MS).await
+    }
+
+    async fn start_polling(replicas: usize, things: usize, poll_ms: u64) -> Cluster {
         let broker = Mosquitto::builder().log_packets(false).start();
         let redis = Redis::start_persistent();
         let db = PgDb::create();
@@ -122,7 +131,7 @@ impl Cluster {
         let run = unique_suffix();
         let mut started = Vec::new();
         for i in 0..replicas {
-            let config = replica_config(i, &broker, &redis, &db, &directory, &run);
+            let config = replica_config(i, &broker, &redis, &db, &directory, &run, poll_ms);
             started.push(Ccstream::start(&config).await);
         }
         let cluster = Cluster {
@@ -484,4 +493,100 @@ async fn redis_down_for_twenty_seconds_stops_evaluation_and_loses_nothing() {
     cluster.assert_fired_exactly(&want, 0).await;
     let records = cluster.stop_and_read_records().await;
     assert_stored_once(&records, THINGS, 12);
+}
+
+/// Polls `check` every 5 ms until it holds and returns how long that took; fails after `WAIT`.
+async fn time_until<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < WAIT,
+            "{what} did not happen within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// The things `GET /directory` of replica `i` lists.
+async fn directory_things(cluster: &Cluster, i: usize) -> BTreeSet<String> {
+    let (status, body) = cluster.replicas[i].get("/directory").await;
+    assert_eq!(status, 200, "{body}");
+    let dir: Value = serde_json::from_str(&body).unwrap();
+    dir["things"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["thingName"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_replica_at_once() {
+    const THINGS: usize = 100;
+    // Polling once a minute: within the test, only a notification can bring a change.
+    let mut cluster = Cluster::start_polling(3, THINGS, 60_000).await;
+
+    // A rule written through replica 0 is in force on the other two within a second.
+    cluster.create_rule("every", json!({"count": 1})).await;
+    let took = time_until("the rule reached replicas 1 and 2", || async {
+        cluster.metric(1, "ccstream_rules_loaded").await == 1.0
+            && cluster.metric(2, "ccstream_rules_loaded").await == 1.0
+    })
+    .await;
+    eprintln!("rule created through replica 0 in force on replicas 1 and 2 after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // ... and fires on the updates they take.
+    cluster.publish_rounds(THINGS, 0..3).await;
+    let hot = (0..THINGS)
+        .map(|j| (0..3).filter(|&r| temp(j, r) > 50).count())
+        .sum::<usize>();
+    let got = cluster.hooks.wait_for(hot, WAIT).await.unwrap();
+    let senders: BTreeSet<&str> = got
+        .iter()
+        .filter_map(|r| {
+            r.header("idempotency-key")?
+                .rsplit_once('-')
+                .map(|(p, _)| p)
+        })
+        .collect();
+    assert_eq!(senders.len(), 3, "firings came from {senders:?}");
+
+    // Things imported through replica 0 are known to the others within a second.
+    let imported = json!({"domains": [], "things": [
+        {"thingName": "imported-1", "thingType": "Pump", "domain": "root"}]});
+    let answer = cluster.replicas[0]
+        .client()
+        .post(format!("{}/directory", cluster.replicas[0].base_url()))
+        .json(&imported)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let took = time_until("the import reached replicas 1 and 2", || async {
+        directory_things(&cluster, 1).await.contains("imported-1")
+            && directory_things(&cluster, 2).await.contains("imported-1")
+    })
+    .await;
+    eprintln!("thing imported through replica 0 known to replicas 1 and 2 after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // A life cycle event is not shared: every replica applies it.
+    let create = json!({"type": "THING.CREATE",
+                        "source": {"thingName": "created-1", "thingType": "Pump", "domain": "root"}});
+    cluster
+        .broker
+        .publish("event/root", create.to_string().as_bytes());
+    time_until("THING.CREATE reached all three", || async {
+        let mut all = true;
+        for i in 0..3 {
+            all &= directory_things(&cluster, i).await.contains("created-1");
+        }
+        all
+    })
+    .await;
 }

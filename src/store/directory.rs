@@ -83,6 +83,14 @@ impl RuleStore {
         for chunk in snapshot.things.chunks(IMPORT_CHUNK) {
             upsert_things(&mut tx, chunk).await?;
         }
+        if self.announces_changes() {
+            let payload = super::notify::DirectoryNotice::of(&self.instance, snapshot).encode();
+            sqlx::query("SELECT pg_notify($1, $2)::text")
+                .bind(super::notify::DIRECTORY_CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -23,6 +23,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor, Row};
 
 mod directory;
+pub mod notify;
 #[cfg(test)]
 mod tests;
 
@@ -90,6 +91,11 @@ pub struct Versioned {
 #[derive(Debug, Clone)]
 pub struct RuleStore {
     pool: AnyPool,
+    engine: Engine,
+    /// The database URL, for the change listener (PostgreSQL).
+    url: String,
+    /// Tags this process's change notifications, so that its listener skips them.
+    instance: String,
 }
 
 /// The engines the store knows, decided from the URL scheme before anything is opened.
@@ -226,7 +232,12 @@ impl RuleStore {
         };
         MIGRATOR.run(&pool).await?;
         tracing::info!(engine = ?engine, "rule store ready");
-        Ok(RuleStore { pool })
+        Ok(RuleStore {
+            pool,
+            engine,
+            url: url.to_owned(),
+            instance: format!("{:016x}", fastrand::u64(..)),
+        })
     }
 
     /// Hands out the numbers behind generated rule ids (`dev-00000001`): 1, 2, 3, ... Each
@@ -312,7 +323,7 @@ impl RuleStore {
             }
             Err(e) => return Err(e.into()),
         }
-        bump_generation(&mut tx).await?;
+        self.bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(Versioned {
             rule: rule.clone(),
@@ -381,7 +392,7 @@ impl RuleStore {
         let Some(version) = version else {
             return Err(StoreError::Conflict(rule.id.clone()));
         };
-        bump_generation(&mut tx).await?;
+        self.bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(Versioned {
             rule: rule.clone(),
@@ -414,7 +425,7 @@ impl RuleStore {
             }
         };
         if done.rows_affected() > 0 {
-            bump_generation(&mut tx).await?;
+            self.bump_generation(&mut tx).await?;
             tx.commit().await?;
             return Ok(true);
         }
@@ -452,14 +463,56 @@ impl RuleStore {
         self.pool.execute("SELECT 1").await?;
         Ok(())
     }
-}
 
-async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
-    sqlx::query("UPDATE id_sequences SET value = value + 1 WHERE name = $1")
-        .bind(RULES_GENERATION)
-        .execute(&mut **tx)
+    /// Bumps the rule generation in `tx`; on PostgreSQL also announces it to every replica's
+    /// listener ([`notify`]), delivered when `tx` commits.
+    async fn bump_generation(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE id_sequences SET value = value + 1 WHERE name = $1")
+            .bind(RULES_GENERATION)
+            .execute(&mut **tx)
+            .await?;
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)::text")
+                .bind(notify::RULES_CHANNEL)
+                .bind(&self.instance)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Saves `owner`'s threshold state document (replacing the previous one).
+    pub async fn save_threshold_state(&self, owner: &str, doc: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO threshold_state (owner, doc, saved_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner) DO UPDATE SET doc = excluded.doc, saved_at = excluded.saved_at",
+        )
+        .bind(owner)
+        .bind(doc)
+        .bind(now_ms())
+        .execute(&self.pool)
         .await?;
-    Ok(())
+        Ok(())
+    }
+
+    /// `owner`'s saved threshold state document, if any.
+    pub async fn load_threshold_state(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT doc FROM threshold_state WHERE owner = $1")
+                .bind(owner)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Whether replicas sharing this store are told of changes at once (PostgreSQL's
+    /// `LISTEN/NOTIFY`), rather than only by polling.
+    pub fn announces_changes(&self) -> bool {
+        self.engine == Engine::Postgres
+    }
 }
 
 async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {
