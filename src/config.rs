@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS); needed by
     /// `state = "redis"`. Redis 6+ or Valkey.
     pub redis_url: Option<String>,
+    /// With `state = "local"`: how often the threshold state is saved to the store (it is also
+    /// saved at shutdown and loaded at start), in seconds. A crash loses at most this much.
+    pub state_save_secs: u64,
     /// How long a threshold key outlives its interval in Redis when its thing reports no more
     /// (a run in progress is forgotten after this much silence), in seconds.
     pub state_ttl_secs: u64,
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             threshold_max_keys: 1_000_000,
             state: StateMode::Local,
             redis_url: None,
+            state_save_secs: 30,
             state_ttl_secs: 7 * 24 * 3600,
         }
     }
@@ -434,6 +438,9 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if self.engine.state_save_secs == 0 {
+            return Err(invalid("engine.state_save_secs", "must be greater than 0"));
         }
         if self.engine.state_ttl_secs == 0 {
             return Err(invalid("engine.state_ttl_secs", "must be greater than 0"));

@@ -1667,3 +1667,39 @@ async fn sigterm_turns_readyz_503_at_once_while_the_drain_runs() {
         rig.svc.logs()
     );
 }
+
+#[tokio::test]
+async fn local_threshold_state_survives_a_restart() {
+    let mut rig = Rig::start().await;
+    let mut count3 = rule(
+        "count3",
+        "root",
+        "temp",
+        "gt",
+        json!(50),
+        &rig.hooks.url("/count3"),
+    );
+    count3["threshold"] = json!({"count": 3});
+    rig.create(count3).await;
+    let mut hourly = rule(
+        "hourly",
+        "root",
+        "temp",
+        "gt",
+        json!(50),
+        &rig.hooks.url("/hourly"),
+    );
+    hourly["threshold"] = json!({"interval": 3_600_000});
+    rig.create(hourly).await;
+    rig.add_sentinel("thing-001").await;
+
+    // Two matches in a row; the hourly rule fires on the first.
+    assert_eq!(rig.fires("thing-001", json!({"temp": 90})).await, 1);
+    assert_eq!(rig.fires("thing-001", json!({"temp": 90})).await, 0);
+    rig.svc.restart().await;
+    rig.wait_ready(true).await;
+    // The third match in a row comes after the restart: count3 fires, hourly still waits.
+    assert_eq!(rig.fires("thing-001", json!({"temp": 90})).await, 1);
+    assert_eq!(rig.hooks_to("/count3", 1).await.len(), 1);
+    assert_eq!(rig.hooks_to("/hourly", 1).await.len(), 1);
+}

@@ -46,4 +46,4 @@ pub use directory::{
 pub use eval::{Engine, FilledAction, Firing, Outcome};
 pub use index::RuleIndex;
 pub use observation::{ParseLimits, ParsedObservation, Reject, TopLevelKeys};
-pub use threshold::{Decision, ThresholdState, Thresholds};
+pub use threshold::{Decision, SavedKey, ThresholdState, Thresholds};

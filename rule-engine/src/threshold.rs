@@ -171,6 +171,16 @@ pub enum Decision {
     StateFull,
 }
 
+/// One key of the state as saved across a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedKey {
+    pub rule: String,
+    pub thing: String,
+    pub path: String,
+    pub run: u64,
+    pub quiet_until: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Slot {
     rule: Arc<str>,
@@ -325,6 +335,56 @@ impl ThresholdState {
         let removed = self.things.remove(thing).map_or(0, |slots| slots.len());
         self.keys -= removed;
         removed
+    }
+
+    /// Every key, for saving the state across a restart.
+    pub fn export(&self) -> Vec<SavedKey> {
+        let mut out = Vec::with_capacity(self.keys);
+        for (thing, slots) in &self.things {
+            for slot in slots {
+                out.push(SavedKey {
+                    rule: slot.rule.to_string(),
+                    thing: thing.to_string(),
+                    path: slot.path.to_string(),
+                    run: slot.run,
+                    quiet_until: slot.quiet_until,
+                });
+            }
+        }
+        out
+    }
+
+    /// Adds saved keys (see [`ThresholdState::export`]); `rule_id` gives the id as the rule
+    /// index holds it (so keys share it), `None` for a key to drop (its rule is gone or
+    /// changed). Keys beyond [`ThresholdState::max_keys`] are dropped. Returns how many were
+    /// restored.
+    pub fn restore(
+        &mut self,
+        keys: impl IntoIterator<Item = SavedKey>,
+        mut rule_id: impl FnMut(&str) -> Option<Arc<str>>,
+    ) -> usize {
+        let mut restored = 0;
+        for key in keys {
+            if self.keys >= self.max_keys {
+                break;
+            }
+            let Some(rule) = rule_id(&key.rule) else {
+                continue;
+            };
+            let slots = self.things.entry(key.thing.into_boxed_str()).or_default();
+            if slots.iter().any(|s| s.rule == rule && *s.path == *key.path) {
+                continue;
+            }
+            slots.push(Slot {
+                rule,
+                path: key.path.into_boxed_str(),
+                run: key.run,
+                quiet_until: key.quiet_until,
+            });
+            self.keys += 1;
+            restored += 1;
+        }
+        restored
     }
 
     /// Drops keys that carry no information any more at `now_ms`; returns how many.
@@ -532,6 +592,35 @@ mod tests {
         assert_eq!(
             st.on_match(&r, t, "a", TEMP, u64::MAX - 5),
             Decision::Throttled
+        );
+    }
+
+    #[test]
+    fn exported_keys_restore_the_same_decisions() {
+        let (r, other) = (rule("r"), rule("gone"));
+        let mut before = ThresholdState::new();
+        before.on_match(&r, throttle(3, 0), "t1", TEMP, 0);
+        before.on_match(&r, throttle(3, 0), "t1", TEMP, 1);
+        before.on_match(&r, throttle(1, 1000), "t2", TEMP, 2);
+        before.on_match(&other, throttle(2, 0), "t1", TEMP, 3);
+        let saved = before.export();
+        assert_eq!(saved.len(), 3);
+
+        let mut after = ThresholdState::new();
+        let restored = after.restore(saved, |id| (id == "r").then(|| Arc::clone(&r)));
+        assert_eq!(restored, 2, "the key of a rule that is gone is dropped");
+        // The run of two goes on: the third match in a row fires; the interval still runs.
+        assert_eq!(
+            after.on_match(&r, throttle(3, 0), "t1", TEMP, 4),
+            Decision::Fire
+        );
+        assert_eq!(
+            after.on_match(&r, throttle(1, 1000), "t2", TEMP, 5),
+            Decision::Throttled
+        );
+        assert_eq!(
+            after.on_match(&r, throttle(1, 1000), "t2", TEMP, 1002),
+            Decision::Fire
         );
     }
 }

@@ -8,19 +8,21 @@
 //!   already stored from being stored twice.
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
 //! - [`redis_state`]: threshold state shared by replicas in Redis (`engine.state = "redis"`).
+//! - [`saved_state`]: local threshold state saved to the store and loaded at start.
 
 pub mod dedupe;
 pub mod outputs;
 pub mod pipeline;
 pub mod redis_state;
 pub mod rules;
+pub mod saved_state;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use ingest::{EmbeddedBroker, MqttSource, SourceHandle, SourceStatus};
-use rule_engine::{Directory, ParseLimits, ThresholdState};
+use rule_engine::{Directory, ParseLimits};
 use sinks::webhook::{WebhookDispatcher, WebhookHandle, WebhookStats};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -86,9 +88,20 @@ pub async fn start(
         "redelivery window seeded with the observations earlier runs stored"
     );
     let state = match config.engine.state {
-        StateMode::Local => pipeline::ThresholdBackend::Local(ThresholdState::with_max_keys(
-            config.engine.threshold_max_keys,
-        )),
+        StateMode::Local => {
+            let owner = source.client_id().to_owned();
+            let rules = Arc::clone(&rules_rx.borrow());
+            let state =
+                saved_state::load(store, &owner, &rules, config.engine.threshold_max_keys).await;
+            pipeline::ThresholdBackend::Local(pipeline::LocalState {
+                state,
+                saver: saved_state::Saver::new(
+                    store.clone(),
+                    owner,
+                    Duration::from_secs(config.engine.state_save_secs),
+                ),
+            })
+        }
         StateMode::Redis => {
             let url = config.engine.redis_url.as_deref().unwrap_or_default();
             let redis = redis_state::RedisThresholds::new(

@@ -46,6 +46,7 @@ use super::dedupe::{observation_id, RedeliveryWindow};
 use super::outputs::Token;
 use super::redis_state::{ObservationSteps, RedisThresholds};
 use super::rules::RuleSet;
+use super::saved_state::Saver;
 use crate::store::RuleStore;
 
 pub struct Pipeline {
@@ -57,8 +58,14 @@ pub struct Pipeline {
 
 /// Where threshold state lives (`engine.state`).
 pub enum ThresholdBackend {
-    Local(ThresholdState),
+    Local(LocalState),
     Redis(SharedState),
+}
+
+/// Threshold state in this process, saved to the store now and then.
+pub struct LocalState {
+    pub state: ThresholdState,
+    pub saver: Saver,
 }
 
 /// Threshold state in Redis, and what retrying a batch needs.
@@ -213,16 +220,19 @@ impl Pipeline {
         while self.inbound.recv_many(&mut batch, BATCH_MAX).await > 0 {
             if self.rules.has_changed().unwrap_or(false) {
                 let next = Arc::clone(&self.rules.borrow_and_update());
-                if let ThresholdBackend::Local(state) = &mut self.state {
-                    forget_changed_rules(state, &rules, &next);
+                if let ThresholdBackend::Local(local) = &mut self.state {
+                    forget_changed_rules(&mut local.state, &rules, &next);
                 }
                 rules = next;
             }
             match &mut self.state {
-                ThresholdBackend::Local(state) => {
+                ThresholdBackend::Local(local) => {
                     for item in batch.drain(..) {
-                        self.stages.handle_local(&rules, item, state).await;
+                        self.stages
+                            .handle_local(&rules, item, &mut local.state)
+                            .await;
                     }
+                    local.saver.tick(&local.state, &rules);
                 }
                 ThresholdBackend::Redis(shared) => {
                     let completed = self
@@ -238,6 +248,9 @@ impl Pipeline {
                     }
                 }
             }
+        }
+        if let ThresholdBackend::Local(local) = &mut self.state {
+            local.saver.finish(&local.state, &rules).await;
         }
         tracing::info!("observation pipeline stopped");
     }
