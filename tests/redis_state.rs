@@ -39,7 +39,7 @@ async fn decide(
         now_ms,
     }];
     redis
-        .decide(&batch, |_| "e1".to_owned())
+        .decide(&batch, |rule| format!("{rule}:e1"))
         .await
         .unwrap()
         .pop()
@@ -188,12 +188,21 @@ async fn a_changed_rule_starts_on_fresh_keys() {
             now_ms: 1,
         }]
     };
-    let got = redis.decide(&batch("a"), |_| "old".into()).await.unwrap();
+    let got = redis
+        .decide(&batch("a"), |rule| format!("{rule}:old"))
+        .await
+        .unwrap();
     assert_eq!(got, [vec![Decision::Counting]]);
     // Under the new epoch the run starts again: counting, not firing.
-    let got = redis.decide(&batch("b"), |_| "new".into()).await.unwrap();
+    let got = redis
+        .decide(&batch("b"), |rule| format!("{rule}:new"))
+        .await
+        .unwrap();
     assert_eq!(got, [vec![Decision::Counting]]);
-    let got = redis.decide(&batch("c"), |_| "new".into()).await.unwrap();
+    let got = redis
+        .decide(&batch("c"), |rule| format!("{rule}:new"))
+        .await
+        .unwrap();
     assert_eq!(got, [vec![Decision::Fire]]);
 }
 
@@ -213,13 +222,16 @@ async fn the_script_is_loaded_again_after_a_redis_restart() {
         step_id: "b",
         now_ms: 1,
     }];
-    assert!(redis.decide(&batch, |_| "e1".into()).await.is_err());
+    assert!(redis
+        .decide(&batch, |rule| format!("{rule}:e1"))
+        .await
+        .is_err());
     assert!(redis.status().unavailable().is_some());
     server.start_again();
     // A new, empty Redis without the script: NOSCRIPT, loaded, decided.
     let mut answered = None;
     for _ in 0..50 {
-        if let Ok(d) = redis.decide(&batch, |_| "e1".into()).await {
+        if let Ok(d) = redis.decide(&batch, |rule| format!("{rule}:e1")).await {
             answered = Some(d);
             break;
         }

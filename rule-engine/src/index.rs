@@ -313,6 +313,12 @@ impl RuleIndex {
         self.rules.values().map(|c| &c.rule)
     }
 
+    /// Every rule as compiled. [`CompiledRule::id`] is the very `Arc` evaluation hands to the
+    /// threshold state, so a caller may key per-rule data by its address.
+    pub fn compiled(&self) -> impl Iterator<Item = &Arc<CompiledRule>> {
+        self.rules.values()
+    }
+
     /// Number of rules, enabled or not.
     pub fn len(&self) -> usize {
         self.rules.len()

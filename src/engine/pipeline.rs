@@ -414,7 +414,13 @@ impl Stages {
         }
         let ids: Vec<String> = pending
             .iter()
-            .map(|p| step_id(&shared.client_id, p.id))
+            .map(|p| {
+                if p.steps.is_empty() {
+                    String::new()
+                } else {
+                    step_id(&shared.client_id, p.id)
+                }
+            })
             .collect();
         let requests: Vec<ObservationSteps<'_>> = pending
             .iter()
@@ -430,7 +436,7 @@ impl Stages {
         let decisions = loop {
             match shared
                 .redis
-                .decide(&requests, |rule| rules.state_epoch(rule))
+                .decide(&requests, |rule| rules.state_key_part(rule))
                 .await
             {
                 Ok(d) => break d,

@@ -180,23 +180,28 @@ impl RedisThresholds {
         self.status.clone()
     }
 
-    /// The key of a step; `epoch` from [`rule_epoch`].
-    fn key(&self, thing: &str, epoch: &str, step: &Step) -> String {
-        format!(
-            "{}:{{{thing}}}:{}:{epoch}:{}",
-            self.prefix, step.rule, step.path
-        )
+    /// Writes the key of a step into `key`; `rule_part` is `<rule id>:<epoch>` (see
+    /// [`rule_epoch`]).
+    fn write_key(&self, key: &mut String, thing: &str, rule_part: &str, path: &str) {
+        key.clear();
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(thing);
+        key.push_str("}:");
+        key.push_str(rule_part);
+        key.push(':');
+        key.push_str(path);
     }
 
     /// Decides every match step of `batch` in one round trip: for each observation, one decision
-    /// per [`StepKind::Match`] step, in order. `epoch_of` gives a rule's epoch.
-    pub async fn decide(
+    /// per [`StepKind::Match`] step, in order. `rule_part` gives `<rule id>:<epoch>`.
+    pub async fn decide<P: AsRef<str>>(
         &mut self,
         batch: &[ObservationSteps<'_>],
-        epoch_of: impl Fn(&str) -> String,
+        rule_part: impl Fn(&Arc<str>) -> P,
     ) -> Result<Vec<Vec<Decision>>, StateError> {
         let started = Instant::now();
-        let result = self.round_trip(batch, &epoch_of).await;
+        let result = self.round_trip(batch, &rule_part).await;
         let result = match result {
             // Redis restarted and lost its script cache: load it and send the batch again (the
             // steps are idempotent).
@@ -204,7 +209,7 @@ impl RedisThresholds {
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 self.load_script().await?;
-                self.round_trip(batch, &epoch_of).await
+                self.round_trip(batch, &rule_part).await
             }
             other => other,
         };
@@ -230,20 +235,27 @@ impl RedisThresholds {
         Ok(())
     }
 
-    async fn round_trip(
+    async fn round_trip<P: AsRef<str>>(
         &mut self,
         batch: &[ObservationSteps<'_>],
-        epoch_of: &impl Fn(&str) -> String,
+        rule_part: &impl Fn(&Arc<str>) -> P,
     ) -> Result<Vec<Vec<Decision>>, StateError> {
         let mut pipe = redis::pipe();
         let mut calls = 0;
+        let mut key = String::new();
         for obs in batch.iter().filter(|o| !o.steps.is_empty()) {
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.script.get_hash())
                 .arg(obs.steps.len());
             for step in obs.steps {
-                cmd.arg(self.key(obs.thing, &epoch_of(&step.rule), step));
+                self.write_key(
+                    &mut key,
+                    obs.thing,
+                    rule_part(&step.rule).as_ref(),
+                    &step.path,
+                );
+                cmd.arg(key.as_str());
             }
             cmd.arg(obs.now_ms)
                 .arg(obs.step_id)

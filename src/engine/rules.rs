@@ -2,6 +2,7 @@
 //! moves (a write through this replica or another), published through a `watch` channel.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,35 @@ use crate::store::RuleStore;
 pub struct RuleSet {
     pub index: RuleIndex,
     pub generation: i64,
-    /// Rule id → [`super::redis_state::rule_epoch`], computed on first use (Redis state only).
-    epochs: OnceLock<HashMap<String, String>>,
+    /// Rule id `Arc` (by address) → `<id>:<epoch>` ([`super::redis_state::rule_epoch`]), the
+    /// part of the rule's Redis keys that changes with it; computed on first use (Redis state
+    /// only). By address because evaluation hands the threshold state the index's own `Arc`s:
+    /// a lookup per threshold step then hashes no string.
+    key_parts: OnceLock<HashMap<usize, Arc<str>, BuildHasherDefault<AddressHasher>>>,
+}
+
+/// Hashes an address (`write_usize`) with one multiplication (Fibonacci hashing).
+#[derive(Default)]
+pub struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = n as u64;
+    }
+}
+
+fn address(id: &Arc<str>) -> usize {
+    Arc::as_ptr(id).cast::<u8>() as usize
 }
 
 impl RuleSet {
@@ -25,20 +53,35 @@ impl RuleSet {
         RuleSet {
             index,
             generation,
-            epochs: OnceLock::new(),
+            key_parts: OnceLock::new(),
         }
     }
 
-    /// The epoch of a rule's threshold state: it changes when the rule's expression or
-    /// threshold does. Empty for an unknown rule.
-    pub fn state_epoch(&self, id: &str) -> String {
-        let epochs = self.epochs.get_or_init(|| {
+    /// `<rule id>:<epoch>` of the rule whose id `Arc` the evaluation handed over; the epoch
+    /// changes when the rule's expression or threshold does.
+    pub fn state_key_part(&self, id: &Arc<str>) -> Arc<str> {
+        let parts = self.key_parts.get_or_init(|| {
             self.index
-                .rules()
-                .map(|r| (r.id.clone(), super::redis_state::rule_epoch(r)))
+                .compiled()
+                .map(|r| {
+                    let part = format!("{}:{}", r.id(), super::redis_state::rule_epoch(r.rule()));
+                    (address(r.id()), Arc::from(part))
+                })
                 .collect()
         });
-        epochs.get(id).cloned().unwrap_or_default()
+        match parts.get(&address(id)) {
+            Some(part) => Arc::clone(part),
+            // Not an `Arc` of this index (never from evaluation): by the id's text.
+            None => Arc::from(format!("{id}:{}", self.state_epoch(id))),
+        }
+    }
+
+    /// The epoch of a rule's threshold state (empty for an unknown rule).
+    pub fn state_epoch(&self, id: &str) -> String {
+        self.index
+            .get(id)
+            .map(super::redis_state::rule_epoch)
+            .unwrap_or_default()
     }
 }
 
@@ -98,5 +141,40 @@ pub async fn keep_current(
             }
             Err(e) => tracing::warn!(error = %e, "cannot reload rules; keeping the current ones"),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rule(value: i64, threshold: serde_json::Value) -> rule_engine::Rule {
+        serde_json::from_value(serde_json::json!({
+            "id": "r1", "name": "r1", "enabled": true,
+            "filter": {"domain": "root", "thingType": "Pump"},
+            "expression": {"operator": "gt", "resource": "temp", "value": value},
+            "threshold": threshold,
+            "actions": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_key_part_follows_expression_and_threshold() {
+        let part = |r: rule_engine::Rule| {
+            let set = RuleSet::new(RuleIndex::from_rules([r]), 1);
+            // The index's own Arc, as evaluation hands it over, and a look-alike.
+            let id = Arc::clone(set.index.compiled().next().unwrap().id());
+            let by_text = set.state_key_part(&Arc::from("r1"));
+            let part = set.state_key_part(&id);
+            assert_eq!(part, by_text);
+            part.to_string()
+        };
+        let base = part(rule(50, serde_json::json!({"count": 3})));
+        assert!(base.starts_with("r1:"), "{base}");
+        assert_eq!(base, part(rule(50, serde_json::json!({"count": 3}))));
+        assert_ne!(base, part(rule(51, serde_json::json!({"count": 3}))));
+        assert_ne!(base, part(rule(50, serde_json::json!({"count": 4}))));
     }
 }
