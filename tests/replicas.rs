@@ -67,6 +67,19 @@ fn expected(things: usize, rounds: std::ops::Range<u64>) -> BTreeSet<Firing> {
     out
 }
 
+/// The updates of round `r`: `thing-update/root/<thing>` with `temp` and `round`.
+fn round_messages(things: usize, r: u64) -> Vec<(String, Vec<u8>)> {
+    (0..things)
+        .map(|j| {
+            let payload = json!({"state": {"reported": {"temp": temp(j, r), "round": r}}});
+            (
+                format!("thing-update/root/{}", thing(j)),
+                payload.to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
 fn directory_file(dir: &Path, things: usize) -> String {
     let things: Vec<Value> = (0..things)
         .map(|j| json!({"thingName": thing(j), "thingType": "Pump", "domain": "root"}))
@@ -232,16 +245,7 @@ impl Cluster {
 
     /// Publishes one round without waiting for its evaluation.
     async fn publish_round(&mut self, things: usize, r: u64) {
-        let messages = (0..things)
-            .map(|j| {
-                let payload = json!({"state": {"reported": {"temp": temp(j, r), "round": r}}});
-                (
-                    format!("thing-update/root/{}", thing(j)),
-                    payload.to_string().into_bytes(),
-                )
-            })
-            .collect();
-        publish_all(self.broker.port(), messages).await;
+        publish_all(self.broker.port(), round_messages(things, r)).await;
         self.published += things;
     }
 
@@ -306,7 +310,15 @@ impl Cluster {
         want: &BTreeSet<Firing>,
         extra: usize,
     ) -> BTreeMap<Firing, Vec<String>> {
-        let mut got = self.firings(want.len() + extra).await;
+        let got = self.firings(want.len() + extra).await;
+        self.check_fired(want, got)
+    }
+
+    fn check_fired(
+        &self,
+        want: &BTreeSet<Firing>,
+        mut got: BTreeMap<Firing, Vec<String>>,
+    ) -> BTreeMap<Firing, Vec<String>> {
         got.retain(|(rule, _, _), _| rule == "count3" || rule == "hourly");
         let repeated: Vec<_> = got.iter().filter(|(_, by)| by.len() > 1).collect();
         assert!(repeated.is_empty(), "fired more than once: {repeated:?}");
@@ -322,6 +334,20 @@ impl Cluster {
             "missing firings"
         );
         got
+    }
+
+    /// The (thing, round) pairs every replica has stored so far (objects roll every second).
+    fn stored_so_far(&self) -> BTreeSet<(String, u64)> {
+        self.replicas
+            .iter()
+            .flat_map(|r| local_records(&r.dir().join("data/observations")))
+            .map(|record| {
+                (
+                    record["thingName"].as_str().unwrap().to_owned(),
+                    record["state"]["reported"]["round"].as_u64().unwrap(),
+                )
+            })
+            .collect()
     }
 
     /// Stops every replica (SIGTERM: open batches are stored) and reads back every record of
@@ -356,9 +382,12 @@ fn local_records(dir: &Path) -> Vec<Value> {
         };
         for entry in entries {
             let path = entry.unwrap().path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             if path.is_dir() {
                 stack.push(path);
-            } else if !path.to_string_lossy().contains("/errors/") {
+            } else if !hidden && !path.to_string_lossy().contains("/errors/") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 out.extend(
                     text.lines()
@@ -589,4 +618,112 @@ async fn changes_reach_every_replica_at_once() {
         all
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_round_stores_every_observation_once() {
+    // 3,000 things: a round takes a replica tens of milliseconds, so the kill lands in it.
+    const THINGS: usize = 3000;
+    const KILLED: u64 = 6;
+    const ROUNDS: u64 = 10;
+    /// Mosquitto's default max_inflight_messages: what a killed client can hold unacked.
+    const BROKER_WINDOW: usize = 20;
+    let mut cluster = Cluster::start(3, THINGS).await;
+    cluster.create_rules().await;
+    cluster.publish_rounds(THINGS, 0..KILLED).await;
+
+    // Killed once it has taken part of the round, while the rest is still coming.
+    let taken = "ccstream_mqtt_messages_total{kind=\"shadow\"}";
+    let before = cluster.metric(1, taken).await;
+    let publisher = tokio::spawn(publish_all(
+        cluster.broker.port(),
+        round_messages(THINGS, KILLED),
+    ));
+    time_until("replica 1 took part of the round", || async {
+        cluster.metric(1, taken).await >= before + 100.0
+    })
+    .await;
+    cluster.replicas[1].crash_and_restart().await;
+    publisher.await.unwrap();
+    cluster.published += THINGS;
+    cluster.wait_ready(1).await;
+    // The killed process's counters died with it: wait for the records instead (every update
+    // of the round stored by some replica), then count from what the live processes say.
+    let want_stored = THINGS * (KILLED as usize + 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stored = cluster.stored_so_far().len();
+        if stored == want_stored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of {want_stored} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.metric(1, taken).await > 0.0,
+        "the kill came after replica 1 had taken all of its share of the round"
+    );
+    let redelivered = cluster
+        .metric(1, "ccstream_observations_redelivered_skipped_total")
+        .await;
+    eprintln!("after the restart replica 1 skipped {redelivered} redeliveries already stored");
+    let live = cluster.sum("ccstream_observations_evaluated_total").await;
+    cluster.evaluated_before = cluster.published as f64 - live;
+    cluster.publish_rounds(THINGS, KILLED + 1..ROUNDS).await;
+
+    // Stored exactly once: what the killed replica committed is stored from its spool at the
+    // restart (and its redeliveries skipped), what it had not committed is redelivered.
+    let want = expected(THINGS, 0..ROUNDS);
+    // Every live process delivered every webhook it fired (the killed one's are what they are).
+    for i in 0..3 {
+        time_until("the webhooks were delivered", || async {
+            let fired = cluster
+                .metric(i, "ccstream_actions_fired_total{type=\"WEBHOOK\"}")
+                .await;
+            let delivered = cluster
+                .metric(i, "ccstream_webhook_deliveries_total{result=\"delivered\"}")
+                .await;
+            delivered >= fired
+        })
+        .await;
+    }
+    let got = cluster.hooks.requests();
+    let records = cluster.stop_and_read_records().await;
+    assert_stored_once(&records, THINGS, ROUNDS);
+
+    // Firings: none unexpected, and outside the killed round exactly once. In the killed round
+    // a firing whose message was redelivered comes twice (new Idempotency-Key): at most the
+    // broker's window of them. One still queued in the killed process's memory is lost: the
+    // gap a durable webhook outbox closes (issue 12); counted here, not bounded.
+    let mut by_firing: BTreeMap<Firing, Vec<String>> = BTreeMap::new();
+    for req in got {
+        let body = req.json();
+        let firing = (
+            body["rule"]["id"].as_str().unwrap().to_owned(),
+            body["thing"]["thingName"].as_str().unwrap().to_owned(),
+            body["thing"]["state"]["round"].as_u64().unwrap(),
+        );
+        by_firing.entry(firing).or_default().push(String::new());
+    }
+    let (killed_round, others): (BTreeMap<_, _>, BTreeMap<_, _>) = by_firing
+        .into_iter()
+        .partition(|((_, _, r), _)| *r == KILLED);
+    let want_others: BTreeSet<Firing> = want.iter().filter(|f| f.2 != KILLED).cloned().collect();
+    cluster.check_fired(&want_others, others);
+    let want_killed: BTreeSet<&Firing> = want.iter().filter(|f| f.2 == KILLED).collect();
+    let unexpected: Vec<_> = killed_round
+        .keys()
+        .filter(|f| !want_killed.contains(f))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected firings: {unexpected:?}");
+    let twice = killed_round.values().filter(|by| by.len() > 1).count();
+    let lost = want_killed
+        .iter()
+        .filter(|f| !killed_round.contains_key(**f))
+        .count();
+    eprintln!("killed round: {twice} firings came twice, {lost} lost");
+    assert!(twice <= BROKER_WINDOW, "{twice} firings came twice");
 }
