@@ -727,3 +727,36 @@ async fn a_replica_killed_mid_round_stores_every_observation_once() {
     eprintln!("killed round: {twice} firings came twice, {lost} lost");
     assert!(twice <= BROKER_WINDOW, "{twice} firings came twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_redis_is_down_leaves_the_unevaluated_to_the_broker() {
+    const THINGS: usize = 200;
+    let mut cluster = Cluster::start(1, THINGS).await;
+    cluster.create_rules().await;
+    cluster.publish_rounds(THINGS, 0..3).await;
+
+    cluster.redis.stop();
+    cluster.publish_round(THINGS, 3).await;
+    time_until("/readyz named Redis", || async {
+        let (status, body) = cluster.replicas[0].get("/readyz").await;
+        status == 503 && body.contains("Redis")
+    })
+    .await;
+    cluster.evaluated_before += cluster
+        .metric(0, "ccstream_observations_evaluated_total")
+        .await;
+    // Stops within the grace period although the batch it holds can never be decided.
+    let status = cluster.replicas[0].stop().await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+
+    // The round was not acked: the broker gives it to the next start, which evaluates it.
+    cluster.redis.start_again();
+    cluster.replicas[0].restart().await;
+    cluster.wait_ready(0).await;
+    cluster.wait_evaluated().await;
+    cluster.publish_rounds(THINGS, 4..7).await;
+    let want = expected(THINGS, 0..7);
+    cluster.assert_fired_exactly(&want, 0).await;
+    let records = cluster.stop_and_read_records().await;
+    assert_stored_once(&records, THINGS, 7);
+}
