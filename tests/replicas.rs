@@ -760,3 +760,17 @@ async fn sigterm_while_redis_is_down_leaves_the_unevaluated_to_the_broker() {
     let records = cluster.stop_and_read_records().await;
     assert_stored_once(&records, THINGS, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_without_traffic() {
+    let mut cluster = Cluster::start(1, 10).await;
+    cluster.redis.stop();
+    let took = time_until("/readyz named Redis", || async {
+        let (status, body) = cluster.replicas[0].get("/readyz").await;
+        status == 503 && body.contains("Redis")
+    })
+    .await;
+    eprintln!("/readyz turned 503 {took:?} after Redis stopped, with no traffic");
+    cluster.redis.start_again();
+    cluster.wait_ready(0).await;
+}

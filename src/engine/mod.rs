@@ -42,7 +42,12 @@ pub struct RunningEngine {
     outputs: outputs::Outputs,
     /// Whether Redis answers, with `engine.state = "redis"`.
     state_status: Option<redis_state::StateStatus>,
+    /// The task that PINGs Redis between batches.
+    state_health: Option<JoinHandle<()>>,
 }
+
+/// How often Redis is PINGed for `/readyz` (batches report on it too).
+const REDIS_HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the broker (when embedded), the webhook dispatcher, the rule reloader, the MQTT source
 /// and the pipeline. `rules_changed` is notified by the API after each rule write.
@@ -121,9 +126,12 @@ pub async fn start(
             })
         }
     };
-    let state_status = match &state {
-        pipeline::ThresholdBackend::Redis(shared) => Some(shared.redis.status()),
-        pipeline::ThresholdBackend::Local(_) => None,
+    let (state_status, state_health) = match &state {
+        pipeline::ThresholdBackend::Redis(shared) => (
+            Some(shared.redis.status()),
+            Some(shared.redis.spawn_health_check(REDIS_HEALTH_EVERY)),
+        ),
+        pipeline::ThresholdBackend::Local(_) => (None, None),
     };
     let pipeline = pipeline::Pipeline {
         inbound,
@@ -154,6 +162,7 @@ pub async fn start(
         reloader,
         outputs,
         state_status,
+        state_health,
     })
 }
 
@@ -187,6 +196,9 @@ impl RunningEngine {
             tracing::warn!("observation pipeline did not finish within the grace period");
         }
         self.reloader.abort();
+        if let Some(health) = &self.state_health {
+            health.abort();
+        }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Batches and webhooks drain side by side.
         let outputs = self.outputs.shutdown(remaining);

@@ -180,6 +180,29 @@ impl RedisThresholds {
         self.status.clone()
     }
 
+    /// PINGs Redis every `every` and keeps [`StateStatus`] current between batches, so that
+    /// `/readyz` tells an unreachable Redis before the next observation needs it (at start, or
+    /// while no update comes).
+    pub fn spawn_health_check(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let mut conn = self.conn.clone();
+        let status = self.status.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut conn);
+                let result = match tokio::time::timeout(RESPONSE_TIMEOUT, ping).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(StateError::Redis(e)),
+                    Err(_) => Some(StateError::Timeout(RESPONSE_TIMEOUT)),
+                };
+                status.set(result.as_ref());
+            }
+        })
+    }
+
     /// Writes the key of a step into `key`; `rule_part` is `<rule id>:<epoch>` (see
     /// [`rule_epoch`]).
     fn write_key(&self, key: &mut String, thing: &str, rule_part: &str, path: &str) {
