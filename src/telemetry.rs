@@ -80,6 +80,39 @@ fn describe() {
         "ccstream_store_unreadable_rules_total",
         "Stored rules skipped because their document no longer parses (unknown operator, ...)"
     );
+    metrics::describe_gauge!(
+        "ccstream_rules_generation",
+        "Rule store generation of the rules in force (replicas that agree on it have the same rules)"
+    );
+    metrics::describe_counter!(
+        "ccstream_redis_round_trips_total",
+        "Round trips to Redis deciding a batch's threshold steps (engine.state = \"redis\")"
+    );
+    metrics::describe_counter!(
+        "ccstream_redis_errors_total",
+        "Redis round trips that failed (the batch is retried; nothing is acked meanwhile)"
+    );
+    metrics::describe_histogram!(
+        "ccstream_redis_round_trip_seconds",
+        metrics::Unit::Seconds,
+        "Time to decide one batch's threshold steps in Redis"
+    );
+    metrics::describe_gauge!(
+        "ccstream_redis_up",
+        "1 while Redis answers (last round trip or PING), 0 otherwise"
+    );
+    metrics::describe_counter!(
+        "ccstream_store_notifications_total",
+        "Change notifications from other replicas (PostgreSQL LISTEN/NOTIFY), by channel"
+    );
+    metrics::describe_counter!(
+        "ccstream_store_listener_errors_total",
+        "Losses of the change listener's connection (polling covers the gap)"
+    );
+    metrics::describe_counter!(
+        "ccstream_threshold_state_save_errors_total",
+        "Saves of the local threshold state that failed"
+    );
     // Registered at zero so dashboards and tests see the series before the first request.
     metrics::counter!("ccstream_store_errors_total").absolute(0);
     metrics::counter!("ccstream_observations_redelivered_skipped_total").absolute(0);
