@@ -24,13 +24,16 @@ pub struct RuleSet {
     key_parts: OnceLock<HashMap<usize, Arc<str>, BuildHasherDefault<AddressHasher>>>,
 }
 
-/// Hashes an address (`write_usize`) with one multiplication (Fibonacci hashing).
+/// Hashes an address (`write_usize`) with one multiplication (Fibonacci hashing), folding the
+/// product's high half into its low half: addresses are 16-byte aligned, so the low bits of the
+/// bare product are zero, and the table picks buckets by the low bits.
 #[derive(Default)]
 pub struct AddressHasher(u64);
 
 impl Hasher for AddressHasher {
     fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -172,6 +175,15 @@ mod tests {
             part.to_string()
         };
         let base = part(rule(50, serde_json::json!({"count": 3})));
+        // 10,000 aligned addresses (a table of 16,384 buckets): spread, not in 1 of 16.
+        let bucket = |addr: usize| {
+            let mut h = AddressHasher::default();
+            h.write_usize(addr);
+            h.finish() & 0x3fff
+        };
+        let buckets: std::collections::HashSet<u64> =
+            (0..10_000).map(|i| bucket(0x7f00_0000 + 16 * i)).collect();
+        assert!(buckets.len() > 5000, "{} buckets", buckets.len());
         assert!(base.starts_with("r1:"), "{base}");
         assert_eq!(base, part(rule(50, serde_json::json!({"count": 3}))));
         assert_ne!(base, part(rule(51, serde_json::json!({"count": 3}))));
