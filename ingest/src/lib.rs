@@ -47,5 +47,5 @@ pub use ack::{AckOutcome, AckToken, Acker};
 pub use broker::EmbeddedBroker;
 pub use config::MqttConfig;
 pub use error::Error;
-pub use source::{Inbound, MqttSource, SourceHandle, SourceStatus};
+pub use source::{Inbound, MqttSource, ShadowUpdate, SourceHandle, SourceStatus};
 pub use telemetry::describe_metrics;

@@ -65,19 +65,7 @@ const MAX_OUTGOING_PACKET_BYTES: usize = 256 * 1024;
 pub enum Inbound {
     /// A shadow update (spec 9.1): `$aws/things/<thingName>/shadow/update` or
     /// `thing-update/<domainPath>/<thingName>`.
-    Shadow {
-        /// The thing, from the topic.
-        thing_name: String,
-        /// When this process received the message, in ms since the Unix epoch.
-        received_at_ms: u64,
-        /// The payload as received, at most `mqtt.max_payload_bytes` long.
-        payload: Bytes,
-        /// The DUP flag: the broker sent this message before.
-        dup: bool,
-        /// The packet identifier (kept by a redelivery; 0 for QoS 0).
-        pkid: u16,
-        ack: AckToken,
-    },
+    Shadow(ShadowUpdate),
     /// A life cycle event (spec 1.3) on one of `mqtt.event_topics`.
     Event {
         /// The full topic (`event/<domainPath>`).
@@ -98,30 +86,49 @@ impl Inbound {
     /// The ack token, for a message the pipeline is done with.
     pub fn into_ack(self) -> AckToken {
         match self {
-            Inbound::Shadow { ack, .. } | Inbound::Event { ack, .. } => ack,
+            Inbound::Shadow(ShadowUpdate { ack, .. }) | Inbound::Event { ack, .. } => ack,
         }
     }
 
     /// The payload.
     pub fn payload(&self) -> &Bytes {
         match self {
-            Inbound::Shadow { payload, .. } | Inbound::Event { payload, .. } => payload,
+            Inbound::Shadow(ShadowUpdate { payload, .. }) | Inbound::Event { payload, .. } => {
+                payload
+            }
         }
     }
 
     /// The PUBLISH's DUP flag: the broker delivers this message again.
     pub fn is_dup(&self) -> bool {
         match self {
-            Inbound::Shadow { dup, .. } | Inbound::Event { dup, .. } => *dup,
+            Inbound::Shadow(ShadowUpdate { dup, .. }) | Inbound::Event { dup, .. } => *dup,
         }
     }
 
     /// The PUBLISH's packet identifier (0 for QoS 0).
     pub fn pkid(&self) -> u16 {
         match self {
-            Inbound::Shadow { pkid, .. } | Inbound::Event { pkid, .. } => *pkid,
+            Inbound::Shadow(ShadowUpdate { pkid, .. }) | Inbound::Event { pkid, .. } => *pkid,
         }
     }
+}
+
+/// A shadow update, as the pipeline takes it: a struct of its own so that it can be kept (in
+/// a batch waiting for its threshold decisions) without unpacking the message.
+#[derive(Debug)]
+pub struct ShadowUpdate {
+    /// The thing, from the topic.
+    pub thing_name: String,
+    /// When this process received the message, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// The payload as received, at most `mqtt.max_payload_bytes` long.
+    pub payload: Bytes,
+    /// The DUP flag: the broker sent this message before.
+    pub dup: bool,
+    /// The packet identifier (kept by a redelivery; 0 for QoS 0).
+    pub pkid: u16,
+    pub ack: AckToken,
 }
 
 /// Cheap, cloneable view of the connection state, for `/readyz`.
@@ -560,14 +567,14 @@ impl Worker {
                 let mut thing_name = topic;
                 thing_name.truncate(end);
                 thing_name.drain(..start);
-                Inbound::Shadow {
+                Inbound::Shadow(ShadowUpdate {
                     thing_name,
                     received_at_ms,
                     payload,
                     dup,
                     pkid,
                     ack,
-                }
+                })
             }
             Route::Event => {
                 self.metrics.event.increment(1);

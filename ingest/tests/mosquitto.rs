@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ingest::{AckOutcome, Inbound, MqttSource};
+use ingest::{AckOutcome, Inbound, MqttSource, ShadowUpdate};
 use testkit::free_port;
 use testkit::mosquitto::Mosquitto;
 
@@ -54,7 +54,7 @@ async fn receives_shadow_updates_and_events() {
             r#"{"state":{"reported":{"temp":21.5}}}"#.into()
         )
     );
-    let Inbound::Shadow { received_at_ms, .. } = &first else {
+    let Inbound::Shadow(ShadowUpdate { received_at_ms, .. }) = &first else {
         unreachable!()
     };
     assert!(*received_at_ms > 1_600_000_000_000);
@@ -204,12 +204,12 @@ async fn a_redelivered_message_has_dup_set_and_keeps_its_packet_id() {
     for (expected, pkid) in ["m2", "m3"].into_iter().zip(&pkids[1..]) {
         let item = recv(&mut rx).await;
         match &item {
-            Inbound::Shadow {
+            Inbound::Shadow(ShadowUpdate {
                 payload,
                 dup,
                 pkid: got,
                 ..
-            } => {
+            }) => {
                 assert_eq!(&payload[..], expected.as_bytes());
                 assert!(*dup, "{expected} is redelivered with DUP set");
                 assert_eq!(got, pkid, "{expected} keeps its packet id");
@@ -425,7 +425,7 @@ async fn a_share_group_splits_updates_and_every_member_gets_every_event() {
         };
         let acker = if member == 0 { &acker_a } else { &acker_b };
         match &item {
-            Inbound::Shadow { .. } => {
+            Inbound::Shadow(_) => {
                 let i: usize = shadow_of(&item).1.parse().unwrap();
                 seen[i] += 1;
                 per_member[member] += 1;

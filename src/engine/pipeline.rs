@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ingest::{AckToken, Acker, Inbound};
+use ingest::{AckToken, Acker, Inbound, ShadowUpdate};
 use rule_engine::deferred::Step;
 use rule_engine::directory::ThingChange;
 use rule_engine::{
@@ -94,19 +94,9 @@ pub struct Stages {
 /// threshold steps.
 pub const BATCH_MAX: usize = 256;
 
-/// A shadow update taken from the source.
-struct Shadow {
-    thing_name: String,
-    received_at_ms: u64,
-    payload: Bytes,
-    dup: bool,
-    pkid: u16,
-    ack: AckToken,
-}
-
 /// An observation evaluated once (threshold steps recorded), waiting for its decisions.
 struct Pending {
-    shadow: Shadow,
+    shadow: ShadowUpdate,
     id: u64,
     observed: Observed,
     steps: Vec<Step>,
@@ -237,53 +227,11 @@ impl Pipeline {
     }
 }
 
-/// Splits a message into what the stages need.
-enum Item {
-    Shadow(Shadow),
-    Event {
-        topic: String,
-        payload: Bytes,
-        ack: AckToken,
-    },
-}
-
-impl From<Inbound> for Item {
-    fn from(inbound: Inbound) -> Self {
-        match inbound {
-            Inbound::Shadow {
-                thing_name,
-                received_at_ms,
-                payload,
-                dup,
-                pkid,
-                ack,
-            } => Item::Shadow(Shadow {
-                thing_name,
-                received_at_ms,
-                payload,
-                dup,
-                pkid,
-                ack,
-            }),
-            Inbound::Event {
-                topic,
-                payload,
-                ack,
-                ..
-            } => Item::Event {
-                topic,
-                payload,
-                ack,
-            },
-        }
-    }
-}
-
 impl Stages {
     /// One message with local threshold state.
     async fn handle_local(&mut self, rules: &RuleSet, item: Inbound, state: &mut ThresholdState) {
-        match Item::from(item) {
-            Item::Shadow(shadow) => {
+        match item {
+            Inbound::Shadow(shadow) => {
                 self.metrics.received.increment(1);
                 let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                 if self.redeliveries.is_redelivery(shadow.dup, id) {
@@ -299,10 +247,11 @@ impl Stages {
                 );
                 self.finish(shadow, id, observed).await;
             }
-            Item::Event {
+            Inbound::Event {
                 topic,
                 payload,
                 ack,
+                ..
             } => {
                 if let Some(thing) = self.apply_event(&topic, &payload).await {
                     let dropped = state.forget_thing(&thing);
@@ -314,7 +263,7 @@ impl Stages {
     }
 
     /// Counts the outcome, queues its firings' webhooks, and stores the record.
-    async fn finish(&mut self, shadow: Shadow, id: u64, observed: Observed) {
+    async fn finish(&mut self, shadow: ShadowUpdate, id: u64, observed: Observed) {
         if let Some(outcome) = observed.outcome {
             self.count_outcome(&outcome);
             self.dispatch_firings(&shadow.thing_name, outcome.firings);

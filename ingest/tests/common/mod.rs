@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ingest::{AckOutcome, Acker, Inbound, MqttConfig};
+use ingest::{AckOutcome, Acker, Inbound, MqttConfig, ShadowUpdate};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -140,7 +140,9 @@ pub async fn expect_sentinel_next(
     publish(port, vec![(topic.to_owned(), SENTINEL.to_vec())]).await;
     let item = recv(rx).await;
     let same_topic = match &item {
-        Inbound::Shadow { thing_name, .. } => topic.split('/').any(|level| level == thing_name),
+        Inbound::Shadow(ShadowUpdate { thing_name, .. }) => {
+            topic.split('/').any(|level| level == thing_name)
+        }
         Inbound::Event { topic: got, .. } => got == topic,
     };
     assert!(
@@ -173,11 +175,11 @@ pub async fn wait_for_disconnect_read(broker: &testkit::mosquitto::Mosquitto, cf
 /// The thing name and payload (as text) of a shadow update.
 pub fn shadow_of(item: &Inbound) -> (String, String) {
     match item {
-        Inbound::Shadow {
+        Inbound::Shadow(ShadowUpdate {
             thing_name,
             payload,
             ..
-        } => (
+        }) => (
             thing_name.clone(),
             String::from_utf8_lossy(payload).into_owned(),
         ),

@@ -5,12 +5,12 @@
 //! ([`rule_engine::deferred`]), and only then are the records stored, in order.
 
 use ccstream_common::Backoff;
-use ingest::Inbound;
+use ingest::{Inbound, ShadowUpdate};
 use rule_engine::deferred::{StepRecorder, StepReplay};
 use rule_engine::{Decision, Engine, Outcome, ParsedObservation};
 use tokio::sync::mpsc;
 
-use super::{Item, Pending, Shadow, Stages};
+use super::{Pending, Stages};
 use crate::engine::dedupe::observation_id;
 use crate::engine::redis_state::{ObservationSteps, RedisThresholds};
 use crate::engine::rules::RuleSet;
@@ -49,8 +49,8 @@ impl Stages {
     ) -> bool {
         let mut pending: Vec<Pending> = Vec::new();
         for item in batch.drain(..) {
-            match Item::from(item) {
-                Item::Shadow(shadow) => {
+            match item {
+                Inbound::Shadow(shadow) => {
                     self.metrics.received.increment(1);
                     let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                     // The original may still be waiting in this batch: it is stored first, so
@@ -81,10 +81,11 @@ impl Stages {
                         steps,
                     });
                 }
-                Item::Event {
+                Inbound::Event {
                     topic,
                     payload,
                     ack,
+                    ..
                 } => {
                     // Observations before the event are evaluated against the directory
                     // before it.
@@ -177,7 +178,7 @@ impl Stages {
     fn evaluate_again(
         &mut self,
         rules: &RuleSet,
-        shadow: &Shadow,
+        shadow: &ShadowUpdate,
         decisions: &[Decision],
     ) -> Option<Outcome> {
         let obs = ParsedObservation::parse(&shadow.payload, &self.limits).ok()?;
