@@ -248,9 +248,14 @@ pub fn mosquitto_pub(port: u16, topic: &str, mode: &[&str], input: &[u8]) {
     );
 }
 
-/// Publishes every `(topic, payload)` with QoS 1, in order, over one connection to the broker
-/// at `port`, and returns once every PUBACK arrived (the broker has them all). For many topics
-/// at once, which one `mosquitto_pub` per topic would make slow.
+/// Publishes every `(topic, payload)` with QoS 1, in order, over one clean-session connection
+/// to the broker at `port` (Mosquitto or the embedded rumqttd), and returns once every PUBACK
+/// arrived (the broker has them all). For many topics at once, which one `mosquitto_pub` per
+/// topic would make slow.
+///
+/// The connection is then closed without a DISCONNECT: rumqttd 0.20 counts a DISCONNECT and the
+/// socket's close as two disconnections, and the second one, when late, drops whichever client
+/// got the same connection slot meanwhile (the next publisher, or the source).
 pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -260,7 +265,7 @@ pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let count = messages.len();

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ingest::{AckOutcome, Acker, Inbound, MqttConfig, ShadowUpdate};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 /// Generous timeouts: CI machines have 2 cores shared with other builds.
@@ -56,42 +55,9 @@ pub fn source_config(port: u16, client_id: &str) -> MqttConfig {
     }
 }
 
-/// Publishes every message with QoS 1 from a fresh clean-session client and waits for all the
-/// PUBACKs, so the broker has them when this returns.
-///
-/// The connection is then closed without a DISCONNECT: rumqttd 0.20 counts a DISCONNECT and the
-/// socket's close as two disconnections, and the second one, when late, drops whichever client
-/// got the same connection slot meanwhile (the next publisher, or the source).
-pub async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
-    let mut opts = MqttOptions::new(unique_id("pub"), "127.0.0.1", port);
-    opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (sender, mut eventloop) = AsyncClient::new(opts, 64);
-    let count = messages.len();
-    tokio::spawn(async move {
-        for (topic, payload) in messages {
-            if sender
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let mut acked = 0;
-    tokio::time::timeout(WAIT, async {
-        while acked < count {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("publisher: {acked} of {count} PUBACKs"));
-    drop(eventloop);
-}
+/// Publishes every message with QoS 1 and waits for all the PUBACKs, so the broker has them
+/// when this returns (any broker on 127.0.0.1, the embedded one too).
+pub use testkit::mosquitto::publish_all as publish;
 
 pub fn shadow(thing: &str, payload: &str) -> (String, Vec<u8>) {
     (
