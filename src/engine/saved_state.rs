@@ -14,6 +14,7 @@ use rule_engine::{SavedKey, ThresholdState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use super::redis_state::rule_epoch;
 use super::rules::RuleSet;
 use crate::store::RuleStore;
 
@@ -48,15 +49,16 @@ pub async fn load(
         }
     };
     let saved = doc.keys.len();
-    let ids: HashMap<&str, Arc<str>> = rules
+    // The rules whose expression and threshold are what they were when the state was saved,
+    // by id, with the index's own id `Arc`s: decided once per rule, not once per key.
+    let unchanged: HashMap<&str, &Arc<str>> = rules
         .index
-        .rules()
-        .map(|r| (r.id.as_str(), Arc::from(r.id.as_str())))
+        .compiled()
+        .filter(|r| doc.epochs.get(r.id().as_ref()) == Some(&rule_epoch(r.rule())))
+        .map(|r| (r.id().as_ref(), r.id()))
         .collect();
     let restored = state.restore(doc.keys, |rule| {
-        let current = ids.get(rule)?;
-        (doc.epochs.get(rule).map(String::as_str) == Some(rules.state_epoch(rule).as_str()))
-            .then(|| Arc::clone(current))
+        unchanged.get(rule).map(|id| Arc::clone(id))
     });
     tracing::info!(saved, restored, "threshold state restored");
     state
