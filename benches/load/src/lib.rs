@@ -9,8 +9,9 @@
 //! - [`receiver`]: the webhook receiver that timestamps arrivals and reads `sentAt` back.
 //! - [`procstat`]: CPU time and peak RSS of processes (ccstream, the broker, the generator) from
 //!   Linux `/proc`; parsers pure.
-//! - [`scrape`]: a counter from ccstream's Prometheus `/metrics`, polled to tell when ccstream
-//!   has stored what was published; the text-format parser pure.
+//! - [`scrape`]: a counter from ccstream's Prometheus `/metrics` (summed over the replicas when
+//!   there are several), polled to tell when ccstream has stored what was published; the
+//!   text-format parser pure.
 //!
 //! The binary (`src/main.rs`) only parses the command line and wires these together.
 

@@ -12,7 +12,7 @@ use ccstream_load::payload::{topic_filter, AWS_TOPIC_TEMPLATE};
 use ccstream_load::procstat::{self, parse_name_pid, CpuWatch, Spec, Target};
 use ccstream_load::publish::{self, parse_broker, Counters, Outcome, PublishConfig};
 use ccstream_load::receiver::{self, Receiver};
-use ccstream_load::report::{per_message_us, ProcessCpu, Report};
+use ccstream_load::report::{per_message_us, ProcessCpu, ReplicaFigures, Report};
 use ccstream_load::scrape::{CounterWatch, STORED_COUNTER};
 use ccstream_load::{scenario, subscriber};
 use clap::{Parser, ValueEnum};
@@ -72,19 +72,23 @@ struct Args {
     /// or observation stored by ccstream) before reporting.
     #[arg(long, default_value_t = 3.0)]
     drain_secs: f64,
-    /// ccstream's pid: report its CPU seconds over the run (and per message published) and its
-    /// peak RSS (VmHWM, since it started) at the end. Linux only.
-    #[arg(long, value_name = "PID")]
-    ccstream_pid: Option<u32>,
+    /// ccstream's pid, repeatable (once per replica): report its CPU seconds over the run (and
+    /// per message published) and its peak RSS (VmHWM, since it started) at the end; with
+    /// several replicas the CPU is summed, the peak RSS is the largest, and each replica's
+    /// figures come as `replicas`. Linux only.
+    #[arg(long = "ccstream-pid", value_name = "PID")]
+    ccstream_pids: Vec<u32>,
     /// `NAME=PID`, repeatable: report the CPU seconds of another process over the run (and per
     /// message), e.g. `mosquitto=1234`. The generator's own CPU comes as `generator`.
     #[arg(long = "cpu-pid", value_name = "NAME=PID", value_parser = parse_name_pid)]
     cpu_pids: Vec<(String, u32)>,
-    /// ccstream's Prometheus endpoint (`http://127.0.0.1:8080/metrics`): after publishing, wait
-    /// until its `ccstream_objects_records_total` grew by the messages published (or
-    /// --drain-secs without growth) and report the observations stored and the end-to-end rate.
-    #[arg(long, value_name = "URL")]
-    ccstream_metrics: Option<String>,
+    /// ccstream's Prometheus endpoint (`http://127.0.0.1:8080/metrics`), repeatable (once per
+    /// replica, in the order of --ccstream-pid): after publishing, wait until
+    /// `ccstream_objects_records_total`, summed over the replicas, grew by the messages published
+    /// (or --drain-secs without growth) and report the observations stored (also per replica)
+    /// and the end-to-end rate.
+    #[arg(long = "ccstream-metrics", value_name = "URL")]
+    ccstream_metrics: Vec<String>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -204,14 +208,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The processes whose CPU the run reports: ccstream first when given, the generator itself
-/// when `/proc` has it (best effort: the rest of the report does not need Linux), then
-/// `--cpu-pid`.
+/// The processes whose CPU the run reports: the ccstream replicas first when given, the
+/// generator itself when `/proc` has it (best effort: the rest of the report does not need
+/// Linux), then `--cpu-pid`.
 fn cpu_specs(args: &Args) -> anyhow::Result<Vec<Spec>> {
     let mut specs = Vec::new();
-    if let Some(pid) = args.ccstream_pid {
+    for (i, &pid) in args.ccstream_pids.iter().enumerate() {
         specs.push(Spec {
-            name: "ccstream".into(),
+            name: match args.ccstream_pids.len() {
+                1 => "ccstream".to_owned(),
+                _ => format!("ccstream replica {}", i + 1),
+            },
             target: Target::Pid(pid),
             peak_rss: true,
         });
@@ -223,9 +230,9 @@ fn cpu_specs(args: &Args) -> anyhow::Result<Vec<Spec>> {
             peak_rss: false,
         });
     }
-    // Names key the report's `cpu` map, which ccstream's own entry is not part of (its figures
-    // are fields of their own), so only the entries after it must be unique.
-    let skip = usize::from(args.ccstream_pid.is_some());
+    // Names key the report's `cpu` map, which ccstream's own entries are not part of (their
+    // figures are fields of their own), so only the entries after them must be unique.
+    let skip = args.ccstream_pids.len();
     for (name, pid) in &args.cpu_pids {
         anyhow::ensure!(
             specs[skip..].iter().all(|s| &s.name != name),
@@ -241,6 +248,12 @@ fn cpu_specs(args: &Args) -> anyhow::Result<Vec<Spec>> {
 }
 
 async fn run_publish(args: &Args) -> anyhow::Result<Report> {
+    let (pids, urls) = (args.ccstream_pids.len(), args.ccstream_metrics.len());
+    anyhow::ensure!(
+        pids == 0 || urls == 0 || pids == urls,
+        "{pids} --ccstream-pid but {urls} --ccstream-metrics: give both once per replica, \
+         in the same order"
+    );
     let (host, port) = parse_broker(&args.broker)?;
     let webhooks = match args.receiver {
         Some(addr) => {
@@ -252,9 +265,9 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
         None => None,
     };
     let procs = Arc::new(CpuWatch::start(cpu_specs(args)?)?);
-    let stored = match &args.ccstream_metrics {
-        Some(url) => Some(CounterWatch::start(url, STORED_COUNTER).await?),
-        None => None,
+    let stored = match args.ccstream_metrics.as_slice() {
+        [] => None,
+        urls => Some(CounterWatch::start(urls, STORED_COUNTER).await?),
     };
     let counters = Arc::new(Counters::default());
     let cfg = PublishConfig {
@@ -312,10 +325,18 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
         report.webhooks_received = Some(w.received.load(Ordering::Relaxed));
         report.latency = w.latencies().summary();
     }
+    // Several replicas: each one's figures too.
+    let mut replicas = vec![ReplicaFigures::default(); pids.max(urls)];
+    if replicas.len() == 1 {
+        replicas.clear();
+    }
     if let Some(s) = stored {
         s.poll().await;
         let (grown, _) = s.growth();
         report.observations_stored = Some(grown);
+        for (r, n) in replicas.iter_mut().zip(s.growth_per_endpoint()) {
+            r.observations_stored = Some(n);
+        }
         match s
             .reached(outcome.published)
             .filter(|_| outcome.published > 0)
@@ -335,18 +356,39 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
         }
     }
     let mut usage = procs.usage().into_iter();
-    if args.ccstream_pid.is_some() {
-        if let Some(cc) = usage.next() {
+    if pids > 0 {
+        let ccstream: Vec<_> = usage.by_ref().take(pids).collect();
+        // Ticks summed before the conversion: the sum of the replicas' own figures, exactly.
+        let cpu_s = procstat::ticks_to_s(ccstream.iter().map(|cc| cc.cpu_ticks).sum());
+        report.ccstream_cpu_s = Some(cpu_s);
+        report.ccstream_cpu_us_per_message = per_message_us(cpu_s, outcome.published);
+        report.ccstream_peak_rss_mib = ccstream
+            .iter()
+            .filter_map(|cc| cc.peak_rss_kib)
+            .max()
+            .map(|k| k as f64 / 1024.0);
+        for (i, cc) in ccstream.iter().enumerate() {
             if cc.exited {
+                let which = if pids == 1 {
+                    String::new()
+                } else {
+                    format!(" replica {} (pid {})", i + 1, args.ccstream_pids[i])
+                };
                 eprintln!(
-                    "WARNING: ccstream exited during the run; figures up to its last reading"
+                    "WARNING: ccstream{which} exited during the run; figures up to its last \
+                     reading"
                 );
             }
-            report.ccstream_cpu_s = Some(cc.cpu_s());
-            report.ccstream_cpu_us_per_message = per_message_us(cc.cpu_s(), outcome.published);
-            report.ccstream_peak_rss_mib = cc.peak_rss_kib.map(|k| k as f64 / 1024.0);
+        }
+        for ((r, cc), &pid) in replicas.iter_mut().zip(&ccstream).zip(&args.ccstream_pids) {
+            r.pid = Some(pid);
+            r.cpu_s = Some(cc.cpu_s());
+            r.cpu_us_per_message = per_message_us(cc.cpu_s(), outcome.published);
+            r.peak_rss_mib = cc.peak_rss_kib.map(|k| k as f64 / 1024.0);
+            r.exited = cc.exited;
         }
     }
+    report.replicas = replicas;
     report.cpu = usage
         .map(|u| {
             let cpu = ProcessCpu::new(u.cpu_s(), outcome.published, u.exited);
@@ -391,7 +433,9 @@ async fn drain(
 
 async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {
     anyhow::ensure!(
-        args.ccstream_pid.is_none() && args.cpu_pids.is_empty() && args.ccstream_metrics.is_none(),
+        args.ccstream_pids.is_empty()
+            && args.cpu_pids.is_empty()
+            && args.ccstream_metrics.is_empty(),
         "--ccstream-pid, --cpu-pid and --ccstream-metrics measure a publish run; \
          pass them to the publisher"
     );

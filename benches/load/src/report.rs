@@ -93,19 +93,67 @@ pub struct Report {
     /// `messages_published / end_to_end_s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_to_end_rate_per_s: Option<f64>,
-    /// `--ccstream-pid`: ccstream's CPU (user + system) over the run, including the drain.
+    /// `--ccstream-pid`: ccstream's CPU (user + system) over the run, including the drain;
+    /// summed over the replicas when there are several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ccstream_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ccstream_cpu_us_per_message: Option<f64>,
-    /// ccstream's VmHWM at the end of the run: its peak since it started, not only this run's.
+    /// ccstream's VmHWM at the end of the run: its peak since it started, not only this run's;
+    /// the largest replica's when there are several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ccstream_peak_rss_mib: Option<f64>,
+    /// Several replicas (`--ccstream-pid` or `--ccstream-metrics` given more than once): each
+    /// one's figures, in the order given. Absent with one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaFigures>,
     /// `--cpu-pid NAME=PID` and the generator itself (`generator`): CPU over the run (in
     /// bare-subscriber mode: the generator's own, from the subscription on, per message
     /// received).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub cpu: BTreeMap<String, ProcessCpu>,
+}
+
+/// One ccstream replica's share of a run with several.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicaFigures {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its growth of `ccstream_objects_records_total`: the observations it took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observations_stored: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
+    /// Its CPU over every message published (the replicas' figures add up to the total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_message: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// It ended before the run did; its figures stop at its last reading.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
+}
+
+impl ReplicaFigures {
+    fn cell(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {pid}"));
+        }
+        if let Some(cpu) = self.cpu_s {
+            parts.push(cpu_cell(cpu, self.cpu_us_per_message));
+        }
+        if let Some(rss) = self.peak_rss_mib {
+            parts.push(format!("peak RSS {rss:.1} MiB"));
+        }
+        if let Some(n) = self.observations_stored {
+            parts.push(format!("{n} observations stored"));
+        }
+        if self.exited {
+            parts.push("exited before the end".to_owned());
+        }
+        parts.join(", ")
+    }
 }
 
 /// CPU one process used during a run.
@@ -194,7 +242,13 @@ impl Report {
         if let Some(v) = self.ccstream_peak_rss_mib {
             rows.push(("ccstream peak RSS", format!("{v:.1} MiB")));
         }
-        // Owned before the loop: `rows` borrows its names.
+        // Owned before the loops: `rows` borrows its names.
+        let replica_names: Vec<String> = (1..=self.replicas.len())
+            .map(|i| format!("ccstream replica {i}"))
+            .collect();
+        for (name, r) in replica_names.iter().zip(&self.replicas) {
+            rows.push((name.as_str(), r.cell()));
+        }
         let cpu_names: Vec<String> = self.cpu.keys().map(|k| format!("CPU {k}")).collect();
         for (name, c) in cpu_names.iter().zip(self.cpu.values()) {
             let mut cell = cpu_cell(c.cpu_s, c.cpu_us_per_message);
@@ -272,6 +326,58 @@ mod tests {
         assert!(v.get("cpu").is_none());
         assert!(v.get("ccstream_cpu_s").is_none());
         assert!(v.get("end_to_end_rate_per_s").is_none());
+        assert!(v.get("replicas").is_none());
+    }
+
+    #[test]
+    fn replicas_in_table_and_json() {
+        let replica = |pid, stored, cpu_s: f64, rss| ReplicaFigures {
+            pid: Some(pid),
+            observations_stored: Some(stored),
+            cpu_s: Some(cpu_s),
+            cpu_us_per_message: per_message_us(cpu_s, 30_000),
+            peak_rss_mib: Some(rss),
+            exited: false,
+        };
+        let r = Report {
+            mode: "publish".into(),
+            messages_published: Some(30_000),
+            observations_stored: Some(30_000),
+            ccstream_cpu_s: Some(0.6),
+            ccstream_cpu_us_per_message: per_message_us(0.6, 30_000),
+            ccstream_peak_rss_mib: Some(70.0),
+            replicas: vec![
+                replica(11, 10_001, 0.3, 70.0),
+                ReplicaFigures {
+                    exited: true,
+                    ..replica(12, 9_999, 0.15, 60.0)
+                },
+                replica(13, 10_000, 0.15, 65.5),
+            ],
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(
+            t.contains(
+                "ccstream replica 1   pid 11, 0.30 s, 10.00 µs/msg, peak RSS 70.0 MiB, \
+                 10001 observations stored\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("ccstream replica 2   pid 12, "), "{t}");
+        assert!(
+            t.contains("9999 observations stored, exited before the end\n"),
+            "{t}"
+        );
+        assert!(t.contains("ccstream replica 3   "), "{t}");
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["replicas"][0]["pid"], 11);
+        assert_eq!(v["replicas"][0]["observations_stored"], 10_001);
+        assert_eq!(v["replicas"][0]["cpu_us_per_message"], 10.0);
+        assert_eq!(v["replicas"][2]["peak_rss_mib"], 65.5);
+        assert!(v["replicas"][0].get("exited").is_none());
+        assert_eq!(v["replicas"][1]["exited"], true);
+        assert_eq!(v["ccstream_cpu_us_per_message"], 20.0);
     }
 
     #[test]

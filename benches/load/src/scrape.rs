@@ -1,5 +1,5 @@
-//! `--ccstream-metrics`: one counter of ccstream's Prometheus `/metrics`, polled during a run
-//! ([`CounterWatch`]). The text-format sum ([`counter_sum`]) is pure.
+//! `--ccstream-metrics`: one counter of ccstream's Prometheus `/metrics`, at one or more replicas,
+//! polled during a run ([`CounterWatch`]). The text-format sum ([`counter_sum`]) is pure.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,30 +97,39 @@ fn labels_end(s: &str) -> Option<usize> {
 
 #[derive(Debug)]
 struct Progress {
-    /// Each change of the counter's growth since the start, with when it was seen. Bounded by
-    /// the run's length over the poll interval.
+    /// Each change of the counter's growth since the start (summed over the endpoints), with
+    /// when it was seen. Bounded by the run's length over the poll interval.
     changes: Vec<(Instant, u64)>,
+    /// Each endpoint's growth as last seen, in the order given.
+    per_endpoint: Vec<u64>,
     last_change: Instant,
     last_error: Option<String>,
 }
 
-/// Counter `name` at `url`: its value at the start, then polled. Counts only growth after the
-/// start, so earlier runs against the same ccstream do not count.
+/// One `/metrics` endpoint and the counter's value there at the start.
+#[derive(Debug)]
+struct Endpoint {
+    url: Url,
+    base: f64,
+}
+
+/// Counter `name` at one or more `/metrics` endpoints (one per ccstream replica): its value at
+/// the start, then polled, summed over the endpoints. Counts only growth after the start, so
+/// earlier runs against the same ccstream do not count.
 #[derive(Debug)]
 pub struct CounterWatch {
-    /// One client for every poll: it keeps the connection to ccstream alive between them.
+    /// One client for every poll: it keeps the connections to ccstream alive between them.
     client: Client,
-    url: Url,
+    endpoints: Vec<Endpoint>,
     name: String,
-    base: f64,
     /// std `Mutex`: held for a push or a read, never across an `.await`.
     progress: Mutex<Progress>,
 }
 
 impl CounterWatch {
-    /// Reads the start value; fails when the endpoint does not answer.
-    pub async fn start(url: &str, name: &str) -> anyhow::Result<Arc<CounterWatch>> {
-        let url = Url::parse(url).with_context(|| format!("--ccstream-metrics {url:?}"))?;
+    /// Reads the start values; fails when an endpoint does not answer.
+    pub async fn start(urls: &[String], name: &str) -> anyhow::Result<Arc<CounterWatch>> {
+        anyhow::ensure!(!urls.is_empty(), "--ccstream-metrics: no URL");
         let client = Client::builder()
             .timeout(REQUEST_TIMEOUT)
             // ccstream is on loopback; an HTTP(S)_PROXY set for the outside world must not
@@ -128,45 +137,64 @@ impl CounterWatch {
             .no_proxy()
             .build()
             .context("HTTP client for --ccstream-metrics")?;
-        let mut watch = CounterWatch {
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in urls {
+            let url = Url::parse(url).with_context(|| format!("--ccstream-metrics {url:?}"))?;
+            let base = read_counter(&client, &url, name)
+                .await
+                .with_context(|| format!("--ccstream-metrics: the start value of {name}"))?;
+            endpoints.push(Endpoint { url, base });
+        }
+        Ok(Arc::new(CounterWatch {
             client,
-            url,
             name: name.to_owned(),
-            base: 0.0,
             progress: Mutex::new(Progress {
                 changes: Vec::new(),
+                per_endpoint: vec![0; endpoints.len()],
                 last_change: Instant::now(),
                 last_error: None,
             }),
-        };
-        watch.base = watch
-            .read()
-            .await
-            .with_context(|| format!("--ccstream-metrics: the start value of {name}"))?;
-        Ok(Arc::new(watch))
+            endpoints,
+        }))
     }
 
-    /// The counter's current value.
-    async fn read(&self) -> anyhow::Result<f64> {
-        let body = get(&self.client, &self.url).await?;
-        counter_sum(&String::from_utf8_lossy(&body), &self.name)
-            .with_context(|| format!("{} in the answer of {}", self.name, self.url))
+    /// The counter's current value at every endpoint, read at the same time.
+    async fn read(&self) -> anyhow::Result<Vec<f64>> {
+        let reads: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let (client, url, name) = (self.client.clone(), e.url.clone(), self.name.clone());
+                tokio::spawn(async move { read_counter(&client, &url, &name).await })
+            })
+            .collect();
+        let mut values = Vec::with_capacity(reads.len());
+        for read in reads {
+            values.push(read.await.context("a /metrics read panicked")??);
+        }
+        Ok(values)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the counter once. A failed read is kept as the last error, not returned: a slow
-    /// scrape in the middle of a run should not end the run.
+    /// Reads the counter once at every endpoint. A failed read is kept as the last error, not
+    /// returned, and leaves the growth as it was (a sum over some endpoints would be wrong): a
+    /// slow scrape in the middle of a run should not end the run.
     pub async fn poll(&self) {
-        let value = self.read().await;
+        let values = self.read().await;
         let now = Instant::now();
         let mut p = self.progress();
-        match value {
-            Ok(v) => {
+        match values {
+            Ok(values) => {
                 // A restarted ccstream starts from 0 again: no growth rather than a wrap.
-                let delta = (v - self.base).max(0.0) as u64;
+                p.per_endpoint = values
+                    .iter()
+                    .zip(&self.endpoints)
+                    .map(|(v, e)| (v - e.base).max(0.0) as u64)
+                    .collect();
+                let delta = p.per_endpoint.iter().sum();
                 if p.changes.last().map_or(delta > 0, |&(_, d)| d != delta) {
                     p.changes.push((now, delta));
                     p.last_change = now;
@@ -189,13 +217,19 @@ impl CounterWatch {
         })
     }
 
-    /// Growth since the start as last seen, and when it last changed (the start if never).
+    /// Growth since the start (summed over the endpoints) as last seen, and when it last
+    /// changed (the start if never).
     pub fn growth(&self) -> (u64, Instant) {
         let p = self.progress();
         (p.changes.last().map_or(0, |&(_, d)| d), p.last_change)
     }
 
-    /// When the growth was first seen at or over `target`.
+    /// Each endpoint's growth since the start as last seen, in the order given.
+    pub fn growth_per_endpoint(&self) -> Vec<u64> {
+        self.progress().per_endpoint.clone()
+    }
+
+    /// When the summed growth was first seen at or over `target`.
     pub fn reached(&self, target: u64) -> Option<Instant> {
         first_reaching(&self.progress().changes, target)
     }
@@ -203,6 +237,13 @@ impl CounterWatch {
     pub fn last_error(&self) -> Option<String> {
         self.progress().last_error.clone()
     }
+}
+
+/// Counter `name` at `url`.
+async fn read_counter(client: &Client, url: &Url, name: &str) -> anyhow::Result<f64> {
+    let body = get(client, url).await?;
+    counter_sum(&String::from_utf8_lossy(&body), name)
+        .with_context(|| format!("{name} in the answer of {url}"))
 }
 
 /// The first time in `changes` (in time order) whose value is at least `target`.
@@ -290,15 +331,17 @@ other_total{of=\"ccstream_objects_records_total\"} 4
             )
             .route("/huge", route(|| async { "x".repeat(MAX_RESPONSE + 1) }));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let watch = CounterWatch::start(&format!("http://{addr}/metrics"), STORED_COUNTER)
+        let url = |path: &str| vec![format!("http://{addr}{path}")];
+        let watch = CounterWatch::start(&url("/metrics"), STORED_COUNTER)
             .await
             .expect("start");
-        assert_eq!(watch.base, 300_017.0);
+        assert_eq!(watch.endpoints[0].base, 300_017.0);
         watch.poll().await;
         assert_eq!(watch.growth().0, 0);
         stored.store(12, Ordering::Relaxed);
         watch.poll().await;
         assert_eq!(watch.growth().0, 7);
+        assert_eq!(watch.growth_per_endpoint(), [7]);
         assert!(watch.reached(7).is_some());
         assert_eq!(watch.last_error(), None);
         // A failed poll is kept as the last error and leaves the growth as it was.
@@ -308,16 +351,67 @@ other_total{of=\"ccstream_objects_records_total\"} 4
         let err = watch.last_error().expect("503 kept");
         assert!(err.contains("503"), "{err}");
 
-        let err = CounterWatch::start(&format!("http://{addr}/nope"), STORED_COUNTER)
+        let err = CounterWatch::start(&url("/nope"), STORED_COUNTER)
             .await
             .expect_err("404");
         assert!(format!("{err:#}").contains("404"), "{err:#}");
-        let err = CounterWatch::start(&format!("http://{addr}/huge"), STORED_COUNTER)
+        let err = CounterWatch::start(&url("/huge"), STORED_COUNTER)
             .await
             .expect_err("too big");
         assert!(format!("{err:#}").contains("bytes"), "{err:#}");
-        assert!(CounterWatch::start("not a url", STORED_COUNTER)
+        assert!(
+            CounterWatch::start(&["not a url".to_owned()], STORED_COUNTER)
+                .await
+                .is_err()
+        );
+        assert!(CounterWatch::start(&[], STORED_COUNTER).await.is_err());
+    }
+
+    /// Several replicas: the growth is summed over the endpoints and kept per endpoint; one
+    /// endpoint that fails leaves both as they were.
+    #[tokio::test]
+    async fn sums_growth_over_several_endpoints() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        use axum::extract::Path;
+        use axum::routing::get as route;
+        let counters: Arc<[AtomicU64; 3]> = Arc::new([100, 0, 40].map(AtomicU64::new));
+        let served = counters.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .is_err());
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/{replica}/metrics",
+            route(move |Path(i): Path<usize>| async move {
+                match served[i].load(Ordering::Relaxed) {
+                    u64::MAX => Err(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+                    n => Ok(format!("{STORED_COUNTER}{{kind=\"observations\"}} {n}\n")),
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let urls: Vec<String> = (0..3)
+            .map(|i| format!("http://{addr}/{i}/metrics"))
+            .collect();
+        let watch = CounterWatch::start(&urls, STORED_COUNTER)
+            .await
+            .expect("start");
+        counters[0].store(110, Ordering::Relaxed);
+        counters[2].store(45, Ordering::Relaxed);
+        watch.poll().await;
+        assert_eq!(watch.growth().0, 15);
+        assert_eq!(watch.growth_per_endpoint(), [10, 0, 5]);
+        assert!(watch.reached(16).is_none());
+        counters[1].store(1, Ordering::Relaxed);
+        watch.poll().await;
+        assert_eq!(watch.growth().0, 16);
+        assert!(watch.reached(16).is_some());
+        counters[1].store(u64::MAX, Ordering::Relaxed);
+        counters[0].store(500, Ordering::Relaxed);
+        watch.poll().await;
+        assert_eq!(watch.growth().0, 16);
+        assert_eq!(watch.growth_per_endpoint(), [10, 1, 5]);
+        assert!(watch.last_error().expect("503 kept").contains("503"));
     }
 }

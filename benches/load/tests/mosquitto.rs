@@ -1,6 +1,6 @@
 //! The built binary against a real Mosquitto on a free port (TESTING.md): 1,000 QoS 1 messages
 //! published while `--mode bare-subscriber` counts them; both JSON reports are checked. Then the
-//! broker's CPU as `--cpu-pid` reports it.
+//! broker's CPU as `--cpu-pid` reports it, and as several replicas' `--ccstream-pid` do.
 
 #![allow(clippy::unwrap_used)]
 
@@ -153,4 +153,58 @@ fn reports_the_cpu_the_broker_used() {
         "{p}"
     );
     assert!(p.get("ccstream_cpu_s").is_none(), "{p}");
+}
+
+/// `--ccstream-pid` once per replica: the CPU summed, each replica's figures under `replicas`
+/// (here the broker and an idle process stand in for two replicas); a count of
+/// `--ccstream-metrics` that does not match is refused before anything is published.
+#[test]
+fn several_replicas_are_summed_and_reported_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let url = broker.url();
+    let idle = Guard(Command::new("sleep").arg("60").spawn().unwrap());
+    let json = dir.path().join("pub.json");
+    let pids = [broker.pid().to_string(), idle.0.id().to_string()];
+    let mut publisher = Guard(
+        Command::new(BIN)
+            .args(["--broker", &url, "--qos", "1", "--count", "20000"])
+            .args(["--things", "100", "--connections", "2", "--no-progress"])
+            .args(["--ccstream-pid", &pids[0], "--ccstream-pid", &pids[1]])
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait(&mut publisher.0, "publisher", Duration::from_secs(60));
+    let p = read_json(&json);
+    let replicas = p["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{p}");
+    assert_eq!(replicas[0]["pid"].to_string(), pids[0], "{p}");
+    assert_eq!(replicas[1]["pid"].to_string(), pids[1], "{p}");
+    let cpu = |r: &Value| r["cpu_s"].as_f64().unwrap();
+    assert!(cpu(&replicas[0]) > 0.0, "{p}");
+    let sum = cpu(&replicas[0]) + cpu(&replicas[1]);
+    assert!(
+        (p["ccstream_cpu_s"].as_f64().unwrap() - sum).abs() < 1e-9,
+        "{p}"
+    );
+    let rss = |r: &Value| r["peak_rss_mib"].as_f64().unwrap();
+    assert_eq!(
+        p["ccstream_peak_rss_mib"].as_f64().unwrap(),
+        rss(&replicas[0]).max(rss(&replicas[1])),
+        "{p}"
+    );
+    assert!(replicas[0].get("observations_stored").is_none(), "{p}");
+
+    let out = Command::new(BIN)
+        .args(["--broker", &url, "--count", "10", "--no-progress"])
+        .args(["--ccstream-pid", &pids[0], "--ccstream-pid", &pids[1]])
+        .args(["--ccstream-metrics", "http://127.0.0.1:9/metrics"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("once per replica"), "{err}");
 }
