@@ -13,6 +13,7 @@
 //! A sink never makes its producer wait without a bound: queues are bounded, overflow is counted.
 
 mod error_text;
+pub mod frames;
 mod intake;
 pub mod objects;
 pub mod search;

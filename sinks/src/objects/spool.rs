@@ -21,8 +21,8 @@
 //! truncated (those records were never acked; the broker redelivers them). A file whose header
 //! frame is incomplete was never acked at all and is removed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -32,17 +32,20 @@ use tracing::{info, warn};
 
 use super::config::{Compression, Delimiter};
 use super::record::RecordKind;
+use crate::frames::{self, push_frame_parts, FramedFile};
+pub use crate::frames::{move_to_failed, push_frame, sync_dir, FAILED_DIR, FRAME_OVERHEAD};
+
+/// Reads a spool frame at `at` (see [`frames::frame`]).
+pub(crate) fn frame(data: &[u8], at: usize) -> Option<Range<usize>> {
+    frames::frame(data, at, MAX_FRAME_BYTES)
+}
 
 /// File extension of spool files.
 pub const SPOOL_EXT: &str = "spool";
-/// Folder below the spool directory for files whose store failed permanently.
-pub const FAILED_DIR: &str = "failed";
 /// Format version written in the header: record frames carry an optional id.
 pub const FORMAT_VERSION: u32 = 2;
 /// The first format: record frames hold the record alone. Still read.
 pub const FORMAT_VERSION_1: u32 = 1;
-/// Bytes a frame adds to its data: length and CRC.
-pub const FRAME_OVERHEAD: usize = 8;
 /// Largest record a frame holds.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes a version-2 record frame adds before the record at most: the tag and an id.
@@ -74,43 +77,30 @@ pub struct SpoolHeader {
     pub compression: Compression,
 }
 
-/// Appends one frame holding `data`.
-pub fn push_frame(buf: &mut Vec<u8>, data: &[u8]) {
-    push_frame_parts(buf, &[], data);
-}
-
-/// Appends one frame whose data is `head` followed by `data`.
-fn push_frame_parts(buf: &mut Vec<u8>, head: &[u8], data: &[u8]) {
-    // Callers keep records below MAX_RECORD_BYTES, far below u32::MAX.
-    let len = u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(head);
-    crc.update(data);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc.finalize().to_le_bytes());
-    buf.extend_from_slice(head);
-    buf.extend_from_slice(data);
-}
-
 /// Appends the frame of one record in the given format `version` (a version-1 frame has no
 /// room for `id`, which is then dropped).
 pub fn push_record(buf: &mut Vec<u8>, version: u32, record: &[u8], id: Option<u64>) {
-    if version == FORMAT_VERSION_1 {
-        return push_frame(buf, record);
-    }
+    let (head, len) = record_head(version, id);
+    push_frame_parts(buf, &head[..len], record);
+}
+
+/// The bytes a record frame starts with in format `version`, and how many of them are used.
+fn record_head(version: u32, id: Option<u64>) -> ([u8; RECORD_PREFIX_MAX], usize) {
     let mut head = [0u8; RECORD_PREFIX_MAX];
-    let head = match id {
+    if version == FORMAT_VERSION_1 {
+        return (head, 0);
+    }
+    match id {
         Some(id) => {
             head[0] = TAG_ID;
             head[1..].copy_from_slice(&id.to_le_bytes());
-            &head[..]
+            (head, RECORD_PREFIX_MAX)
         }
         None => {
             head[0] = TAG_NO_ID;
-            &head[..1]
+            (head, 1)
         }
-    };
-    push_frame_parts(buf, head, record);
+    }
 }
 
 /// Splits a version-2 record frame's data (at `range` of `data`) into the id and the record's
@@ -156,19 +146,6 @@ impl Decoded {
     }
 }
 
-/// Reads a frame at `at`: the data's range, or `None` when torn or bad.
-pub(crate) fn frame(data: &[u8], at: usize) -> Option<Range<usize>> {
-    let head = data.get(at..at + FRAME_OVERHEAD)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME_BYTES {
-        return None;
-    }
-    let range = at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len;
-    let bytes = data.get(range.clone())?;
-    (crc32fast::hash(bytes) == crc).then_some(range)
-}
-
 /// Decodes a spool file's bytes; pure.
 pub fn decode(data: &[u8]) -> Decoded {
     let bad = |header| Decoded {
@@ -188,11 +165,7 @@ pub fn decode(data: &[u8]) -> Decoded {
     let at = MAGIC.len();
     let Some(range) = frame(data, at) else {
         // A complete header frame with a bad CRC is corruption; an incomplete one is torn.
-        let complete = data.get(at..at + 4).is_some_and(|len| {
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            len <= MAX_FRAME_BYTES && data.len() >= at + FRAME_OVERHEAD + len
-        });
-        return bad(if complete {
+        return bad(if frames::is_complete(data, at, MAX_FRAME_BYTES) {
             HeaderProblem::Corrupt("header frame CRC mismatch".into())
         } else {
             HeaderProblem::Torn
@@ -309,16 +282,8 @@ pub struct Recovered {
 /// Torn tails are truncated; files with no acked record (torn header, header only) are
 /// removed; files with a corrupt header are moved to `failed/` for an operator.
 pub fn recover(dir: &Path) -> io::Result<Recovered> {
-    fs::create_dir_all(dir)?;
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if !entry.file_type()?.is_file()
-            || path.extension().and_then(|e| e.to_str()) != Some(SPOOL_EXT)
-        {
-            continue;
-        }
+    for path in frames::files_with_ext(dir, SPOOL_EXT)? {
         let data = fs::read(&path)?;
         let decoded = decode(&data);
         match decoded.header {
@@ -369,42 +334,12 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     Ok(recovered)
 }
 
-/// Moves a spool file to `<its dir>/failed/`, keeping its name; returns the new path.
-pub fn move_to_failed(path: &Path) -> io::Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let failed = dir.join(FAILED_DIR);
-    fs::create_dir_all(&failed)?;
-    let to = failed.join(path.file_name().unwrap_or_default());
-    fs::rename(path, &to)?;
-    sync_dir(&failed)?;
-    sync_dir(dir)?;
-    Ok(to)
-}
-
-/// Makes a directory's entries (created, renamed, removed files) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
-
 /// The spool file of an open batch. Records are framed into a buffer by [`push`](Self::push)
 /// and reach the disk at [`commit`](Self::commit), one write and one `fsync` for many records.
 #[derive(Debug)]
 pub struct SpoolFile {
-    path: PathBuf,
-    file: File,
+    file: FramedFile,
     header: SpoolHeader,
-    /// Bytes of the file known durable.
-    committed: u64,
-    /// Frames not yet durable (the header's too, until the first commit).
-    pending: Vec<u8>,
     /// Size of the object this batch makes: records and delimiters, before compression.
     object_bytes: u64,
     records: usize,
@@ -415,22 +350,14 @@ impl SpoolFile {
     /// Creates `<dir>/<id>.spool` and frames its header (written at the first commit). The
     /// caller must make `dir` durable (`sync_dir`) before acking records in it.
     pub fn create(dir: &Path, id: &str, header: SpoolHeader) -> io::Result<Self> {
-        let path = dir.join(format!("{id}.{SPOOL_EXT}"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let mut pending = Vec::with_capacity(64 * 1024);
-        pending.extend_from_slice(MAGIC);
+        let mut preamble = MAGIC.to_vec();
         let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
-        push_frame(&mut pending, &json);
+        push_frame(&mut preamble, &json);
+        let file = FramedFile::create(dir.join(format!("{id}.{SPOOL_EXT}")), &preamble)?;
         Ok(Self {
-            path,
             file,
             delimiter_len: header.delimiter.bytes().len() as u64,
             header,
-            committed: 0,
-            pending,
             object_bytes: 0,
             records: 0,
         })
@@ -439,7 +366,8 @@ impl SpoolFile {
     /// Frames a record and its id (in memory until the next commit), in the header's format
     /// version.
     pub fn push(&mut self, record: &[u8], id: Option<u64>) {
-        push_record(&mut self.pending, self.header.version, record, id);
+        let (head, len) = record_head(self.header.version, id);
+        self.file.push_parts(&head[..len], record);
         self.object_bytes += record.len() as u64 + self.delimiter_len;
         self.records += 1;
     }
@@ -466,32 +394,21 @@ impl SpoolFile {
 
     /// Whether frames wait for a commit.
     pub fn is_dirty(&self) -> bool {
-        !self.pending.is_empty()
+        self.file.is_dirty()
     }
 
-    /// Writes the pending frames at the end of the durable prefix and `fsync`s; returns the
-    /// bytes made durable. After an error nothing is known durable beyond the earlier commits;
-    /// calling again rewrites the same frames at the same place (and so also repairs a write
-    /// that went partly through, or pages a failed `fsync` dropped).
+    /// Writes the pending frames and `fsync`s ([`FramedFile::commit`]); returns the bytes made
+    /// durable.
     pub fn commit(&mut self) -> io::Result<u64> {
-        if self.pending.is_empty() {
-            return Ok(0);
-        }
-        self.file.seek(SeekFrom::Start(self.committed))?;
-        self.file.write_all(&self.pending)?;
-        self.file.sync_data()?;
-        let n = self.pending.len() as u64;
-        self.committed += n;
-        self.pending.clear();
-        Ok(n)
+        self.file.commit()
     }
 
     /// Closes the file; the batch goes to the uploader. Call after a commit.
     pub fn seal(self) -> SealedSpool {
         SealedSpool {
-            path: self.path,
+            file_bytes: self.file.committed(),
+            path: self.file.path().to_path_buf(),
             header: self.header,
-            file_bytes: self.committed,
             records: self.records,
         }
     }
