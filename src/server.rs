@@ -115,6 +115,7 @@ pub async fn run(
         mqtt: engine.mqtt_status(),
         objects: engine.objects(),
         threshold_state: engine.state_status(),
+        outbox: engine.outbox(),
     });
     let app = router(
         state.clone(),

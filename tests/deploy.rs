@@ -634,7 +634,11 @@ fn assert_kubernetes_requirements(r: &Rendered) -> (toml::Value, &Value) {
     if let Some(file) = store.strip_prefix("sqlite://") {
         assert!(under(file, DATA_DIR), "{what}: store.url {store}");
     }
-    for (section, key) in [("objects", "spool_dir"), ("webhook", "dead_letter_dir")] {
+    for (section, key) in [
+        ("objects", "spool_dir"),
+        ("webhook", "dead_letter_dir"),
+        ("webhook", "outbox_dir"),
+    ] {
         let path = toml_str(&config, section, key).unwrap();
         assert!(under(path, DATA_DIR), "{what}: {section}.{key} = {path}");
     }
@@ -921,15 +925,21 @@ fn ecs_task_definition_meets_the_requirements() {
     );
     assert_eq!(toml_str(&config, "objects", "sink"), Some("s3"), "{what}");
     assert_eq!(toml_str(&config, "log", "format"), Some("json"), "{what}");
-    for (section, key) in [("objects", "spool_dir"), ("webhook", "dead_letter_dir")] {
+    for (section, key) in [
+        ("objects", "spool_dir"),
+        ("webhook", "dead_letter_dir"),
+        ("webhook", "outbox_dir"),
+    ] {
         let path = toml_str(&config, section, key).unwrap();
         assert!(under(path, DATA_DIR), "{what}: {section}.{key} = {path}");
     }
     let spool_max = config["objects"]["spool_max_bytes"].as_integer().unwrap() as u64;
+    let outbox_max = config["webhook"]["outbox_max_bytes"].as_integer().unwrap() as u64;
     assert!(
-        spool_max + (4 << 30) <= ephemeral_gib << 30,
-        "{what}: objects.spool_max_bytes {spool_max} leaves less than 4 GiB of the \
-         {ephemeral_gib} GiB ephemeral storage for the image, the rule store and the rest"
+        spool_max + outbox_max + (4 << 30) <= ephemeral_gib << 30,
+        "{what}: objects.spool_max_bytes {spool_max} and webhook.outbox_max_bytes {outbox_max} \
+         leave less than 4 GiB of the {ephemeral_gib} GiB ephemeral storage for the image, the \
+         rule store and the rest"
     );
 
     // Health check: `ccstream healthcheck` (liveness, /healthz), which reads api.listen from

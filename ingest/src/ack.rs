@@ -64,6 +64,14 @@ struct Slot {
 }
 
 impl AckToken {
+    /// The token of a message with nothing to acknowledge (QoS 0): acking it sends nothing.
+    pub fn not_required() -> Self {
+        AckToken {
+            slot: None,
+            dropped: None,
+        }
+    }
+
     /// Whether acking this token sends a PUBACK (false for QoS 0 messages).
     pub fn needs_ack(&self) -> bool {
         self.slot.is_some()

@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -15,6 +17,7 @@ use sinks::webhook::{
     EnqueueError, WebhookConfig, WebhookDispatcher, WebhookHandle, WebhookRequest, WebhookStats,
 };
 use support::{config, dead_letters, firing, payload, Receiver, Reply};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 const DRAIN: Duration = Duration::from_secs(20);
@@ -23,22 +26,51 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Slack on an elapsed virtual time: timer rounding (1 ms) and the few ms of jittered backoff.
 const EPSILON: Duration = Duration::from_millis(20);
 
-/// Starts a dispatcher, queues `requests`, closes and waits for the final stats.
-async fn deliver_all(config: &WebhookConfig, requests: Vec<WebhookRequest>) -> WebhookStats {
-    let (handle, task) = WebhookDispatcher::start(config).expect("dispatcher starts");
-    for request in requests {
-        handle.try_enqueue(request).expect("queued");
-    }
-    close_and_wait(handle, task).await
+type Handle = WebhookHandle<u32>;
+
+/// A dispatcher whose durable tokens are counted in the returned atomic.
+fn start(config: &WebhookConfig) -> (Handle, JoinHandle<WebhookStats>, Arc<AtomicU32>) {
+    let durable = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&durable);
+    let (handle, task) = WebhookDispatcher::start(
+        config,
+        Box::new(move |tokens: Vec<u32>| {
+            seen.fetch_add(tokens.len() as u32, Ordering::SeqCst);
+        }),
+    )
+    .expect("dispatcher starts");
+    (handle, task, durable)
 }
 
-async fn close_and_wait(
-    handle: WebhookHandle,
-    task: tokio::task::JoinHandle<WebhookStats>,
-) -> WebhookStats {
+async fn enqueue(handle: &Handle, request: WebhookRequest) {
+    handle
+        .enqueue(vec![request], None, 0)
+        .await
+        .expect("queued");
+}
+
+/// Starts a dispatcher, queues `requests`, closes and waits for the final stats.
+async fn deliver_all(config: &WebhookConfig, requests: Vec<WebhookRequest>) -> WebhookStats {
+    let (handle, task, durable) = start(config);
+    let n = requests.len() as u32;
+    for request in requests {
+        enqueue(&handle, request).await;
+    }
+    let stats = close_and_wait(handle, task).await;
+    assert_eq!(durable.load(Ordering::SeqCst), n, "every token came back");
+    stats
+}
+
+async fn close_and_wait(handle: Handle, task: JoinHandle<WebhookStats>) -> WebhookStats {
     handle.close(DRAIN);
     assert_eq!(
-        handle.try_enqueue(firing(json!({"url": "http://example.com"}), "late")),
+        handle
+            .enqueue(
+                vec![firing(json!({"url": "http://example.com"}), "late")],
+                None,
+                0
+            )
+            .await,
         Err(EnqueueError::Closed)
     );
     tokio::time::timeout(DRAIN + Duration::from_secs(5), task)
@@ -275,37 +307,89 @@ async fn redirects_are_not_followed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn overflow_is_counted_and_never_waits() {
+async fn a_full_outbox_makes_enqueue_wait_until_deliveries_free_space() {
     let server = Receiver::start_here().await;
-    server.fallback(Reply::status(200).after(Duration::from_millis(300)));
+    server.fallback(Reply::status(200).after(Duration::from_secs(1)));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = WebhookConfig {
-        queue_capacity: 1,
         concurrency: 1,
+        queue_capacity: 2,
+        outbox_max_bytes: 1 << 20,
         ..config(dir.path())
     };
-    let (handle, task) = WebhookDispatcher::start(&config).expect("starts");
-    let mut overflowed = 0;
-    for i in 0..10 {
-        match handle.try_enqueue(firing(
-            json!({"url": server.url("/slow")}),
+    let (handle, task, durable) = start(&config);
+    // 64 KiB bodies: the 1 MiB outbox is full after 16 of them.
+    let big = |i: u32| {
+        firing(
+            json!({"url": server.url("/slow"), "body": "x".repeat(64 * 1024)}),
             &format!("k{i}"),
-        )) {
-            Ok(()) => {}
-            Err(EnqueueError::Overflow) => overflowed += 1,
-            Err(other) => panic!("unexpected {other:?}"),
+        )
+    };
+    let mut sent = 0;
+    loop {
+        let enqueue = handle.enqueue(vec![big(sent)], None, sent);
+        match tokio::time::timeout(Duration::from_millis(100), enqueue).await {
+            Ok(result) => result.expect("queued"),
+            Err(_) => break,
         }
+        sent += 1;
+        assert!(sent < 2000, "the outbox never filled");
     }
-    // try_enqueue never waits: the loop runs on the runtime's only thread, so nothing can be
-    // delivered during it, and the firings past the queue's one place are refused at once.
-    assert!(
-        overflowed >= 7,
-        "at most one in flight and one queued (+1 race): {overflowed}"
-    );
+    assert!(handle.outbox().is_full());
+    assert!(handle.outbox().bytes() >= 1 << 20);
+    // Taken: what fills the outbox, and what waits behind it (the task's batch and channel).
+    assert!(sent < 16 + 2 * 256 + 10, "{sent}");
+    let waiting_from = Instant::now();
+    // The one that waited goes in once deliveries (1 s each, one at a time) free space.
+    handle
+        .enqueue(vec![big(sent)], None, sent)
+        .await
+        .expect("taken once there is room");
+    sent += 1;
+    assert!(waiting_from.elapsed() >= Duration::from_secs(1));
     let stats = close_and_wait(handle, task).await;
-    assert_eq!(stats.overflowed, overflowed);
-    assert_eq!(stats.enqueued, 10 - overflowed);
-    assert_eq!(stats.delivered, stats.enqueued);
+    // Nothing dropped: what the drain did not deliver stays in the outbox for the next start.
+    assert_eq!(stats.enqueued, u64::from(sent));
+    assert_eq!(
+        stats.delivered + stats.abandoned,
+        u64::from(sent),
+        "{stats:?}"
+    );
+    assert!(durable.load(Ordering::SeqCst) >= sent - 1);
+}
+
+#[tokio::test]
+async fn past_queue_capacity_bodies_wait_on_disk_and_are_read_back() {
+    let server = Receiver::start_here().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        queue_capacity: 2,
+        concurrency: 2,
+        ..config(dir.path())
+    };
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            firing(
+                json!({"url": server.url(&format!("/n/{i}")), "body": {"i": i}}),
+                &format!("k{i}"),
+            )
+        })
+        .collect();
+    let stats = deliver_all(&config, requests).await;
+    assert_eq!((stats.delivered, stats.failed), (50, 0));
+    let mut got: Vec<(String, u64)> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.header("idempotency-key").unwrap_or_default().to_owned(),
+                r.json()["i"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    got.sort_by_key(|(_, i)| *i);
+    let want: Vec<(String, u64)> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+    assert_eq!(got, want, "every body as it was written, once");
 }
 
 #[tokio::test]
@@ -399,7 +483,7 @@ async fn close_drains_what_is_queued() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn what_the_deadline_cuts_off_is_dead_lettered() {
+async fn what_the_deadline_cuts_off_stays_in_the_outbox_and_is_sent_next_time() {
     let server = Receiver::start_here().await;
     server.fallback(Reply::status(200).after(Duration::from_secs(3)));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -407,14 +491,13 @@ async fn what_the_deadline_cuts_off_is_dead_lettered() {
         concurrency: 1,
         ..config(dir.path())
     };
-    let (handle, task) = WebhookDispatcher::start(&config).expect("starts");
+    let (handle, task, durable) = start(&config);
     for i in 0..3 {
-        handle
-            .try_enqueue(firing(
-                json!({"url": server.url("/slow")}),
-                &format!("k{i}"),
-            ))
-            .expect("queued");
+        enqueue(
+            &handle,
+            firing(json!({"url": server.url("/slow")}), &format!("k{i}")),
+        )
+        .await;
     }
     server
         .wait_for(1, WAIT)
@@ -429,33 +512,40 @@ async fn what_the_deadline_cuts_off_is_dead_lettered() {
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(300) + EPSILON,
         "{elapsed:?}"
     );
-    assert_eq!((stats.abandoned, stats.failed, stats.delivered), (3, 3, 0));
-    let letters = dead_letters(dir.path());
-    assert_eq!(letters.len(), 3);
-    let attempts: Vec<_> = letters.iter().map(|l| l["attempts"].as_u64()).collect();
-    assert!(
-        attempts.contains(&Some(1)),
-        "the in-flight one: {attempts:?}"
-    );
-    assert!(attempts.contains(&Some(0)), "the queued ones: {attempts:?}");
-    for letter in &letters {
-        let reason = letter["reason"].as_str().unwrap_or_default();
-        assert!(reason.starts_with("shutdown"), "{reason}");
-    }
+    assert_eq!((stats.abandoned, stats.failed, stats.delivered), (3, 0, 0));
+    assert_eq!(durable.load(Ordering::SeqCst), 3);
+    assert!(dead_letters(dir.path()).is_empty(), "nothing given up");
+
+    // The next start sends all three, the one already tried included, with their keys.
+    server.fallback(Reply::status(200));
+    let (handle, task, _) = start(&config);
+    server.wait_for(4, WAIT).await.expect("sent again");
+    handle.close(DRAIN);
+    let stats = task.await.expect("dispatcher task");
+    assert_eq!(stats.delivered, 3);
+    let mut keys: Vec<String> = server
+        .requests()
+        .iter()
+        .skip(1)
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["k0", "k1", "k2"]);
+    // Nothing left: a third start has nothing to send.
+    let (handle, task, _) = start(&config);
+    handle.close(DRAIN);
+    assert_eq!(task.await.expect("task").delivered, 0);
+    assert_eq!(server.requests().len(), 4);
 }
 
 #[tokio::test]
 async fn dropping_every_handle_drains_too() {
     let server = Receiver::start_here().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (handle, task) = WebhookDispatcher::start(&config(dir.path())).expect("starts");
+    let (handle, task, _) = start(&config(dir.path()));
     let clone = handle.clone();
-    clone
-        .try_enqueue(firing(json!({"url": server.url("/a")}), "k1"))
-        .expect("queued");
-    handle
-        .try_enqueue(firing(json!({"url": server.url("/b")}), "k2"))
-        .expect("queued");
+    enqueue(&clone, firing(json!({"url": server.url("/a")}), "k1")).await;
+    enqueue(&handle, firing(json!({"url": server.url("/b")}), "k2")).await;
     drop(handle);
     drop(clone);
     let stats = tokio::time::timeout(Duration::from_secs(10), task)
@@ -471,6 +561,6 @@ async fn a_bad_config_is_refused_at_start() {
         allow_cidrs: vec!["300.0.0.0/8".into()],
         ..WebhookConfig::default()
     };
-    let err = WebhookDispatcher::start(&config).expect_err("bad cidr");
+    let err = WebhookDispatcher::start(&config, Box::new(|_: Vec<()>| {})).expect_err("bad cidr");
     assert!(err.to_string().contains("webhook.allow_cidrs[0]"), "{err}");
 }

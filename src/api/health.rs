@@ -23,7 +23,8 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Ready to serve: not shutting down, the rule store answers, the MQTT source is connected and
 /// subscribed, the spool is under `objects.spool_max_bytes` (over it, messages are left to the
-/// broker) and its batcher thread is alive, and Redis answered its last round trip when it
+/// broker) and its batcher thread is alive, the webhook outbox is below
+/// `webhook.outbox_max_bytes` and writable, and Redis answered its last round trip when it
 /// holds the threshold state.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
@@ -45,6 +46,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             reasons.push(why);
         }
         if let Some(why) = status.objects.backpressure_reason() {
+            reasons.push(why);
+        }
+        if let Some(why) = status.outbox.backpressure_reason() {
             reasons.push(why);
         }
         if let Some(why) = status.threshold_state.and_then(|s| s.unavailable()) {

@@ -64,6 +64,8 @@ pub struct EngineStatus {
     pub objects: ObjectSinkHandle<Token>,
     /// Redis, with `engine.state = "redis"`.
     pub threshold_state: Option<crate::engine::redis_state::StateStatus>,
+    /// The webhook outbox (full: acks stop).
+    pub outbox: Arc<sinks::webhook::OutboxStatus>,
 }
 
 impl AppState {

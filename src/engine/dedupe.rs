@@ -38,12 +38,17 @@
 //! ([`sinks::objects::ObjectSinkHandle::take_recovered_ids`]: the spool files left and the
 //! journal of batches stored just before), seeding the window.
 //!
+//! **With the webhook outbox.** An observation that fired is acked once both its record and its
+//! firings are on disk, but the two commit apart: after a crash the spool may hold the record
+//! without the firings, or the outbox the firings without the record. [`Redeliveries`] tells
+//! the cases apart from what each recovered, so a redelivery completes the missing part only.
+//!
 //! **Size.** A message can only be redelivered while the broker has no PUBACK for it, and a
 //! broker has at most its in-flight window of those per connection (20 to 65,535); the acker
 //! sends PUBACKs in order, so they are among the last messages received. [`WINDOW_CAPACITY`]
 //! ids cover that with a wide margin, for about 5 MB.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Ids the window holds: the last observations appended (and those recovered at start).
@@ -148,17 +153,106 @@ impl RedeliveryWindow {
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
+}
 
-    /// Whether a redelivered observation (`dup`, with id `id`) was stored already and must
-    /// not be stored again. A message without DUP is always new.
-    pub fn is_redelivery(&self, dup: bool, id: u64) -> bool {
-        dup && self.contains(id)
+/// What a message is, as far as redeliveries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not seen before: evaluate, fire, store.
+    New,
+    /// Stored and (if it fired) its firings in the outbox: ack it, nothing more.
+    Done,
+    /// Stored by an earlier run, which may have stopped before its firings reached the outbox:
+    /// evaluate and fire, do not store again. (With Redis state the evaluation gets the
+    /// decisions the first one got, so it fires exactly what the first one fired.)
+    StoredNotFired,
+    /// Its firings are in the outbox from an earlier run, its record was not yet stored:
+    /// evaluate and store, do not fire again.
+    FiredNotStored,
+}
+
+/// Everything that tells a redelivery: the window of ids handed to the spool, and what the
+/// spool and the webhook outbox recovered at start.
+///
+/// Within one run the spool and the outbox both take what the pipeline handed them, so an id in
+/// the window is [`Delivery::Done`]. Across a crash they do not commit together: the record
+/// may be on disk without the firings, or the reverse; what each recovered says which part is
+/// missing.
+#[derive(Debug)]
+pub struct Redeliveries {
+    window: RedeliveryWindow,
+    /// Ids of the records the spool recovered, not yet met again.
+    stored_before: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    /// Ids of the observations whose firings the outbox recovered, not yet met again.
+    fired_before: HashSet<u64, BuildHasherDefault<IdHasher>>,
+}
+
+impl Redeliveries {
+    /// The window seeded with the ids the spool recovered, and the origins the outbox did.
+    pub fn new(
+        capacity: usize,
+        stored_before: Vec<u64>,
+        fired_before: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        Self {
+            stored_before: stored_before.iter().copied().collect(),
+            window: RedeliveryWindow::seeded(capacity, stored_before),
+            fired_before: fired_before.into_iter().collect(),
+        }
+    }
+
+    /// What a message with this DUP flag and id is. A message without DUP is always new (the
+    /// broker sets it on every redelivery).
+    pub fn classify(&mut self, dup: bool, id: u64) -> Delivery {
+        if !dup {
+            return Delivery::New;
+        }
+        let fired = self.fired_before.remove(&id);
+        if self.stored_before.remove(&id) {
+            return if fired {
+                Delivery::Done
+            } else {
+                Delivery::StoredNotFired
+            };
+        }
+        if self.window.contains(id) {
+            Delivery::Done
+        } else if fired {
+            Delivery::FiredNotStored
+        } else {
+            Delivery::New
+        }
+    }
+
+    /// Records the id of an observation handed to the spool.
+    pub fn insert(&mut self, id: u64) {
+        self.window.insert(id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_spool_and_the_outbox_recovered_tells_the_missing_part() {
+        let (both, stored, fired, neither) = (1, 2, 3, 4);
+        let mut r = Redeliveries::new(10, vec![both, stored], [both, fired]);
+        assert_eq!(r.classify(false, both), Delivery::New, "no DUP: new");
+        assert_eq!(r.classify(true, both), Delivery::Done);
+        assert_eq!(r.classify(true, stored), Delivery::StoredNotFired);
+        assert_eq!(r.classify(true, fired), Delivery::FiredNotStored);
+        assert_eq!(r.classify(true, neither), Delivery::New);
+        // Met once: a second redelivery of a recovered id is one of this run's.
+        assert_eq!(
+            r.classify(true, stored),
+            Delivery::Done,
+            "still in the window"
+        );
+        assert_eq!(r.classify(true, fired), Delivery::New);
+        r.insert(neither);
+        assert_eq!(r.classify(true, neither), Delivery::Done);
+    }
 
     #[test]
     fn ids_are_stable_and_tell_messages_apart() {
@@ -249,16 +343,20 @@ mod tests {
 
     #[test]
     fn only_dup_messages_in_the_window_are_redeliveries() {
-        let mut w = RedeliveryWindow::new(10);
+        let mut r = Redeliveries::new(10, Vec::new(), []);
         let id = observation_id(1, "t", b"{}");
-        assert!(!w.is_redelivery(true, id), "never seen: store it");
-        w.insert(id);
-        assert!(w.is_redelivery(true, id));
-        assert!(
-            !w.is_redelivery(false, id),
+        assert_eq!(r.classify(true, id), Delivery::New, "never seen: store it");
+        r.insert(id);
+        assert_eq!(r.classify(true, id), Delivery::Done);
+        assert_eq!(
+            r.classify(false, id),
+            Delivery::New,
             "a device may send the same payload twice"
         );
-        assert!(!w.is_redelivery(true, observation_id(2, "t", b"{}")));
+        assert_eq!(
+            r.classify(true, observation_id(2, "t", b"{}")),
+            Delivery::New
+        );
     }
 
     #[test]

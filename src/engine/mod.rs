@@ -4,12 +4,15 @@
 //! - [`rules`]: loads rules into an index and reloads it when the store's generation moves.
 //! - [`pipeline`]: parse, evaluate, enqueue webhooks, spool the record (acked after its fsync),
 //!   offer it to the indexer; life cycle events.
+//! - [`acks`]: an observation that fired is acked once both its record and its firings are
+//!   on disk.
 //! - [`dedupe`]: observation ids and the window that keeps QoS 1 redeliveries of observations
 //!   already stored from being stored twice.
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
 //! - [`redis_state`]: threshold state shared by replicas in Redis (`engine.state = "redis"`).
 //! - [`saved_state`]: local threshold state saved to the store and loaded at start.
 
+pub mod acks;
 pub mod dedupe;
 pub mod outputs;
 pub mod pipeline;
@@ -36,7 +39,7 @@ pub struct RunningEngine {
     _broker: Option<EmbeddedBroker>,
     source: SourceHandle,
     pipeline: JoinHandle<()>,
-    webhooks: WebhookHandle,
+    webhooks: WebhookHandle<acks::Ack>,
     webhook_task: JoinHandle<WebhookStats>,
     reloader: JoinHandle<()>,
     outputs: outputs::Outputs,
@@ -67,8 +70,6 @@ pub async fn start(
     };
     sinks::webhook::describe_metrics();
     ingest::describe_metrics();
-    let (webhooks, webhook_task) =
-        WebhookDispatcher::start(&config.webhook).context("starting the webhook dispatcher")?;
 
     let initial = rules::load(store).await.context("loading rules")?;
     tracing::info!(rules = initial.index.len(), "rules loaded");
@@ -87,6 +88,13 @@ pub async fn start(
     tracing::info!(client_id = source.client_id(), "MQTT source started");
 
     let outputs = outputs::Outputs::start(config, acker.clone()).await?;
+    let outbox_acker = acker.clone();
+    let (webhooks, webhook_task) = WebhookDispatcher::start(
+        &config.webhook,
+        Box::new(move |tokens: Vec<acks::Ack>| acks::ack_released(&outbox_acker, tokens)),
+    )
+    .context("starting the webhook dispatcher")?;
+    let fired_before = webhooks.take_recovered_origins();
     let recovered = outputs.objects.take_recovered_ids();
     tracing::info!(
         ids = recovered.len(),
@@ -146,7 +154,11 @@ pub async fn start(
             webhooks: webhooks.clone(),
             limits: ParseLimits::new(config.mqtt.max_payload_bytes),
             key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
-            redeliveries: dedupe::RedeliveryWindow::seeded(dedupe::WINDOW_CAPACITY, recovered),
+            redeliveries: dedupe::Redeliveries::new(
+                dedupe::WINDOW_CAPACITY,
+                recovered,
+                fired_before,
+            ),
             metrics: pipeline::HotMetrics::register(),
             domain_paths: pipeline::DomainPaths::default(),
             actions_sent: 0,
@@ -174,6 +186,11 @@ impl RunningEngine {
     /// Whether Redis answers, with `engine.state = "redis"`, for `/readyz`.
     pub fn state_status(&self) -> Option<redis_state::StateStatus> {
         self.state_status.clone()
+    }
+
+    /// The webhook outbox, for `/readyz` (full, or its disk failing).
+    pub fn outbox(&self) -> Arc<sinks::webhook::OutboxStatus> {
+        self.webhooks.outbox()
     }
 
     /// The object sink, for `/readyz` (spool over its limit).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ingest::{AckToken, Acker};
+use ingest::Acker;
 use sinks::objects::writer::firehose::FirehoseSettings;
 use sinks::objects::writer::s3::S3Settings;
 use sinks::objects::writer::{FirehoseWriter, S3Writer};
@@ -17,15 +17,17 @@ use sinks::search::{IndexerHandle, IndexerStats, SearchIndexer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::acks::{ack_released, Ack};
 use crate::config::Config;
 
 /// Records handed back by the indexer (mapping conflicts, rejected items) wait here on their
 /// way to the `errors/` prefix; beyond it they are counted and dropped (S3 has the record).
 const INDEX_FAILURE_QUEUE: usize = 10_000;
 
-/// Tokens of the object sink: an MQTT ack for observations, nothing for records the service
-/// makes itself (index failures).
-pub type Token = Option<AckToken>;
+/// Tokens of the object sink: an MQTT ack for observations (shared with the webhook outbox when
+/// the observation fired, see [`super::acks`]), nothing for records the service makes itself
+/// (index failures).
+pub type Token = Option<Ack>;
 
 pub struct Outputs {
     pub objects: ObjectSinkHandle<Token>,
@@ -73,7 +75,7 @@ impl Outputs {
         let writer = writer(config).await?;
         tracing::info!(sink = writer.kind(), "object sink starting");
         let on_commit: OnCommit<Token> = Box::new(move |tokens: Vec<Token>| {
-            acker.ack_all(tokens.into_iter().flatten());
+            ack_released(&acker, tokens.into_iter().flatten());
         });
         let (objects, objects_task) =
             ObjectSink::start(&config.objects, &config.stack.name, writer, on_commit)

@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ingest::{AckToken, Acker, Inbound, ShadowUpdate};
+use ingest::{Acker, Inbound, ShadowUpdate};
 use rule_engine::deferred::Step;
 use rule_engine::directory::ThingChange;
 use rule_engine::{
@@ -38,10 +38,11 @@ use sinks::objects::{
     ObjectSinkHandle, PayloadKeys, RecordKind,
 };
 use sinks::search::IndexerHandle;
-use sinks::webhook::{EnqueueError, WebhookHandle, WebhookRequest};
+use sinks::webhook::{WebhookHandle, WebhookRequest};
 use tokio::sync::{mpsc, watch};
 
-use super::dedupe::{observation_id, RedeliveryWindow};
+use super::acks::{Ack, JointAck};
+use super::dedupe::{observation_id, Delivery, Redeliveries};
 use super::outputs::Token;
 use super::rules::RuleSet;
 use super::saved_state::Saver;
@@ -76,14 +77,15 @@ pub struct Stages {
     pub acker: Acker,
     pub directory: Arc<RwLock<Directory>>,
     pub store: RuleStore,
-    pub webhooks: WebhookHandle,
+    pub webhooks: WebhookHandle<Ack>,
     pub objects: ObjectSinkHandle<Token>,
     pub search: Option<IndexerHandle>,
     pub limits: ParseLimits,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
-    /// Ids of the observations handed to the spool lately (and by earlier runs).
-    pub redeliveries: RedeliveryWindow,
+    /// What tells a redelivery: the ids handed to the spool lately, and what the spool and the
+    /// webhook outbox recovered at start.
+    pub redeliveries: Redeliveries,
     pub metrics: HotMetrics,
     pub domain_paths: DomainPaths,
     /// Actions handed to the webhook dispatcher so far: the sequence in idempotency keys.
@@ -98,6 +100,7 @@ pub const BATCH_MAX: usize = 256;
 struct Pending {
     shadow: ShadowUpdate,
     id: u64,
+    delivery: Delivery,
     observed: Observed,
     steps: Vec<Step>,
 }
@@ -234,8 +237,10 @@ impl Stages {
             Inbound::Shadow(shadow) => {
                 self.metrics.received.increment(1);
                 let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
-                if self.redeliveries.is_redelivery(shadow.dup, id) {
-                    self.skip_redelivered(&shadow.thing_name, shadow.ack).await;
+                let delivery = self.redeliveries.classify(shadow.dup, id);
+                if delivery == Delivery::Done {
+                    self.skip_redelivered(&shadow.thing_name, Ack::One(shadow.ack))
+                        .await;
                     return;
                 }
                 let observed = self.observe(
@@ -245,7 +250,7 @@ impl Stages {
                     &shadow.payload,
                     state,
                 );
-                self.finish(shadow, id, observed).await;
+                self.finish(shadow, id, delivery, observed).await;
             }
             Inbound::Event {
                 topic,
@@ -262,11 +267,32 @@ impl Stages {
         }
     }
 
-    /// Counts the outcome, queues its firings' webhooks, and stores the record.
-    async fn finish(&mut self, shadow: ShadowUpdate, id: u64, observed: Observed) {
+    /// Counts the outcome, hands its firings to the webhook outbox and stores the record; the
+    /// message is acked once both are on disk ([`super::acks`]). A redelivery after a crash
+    /// completes only the part the earlier run did not ([`Delivery`]).
+    async fn finish(
+        &mut self,
+        shadow: ShadowUpdate,
+        id: u64,
+        delivery: Delivery,
+        observed: Observed,
+    ) {
+        let mut ack = Ack::One(shadow.ack);
         if let Some(outcome) = observed.outcome {
             self.count_outcome(&outcome);
-            self.dispatch_firings(&shadow.thing_name, outcome.firings);
+            let requests = self.webhook_requests(&shadow.thing_name, outcome.firings);
+            if !requests.is_empty() {
+                if delivery == Delivery::FiredNotStored {
+                    metrics::counter!("ccstream_actions_refire_skipped_total").increment(1);
+                    tracing::debug!(thing = %shadow.thing_name, "redelivered observation fired before the restart; its firings are in the outbox");
+                } else {
+                    ack = self.enqueue_webhooks(requests, id, ack).await;
+                }
+            }
+        }
+        if delivery == Delivery::StoredNotFired {
+            self.skip_redelivered(&shadow.thing_name, ack).await;
+            return;
         }
         self.store(
             observed.record,
@@ -274,9 +300,34 @@ impl Stages {
             observed.timestamp,
             id,
             shadow.received_at_ms,
-            shadow.ack,
+            ack,
         )
         .await;
+    }
+
+    /// Hands an observation's webhook requests to the outbox, with a share of its ack (see
+    /// [`super::acks`]); returns the share the spool releases. Waits only while the outbox is
+    /// full. When the outbox is closed (shutdown) the message is never acked and the broker
+    /// sends it again.
+    async fn enqueue_webhooks(&mut self, requests: Vec<WebhookRequest>, id: u64, ack: Ack) -> Ack {
+        let Ack::One(token) = ack else { return ack };
+        let count = requests.len() as u64;
+        let joint = JointAck::new(token);
+        match self
+            .webhooks
+            .enqueue(requests, Some(id), Ack::Joint(Arc::clone(&joint)))
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK")
+                    .increment(count);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook outbox closed; the observation is left unacked for the broker to send again");
+                // One release only: the token is never sent.
+            }
+        }
+        Ack::Joint(joint)
     }
 
     /// Evaluates the rules and builds the record to store: the observation record, or an
@@ -360,7 +411,7 @@ impl Stages {
 
     /// A redelivery of an observation already handed to the spool: not stored again, acked
     /// once the spool has committed everything before it (the earlier copy included).
-    async fn skip_redelivered(&mut self, thing_name: &str, ack: AckToken) {
+    async fn skip_redelivered(&mut self, thing_name: &str, ack: Ack) {
         metrics::counter!("ccstream_observations_redelivered_skipped_total").increment(1);
         tracing::debug!(thing = %thing_name, "redelivered observation already stored; not stored again");
         if self.objects.append_marker(Some(ack)).await.is_err() {
@@ -380,7 +431,7 @@ impl Stages {
         timestamp: u64,
         id: u64,
         received_at_ms: u64,
-        ack: AckToken,
+        ack: Ack,
     ) {
         if kind == RecordKind::Observations {
             if let Some(search) = &self.search {
@@ -442,40 +493,30 @@ impl Stages {
         }
     }
 
-    /// Turns each firing's filled actions into webhook requests and queues them; never waits.
-    fn dispatch_firings(&mut self, thing_name: &str, firings: Vec<Firing>) {
+    /// Turns each firing's filled actions into webhook requests.
+    fn webhook_requests(&mut self, thing_name: &str, firings: Vec<Firing>) -> Vec<WebhookRequest> {
+        let mut requests = Vec::new();
         for firing in firings {
             for action in &firing.actions {
                 self.actions_sent += 1;
-                // Stable across the retries of this firing (the dispatcher reuses it), unique
-                // across firings and process restarts.
+                // Stable across the retries of this firing (the dispatcher reuses it, and the
+                // outbox keeps it across restarts), unique across firings and process starts.
                 let key = format!("{}-{:x}", self.key_prefix, self.actions_sent);
-                let request = match WebhookRequest::from_action_config(
+                match WebhookRequest::from_action_config(
                     firing.rule_id.as_ref(),
                     &action.config,
                     &firing.payload,
                     key,
                 ) {
-                    Ok(r) => r,
+                    Ok(request) => requests.push(request),
                     Err(e) => {
                         metrics::counter!("ccstream_actions_invalid_total").increment(1);
                         tracing::warn!(rule = %firing.rule_id, thing = %thing_name, error = %e, "action not sent: its filled config is not a valid request");
-                        continue;
-                    }
-                };
-                match self.webhooks.try_enqueue(request) {
-                    Ok(()) => {
-                        metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK")
-                            .increment(1);
-                    }
-                    // Counted and logged (rate-limited) by the dispatcher.
-                    Err(EnqueueError::Overflow) => {}
-                    Err(EnqueueError::Closed) => {
-                        tracing::warn!(rule = %firing.rule_id, "webhook dispatcher closed; action dropped");
                     }
                 }
             }
         }
+        requests
     }
 
     /// Applies a life cycle event to the directory (and the store). Returns the name of a

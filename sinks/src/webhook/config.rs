@@ -19,8 +19,12 @@ pub mod defaults {
     pub const BACKOFF_INITIAL_MS: u64 = 200;
     /// Largest backoff (and `Retry-After`) wait, milliseconds.
     pub const BACKOFF_MAX_MS: u64 = 10_000;
-    /// Firings waiting in the queue.
+    /// Firing bodies the dispatcher holds in memory (the rest wait on disk).
     pub const QUEUE_CAPACITY: usize = 10_000;
+    /// Outbox directory.
+    pub const OUTBOX_DIR: &str = "data/outbox";
+    /// Largest outbox, bytes (1 GiB).
+    pub const OUTBOX_MAX_BYTES: u64 = 1 << 30;
     /// Firings in flight at once.
     pub const CONCURRENCY: usize = 64;
     /// Dead-letter directory.
@@ -35,6 +39,7 @@ const MAX_ATTEMPTS_LIMIT: u32 = 20;
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 const MAX_QUEUE_CAPACITY: usize = 10_000_000;
 const MAX_CONCURRENCY: usize = 4_096;
+const MIN_OUTBOX_BYTES: u64 = 1 << 20;
 
 /// The `[webhook]` section: how rule WEBHOOK actions are sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +55,9 @@ pub struct WebhookConfig {
     pub backoff_initial_ms: u64,
     /// Cap on one backoff wait in ms; a `Retry-After` from a 429 or 5xx is honoured up to it.
     pub backoff_max_ms: u64,
-    /// Firings waiting to be sent. When full, new firings are dropped, counted and logged:
-    /// ingest never waits on a webhook.
+    /// Firings waiting to be sent whose body the dispatcher keeps in memory; past it they wait
+    /// in the outbox only, read back when their turn comes (memory stays bounded, nothing is
+    /// dropped).
     pub queue_capacity: usize,
     /// Firings in flight at once: a request, or the backoff wait before its retry (1-4096).
     pub concurrency: usize,
@@ -66,6 +72,12 @@ pub struct WebhookConfig {
     pub dead_letter_dir: PathBuf,
     /// `User-Agent` header of every request.
     pub user_agent: String,
+    /// Directory of the durable outbox: every firing is written there before its message is
+    /// acked, and stays until delivered or dead-lettered (its own volume in production).
+    pub outbox_dir: PathBuf,
+    /// Largest outbox in bytes (at least 1 MiB). When it is full, ingest stops acking (the broker
+    /// keeps the messages) and `/readyz` says why, until deliveries free space.
+    pub outbox_max_bytes: u64,
 }
 
 impl Default for WebhookConfig {
@@ -81,6 +93,8 @@ impl Default for WebhookConfig {
             allow_cidrs: Vec::new(),
             dead_letter_dir: PathBuf::from(defaults::DEAD_LETTER_DIR),
             user_agent: defaults::USER_AGENT.to_owned(),
+            outbox_dir: PathBuf::from(defaults::OUTBOX_DIR),
+            outbox_max_bytes: defaults::OUTBOX_MAX_BYTES,
         }
     }
 }
@@ -140,6 +154,15 @@ impl WebhookConfig {
                 "must not be empty",
             ));
         }
+        if self.outbox_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("webhook.outbox_dir", "must not be empty"));
+        }
+        ConfigError::check_range(
+            "webhook.outbox_max_bytes",
+            self.outbox_max_bytes,
+            MIN_OUTBOX_BYTES,
+            u64::MAX,
+        )?;
         if reqwest::header::HeaderValue::from_str(&self.user_agent).is_err() {
             return Err(ConfigError::new(
                 "webhook.user_agent",
@@ -188,6 +211,8 @@ mod tests {
         assert!(c.allow_cidrs.is_empty());
         assert_eq!(c.dead_letter_dir, PathBuf::from("data/dead-letter"));
         assert!(c.user_agent.starts_with("ccstream/"));
+        assert_eq!(c.outbox_dir, PathBuf::from("data/outbox"));
+        assert_eq!(c.outbox_max_bytes, 1 << 30);
         c.validate().expect("defaults are valid");
     }
 
@@ -269,6 +294,20 @@ mod tests {
                     ..Default::default()
                 },
                 "dead_letter_dir",
+            ),
+            (
+                WebhookConfig {
+                    outbox_dir: PathBuf::new(),
+                    ..Default::default()
+                },
+                "outbox_dir",
+            ),
+            (
+                WebhookConfig {
+                    outbox_max_bytes: 1000,
+                    ..Default::default()
+                },
+                "outbox_max_bytes",
             ),
         ];
         for (config, key) in cases {

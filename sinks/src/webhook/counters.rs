@@ -8,19 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counts since start, for tests, health checks and the summary returned at shutdown.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WebhookStats {
-    /// Firings taken into the queue.
+    /// Firings handed to the outbox.
     pub enqueued: u64,
-    /// Firings dropped because the queue was full.
-    pub overflowed: u64,
     /// HTTP attempts made.
     pub attempts: u64,
     /// Firings delivered (a 2xx).
     pub delivered: u64,
-    /// Firings given up (final status, attempts exhausted, invalid, or shutdown).
+    /// Firings given up and dead-lettered (final status, attempts exhausted, invalid).
     pub failed: u64,
     /// Firings refused by the SSRF guard.
     pub refused: u64,
-    /// Of the failed: still undelivered when the drain deadline passed.
+    /// Still undelivered when the drain deadline passed: left in the outbox for the next start.
     pub abandoned: u64,
     /// Dead letters written to disk.
     pub dead_letters: u64,
@@ -30,7 +28,6 @@ pub struct WebhookStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(super) enqueued: AtomicU64,
-    pub(super) overflowed: AtomicU64,
     pub(super) attempts: AtomicU64,
     pub(super) delivered: AtomicU64,
     pub(super) failed: AtomicU64,
@@ -53,7 +50,6 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         WebhookStats {
             enqueued: get(&self.enqueued),
-            overflowed: get(&self.overflowed),
             attempts: get(&self.attempts),
             delivered: get(&self.delivered),
             failed: get(&self.failed),

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::counters::Counters;
+use super::outbox::Locator;
 use super::request::WebhookBody;
 use super::telemetry;
 use crate::utc;
@@ -78,17 +79,23 @@ pub fn dead_letter_path(dir: &Path, time: SystemTime) -> PathBuf {
     dir.join(format!("webhooks-{}.jsonl", utc_date(time)))
 }
 
+/// A dead letter and where its firing is in the outbox: finished there once the letter is on
+/// disk.
+pub(crate) type Letter = (DeadLetter, Option<Locator>);
+
 /// Starts the writer task; it ends when every sender is dropped and what they sent is written.
 pub(crate) fn spawn_writer(
     dir: PathBuf,
     counters: Arc<Counters>,
-) -> (mpsc::Sender<DeadLetter>, JoinHandle<()>) {
+    finished: mpsc::UnboundedSender<Locator>,
+) -> (mpsc::Sender<Letter>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let task = tokio::spawn(
         Writer {
             dir,
             file: None,
             counters,
+            finished,
         }
         .run(rx),
     );
@@ -100,30 +107,30 @@ struct Writer {
     /// The open file and its date; reopened when the UTC date changes.
     file: Option<(String, File)>,
     counters: Arc<Counters>,
+    finished: mpsc::UnboundedSender<Locator>,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<DeadLetter>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Letter>) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             let mut lines = Vec::new();
-            let mut count = 0_u64;
+            let mut written = Vec::new();
             let mut date = String::new();
-            for letter in batch.drain(..) {
+            for (letter, at) in batch.drain(..) {
                 let letter_date = utc_date(letter.time);
-                if letter_date != date && count > 0 {
-                    self.write(&date, &lines, count).await;
+                if letter_date != date && !written.is_empty() {
+                    self.write(&date, &lines, &mut written).await;
                     lines.clear();
-                    count = 0;
                 }
                 date = letter_date;
                 if serde_json::to_writer(&mut lines, &letter.to_json()).is_ok() {
                     lines.push(b'\n');
-                    count += 1;
+                    written.push(at);
                 }
             }
-            if count > 0 {
-                self.write(&date, &lines, count).await;
+            if !written.is_empty() {
+                self.write(&date, &lines, &mut written).await;
             }
         }
         if let Some((_, file)) = self.file.take() {
@@ -131,21 +138,28 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, date: &str, lines: &[u8], count: u64) {
+    /// Appends `lines` (one per firing in `firings`, which it empties) and finishes those
+    /// firings in the outbox once they are on disk.
+    async fn write(&mut self, date: &str, lines: &[u8], firings: &mut Vec<Option<Locator>>) {
+        let count = firings.len() as u64;
         match self.append(date, lines).await {
             Ok(()) => {
                 self.counters.add_dead_letters(count);
                 telemetry::dead_letters_written(count);
+                for at in firings.drain(..).flatten() {
+                    let _ = self.finished.send(at);
+                }
             }
             Err(error) => {
                 // Reopen next time: the directory may have been fixed meanwhile.
                 self.file = None;
                 telemetry::dead_letter_write_failed(count);
+                firings.clear();
                 tracing::error!(
                     dir = %self.dir.display(),
                     %error,
-                    lost = count,
-                    "cannot write webhook dead letters"
+                    firings = count,
+                    "cannot write webhook dead letters; the firings stay in the outbox and are sent again at the next start"
                 );
             }
         }
@@ -267,16 +281,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("nested/dl");
         let counters = Arc::new(Counters::default());
-        let (tx, task) = spawn_writer(target.clone(), Arc::clone(&counters));
+        let (finished_tx, mut finished) = mpsc::unbounded_channel();
+        let (tx, task) = spawn_writer(target.clone(), Arc::clone(&counters), finished_tx);
         let day1 = at(1_709_251_199, 0);
         let day2 = at(1_709_251_200, 0);
-        for time in [day1, day1, day2] {
-            tx.send(letter(time, WebhookBody::Empty))
+        for (i, time) in [day1, day1, day2].into_iter().enumerate() {
+            let place = (i != 1).then_some(Locator {
+                segment: 1,
+                index: i as u32,
+                offset: 0,
+                len: 0,
+            });
+            tx.send((letter(time, WebhookBody::Empty), place))
                 .await
                 .expect("writer alive");
         }
         drop(tx);
         task.await.expect("writer ends");
+        let mut done = Vec::new();
+        while let Ok(at) = finished.try_recv() {
+            done.push(at.index);
+        }
+        assert_eq!(done, [0, 2], "finished in the outbox once on disk");
         let read =
             |time| std::fs::read_to_string(dead_letter_path(&target, time)).expect("file written");
         let first = read(day1);

@@ -1,26 +1,28 @@
-//! The dispatcher: a bounded queue, one worker loop that owns it, and at most `concurrency`
-//! firings in flight (a semaphore permit per firing, held through its retries).
+//! The dispatcher: takes committed firings from the outbox ([`super::outbox`]), one worker loop
+//! with at most `concurrency` firings in flight (a semaphore permit per firing, held through its
+//! retries), and tells the outbox when each one is finished.
 //!
 //! ```text
-//! rule engine ─try_enqueue─▶ [bounded mpsc] ─▶ worker loop ─permit─▶ firing task ─▶ reqwest
-//!   (never waits;                                   │                    │ retries, backoff
-//!    overflow counted)                              │                    ▼
-//!                                                   └── shutdown ─▶ dead-letter writer task
+//! rule engine ─enqueue─▶ outbox (durable) ─committed─▶ worker loop ─permit─▶ firing task ─▶ reqwest
+//!   (waits only when                ▲                                           │ retries, backoff
+//!    the outbox is full)            └──── finished: delivered, or dead letter on disk ◀┘
 //! ```
 //!
-//! Shutdown: [`WebhookHandle::close`] (or dropping every handle) stops intake at once; what is
-//! queued and in flight keeps being delivered until the drain deadline; anything still
-//! undelivered then is written as a dead letter, never dropped silently.
+//! Shutdown: [`WebhookHandle::close`] (or dropping every handle) stops intake at once; firings
+//! keep being delivered until the drain deadline; what is still undelivered then stays in the
+//! outbox and is sent at the next start (with the same `Idempotency-Key`), never dropped.
 
 use crate::error_text::error_chain;
 use crate::intake::{sleep_until_opt, CloseGate, LogLimiter};
 use std::error::Error as StdError;
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::RETRY_AFTER;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -34,6 +36,9 @@ use super::counters::Counters;
 pub use super::counters::WebhookStats;
 use super::dead_letter::{self, DeadLetter};
 use super::error::{EnqueueError, WebhookError};
+use super::outbox::{
+    self, Append, Committed, Locator, OnDurable, OutboxLog, OutboxStatus, OutboxTask,
+};
 use super::request::{Prepared, WebhookRequest};
 use super::resolve::{GuardedResolver, ResolveError};
 use super::retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
@@ -49,62 +54,72 @@ const ERROR_TEXT_MAX: usize = 400;
 
 /// What the handles share.
 struct Shared {
-    /// Stops intake; dropped with the last handle, which the consumer also reads as a close.
+    /// Stops intake; dropped with the last handle, which the consumers also read as a close.
     gate: CloseGate,
     counters: Arc<Counters>,
-    overflow_log: LogLimiter,
+    status: Arc<OutboxStatus>,
+    recovered_origins: std::sync::Mutex<Vec<u64>>,
 }
 
-/// The producer side: cheap to clone, never waits.
-#[derive(Clone)]
-pub struct WebhookHandle {
-    tx: mpsc::Sender<WebhookRequest>,
+/// The producer side: cheap to clone. `T` is the producer's token, handed back through the
+/// dispatcher's `on_durable` once the firings it came with are on disk.
+pub struct WebhookHandle<T> {
+    tx: mpsc::Sender<Append<T>>,
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for WebhookHandle {
+impl<T> Clone for WebhookHandle<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> fmt::Debug for WebhookHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookHandle")
-            .field("queue_depth", &self.queue_depth())
-            .field("capacity", &self.tx.max_capacity())
+            .field("outbox", &self.shared.status)
             .field("closed", &self.is_closed())
             .finish()
     }
 }
 
-impl WebhookHandle {
-    /// Queues a firing without waiting. A full queue drops it: counted in
-    /// `ccstream_webhook_queue_overflow_total` and logged (at most every 10 s).
-    pub fn try_enqueue(&self, request: WebhookRequest) -> Result<(), EnqueueError> {
+impl<T> WebhookHandle<T> {
+    /// Hands the firings of one observation to the outbox; `token` comes back through
+    /// `on_durable` once they are on disk. `origin` (the observation's id) is stored with them
+    /// and comes back from [`take_recovered_origins`](Self::take_recovered_origins) after a
+    /// restart. Waits only while the outbox is full (or its disk fails): the producer then
+    /// stops, which is the backpressure ingest needs.
+    pub async fn enqueue(
+        &self,
+        firings: Vec<WebhookRequest>,
+        origin: Option<u64>,
+        token: T,
+    ) -> Result<(), EnqueueError> {
         if self.is_closed() {
             return Err(EnqueueError::Closed);
         }
-        match self.tx.try_send(request) {
-            Ok(()) => {
-                Counters::bump(&self.shared.counters.enqueued);
-                telemetry::queue_depth(self.queue_depth());
-                Ok(())
-            }
-            Err(TrySendError::Full(request)) => {
-                Counters::bump(&self.shared.counters.overflowed);
-                telemetry::overflow();
-                if let Some(dropped) = self.shared.overflow_log.hit(1) {
-                    tracing::warn!(
-                        rule = %request.rule_id,
-                        dropped,
-                        capacity = self.tx.max_capacity(),
-                        "webhook queue full: firings dropped (logged at most every 10 s)"
-                    );
-                }
-                Err(EnqueueError::Overflow)
-            }
-            Err(TrySendError::Closed(_)) => Err(EnqueueError::Closed),
-        }
+        let count = firings.len() as u64;
+        self.tx
+            .send(Append {
+                firings,
+                origin,
+                token,
+            })
+            .await
+            .map_err(|_| EnqueueError::Closed)?;
+        self.shared
+            .counters
+            .enqueued
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Stops intake on every clone of this handle at once. The dispatcher delivers what is queued
-    /// and in flight until `drain_deadline` has passed, dead-letters what is left, and its task
-    /// returns. A second call does not move the deadline.
+    /// Stops intake on every clone of this handle at once. The dispatcher delivers what it can
+    /// until `drain_deadline` has passed; the rest stays in the outbox for the next start. A
+    /// second call does not move the deadline.
     pub fn close(&self, drain_deadline: Duration) {
         self.shared.gate.close(drain_deadline);
     }
@@ -114,9 +129,18 @@ impl WebhookHandle {
         self.shared.gate.is_closed() || self.tx.is_closed()
     }
 
-    /// Firings waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+    /// The origins of the firings the outbox held at start (finished or not), once: the
+    /// observations whose redelivery must not fire again.
+    pub fn take_recovered_origins(&self) -> Vec<u64> {
+        match self.shared.recovered_origins.lock() {
+            Ok(mut origins) => std::mem::take(&mut *origins),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    /// The outbox: size, unfinished firings, whether it is full.
+    pub fn outbox(&self) -> Arc<OutboxStatus> {
+        Arc::clone(&self.shared.status)
     }
 
     /// Counts since start.
@@ -130,21 +154,66 @@ impl WebhookHandle {
 pub struct WebhookDispatcher;
 
 impl WebhookDispatcher {
-    /// Validates `config`, builds the pooled HTTP client and starts the worker and dead-letter
-    /// tasks (call inside a Tokio runtime). The task returns the final [`WebhookStats`] after
+    /// Validates `config`, opens the outbox (the firings an earlier run left unfinished are sent
+    /// first), builds the pooled HTTP client and starts the outbox, worker and dead-letter tasks
+    /// (call inside a Tokio runtime). The task returns the final [`WebhookStats`] after
     /// [`WebhookHandle::close`], or after every handle is dropped (drain deadline
     /// [`DEFAULT_DRAIN_DEADLINE`]).
-    pub fn start(
+    pub fn start<T: Send + 'static>(
         config: &WebhookConfig,
-    ) -> Result<(WebhookHandle, JoinHandle<WebhookStats>), WebhookError> {
+        on_durable: OnDurable<T>,
+    ) -> Result<(WebhookHandle<T>, JoinHandle<WebhookStats>), WebhookError> {
         config.validate()?;
         let policy = Arc::new(config.ssrf_policy()?);
         let client = build_client(config, Arc::clone(&policy))?;
+        let (log, recovered) = OutboxLog::open(
+            &config.outbox_dir,
+            outbox::segment_bytes(config.outbox_max_bytes),
+        )
+        .map_err(|source| WebhookError::Outbox {
+            dir: config.outbox_dir.clone(),
+            source,
+        })?;
+        let outbox::Recovered {
+            unfinished,
+            origins,
+        } = recovered;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                firings = unfinished.len(),
+                dir = %config.outbox_dir.display(),
+                "webhook outbox holds firings an earlier run did not finish; sending them first"
+            );
+        }
         let counters = Arc::new(Counters::default());
-        let (dead_letters, writer) =
-            dead_letter::spawn_writer(config.dead_letter_dir.clone(), Arc::clone(&counters));
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let status = Arc::new(OutboxStatus::default());
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (dead_letters, writer) = dead_letter::spawn_writer(
+            config.dead_letter_dir.clone(),
+            Arc::clone(&counters),
+            finished_tx.clone(),
+        );
+        let (append_tx, append_rx) = mpsc::channel(outbox::APPEND_QUEUE);
+        let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+        for at in unfinished {
+            let _ = feed_tx.send(Committed {
+                at: Some(at),
+                request: None,
+            });
+        }
         let (gate, close_rx) = CloseGate::new();
+        let outbox_task = OutboxTask {
+            log,
+            max_bytes: config.outbox_max_bytes,
+            memory_bodies: config.queue_capacity,
+            appends: append_rx,
+            finished: finished_rx,
+            feed: feed_tx,
+            close_rx: close_rx.clone(),
+            on_durable,
+            status: Arc::clone(&status),
+        };
+        let outbox_task = tokio::spawn(outbox_task.run());
         let ctx = Arc::new(Ctx {
             client,
             policy,
@@ -155,15 +224,19 @@ impl WebhookDispatcher {
             ),
             timeout: config.timeout(),
             dead_letters,
+            finished: finished_tx,
+            outbox_dir: config.outbox_dir.clone(),
+            status: Arc::clone(&status),
             counters: Arc::clone(&counters),
             fail_log: LogLimiter::default(),
         });
         let worker = Worker {
-            rx,
+            rx: feed_rx,
             close_rx,
             ctx,
             concurrency: config.concurrency,
             writer,
+            outbox_task,
             counters: Arc::clone(&counters),
         };
         telemetry::queue_depth(0);
@@ -171,9 +244,16 @@ impl WebhookDispatcher {
         let shared = Arc::new(Shared {
             gate,
             counters,
-            overflow_log: LogLimiter::default(),
+            status,
+            recovered_origins: std::sync::Mutex::new(origins),
         });
-        Ok((WebhookHandle { tx, shared }, task))
+        Ok((
+            WebhookHandle {
+                tx: append_tx,
+                shared,
+            },
+            task,
+        ))
     }
 }
 
@@ -207,17 +287,22 @@ struct Ctx {
     max_attempts: u32,
     backoff: Backoff,
     timeout: Duration,
-    dead_letters: mpsc::Sender<DeadLetter>,
+    dead_letters: mpsc::Sender<(DeadLetter, Option<Locator>)>,
+    /// Firings delivered, back to the outbox.
+    finished: mpsc::UnboundedSender<Locator>,
+    outbox_dir: PathBuf,
+    status: Arc<OutboxStatus>,
     counters: Arc<Counters>,
     fail_log: LogLimiter,
 }
 
 struct Worker {
-    rx: mpsc::Receiver<WebhookRequest>,
+    rx: mpsc::UnboundedReceiver<Committed>,
     close_rx: watch::Receiver<Option<Duration>>,
     ctx: Arc<Ctx>,
     concurrency: usize,
     writer: JoinHandle<()>,
+    outbox_task: JoinHandle<()>,
     counters: Arc<Counters>,
 }
 
@@ -229,6 +314,7 @@ impl Worker {
             ctx,
             concurrency,
             writer,
+            outbox_task,
             counters,
         } = self;
         let semaphore = Arc::new(Semaphore::new(concurrency));
@@ -245,7 +331,7 @@ impl Worker {
             let permit = tokio::select! {
                 biased;
                 changed = close_rx.changed(), if deadline.is_none() => {
-                    deadline = Some(start_drain(changed.is_ok(), &close_rx, &mut rx));
+                    deadline = Some(start_drain(changed.is_ok(), &close_rx));
                     continue;
                 }
                 () = sleep_until_opt(deadline) => break,
@@ -254,22 +340,22 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            let request = tokio::select! {
+            let committed = tokio::select! {
                 biased;
                 changed = close_rx.changed(), if deadline.is_none() => {
-                    deadline = Some(start_drain(changed.is_ok(), &close_rx, &mut rx));
+                    deadline = Some(start_drain(changed.is_ok(), &close_rx));
                     continue;
                 }
                 () = sleep_until_opt(deadline) => break,
-                request = rx.recv() => match request {
-                    Some(request) => request,
+                committed = rx.recv() => match committed {
+                    Some(committed) => committed,
                     None => break,
                 },
             };
             telemetry::queue_depth(rx.len());
             tasks.spawn(process(
                 Arc::clone(&ctx),
-                request,
+                committed,
                 abandon_rx.clone(),
                 permit,
             ));
@@ -287,25 +373,35 @@ impl Worker {
         if finished.is_err() {
             tracing::warn!(
                 in_flight = tasks.len(),
-                "webhook drain deadline passed; undelivered firings go to dead letters"
+                "webhook drain deadline passed; undelivered firings stay in the outbox for the next start"
             );
             let _ = abandon_tx.send(true);
             while let Some(done) = tasks.join_next().await {
                 note_join(done);
             }
         }
-        // Firings never taken from the queue: dead letters too, not silently dropped.
+        // Firings never taken: they stay in the outbox, sent at the next start.
         rx.close();
-        while let Ok(request) = rx.try_recv() {
-            ctx.finish(&request, &Progress::default(), End::Abandoned)
-                .await;
+        let mut left = 0_u64;
+        while rx.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            counters.abandoned.fetch_add(left, Ordering::Relaxed);
+            tracing::info!(
+                firings = left,
+                "webhook firings not sent before the drain deadline stay in the outbox"
+            );
         }
         telemetry::queue_depth(0);
         // The last dead-letter sender goes with `ctx`; the writer then writes what it holds and
-        // ends.
+        // ends, and with the last `finished` sender the outbox records what was finished.
         drop(ctx);
         if let Err(error) = writer.await {
             tracing::error!(%error, "webhook dead-letter writer failed");
+        }
+        if let Err(error) = outbox_task.await {
+            tracing::error!(%error, "webhook outbox task failed");
         }
         let stats = counters.snapshot();
         tracing::info!(?stats, "webhook dispatcher stopped");
@@ -313,20 +409,13 @@ impl Worker {
     }
 }
 
-fn start_drain(
-    asked: bool,
-    close_rx: &watch::Receiver<Option<Duration>>,
-    rx: &mut mpsc::Receiver<WebhookRequest>,
-) -> Instant {
+fn start_drain(asked: bool, close_rx: &watch::Receiver<Option<Duration>>) -> Instant {
     // `asked`: close() was called; otherwise every handle was dropped.
     let grace = asked
         .then(|| *close_rx.borrow())
         .flatten()
         .unwrap_or(DEFAULT_DRAIN_DEADLINE);
-    // Refuse new sends but keep what is buffered receivable.
-    rx.close();
     tracing::info!(
-        queued = rx.len(),
         grace_ms = grace.as_millis() as u64,
         "webhook dispatcher draining"
     );
@@ -360,10 +449,20 @@ enum End {
 /// One firing, from its first attempt to its last, holding its concurrency permit throughout.
 async fn process(
     ctx: Arc<Ctx>,
-    request: WebhookRequest,
+    committed: Committed,
     mut abandon: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
+    let Committed { at, request } = committed;
+    let in_memory = request.is_some();
+    let request = match (request, at) {
+        (Some(request), _) => request,
+        (None, Some(at)) => match ctx.read_back(at).await {
+            Some(request) => request,
+            None => return,
+        },
+        (None, None) => return,
+    };
     let span = tracing::info_span!(
         "webhook",
         rule = %request.rule_id,
@@ -376,7 +475,10 @@ async fn process(
             () = wait_abandon(&mut abandon) => End::Abandoned,
             end = ctx.deliver(&request, &mut progress) => end,
         };
-        ctx.finish(&request, &progress, end).await;
+        ctx.finish(&request, at, &progress, end).await;
+        if in_memory {
+            ctx.status.bodies.fetch_sub(1, Ordering::Relaxed);
+        }
         drop(permit);
     }
     .instrument(span)
@@ -391,6 +493,23 @@ async fn wait_abandon(abandon: &mut watch::Receiver<bool>) {
 }
 
 impl Ctx {
+    /// The firing at `at`, read back from the outbox (its body was not kept in memory).
+    async fn read_back(&self, at: Locator) -> Option<WebhookRequest> {
+        let dir = self.outbox_dir.clone();
+        match tokio::task::spawn_blocking(move || outbox::log::read(&dir, at)).await {
+            Ok(Ok(stored)) => Some(stored.request),
+            Ok(Err(error)) => {
+                telemetry::outbox_read_failed();
+                tracing::error!(?at, %error, "cannot read a webhook firing back from the outbox; it stays there");
+                None
+            }
+            Err(error) => {
+                tracing::error!(%error, "webhook outbox read panicked");
+                None
+            }
+        }
+    }
+
     async fn deliver(&self, request: &WebhookRequest, progress: &mut Progress) -> End {
         let prepared = match request.prepare() {
             Ok(prepared) => prepared,
@@ -501,13 +620,23 @@ impl Ctx {
         }
     }
 
-    /// Counts the end of a firing; anything but a delivery becomes a dead letter.
-    async fn finish(&self, request: &WebhookRequest, progress: &Progress, end: End) {
+    /// Counts the end of a firing: a delivery is finished in the outbox at once, a failure once
+    /// its dead letter is on disk; an abandoned firing stays in the outbox for the next start.
+    async fn finish(
+        &self,
+        request: &WebhookRequest,
+        at: Option<Locator>,
+        progress: &Progress,
+        end: End,
+    ) {
         let reason = match end {
             End::Delivered => {
                 Counters::bump(&self.counters.delivered);
                 telemetry::delivery("delivered");
                 tracing::debug!(attempts = progress.attempts, "webhook delivered");
+                if let Some(at) = at {
+                    let _ = self.finished.send(at);
+                }
                 return;
             }
             End::Failed(reason) => {
@@ -521,13 +650,12 @@ impl Ctx {
                 reason
             }
             End::Abandoned => {
-                Counters::bump(&self.counters.failed);
                 Counters::bump(&self.counters.abandoned);
-                telemetry::delivery("failed");
-                format!(
-                    "shutdown: not delivered before the drain deadline ({} attempts made)",
-                    progress.attempts
-                )
+                tracing::debug!(
+                    attempts = progress.attempts,
+                    "webhook not delivered before the drain deadline; it stays in the outbox"
+                );
+                return;
             }
         };
         if let Some(similar) = self.fail_log.hit(1) {
@@ -551,8 +679,8 @@ impl Ctx {
             body: request.body.clone(),
         };
         // Waits only while the writer's bounded channel is full; this task holds one permit.
-        if self.dead_letters.send(letter).await.is_err() {
-            tracing::error!(rule = %request.rule_id, "webhook dead-letter writer is gone; firing lost");
+        if self.dead_letters.send((letter, at)).await.is_err() {
+            tracing::error!(rule = %request.rule_id, "webhook dead-letter writer is gone; the firing stays in the outbox");
         }
     }
 }

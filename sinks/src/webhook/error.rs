@@ -20,17 +20,22 @@ pub enum WebhookError {
     /// The SSRF guard refuses the destination.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The outbox directory cannot be opened or read.
+    #[error("cannot open the webhook outbox {}: {source}", dir.display())]
+    Outbox {
+        /// `webhook.outbox_dir`.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The dispatcher did not take the firing.
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
 }
 
-/// Why [`WebhookHandle::try_enqueue`](super::WebhookHandle::try_enqueue) did not take a firing.
+/// Why [`WebhookHandle::enqueue`](super::WebhookHandle::enqueue) did not take a firing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnqueueError {
-    /// The queue is full: the firing is dropped, counted and logged (ingest never waits).
-    #[error("webhook queue is full; firing dropped")]
-    Overflow,
     /// The dispatcher is shutting down or gone.
     #[error("webhook dispatcher is shut down")]
     Closed,

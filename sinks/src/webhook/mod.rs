@@ -1,4 +1,5 @@
-//! The WEBHOOK sink: sends rule firings over HTTP without ever making ingest wait.
+//! The WEBHOOK sink: writes rule firings to a durable outbox and sends them over HTTP; ingest
+//! waits only when the outbox is full.
 //!
 //! - [`config`]: the `[webhook]` section ([`WebhookConfig`]), defaults and validation.
 //! - [`request`]: [`WebhookRequest`], built from a rule action's template-filled config.
@@ -6,7 +7,8 @@
 //! - [`resolve`]: [`GuardedResolver`], reqwest's DNS resolver, which checks every resolved
 //!   address and connects only to checked ones.
 //! - [`retry`]: which outcomes are retried and how long to wait (pure functions).
-//! - [`dispatcher`]: the bounded queue, the worker with its concurrency limit, shutdown.
+//! - [`outbox`]: the durable outbox every firing is written to before it counts as fired.
+//! - [`dispatcher`]: the worker fed by the outbox, its concurrency limit, shutdown.
 //! - [`dead_letter`]: JSON-lines records of firings that could not be delivered.
 //! - `counters`: the atomics behind [`WebhookStats`], shared by the dispatcher and the
 //!   dead-letter writer.
@@ -17,6 +19,7 @@ mod counters;
 pub mod dead_letter;
 pub mod dispatcher;
 pub mod error;
+pub mod outbox;
 pub mod request;
 pub mod resolve;
 pub mod retry;
@@ -28,6 +31,7 @@ pub use counters::WebhookStats;
 pub use dead_letter::{dead_letter_path, DeadLetter};
 pub use dispatcher::{build_client, WebhookDispatcher, WebhookHandle, DEFAULT_DRAIN_DEADLINE};
 pub use error::{EnqueueError, WebhookError};
+pub use outbox::{OnDurable, OutboxStatus};
 pub use request::{RequestError, WebhookBody, WebhookRequest};
 pub use resolve::{resolve_checked, GuardedResolver, ResolveError};
 pub use retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};

@@ -34,8 +34,9 @@ const RESERVED_HEADERS: [&str; 10] = [
     IDEMPOTENCY_KEY,
 ];
 
-/// The body of a webhook request.
-#[derive(Debug, Clone, PartialEq)]
+/// The body of a webhook request (in the outbox as `{"type": "json", "value": ...}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum WebhookBody {
     /// No body (a GET or HEAD without a configured `body`).
     Empty,
@@ -45,8 +46,9 @@ pub enum WebhookBody {
     Json(Value),
 }
 
-/// One firing of a rule's WEBHOOK action.
-#[derive(Debug, Clone, PartialEq)]
+/// One firing of a rule's WEBHOOK action (as stored in the outbox: JSON, camelCase keys).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WebhookRequest {
     /// The rule that fired (logs and dead letters).
     pub rule_id: String,

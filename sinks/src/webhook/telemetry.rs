@@ -12,10 +12,18 @@ pub const REQUESTS_TOTAL: &str = "ccstream_webhook_requests_total";
 pub const DELIVERIES_TOTAL: &str = "ccstream_webhook_deliveries_total";
 /// Duration of one attempt, seconds.
 pub const DURATION_SECONDS: &str = "ccstream_webhook_duration_seconds";
-/// Firings waiting in the queue.
+/// Firings waiting in the dispatcher's queue (in memory or, past `queue_capacity`, on disk).
 pub const QUEUE_DEPTH: &str = "ccstream_webhook_queue_depth";
-/// Firings dropped because the queue was full.
-pub const QUEUE_OVERFLOW_TOTAL: &str = "ccstream_webhook_queue_overflow_total";
+/// Bytes of the outbox's files.
+pub const OUTBOX_BYTES: &str = "ccstream_webhook_outbox_bytes";
+/// Firings in the outbox neither delivered nor dead-lettered.
+pub const OUTBOX_UNFINISHED: &str = "ccstream_webhook_outbox_unfinished";
+/// 1 while the outbox is at `webhook.outbox_max_bytes` (acks stop).
+pub const OUTBOX_FULL: &str = "ccstream_webhook_outbox_full";
+/// Failed writes of the outbox (retried; the firings' messages stay unacked meanwhile).
+pub const OUTBOX_WRITE_ERRORS_TOTAL: &str = "ccstream_webhook_outbox_write_errors_total";
+/// Firings the dispatcher could not read back from the outbox (damaged files; left there).
+pub const OUTBOX_READ_ERRORS_TOTAL: &str = "ccstream_webhook_outbox_read_errors_total";
 /// Dead letters written.
 pub const DEAD_LETTERS_TOTAL: &str = "ccstream_webhook_dead_letters_total";
 /// Dead letters that could not be written (disk errors).
@@ -33,10 +41,30 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Duration of one webhook attempt."
     );
-    describe_gauge!(QUEUE_DEPTH, "Webhook firings waiting in the queue.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Webhook firings waiting for the dispatcher (in memory or on disk)."
+    );
+    describe_gauge!(
+        OUTBOX_BYTES,
+        Unit::Bytes,
+        "Bytes of the webhook outbox's files."
+    );
+    describe_gauge!(
+        OUTBOX_UNFINISHED,
+        "Webhook firings in the outbox neither delivered nor dead-lettered."
+    );
+    describe_gauge!(
+        OUTBOX_FULL,
+        "1 while the webhook outbox is at webhook.outbox_max_bytes (acks stop)."
+    );
     describe_counter!(
-        QUEUE_OVERFLOW_TOTAL,
-        "Webhook firings dropped because the queue was full."
+        OUTBOX_WRITE_ERRORS_TOTAL,
+        "Failed writes of the webhook outbox (retried)."
+    );
+    describe_counter!(
+        OUTBOX_READ_ERRORS_TOTAL,
+        "Webhook firings that could not be read back from the outbox (left there)."
     );
     describe_counter!(
         DEAD_LETTERS_TOTAL,
@@ -63,8 +91,18 @@ pub(crate) fn queue_depth(depth: usize) {
     gauge!(QUEUE_DEPTH).set(depth as f64);
 }
 
-pub(crate) fn overflow() {
-    counter!(QUEUE_OVERFLOW_TOTAL).increment(1);
+pub(crate) fn outbox(bytes: u64, unfinished: u64, full: bool) {
+    gauge!(OUTBOX_BYTES).set(bytes as f64);
+    gauge!(OUTBOX_UNFINISHED).set(unfinished as f64);
+    gauge!(OUTBOX_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn outbox_commit_failed() {
+    counter!(OUTBOX_WRITE_ERRORS_TOTAL).increment(1);
+}
+
+pub(crate) fn outbox_read_failed() {
+    counter!(OUTBOX_READ_ERRORS_TOTAL).increment(1);
 }
 
 pub(crate) fn dead_letters_written(count: u64) {

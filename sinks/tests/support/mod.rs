@@ -9,8 +9,11 @@ use sinks::webhook::{WebhookConfig, WebhookRequest};
 pub use testkit::receiver::{Receiver, Reply};
 
 /// Fast retries, loopback allowed by CIDR (the guard refuses it by default).
+/// A dispatcher's config with its dead letters in `dead_letter_dir` and its outbox in
+/// `<dead_letter_dir>/outbox`.
 pub fn config(dead_letter_dir: &Path) -> WebhookConfig {
     WebhookConfig {
+        outbox_dir: dead_letter_dir.join(OUTBOX),
         backoff_initial_ms: 5,
         backoff_max_ms: 20,
         timeout_secs: 5,
@@ -39,6 +42,10 @@ pub fn firing(config: Value, key: &str) -> WebhookRequest {
 }
 
 /// Every dead-letter line in `dir`.
+/// The outbox's folder below the dead-letter folder of [`config`].
+pub const OUTBOX: &str = "outbox";
+
+/// Every dead letter in `dir` (the outbox folder aside).
 pub fn dead_letters(dir: &Path) -> Vec<Value> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -46,6 +53,9 @@ pub fn dead_letters(dir: &Path) -> Vec<Value> {
     let mut lines = Vec::new();
     for entry in entries {
         let path = entry.expect("entry").path();
+        if path.ends_with(OUTBOX) {
+            continue;
+        }
         let name = path
             .file_name()
             .and_then(|n| n.to_str())

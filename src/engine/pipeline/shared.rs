@@ -11,7 +11,8 @@ use rule_engine::{Decision, Engine, Outcome, ParsedObservation};
 use tokio::sync::mpsc;
 
 use super::{Pending, Stages};
-use crate::engine::dedupe::observation_id;
+use crate::engine::acks::Ack;
+use crate::engine::dedupe::{observation_id, Delivery};
 use crate::engine::redis_state::{ObservationSteps, RedisThresholds};
 use crate::engine::rules::RuleSet;
 
@@ -56,14 +57,20 @@ impl Stages {
                     // The original may still be waiting in this batch: it is stored first, so
                     // that the marker acks the copy after the original's commit.
                     let in_batch = shadow.dup && pending.iter().any(|p| p.id == id);
-                    if in_batch || self.redeliveries.is_redelivery(shadow.dup, id) {
+                    let delivery = if in_batch {
+                        Delivery::Done
+                    } else {
+                        self.redeliveries.classify(shadow.dup, id)
+                    };
+                    if delivery == Delivery::Done {
                         if !self
                             .decide_and_store(rules, &mut pending, shared, inbound)
                             .await
                         {
                             return false;
                         }
-                        self.skip_redelivered(&shadow.thing_name, shadow.ack).await;
+                        self.skip_redelivered(&shadow.thing_name, Ack::One(shadow.ack))
+                            .await;
                         continue;
                     }
                     let mut steps = Vec::new();
@@ -77,6 +84,7 @@ impl Stages {
                     pending.push(Pending {
                         shadow,
                         id,
+                        delivery,
                         observed,
                         steps,
                     });
@@ -165,10 +173,11 @@ impl Stages {
             let Pending {
                 shadow,
                 id,
+                delivery,
                 observed,
                 ..
             } = p;
-            self.finish(shadow, id, observed).await;
+            self.finish(shadow, id, delivery, observed).await;
         }
         true
     }

@@ -1,0 +1,162 @@
+use super::*;
+use crate::webhook::request::WebhookBody;
+
+fn firing(n: u32) -> StoredFiring {
+    StoredFiring {
+        enqueued_ms: 1_700_000_000_000 + u64::from(n),
+        origin: n.is_multiple_of(2).then_some(u64::from(n) + 100),
+        request: WebhookRequest {
+            rule_id: format!("rule-{n}"),
+            url: format!("http://127.0.0.1:9/hook/{n}"),
+            method: "POST".into(),
+            headers: vec![("x-token".into(), "secret".into())],
+            body: WebhookBody::Json(serde_json::json!({"n": n})),
+            idempotency_key: format!("key-{n}"),
+        },
+    }
+}
+
+fn append(log: &mut OutboxLog, n: u32) -> Locator {
+    log.roll_if_needed().expect("segment");
+    log.append(&firing(n)).expect("append")
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn firings_round_trip_and_come_back_until_finished() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, found) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    assert!(found.unfinished.is_empty());
+    let at: Vec<Locator> = (0..5).map(|n| append(&mut log, n)).collect();
+    log.commit().expect("commit");
+    for (n, at) in at.iter().enumerate() {
+        assert_eq!(read(dir.path(), *at).expect("read"), firing(n as u32));
+    }
+    assert_eq!(log.unfinished(), 5);
+    log.finish(&[at[1], at[3], at[3]]).expect("finish");
+    assert_eq!(log.unfinished(), 3, "finishing twice counts once");
+    drop(log);
+
+    let (log, found) = OutboxLog::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(found.unfinished, [at[0], at[2], at[4]]);
+    assert_eq!(
+        found.origins,
+        [100, 102, 104],
+        "finished or not, from every firing kept"
+    );
+    assert_eq!(log.unfinished(), 3);
+    assert_eq!(
+        log.bytes(),
+        fs::metadata(segment_path(dir.path(), at[0].segment))
+            .expect("meta")
+            .len()
+    );
+}
+
+#[test]
+fn finished_sealed_segments_are_removed_and_bytes_follow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small segments: each takes two firings before the next one starts.
+    let one = serde_json::to_vec(&firing(0)).expect("json").len() as u64;
+    let (mut log, _) = OutboxLog::open(dir.path(), 2 * one).expect("open");
+    let at: Vec<Locator> = (0..6).map(|n| append(&mut log, n)).collect();
+    log.commit().expect("commit");
+    let segments: std::collections::BTreeSet<u64> = at.iter().map(|a| a.segment).collect();
+    assert_eq!(segments.len(), 3, "{at:?}");
+    let full = log.bytes();
+
+    log.finish(&at[..2]).expect("finish");
+    assert_eq!(
+        files(dir.path()).len(),
+        2,
+        "the first segment is gone, .done included: {:?}",
+        files(dir.path())
+    );
+    assert!(log.bytes() < full);
+    // A finished open segment past a quarter of its size goes too: a small outbox frees its
+    // space at once, and the next firing starts a new segment.
+    log.finish(&at[2..]).expect("finish");
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+    assert_eq!((log.unfinished(), log.bytes()), (0, 0));
+    let next = append(&mut log, 9);
+    log.commit().expect("commit");
+    assert!(next.segment > at[5].segment);
+    drop(log);
+    // Reopened, the unfinished one comes back, alone.
+    let (_, found) = OutboxLog::open(dir.path(), 2 * one).expect("reopen");
+    assert_eq!(found.unfinished, [next]);
+}
+
+#[test]
+fn a_crash_keeps_the_committed_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    let first = append(&mut log, 0);
+    let second = append(&mut log, 1);
+    log.commit().expect("commit");
+    log.finish(&[first]).expect("finish");
+    drop(log);
+    let path = segment_path(dir.path(), first.segment);
+    let data = fs::read(&path).expect("read");
+    // Every torn tail of a third firing leaves the second one, unfinished; a torn index in the
+    // .done file is ignored.
+    let mut third = Vec::new();
+    push_frame(&mut third, &serde_json::to_vec(&firing(2)).expect("json"));
+    let done_path = dir
+        .path()
+        .join(format!("{:016x}.{DONE_EXT}", first.segment));
+    for cut in 0..third.len() {
+        fs::write(&path, [&data[..], &third[..cut]].concat()).expect("tear");
+        fs::write(&done_path, [0u8, 0, 0, 0, 1, 0]).expect("done");
+        let (_, found) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+        assert_eq!(found.unfinished, [second], "cut at {cut}");
+    }
+}
+
+#[test]
+fn torn_headers_are_removed_and_unreadable_segments_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(segment_path(dir.path(), 1), &MAGIC[..3]).expect("write");
+    fs::write(
+        segment_path(dir.path(), 2),
+        [&MAGIC[..], &[9, 0, 0]].concat(),
+    )
+    .expect("write");
+    fs::write(segment_path(dir.path(), 3), b"not an outbox segment").expect("write");
+    fs::write(dir.path().join("notes.txt"), b"left alone").expect("write");
+    let (mut log, found) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    assert!(found.unfinished.is_empty());
+    assert_eq!(
+        files(dir.path()),
+        ["failed", "notes.txt"],
+        "torn ones removed, the unreadable one moved"
+    );
+    assert!(dir
+        .path()
+        .join(FAILED_DIR)
+        .join(format!("{:016x}.{SEGMENT_EXT}", 3))
+        .exists());
+    // New segments never reuse an id that was seen.
+    let at = append(&mut log, 0);
+    assert_eq!(at.segment, 4);
+}
+
+#[test]
+fn oversized_firings_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    log.roll_if_needed().expect("segment");
+    let mut big = firing(0);
+    big.request.body = WebhookBody::Text("x".repeat(MAX_ENTRY_BYTES));
+    let err = log.append(&big).expect_err("too big");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(log.unfinished(), 0);
+}
