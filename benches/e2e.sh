@@ -339,6 +339,7 @@ $ENGINE_STATE
 [webhook]
 allow_cidrs = ["127.0.0.1/32"]
 dead_letter_dir = "$dir/dead-letter"
+outbox_dir = "$dir/outbox"
 
 [objects]
 sink = "$OBJECTS_SINK"
