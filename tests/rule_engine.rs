@@ -12,7 +12,7 @@
 mod common;
 
 use ccstream_common::time::now_ms;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::receiver::{Received, Receiver, Reply};
@@ -1702,4 +1702,62 @@ async fn local_threshold_state_survives_a_restart() {
     assert_eq!(rig.fires("thing-001", json!({"temp": 90})).await, 1);
     assert_eq!(rig.hooks_to("/count3", 1).await.len(), 1);
     assert_eq!(rig.hooks_to("/hourly", 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_firings_in_the_outbox_survive_kill_9() {
+    const FIRINGS: usize = 10_000;
+    let mut rig = Rig::start().await;
+    // The receiver fails everything: the destination's breaker opens and the firings wait in
+    // the outbox (none is dead-lettered: they are young and only probes are sent).
+    rig.hooks.fallback(Reply::status(503));
+    let url = rig.hooks.url("/outbox");
+    rig.create(rule("outbox", "root", "temp", "gt", json!(50), &url))
+        .await;
+    let temps: Vec<Value> = (0..FIRINGS).map(|i| json!({"temp": 51 + i})).collect();
+    rig.report_all("thing-001", &temps);
+    rig.wait_metric(
+        "ccstream_actions_fired_total{type=\"WEBHOOK\"}",
+        FIRINGS as f64,
+    )
+    .await;
+    rig.wait_metric("ccstream_webhook_outbox_unfinished", FIRINGS as f64)
+        .await;
+    assert_eq!(rig.metric("ccstream_webhook_dead_letters_total").await, 0.0);
+
+    rig.svc.crash_and_restart().await;
+    rig.hooks.fallback(Reply::status(200));
+    // Every firing arrives; one that arrives twice (a probe answered just before the kill, or
+    // a redelivered message) carries its one Idempotency-Key both times.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut keys: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    loop {
+        keys.clear();
+        for hit in rig.hooks.requests_to("/outbox") {
+            if hit.answered != 200 {
+                continue;
+            }
+            let value = hit.json()["resource"]["value"].as_u64().unwrap();
+            let key = hit.header("idempotency-key").unwrap().to_owned();
+            keys.entry(value).or_default().insert(key);
+        }
+        if keys.len() == FIRINGS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {FIRINGS} firings delivered after the restart",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: BTreeSet<u64> = (51..51 + FIRINGS as u64).collect();
+    assert_eq!(keys.keys().copied().collect::<BTreeSet<_>>(), expected);
+    let two_keys: Vec<_> = keys.iter().filter(|(_, k)| k.len() > 1).collect();
+    assert!(two_keys.is_empty(), "fired twice: {two_keys:?}");
+    let deadline = Instant::now() + WAIT;
+    while rig.metric("ccstream_webhook_outbox_unfinished").await > 0.0 {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -564,3 +564,140 @@ async fn a_bad_config_is_refused_at_start() {
     let err = WebhookDispatcher::start(&config, Box::new(|_: Vec<()>| {})).expect_err("bad cidr");
     assert!(err.to_string().contains("webhook.allow_cidrs[0]"), "{err}");
 }
+
+/// A dispatcher config for the breaker tests: a destination opens after 2 failures in a row and
+/// is probed every 5 s; two firings in flight per destination.
+fn breaker_config(dir: &std::path::Path) -> WebhookConfig {
+    WebhookConfig {
+        concurrency: 4,
+        concurrency_per_destination: 2,
+        breaker_failures: 2,
+        probe_interval_secs: 5,
+        ..config(dir)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_destination_waits_behind_its_breaker_while_the_live_one_flows() {
+    let dead = Receiver::start_here().await;
+    dead.fallback(Reply::status(503));
+    let live = Receiver::start_here().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, task, _) = start(&breaker_config(dir.path()));
+    for i in 0..20 {
+        enqueue(
+            &handle,
+            firing(json!({"url": dead.url("/d")}), &format!("d{i}")),
+        )
+        .await;
+        enqueue(
+            &handle,
+            firing(json!({"url": live.url("/l")}), &format!("l{i}")),
+        )
+        .await;
+    }
+    live.wait_for(20, WAIT)
+        .await
+        .expect("the live destination flows");
+    // Half a minute of a dead receiver: the attempts that opened the breaker, then one probe
+    // per 5 s interval; nothing given up (attempts the breaker did not let out do not count).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let tried = dead.count();
+    assert!(
+        (3..=12).contains(&tried),
+        "{tried} attempts on the dead receiver"
+    );
+    assert!(dead_letters(dir.path()).is_empty(), "nothing dead-lettered");
+    assert_eq!(handle.stats().delivered, 20);
+
+    // It comes back: the next probe closes the breaker and every waiting firing goes, once.
+    dead.fallback(Reply::status(200));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stats = close_and_wait(handle, task).await;
+    assert_eq!((stats.delivered, stats.failed), (40, 0), "{stats:?}");
+    let mut delivered: Vec<String> = dead
+        .requests()
+        .iter()
+        .skip(tried)
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn firings_older_than_max_age_are_dead_lettered_with_the_reason() {
+    let dead = Receiver::start_here().await;
+    dead.fallback(Reply::status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        max_age_secs: 60,
+        ..breaker_config(dir.path())
+    };
+    let (handle, task, _) = start(&config);
+    for i in 0..5 {
+        enqueue(
+            &handle,
+            firing(json!({"url": dead.url("/d")}), &format!("d{i}")),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let stats = close_and_wait(handle, task).await;
+    assert_eq!(
+        (stats.expired, stats.failed, stats.delivered),
+        (5, 5, 0),
+        "{stats:?}"
+    );
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 5);
+    for letter in &letters {
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("older than webhook.max_age_secs (60 s)"),
+            "{reason}"
+        );
+    }
+    // Finished in the outbox: a restart has nothing to send.
+    let (handle, task, _) = start(&config);
+    handle.close(DRAIN);
+    let stats = task.await.expect("task");
+    assert_eq!((stats.delivered, stats.failed, stats.abandoned), (0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_times_out_does_not_delay_another() {
+    // The slow receiver answers after 30 s, past the 5 s timeout; it was sent to first, more
+    // firings than the whole concurrency.
+    let slow = Receiver::start_here().await;
+    slow.fallback(Reply::status(200).after(Duration::from_secs(30)));
+    let fast = Receiver::start_here().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, task, _) = start(&breaker_config(dir.path()));
+    for i in 0..10 {
+        enqueue(
+            &handle,
+            firing(json!({"url": slow.url("/s")}), &format!("s{i}")),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    for i in 0..10 {
+        enqueue(
+            &handle,
+            firing(json!({"url": fast.url("/f")}), &format!("f{i}")),
+        )
+        .await;
+    }
+    fast.wait_for(10, WAIT)
+        .await
+        .expect("the fast receiver gets its firings");
+    // Virtual time: the fast destination never waited for a slot the slow one held (without
+    // per-destination limits, the first timeouts would free them after 5 s).
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(20), "{waited:?}");
+    handle.close(Duration::from_millis(100));
+    let stats = task.await.expect("task");
+    assert_eq!(stats.delivered, 10);
+}

@@ -94,6 +94,15 @@ async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
         }
     }
     let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    // Summed over the `destination` label.
+    let deliveries = |result: &str| {
+        let prefix = format!("ccstream_webhook_deliveries_total{{result={result}}}{{destination=");
+        counters
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
     assert_eq!(
         count("ccstream_webhook_requests_total{outcome=4xx}"),
         1,
@@ -107,16 +116,25 @@ async fn outcomes_deliveries_queue_and_dead_letters_are_counted() {
         count("ccstream_webhook_requests_total{outcome=2xx}"),
         2 + delivered_tiny
     );
-    assert_eq!(
-        count("ccstream_webhook_deliveries_total{result=delivered}"),
-        2 + delivered_tiny
-    );
-    assert_eq!(count("ccstream_webhook_deliveries_total{result=failed}"), 1);
-    assert_eq!(
-        count("ccstream_webhook_deliveries_total{result=refused}"),
-        1
-    );
+    assert_eq!(deliveries("delivered"), 2 + delivered_tiny);
+    assert_eq!(deliveries("failed"), 1);
+    assert_eq!(deliveries("refused"), 1);
     assert_eq!(count("ccstream_webhook_dead_letters_total"), 2);
+    let slow = format!("http://127.0.0.1:{}", slow.port());
+    assert_eq!(
+        count(&format!(
+            "ccstream_webhook_deliveries_total{{result=delivered}}{{destination={slow}}}"
+        )),
+        5,
+        "{counters:?}"
+    );
+    for gauge in [
+        format!("ccstream_webhook_destination_queued{{destination={slow}}}"),
+        format!("ccstream_webhook_destination_in_flight{{destination={slow}}}"),
+        format!("ccstream_webhook_destination_circuit_open{{destination={slow}}}"),
+    ] {
+        assert!(gauges.contains(&gauge), "{gauge}: {gauges:?}");
+    }
     for gauge in [
         "ccstream_webhook_queue_depth",
         "ccstream_webhook_outbox_bytes",

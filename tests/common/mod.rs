@@ -54,18 +54,38 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// The value of one series in Prometheus text, written exactly as exported
-/// (`name{label="v"}`); 0 when the series was never touched.
+/// The value of a series in Prometheus text (`name` or `name{label="v",...}`), summed over the
+/// exported series of that name whose labels include the given ones (so
+/// `x_total{result="ok"}` counts `x_total{result="ok",destination="..."}` too); 0 when none
+/// was ever touched.
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    let (name, want) = split_series(series);
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series)
+        .filter_map(|l| {
+            let (exported, value) = l.rsplit_once(' ')?;
+            let (n, labels) = split_series(exported);
+            (n == name && want.iter().all(|w| labels.contains(w)))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
-        .unwrap_or(0.0)
+        .sum()
+}
+
+/// `name{a="1",b="2"}` → (`name`, [`a="1"`, `b="2"`]). Label values here hold no `",`.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => {
+            let rest = rest.strip_suffix('}').unwrap_or(rest);
+            let labels = rest
+                .split("\",")
+                .map(|l| l.trim_end_matches('"'))
+                .filter(|l| !l.is_empty())
+                .collect();
+            (name, labels)
+        }
+        None => (series, Vec::new()),
+    }
 }
 
 /// The binary under test, as cargo built it for this integration test.

@@ -27,6 +27,14 @@ pub mod defaults {
     pub const OUTBOX_MAX_BYTES: u64 = 1 << 30;
     /// Firings in flight at once.
     pub const CONCURRENCY: usize = 64;
+    /// Firings in flight at once to one destination.
+    pub const CONCURRENCY_PER_DESTINATION: usize = 32;
+    /// Failed attempts in a row that open a destination's circuit.
+    pub const BREAKER_FAILURES: u32 = 5;
+    /// Seconds between probes of a destination whose circuit is open.
+    pub const PROBE_INTERVAL_SECS: u64 = 5;
+    /// Oldest firing still sent, seconds (one day).
+    pub const MAX_AGE_SECS: u64 = 86_400;
     /// Dead-letter directory.
     pub const DEAD_LETTER_DIR: &str = "data/dead-letter";
     /// `User-Agent` header.
@@ -61,6 +69,18 @@ pub struct WebhookConfig {
     pub queue_capacity: usize,
     /// Firings in flight at once: a request, or the backoff wait before its retry (1-4096).
     pub concurrency: usize,
+    /// Firings in flight at once to one destination (`scheme://host:port`), so that a slow
+    /// receiver holds at most this share of `concurrency` (1-4096).
+    pub concurrency_per_destination: usize,
+    /// Failed attempts in a row (connection errors, timeouts, 429, 5xx) that open a
+    /// destination's circuit: its firings then wait, and one probe goes every
+    /// `probe_interval_secs` until it answers (1-1000).
+    pub breaker_failures: u32,
+    /// Seconds between probes of a destination whose circuit is open (1-3600).
+    pub probe_interval_secs: u64,
+    /// A firing not delivered this many seconds after it fired is dead-lettered as too old
+    /// (60 s to 30 days).
+    pub max_age_secs: u64,
     /// Allow every destination address, loopback and private ones included (the SSRF guard
     /// off). Only for deployments where tenants are trusted.
     pub allow_private: bool,
@@ -89,6 +109,10 @@ impl Default for WebhookConfig {
             backoff_max_ms: defaults::BACKOFF_MAX_MS,
             queue_capacity: defaults::QUEUE_CAPACITY,
             concurrency: defaults::CONCURRENCY,
+            concurrency_per_destination: defaults::CONCURRENCY_PER_DESTINATION,
+            breaker_failures: defaults::BREAKER_FAILURES,
+            probe_interval_secs: defaults::PROBE_INTERVAL_SECS,
+            max_age_secs: defaults::MAX_AGE_SECS,
             allow_private: false,
             allow_cidrs: Vec::new(),
             dead_letter_dir: PathBuf::from(defaults::DEAD_LETTER_DIR),
@@ -147,6 +171,25 @@ impl WebhookConfig {
             1,
             MAX_CONCURRENCY as u64,
         )?;
+        ConfigError::check_range(
+            "webhook.concurrency_per_destination",
+            self.concurrency_per_destination as u64,
+            1,
+            MAX_CONCURRENCY as u64,
+        )?;
+        ConfigError::check_range(
+            "webhook.breaker_failures",
+            u64::from(self.breaker_failures),
+            1,
+            1000,
+        )?;
+        ConfigError::check_range(
+            "webhook.probe_interval_secs",
+            self.probe_interval_secs,
+            1,
+            3600,
+        )?;
+        ConfigError::check_range("webhook.max_age_secs", self.max_age_secs, 60, 30 * 86_400)?;
         self.allow_nets()?;
         if self.dead_letter_dir.as_os_str().is_empty() {
             return Err(ConfigError::new(
@@ -182,6 +225,11 @@ impl WebhookConfig {
         Duration::from_secs(self.timeout_secs)
     }
 
+    /// Time between probes of an open circuit.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs(self.probe_interval_secs)
+    }
+
     fn allow_nets(&self) -> Result<Vec<IpNet>, ConfigError> {
         self.allow_cidrs
             .iter()
@@ -207,6 +255,9 @@ mod tests {
         assert_eq!(c.backoff_max_ms, 10_000);
         assert_eq!(c.queue_capacity, 10_000);
         assert_eq!(c.concurrency, 64);
+        assert_eq!(c.concurrency_per_destination, 32);
+        assert_eq!((c.breaker_failures, c.probe_interval_secs), (5, 5));
+        assert_eq!(c.max_age_secs, 86_400);
         assert!(!c.allow_private);
         assert!(c.allow_cidrs.is_empty());
         assert_eq!(c.dead_letter_dir, PathBuf::from("data/dead-letter"));
@@ -294,6 +345,34 @@ mod tests {
                     ..Default::default()
                 },
                 "dead_letter_dir",
+            ),
+            (
+                WebhookConfig {
+                    concurrency_per_destination: 0,
+                    ..Default::default()
+                },
+                "concurrency_per_destination",
+            ),
+            (
+                WebhookConfig {
+                    breaker_failures: 0,
+                    ..Default::default()
+                },
+                "breaker_failures",
+            ),
+            (
+                WebhookConfig {
+                    probe_interval_secs: 0,
+                    ..Default::default()
+                },
+                "probe_interval_secs",
+            ),
+            (
+                WebhookConfig {
+                    max_age_secs: 59,
+                    ..Default::default()
+                },
+                "max_age_secs",
             ),
             (
                 WebhookConfig {

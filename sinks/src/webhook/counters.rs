@@ -18,6 +18,8 @@ pub struct WebhookStats {
     pub failed: u64,
     /// Firings refused by the SSRF guard.
     pub refused: u64,
+    /// Of the failed: older than `webhook.max_age_secs` before they could be delivered.
+    pub expired: u64,
     /// Still undelivered when the drain deadline passed: left in the outbox for the next start.
     pub abandoned: u64,
     /// Dead letters written to disk.
@@ -32,6 +34,7 @@ pub(crate) struct Counters {
     pub(super) delivered: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) refused: AtomicU64,
+    pub(super) expired: AtomicU64,
     pub(super) abandoned: AtomicU64,
     dead_letters: AtomicU64,
 }
@@ -54,6 +57,7 @@ impl Counters {
             delivered: get(&self.delivered),
             failed: get(&self.failed),
             refused: get(&self.refused),
+            expired: get(&self.expired),
             abandoned: get(&self.abandoned),
             dead_letters: get(&self.dead_letters),
         }

@@ -1,32 +1,26 @@
-//! The dispatcher: takes committed firings from the outbox ([`super::outbox`]), one worker loop
-//! with at most `concurrency` firings in flight (a semaphore permit per firing, held through its
-//! retries), and tells the outbox when each one is finished.
+//! The dispatcher: the producers' handle, and the start of the outbox, the worker and the
+//! dead-letter writer. Committed firings go from the outbox ([`super::outbox`]) to the worker
+//! ([`super::worker`]), which queues them per destination ([`super::destination`]) and starts
+//! at most `concurrency` at once (a permit per firing, held through its retries), each a task
+//! of [`super::firing`] that tells the outbox when its firing is finished.
 //!
 //! ```text
-//! rule engine ─enqueue─▶ outbox (durable) ─committed─▶ worker loop ─permit─▶ firing task ─▶ reqwest
-//!   (waits only when                ▲                                           │ retries, backoff
-//!    the outbox is full)            └──── finished: delivered, or dead letter on disk ◀┘
+//! rule engine ─enqueue─▶ outbox (durable) ─committed─▶ worker: a queue and a breaker per
+//!   (waits only when           ▲                        destination, round-robin ─▶ firing task
+//!    the outbox is full)       └──── finished: delivered, or dead letter on disk ◀──┘ (reqwest)
 //! ```
 //!
 //! Shutdown: [`WebhookHandle::close`] (or dropping every handle) stops intake at once; firings
 //! keep being delivered until the drain deadline; what is still undelivered then stays in the
 //! outbox and is sent at the next start (with the same `Idempotency-Key`), never dropped.
 
-use crate::error_text::error_chain;
-use crate::intake::{sleep_until_opt, CloseGate, LogLimiter};
-use std::error::Error as StdError;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::RETRY_AFTER;
 use tokio::sync::mpsc;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tokio::time::Instant;
-use tracing::Instrument;
+use tokio::task::JoinHandle;
 
 use ccstream_common::Backoff;
 
@@ -34,23 +28,20 @@ use super::config::WebhookConfig;
 use super::counters::Counters;
 // Also public here, beside the dispatcher whose task returns it (`counters` is private).
 pub use super::counters::WebhookStats;
-use super::dead_letter::{self, DeadLetter};
+use super::dead_letter;
+use super::destination::Destinations;
 use super::error::{EnqueueError, WebhookError};
-use super::outbox::{
-    self, Append, Committed, Locator, OnDurable, OutboxLog, OutboxStatus, OutboxTask,
-};
-use super::request::{Prepared, WebhookRequest};
-use super::resolve::{GuardedResolver, ResolveError};
-use super::retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
-use super::ssrf::{check_before_send, Refusal, SsrfPolicy};
+use super::firing::Sender;
+use super::outbox::{self, Append, Committed, OnDurable, OutboxLog, OutboxStatus, OutboxTask};
+use super::request::WebhookRequest;
+use super::resolve::GuardedResolver;
+use super::ssrf::SsrfPolicy;
 use super::telemetry;
+use super::worker::Worker;
+use crate::intake::{CloseGate, LogLimiter};
 
 /// Drain deadline used when every handle is dropped without [`WebhookHandle::close`].
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Most response-body bytes read (and thrown away) so a keep-alive connection can be reused.
-const MAX_DRAIN_BYTES: usize = 64 * 1024;
-/// Longest error text kept in a dead letter, in bytes.
-const ERROR_TEXT_MAX: usize = 400;
 
 /// What the handles share.
 struct Shared {
@@ -195,11 +186,8 @@ impl WebhookDispatcher {
         );
         let (append_tx, append_rx) = mpsc::channel(outbox::APPEND_QUEUE);
         let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-        for at in unfinished {
-            let _ = feed_tx.send(Committed {
-                at: Some(at),
-                request: None,
-            });
+        for firing in unfinished {
+            let _ = feed_tx.send(Committed::recovered(firing));
         }
         let (gate, close_rx) = CloseGate::new();
         let outbox_task = OutboxTask {
@@ -214,7 +202,7 @@ impl WebhookDispatcher {
             status: Arc::clone(&status),
         };
         let outbox_task = tokio::spawn(outbox_task.run());
-        let ctx = Arc::new(Ctx {
+        let ctx = Arc::new(Sender {
             client,
             policy,
             max_attempts: config.max_attempts,
@@ -223,18 +211,28 @@ impl WebhookDispatcher {
                 Duration::from_millis(config.backoff_max_ms),
             ),
             timeout: config.timeout(),
+            max_age_ms: config.max_age_secs.saturating_mul(1000),
+            probe_every: config.probe_interval(),
             dead_letters,
             finished: finished_tx,
             outbox_dir: config.outbox_dir.clone(),
             status: Arc::clone(&status),
             counters: Arc::clone(&counters),
             fail_log: LogLimiter::default(),
+            breaker_log: LogLimiter::default(),
+            wall_ms_at_start: ccstream_common::time::now_ms(),
+            started: tokio::time::Instant::now(),
         });
         let worker = Worker {
             rx: feed_rx,
             close_rx,
             ctx,
             concurrency: config.concurrency,
+            destinations: Destinations::new(
+                config.concurrency_per_destination,
+                config.breaker_failures,
+                config.probe_interval(),
+            ),
             writer,
             outbox_task,
             counters: Arc::clone(&counters),
@@ -278,409 +276,4 @@ pub fn build_client(
         .tcp_nodelay(true)
         .build()
         .map_err(WebhookError::Client)
-}
-
-/// What every firing task needs.
-struct Ctx {
-    client: reqwest::Client,
-    policy: Arc<SsrfPolicy>,
-    max_attempts: u32,
-    backoff: Backoff,
-    timeout: Duration,
-    dead_letters: mpsc::Sender<(DeadLetter, Option<Locator>)>,
-    /// Firings delivered, back to the outbox.
-    finished: mpsc::UnboundedSender<Locator>,
-    outbox_dir: PathBuf,
-    status: Arc<OutboxStatus>,
-    counters: Arc<Counters>,
-    fail_log: LogLimiter,
-}
-
-struct Worker {
-    rx: mpsc::UnboundedReceiver<Committed>,
-    close_rx: watch::Receiver<Option<Duration>>,
-    ctx: Arc<Ctx>,
-    concurrency: usize,
-    writer: JoinHandle<()>,
-    outbox_task: JoinHandle<()>,
-    counters: Arc<Counters>,
-}
-
-impl Worker {
-    async fn run(self) -> WebhookStats {
-        let Worker {
-            mut rx,
-            mut close_rx,
-            ctx,
-            concurrency,
-            writer,
-            outbox_task,
-            counters,
-        } = self;
-        let semaphore = Arc::new(Semaphore::new(concurrency));
-        let (abandon_tx, abandon_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut deadline: Option<Instant> = None;
-
-        loop {
-            while let Some(done) = tasks.try_join_next() {
-                note_join(done);
-            }
-            // A permit first, then a firing: what waits for a permit waits in the bounded queue.
-            // `biased;` so that a close is seen before more work is taken.
-            let permit = tokio::select! {
-                biased;
-                changed = close_rx.changed(), if deadline.is_none() => {
-                    deadline = Some(start_drain(changed.is_ok(), &close_rx));
-                    continue;
-                }
-                () = sleep_until_opt(deadline) => break,
-                permit = Arc::clone(&semaphore).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let committed = tokio::select! {
-                biased;
-                changed = close_rx.changed(), if deadline.is_none() => {
-                    deadline = Some(start_drain(changed.is_ok(), &close_rx));
-                    continue;
-                }
-                () = sleep_until_opt(deadline) => break,
-                committed = rx.recv() => match committed {
-                    Some(committed) => committed,
-                    None => break,
-                },
-            };
-            telemetry::queue_depth(rx.len());
-            tasks.spawn(process(
-                Arc::clone(&ctx),
-                committed,
-                abandon_rx.clone(),
-                permit,
-            ));
-        }
-
-        // Intake is over (closed and drained, or the deadline passed): let what is in flight
-        // finish until the deadline, then make it give up.
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + DEFAULT_DRAIN_DEADLINE);
-        let finished = tokio::time::timeout_at(deadline, async {
-            while let Some(done) = tasks.join_next().await {
-                note_join(done);
-            }
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                in_flight = tasks.len(),
-                "webhook drain deadline passed; undelivered firings stay in the outbox for the next start"
-            );
-            let _ = abandon_tx.send(true);
-            while let Some(done) = tasks.join_next().await {
-                note_join(done);
-            }
-        }
-        // Firings never taken: they stay in the outbox, sent at the next start.
-        rx.close();
-        let mut left = 0_u64;
-        while rx.try_recv().is_ok() {
-            left += 1;
-        }
-        if left > 0 {
-            counters.abandoned.fetch_add(left, Ordering::Relaxed);
-            tracing::info!(
-                firings = left,
-                "webhook firings not sent before the drain deadline stay in the outbox"
-            );
-        }
-        telemetry::queue_depth(0);
-        // The last dead-letter sender goes with `ctx`; the writer then writes what it holds and
-        // ends, and with the last `finished` sender the outbox records what was finished.
-        drop(ctx);
-        if let Err(error) = writer.await {
-            tracing::error!(%error, "webhook dead-letter writer failed");
-        }
-        if let Err(error) = outbox_task.await {
-            tracing::error!(%error, "webhook outbox task failed");
-        }
-        let stats = counters.snapshot();
-        tracing::info!(?stats, "webhook dispatcher stopped");
-        stats
-    }
-}
-
-fn start_drain(asked: bool, close_rx: &watch::Receiver<Option<Duration>>) -> Instant {
-    // `asked`: close() was called; otherwise every handle was dropped.
-    let grace = asked
-        .then(|| *close_rx.borrow())
-        .flatten()
-        .unwrap_or(DEFAULT_DRAIN_DEADLINE);
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "webhook dispatcher draining"
-    );
-    Instant::now() + grace
-}
-
-fn note_join(done: Result<(), JoinError>) {
-    if let Err(error) = done {
-        if error.is_panic() {
-            tracing::error!(%error, "webhook firing task panicked");
-        }
-    }
-}
-
-/// How far one firing got.
-#[derive(Debug, Default)]
-struct Progress {
-    attempts: u32,
-    last_status: Option<u16>,
-}
-
-/// How one firing ended.
-#[derive(Debug)]
-enum End {
-    Delivered,
-    Failed(String),
-    Refused(String),
-    Abandoned,
-}
-
-/// One firing, from its first attempt to its last, holding its concurrency permit throughout.
-async fn process(
-    ctx: Arc<Ctx>,
-    committed: Committed,
-    mut abandon: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
-) {
-    let Committed { at, request } = committed;
-    let in_memory = request.is_some();
-    let request = match (request, at) {
-        (Some(request), _) => request,
-        (None, Some(at)) => match ctx.read_back(at).await {
-            Some(request) => request,
-            None => return,
-        },
-        (None, None) => return,
-    };
-    let span = tracing::info_span!(
-        "webhook",
-        rule = %request.rule_id,
-        key = %request.idempotency_key,
-    );
-    async move {
-        let mut progress = Progress::default();
-        let end = tokio::select! {
-            biased;
-            () = wait_abandon(&mut abandon) => End::Abandoned,
-            end = ctx.deliver(&request, &mut progress) => end,
-        };
-        ctx.finish(&request, at, &progress, end).await;
-        if in_memory {
-            ctx.status.bodies.fetch_sub(1, Ordering::Relaxed);
-        }
-        drop(permit);
-    }
-    .instrument(span)
-    .await;
-}
-
-async fn wait_abandon(abandon: &mut watch::Receiver<bool>) {
-    if abandon.wait_for(|stop| *stop).await.is_err() {
-        // The worker is gone without asking: keep going.
-        std::future::pending::<()>().await;
-    }
-}
-
-impl Ctx {
-    /// The firing at `at`, read back from the outbox (its body was not kept in memory).
-    async fn read_back(&self, at: Locator) -> Option<WebhookRequest> {
-        let dir = self.outbox_dir.clone();
-        match tokio::task::spawn_blocking(move || outbox::log::read(&dir, at)).await {
-            Ok(Ok(stored)) => Some(stored.request),
-            Ok(Err(error)) => {
-                telemetry::outbox_read_failed();
-                tracing::error!(?at, %error, "cannot read a webhook firing back from the outbox; it stays there");
-                None
-            }
-            Err(error) => {
-                tracing::error!(%error, "webhook outbox read panicked");
-                None
-            }
-        }
-    }
-
-    async fn deliver(&self, request: &WebhookRequest, progress: &mut Progress) -> End {
-        let prepared = match request.prepare() {
-            Ok(prepared) => prepared,
-            Err(error) => return End::Failed(format!("invalid request: {error}")),
-        };
-        // reqwest does not resolve IP-literal hosts, so the guarded resolver never sees them.
-        if let Err(refusal) = check_before_send(&prepared.url, &self.policy) {
-            telemetry::attempt(AttemptOutcome::Refused.label(), None);
-            return End::Refused(refusal.to_string());
-        }
-        loop {
-            progress.attempts += 1;
-            Counters::bump(&self.counters.attempts);
-            let started = Instant::now();
-            let (outcome, detail) = self.send_once(&prepared).await;
-            let took = (outcome != AttemptOutcome::Refused).then(|| started.elapsed());
-            telemetry::attempt(outcome.label(), took);
-            if let AttemptOutcome::Status { code, .. } = outcome {
-                progress.last_status = Some(code);
-            }
-            if outcome.is_success() {
-                return End::Delivered;
-            }
-            match classify(&outcome) {
-                Retry::No => {
-                    return match outcome {
-                        AttemptOutcome::Refused => End::Refused(detail),
-                        AttemptOutcome::Status {
-                            code: 300..=399, ..
-                        } => End::Failed(format!("{detail} (redirects are not followed)")),
-                        _ => End::Failed(format!("{detail} (not retried)")),
-                    };
-                }
-                Retry::Yes { .. } if progress.attempts >= self.max_attempts => {
-                    return End::Failed(format!(
-                        "{detail} (gave up after {} attempts)",
-                        progress.attempts
-                    ));
-                }
-                Retry::Yes { after } => {
-                    let wait = retry_delay(after, progress.attempts, &self.backoff);
-                    tracing::debug!(
-                        attempt = progress.attempts,
-                        outcome = outcome.label(),
-                        %detail,
-                        wait_ms = wait.as_millis() as u64,
-                        "webhook attempt failed; retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
-
-    /// One HTTP attempt, classified, with a short description for logs and dead letters.
-    async fn send_once(&self, prepared: &Prepared) -> (AttemptOutcome, String) {
-        let sent = self
-            .client
-            .request(prepared.method.clone(), prepared.url.clone())
-            .headers(prepared.headers.clone())
-            .body(prepared.body.clone())
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(response) => response,
-            Err(error) => return self.error_outcome(&error),
-        };
-        let code = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_retry_after);
-        // Read (a bounded part of) the body so the connection can return to the pool; what it
-        // says does not matter, and a failure reading it does not change the status.
-        let mut read = 0;
-        while read <= MAX_DRAIN_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                _ => break,
-            }
-        }
-        (
-            AttemptOutcome::Status { code, retry_after },
-            format!("HTTP {code}"),
-        )
-    }
-
-    fn error_outcome(&self, error: &reqwest::Error) -> (AttemptOutcome, String) {
-        // A refusal by the guarded resolver arrives wrapped in hyper's connect error.
-        let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-        while let Some(current) = source {
-            if let Some(refusal) = current.downcast_ref::<Refusal>() {
-                return (AttemptOutcome::Refused, format!("refused: {refusal}"));
-            }
-            if let Some(ResolveError::Refused(refusal)) = current.downcast_ref::<ResolveError>() {
-                return (AttemptOutcome::Refused, format!("refused: {refusal}"));
-            }
-            source = current.source();
-        }
-        if error.is_timeout() {
-            let secs = self.timeout.as_secs();
-            (AttemptOutcome::Timeout, format!("timed out after {secs} s"))
-        } else if error.is_builder() {
-            (AttemptOutcome::Invalid, error_chain(error, ERROR_TEXT_MAX))
-        } else {
-            (AttemptOutcome::Connect, error_chain(error, ERROR_TEXT_MAX))
-        }
-    }
-
-    /// Counts the end of a firing: a delivery is finished in the outbox at once, a failure once
-    /// its dead letter is on disk; an abandoned firing stays in the outbox for the next start.
-    async fn finish(
-        &self,
-        request: &WebhookRequest,
-        at: Option<Locator>,
-        progress: &Progress,
-        end: End,
-    ) {
-        let reason = match end {
-            End::Delivered => {
-                Counters::bump(&self.counters.delivered);
-                telemetry::delivery("delivered");
-                tracing::debug!(attempts = progress.attempts, "webhook delivered");
-                if let Some(at) = at {
-                    let _ = self.finished.send(at);
-                }
-                return;
-            }
-            End::Failed(reason) => {
-                Counters::bump(&self.counters.failed);
-                telemetry::delivery("failed");
-                reason
-            }
-            End::Refused(reason) => {
-                Counters::bump(&self.counters.refused);
-                telemetry::delivery("refused");
-                reason
-            }
-            End::Abandoned => {
-                Counters::bump(&self.counters.abandoned);
-                tracing::debug!(
-                    attempts = progress.attempts,
-                    "webhook not delivered before the drain deadline; it stays in the outbox"
-                );
-                return;
-            }
-        };
-        if let Some(similar) = self.fail_log.hit(1) {
-            tracing::warn!(
-                rule = %request.rule_id,
-                %reason,
-                attempts = progress.attempts,
-                similar,
-                "webhook firing not delivered; written as a dead letter (logged at most every 10 s)"
-            );
-        }
-        let letter = DeadLetter {
-            time: SystemTime::now(),
-            rule_id: request.rule_id.clone(),
-            url: request.url.clone(),
-            method: request.method.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            reason,
-            attempts: progress.attempts,
-            last_status: progress.last_status,
-            body: request.body.clone(),
-        };
-        // Waits only while the writer's bounded channel is full; this task holds one permit.
-        if self.dead_letters.send((letter, at)).await.is_err() {
-            tracing::error!(rule = %request.rule_id, "webhook dead-letter writer is gone; the firing stays in the outbox");
-        }
-    }
 }

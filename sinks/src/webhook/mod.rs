@@ -8,7 +8,10 @@
 //!   address and connects only to checked ones.
 //! - [`retry`]: which outcomes are retried and how long to wait (pure functions).
 //! - [`outbox`]: the durable outbox every firing is written to before it counts as fired.
-//! - [`dispatcher`]: the worker fed by the outbox, its concurrency limit, shutdown.
+//! - [`dispatcher`]: the producers' handle and the start of everything below.
+//! - `worker`: the loop that queues committed firings per destination and starts them, and the
+//!   drain at shutdown; [`destination`]: the queues, per-destination limits and circuit
+//!   breakers; `firing`: one firing's attempts, retries and end.
 //! - [`dead_letter`]: JSON-lines records of firings that could not be delivered.
 //! - `counters`: the atomics behind [`WebhookStats`], shared by the dispatcher and the
 //!   dead-letter writer.
@@ -17,14 +20,17 @@
 pub mod config;
 mod counters;
 pub mod dead_letter;
+pub mod destination;
 pub mod dispatcher;
 pub mod error;
+mod firing;
 pub mod outbox;
 pub mod request;
 pub mod resolve;
 pub mod retry;
 pub mod ssrf;
 pub mod telemetry;
+mod worker;
 
 pub use config::WebhookConfig;
 pub use counters::WebhookStats;

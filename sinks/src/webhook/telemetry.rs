@@ -1,15 +1,25 @@
 //! Metric names and the few places that update them; few, bounded labels.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+    Unit,
 };
 
 /// Requests (attempts) by `outcome`: `2xx`, `3xx`, `4xx`, `5xx`, `error`, `refused`.
 pub const REQUESTS_TOTAL: &str = "ccstream_webhook_requests_total";
-/// Firings by final `result`: `delivered`, `failed`, `refused`.
+/// Firings by final `result` (`delivered`, `failed`, `expired`, `refused`) and `destination`.
 pub const DELIVERIES_TOTAL: &str = "ccstream_webhook_deliveries_total";
+/// Firings waiting, by `destination`.
+pub const DESTINATION_QUEUED: &str = "ccstream_webhook_destination_queued";
+/// Firings in flight, by `destination`.
+pub const DESTINATION_IN_FLIGHT: &str = "ccstream_webhook_destination_in_flight";
+/// 1 while a destination's circuit is open (its firings wait; one probe per interval).
+pub const DESTINATION_CIRCUIT_OPEN: &str = "ccstream_webhook_destination_circuit_open";
+/// Times a destination's circuit opened.
+pub const CIRCUIT_OPENED_TOTAL: &str = "ccstream_webhook_circuit_opened_total";
 /// Duration of one attempt, seconds.
 pub const DURATION_SECONDS: &str = "ccstream_webhook_duration_seconds";
 /// Firings waiting in the dispatcher's queue (in memory or, past `queue_capacity`, on disk).
@@ -35,7 +45,26 @@ pub fn describe_metrics() {
         REQUESTS_TOTAL,
         "Webhook requests (attempts) by outcome class."
     );
-    describe_counter!(DELIVERIES_TOTAL, "Webhook firings by final result.");
+    describe_counter!(
+        DELIVERIES_TOTAL,
+        "Webhook firings by final result and destination."
+    );
+    describe_gauge!(
+        DESTINATION_QUEUED,
+        "Webhook firings waiting, by destination (scheme://host:port; `other` past 200)."
+    );
+    describe_gauge!(
+        DESTINATION_IN_FLIGHT,
+        "Webhook firings in flight, by destination."
+    );
+    describe_gauge!(
+        DESTINATION_CIRCUIT_OPEN,
+        "1 while a destination's circuit is open: its firings wait, one probe per interval."
+    );
+    describe_counter!(
+        CIRCUIT_OPENED_TOTAL,
+        "Times a webhook destination's circuit opened."
+    );
     describe_histogram!(
         DURATION_SECONDS,
         Unit::Seconds,
@@ -83,8 +112,33 @@ pub(crate) fn attempt(outcome: &'static str, took: Option<Duration>) {
     }
 }
 
-pub(crate) fn delivery(result: &'static str) {
-    counter!(DELIVERIES_TOTAL, "result" => result).increment(1);
+pub(crate) fn delivery(result: &'static str, destination: &Arc<str>) {
+    counter!(DELIVERIES_TOTAL, "result" => result, "destination" => SharedString::from(Arc::clone(destination)))
+        .increment(1);
+}
+
+pub(crate) fn circuit_opened(destination: &Arc<str>) {
+    counter!(CIRCUIT_OPENED_TOTAL, "destination" => SharedString::from(Arc::clone(destination)))
+        .increment(1);
+}
+
+/// Sets the per-destination gauges from (label, queued, in flight, open); destinations sharing
+/// the `other` label are summed.
+pub(crate) fn destinations<'a>(report: impl Iterator<Item = (&'a Arc<str>, usize, usize, bool)>) {
+    let mut by_label: std::collections::BTreeMap<&Arc<str>, (usize, usize, usize)> =
+        std::collections::BTreeMap::new();
+    for (label, queued, in_flight, open) in report {
+        let entry = by_label.entry(label).or_default();
+        entry.0 += queued;
+        entry.1 += in_flight;
+        entry.2 += usize::from(open);
+    }
+    for (label, (queued, in_flight, open)) in by_label {
+        let label = SharedString::from(Arc::clone(label));
+        gauge!(DESTINATION_QUEUED, "destination" => label.clone()).set(queued as f64);
+        gauge!(DESTINATION_IN_FLIGHT, "destination" => label.clone()).set(in_flight as f64);
+        gauge!(DESTINATION_CIRCUIT_OPEN, "destination" => label).set(open as f64);
+    }
 }
 
 pub(crate) fn queue_depth(depth: usize) {

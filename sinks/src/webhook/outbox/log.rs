@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::frames::{self, push_frame, sync_dir, FramedFile, FRAME_OVERHEAD};
+use crate::webhook::destination::destination_of;
 use crate::webhook::request::WebhookRequest;
 
 /// Extension of segment files.
@@ -128,11 +129,23 @@ impl Segment {
     }
 }
 
+/// A firing an earlier run left unfinished: where it is, and what the dispatcher needs before
+/// it reads the body back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Where it is.
+    pub at: Locator,
+    /// Its destination ([`destination_of`] its url).
+    pub destination: String,
+    /// When it was first written, ms since the epoch.
+    pub enqueued_ms: u64,
+}
+
 /// What [`OutboxLog::open`] found left by earlier runs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
     /// The firings to send, oldest first.
-    pub unfinished: Vec<Locator>,
+    pub unfinished: Vec<Unfinished>,
     /// The origins (observation ids) of every firing in the segments kept, finished or not.
     pub origins: Vec<u64>,
 }
@@ -223,15 +236,23 @@ impl OutboxLog {
         for (index, (offset, len)) in frames_at.into_iter().enumerate() {
             let index = index as u32;
             let frame = offset as usize..offset as usize + len as usize;
-            if let Some(origin) = origin_of(&data[frame]) {
+            let head = head_of(&data[frame]);
+            if let Some(origin) = head.as_ref().and_then(|h| h.origin) {
                 recovered.origins.push(origin);
             }
             if !segment.is_finished(index) {
-                recovered.unfinished.push(Locator {
-                    segment: id,
-                    index,
-                    offset,
-                    len,
+                let (destination, enqueued_ms) = head
+                    .map(|h| (destination_of(&h.request.url), h.enqueued_ms))
+                    .unwrap_or_default();
+                recovered.unfinished.push(Unfinished {
+                    at: Locator {
+                        segment: id,
+                        index,
+                        offset,
+                        len,
+                    },
+                    destination,
+                    enqueued_ms,
                 });
             }
         }
@@ -474,14 +495,23 @@ fn decode(data: &[u8]) -> Option<(u32, Vec<(u64, u32)>)> {
     Some((found.len() as u32, found))
 }
 
-/// The origin of the firing in a frame, reading nothing else of it.
-fn origin_of(frame: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Origin {
-        origin: Option<u64>,
-    }
+/// What recovery reads of a firing: its origin, age and url (the body is skipped).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    enqueued_ms: u64,
+    origin: Option<u64>,
+    request: UrlOnly,
+}
+
+#[derive(Deserialize)]
+struct UrlOnly {
+    url: String,
+}
+
+fn head_of(frame: &[u8]) -> Option<Head> {
     let data = frames::frame(frame, 0, MAX_ENTRY_BYTES)?;
-    serde_json::from_slice::<Origin>(&frame[data]).ok()?.origin
+    serde_json::from_slice(&frame[data]).ok()
 }
 
 fn data_len(data: &[u8], at: usize) -> Option<usize> {

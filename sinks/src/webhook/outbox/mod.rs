@@ -28,8 +28,9 @@ use std::time::Duration;
 use ccstream_common::Backoff;
 use tokio::sync::{mpsc, watch};
 
-pub use log::{Locator, OutboxLog, Recovered, StoredFiring};
+pub use log::{Locator, OutboxLog, Recovered, StoredFiring, Unfinished};
 
+use super::destination::destination_of;
 use super::request::WebhookRequest;
 use super::telemetry;
 
@@ -67,6 +68,22 @@ pub(crate) struct Committed {
     pub(crate) at: Option<Locator>,
     /// The request, unless it is left on disk to bound memory.
     pub(crate) request: Option<WebhookRequest>,
+    /// Where it goes ([`destination_of`] its url).
+    pub(crate) destination: String,
+    /// When it was first written, ms since the epoch.
+    pub(crate) enqueued_ms: u64,
+}
+
+impl Committed {
+    /// A firing an earlier run left, its body on disk.
+    pub(crate) fn recovered(unfinished: Unfinished) -> Self {
+        Self {
+            at: Some(unfinished.at),
+            request: None,
+            destination: unfinished.destination,
+            enqueued_ms: unfinished.enqueued_ms,
+        }
+    }
 }
 
 /// What the outbox shows the rest of the service.
@@ -245,7 +262,7 @@ impl<T: Send + 'static> OutboxTask<T> {
             let mut tokens = Vec::with_capacity(placed.len());
             for (firings, token) in placed {
                 tokens.push(token);
-                for (request, at) in firings {
+                for (request, at, enqueued_ms) in firings {
                     let keep =
                         status.bodies.load(Ordering::Relaxed) < memory_bodies || at.is_none();
                     if keep {
@@ -253,6 +270,8 @@ impl<T: Send + 'static> OutboxTask<T> {
                     }
                     let committed = Committed {
                         at,
+                        destination: destination_of(&request.url),
+                        enqueued_ms,
                         request: keep.then_some(request),
                     };
                     if let Some(feed) = &feed {
@@ -286,9 +305,9 @@ impl<T: Send + 'static> OutboxTask<T> {
     }
 }
 
-/// An append as written: each firing with its locator (`None`: refused as too big), and the
-/// producer's token.
-type Placed<T> = (Vec<(WebhookRequest, Option<Locator>)>, T);
+/// An append as written: each firing with its locator (`None`: refused as too big) and the
+/// time it was written, and the producer's token.
+type Placed<T> = (Vec<(WebhookRequest, Option<Locator>, u64)>, T);
 
 /// What [`write`] did: the log back, the appends placed (each firing with its locator, `None`
 /// when refused as too big), the appends not placed (the outbox is full, or the disk refused a
@@ -353,7 +372,7 @@ fn write<T>(
                     None
                 }
             };
-            these.push((stored.request, at));
+            these.push((stored.request, at, now));
         }
         placed.push((these, token));
     }
