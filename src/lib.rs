@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dead_letters;
 pub mod engine;
 pub mod healthcheck;
 pub mod server;

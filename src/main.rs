@@ -1,12 +1,14 @@
-//! `ccstream [--config FILE] [check-config | healthcheck [--ready]]`: parses the command line,
-//! loads the configuration, and runs the service until SIGINT or SIGTERM, checks the
-//! configuration, or probes a running service.
+//! `ccstream [--config FILE] [check-config | healthcheck [--ready] | dead-letter list|replay]`:
+//! parses the command line, loads the configuration, and runs the service until SIGINT or
+//! SIGTERM, checks the configuration, probes a running service, or lists and replays the webhook
+//! dead letters.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ccstream::config::Config;
+use ccstream::dead_letters::{self, Selection};
 use clap::{Parser, Subcommand};
 
 /// Rule engine and observation-ingest stream processor of the Cloud Connect IoT platform.
@@ -35,6 +37,36 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
+    /// Webhook firings that could not be delivered (`webhook.dead_letter_dir`).
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Summarise the dead letters by rule, destination and reason.
+    List {
+        #[command(flatten)]
+        selection: Selection,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the selected dead letters not replayed yet again, through the same path as the
+    /// service (SSRF guard, retries, breakers, their Idempotency-Key), and mark them replayed;
+    /// those that fail again become new dead letters. Prints a JSON report.
+    Replay {
+        #[command(flatten)]
+        selection: Selection,
+        /// List what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds to wait for the deliveries; what is not finished then is not marked.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +85,36 @@ fn main() -> ExitCode {
             ready,
             timeout_secs,
         }) => healthcheck(&config, ready, Duration::from_secs(timeout_secs)),
+        Some(Command::DeadLetter { action }) => dead_letter(&config, action),
+    }
+}
+
+fn dead_letter(config: &Config, action: DeadLetterAction) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let result = match action {
+        DeadLetterAction::List { selection, json } => dead_letters::list(config, &selection, json),
+        DeadLetterAction::Replay {
+            selection,
+            dry_run,
+            wait_secs,
+        } => runtime.block_on(dead_letters::replay(
+            config,
+            &selection,
+            dry_run,
+            Duration::from_secs(wait_secs),
+        )),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccstream: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

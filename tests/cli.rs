@@ -1,5 +1,5 @@
-//! The binary's commands for containers: `check-config` (what an operator runs before a deploy,
-//! and an image's smoke test) and `healthcheck` (the probe of images without curl).
+//! The binary's commands: `check-config` (what an operator runs before a deploy, and an image's
+//! smoke test), `healthcheck` (the probe of images without curl) and `dead-letter list|replay`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -139,4 +139,96 @@ async fn healthcheck_asks_the_configured_listener() {
         "names what it asked: {}",
         gone.stderr
     );
+}
+
+#[test]
+fn dead_letters_are_listed_and_replayed_once() {
+    let hooks = common::receiver::Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ccstream.toml"),
+        "[webhook]\nallow_cidrs = [\"127.0.0.1/32\"]\n",
+    )
+    .unwrap();
+    // Two letters as the dispatcher writes them, one day apart.
+    let letters = std::path::PathBuf::from(dir.path()).join("data/dead-letter");
+    std::fs::create_dir_all(&letters).unwrap();
+    let line = |time: &str, rule: &str, key: &str, reason: &str| {
+        serde_json::json!({
+            "time": time, "rule_id": rule, "url": hooks.url("/again"), "method": "POST",
+            "headers": [["x-token", "t"]], "idempotency_key": key, "reason": reason,
+            "attempts": 3, "last_status": 503, "body_type": "json", "body": {"n": key}
+        })
+        .to_string()
+    };
+    std::fs::write(
+        letters.join("webhooks-2026-12-01.jsonl"),
+        line(
+            "2026-12-01T10:00:00.000Z",
+            "r1",
+            "k1",
+            "HTTP 503 (retries exhausted: gave up after 3 attempts)",
+        ) + "\n",
+    )
+    .unwrap();
+    std::fs::write(
+        letters.join("webhooks-2026-12-02.jsonl"),
+        line(
+            "2026-12-02T10:00:00.000Z",
+            "r2",
+            "k2",
+            "HTTP 404 (not retried)",
+        ) + "\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", "ccstream.toml", "dead-letter"];
+        all.extend_from_slice(args);
+        ccstream(dir.path(), &all, &[("CCSTREAM_MQTT__EMBEDDED", "false")])
+    };
+
+    let (code, stdout, stderr) = run(&["list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("retries exhausted"), "{stdout}");
+    assert!(stdout.contains("refused by the receiver"), "{stdout}");
+    assert!(
+        stdout.contains("2 letters, 0 replayed, 2 not replayed"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = run(&["replay", "--since", "2026-12-02", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("1 letters would be replayed"), "{stdout}");
+    assert!(stdout.contains(" r2 "), "{stdout}");
+    assert_eq!(hooks.count(), 0, "a dry run sends nothing");
+
+    let (code, stdout, _) = run(&["replay", "--since", "yesterday"]);
+    assert_ne!(code, 0, "a bad time is refused: {stdout}");
+
+    let (code, stdout, stderr) = run(&["replay", "--rule", "r1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["sent"], 1, "{report}");
+    assert_eq!(report["delivered"], 1, "{report}");
+    let got = hooks.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("idempotency-key"), Some("k1"));
+    assert_eq!(got[0].header("x-token"), Some("t"));
+    assert_eq!(got[0].json(), serde_json::json!({"n": "k1"}));
+
+    // Replayed once: a second replay of everything sends only the other one.
+    let (code, stdout, _) = run(&["replay"]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["sent"], 1, "{report}");
+    let (_, stdout, _) = run(&["list", "--json"]);
+    let replayed: u64 = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["replayed"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(replayed, 2, "{stdout}");
 }

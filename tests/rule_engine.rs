@@ -68,6 +68,8 @@ struct Setup {
     allow_loopback: bool,
     /// `directory.import_file` (fixtures/directory/small.json by default).
     import: Option<String>,
+    /// More `[webhook]` keys, one per line.
+    webhook: &'static str,
 }
 
 impl Default for Setup {
@@ -75,6 +77,7 @@ impl Default for Setup {
         Setup {
             allow_loopback: true,
             import: Some(fixture_path("directory/small.json")),
+            webhook: "",
         }
     }
 }
@@ -104,6 +107,7 @@ fn config(broker: &Mosquitto, setup: &Setup) -> String {
     if setup.allow_loopback {
         c.push_str("allow_cidrs = [\"127.0.0.1/32\"]\n");
     }
+    c.push_str(setup.webhook);
     c.push_str("[engine]\nrules_poll_ms = 200\n");
     if let Some(file) = &setup.import {
         c.push_str(&format!("[directory]\nimport_file = \"{file}\"\n"));
@@ -1723,6 +1727,9 @@ async fn ten_thousand_firings_in_the_outbox_survive_kill_9() {
     .await;
     rig.wait_metric("ccstream_webhook_outbox_unfinished", FIRINGS as f64)
         .await;
+    // Ingest did not wait for the failing receiver: every observation is stored (and acked).
+    rig.wait_metric("ccstream_objects_records_total", FIRINGS as f64)
+        .await;
     assert_eq!(rig.metric("ccstream_webhook_dead_letters_total").await, 0.0);
 
     rig.svc.crash_and_restart().await;
@@ -1760,4 +1767,77 @@ async fn ten_thousand_firings_in_the_outbox_survive_kill_9() {
         assert!(Instant::now() < deadline, "the outbox never emptied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
+    const FIRINGS: u64 = 120;
+    let mut rig = Rig::start_with(Setup {
+        webhook: "outbox_max_bytes = 1048576\n",
+        ..Setup::default()
+    })
+    .await;
+    rig.hooks.fallback(Reply::status(503));
+    let url = rig.hooks.url("/big");
+    rig.create(rule("big", "root", "temp", "gt", json!(50), &url))
+        .await;
+    // 120 firings of 20 KB bodies (the whole payload): twice what a 1 MiB outbox holds.
+    let pad = "x".repeat(20_000);
+    let messages = (0..FIRINGS)
+        .map(|i| {
+            let payload = json!({"state": {"reported": {"temp": 51 + i, "pad": pad}}});
+            (shadow_topic("thing-001"), payload.to_string().into_bytes())
+        })
+        .collect();
+    let acked = "ccstream_mqtt_acks_written_total";
+    let acked_before = rig.metric(acked).await;
+    testkit::mosquitto::publish_all(rig.broker.port(), messages).await;
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = rig.svc.get("/readyz").await;
+        if status == 503 && body.contains("webhook outbox full") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the outbox: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Acks stop: the messages whose firings wait for room are not acked (the broker keeps
+    // them), and nothing is dropped.
+    let acks = rig.metric(acked).await - acked_before;
+    assert!(acks < FIRINGS as f64, "{acks} acked");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.metric(acked).await - acked_before, acks, "acks moved");
+    assert_eq!(rig.metric("ccstream_webhook_dead_letters_total").await, 0.0);
+
+    // The receiver answers again: space comes back, ingest resumes, every firing arrives once.
+    rig.hooks.fallback(Reply::status(200));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let values: BTreeSet<u64> = rig
+            .hooks
+            .requests_to("/big")
+            .iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.json()["resource"]["value"].as_u64().unwrap())
+            .collect();
+        if values.len() == FIRINGS as usize {
+            assert_eq!(values, (51..51 + FIRINGS).collect::<BTreeSet<u64>>());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {FIRINGS} firings delivered",
+            values.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.wait_metric(acked, acked_before + FIRINGS as f64).await;
+    rig.wait_metric("ccstream_objects_records_total", FIRINGS as f64)
+        .await;
+    let (status, body) = rig.svc.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -701,3 +701,59 @@ async fn a_receiver_that_times_out_does_not_delay_another() {
     let stats = task.await.expect("task");
     assert_eq!(stats.delivered, 10);
 }
+
+#[tokio::test]
+async fn dead_letters_are_replayed_once_with_their_headers_and_keys() {
+    use sinks::webhook::replay::{self, DeadLetters, Filter, Letter, ReplayReport};
+    let server = Receiver::start_here().await;
+    server.fallback(Reply::status(404));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let requests = (0..3)
+        .map(|i| {
+            firing(
+                json!({"url": server.url("/r"), "headers": {"X-Token": "t"}}),
+                &format!("k{i}"),
+            )
+        })
+        .collect();
+    let stats = deliver_all(&config, requests).await;
+    assert_eq!(stats.failed, 3);
+    assert_eq!(dead_letters(dir.path()).len(), 3);
+
+    // The receiver is fixed; the replay sends exactly what failed.
+    server.fallback(Reply::status(200));
+    let found = DeadLetters::read(dir.path()).expect("read");
+    let pending: Vec<&Letter> = found.pending(&Filter::default());
+    let report = replay::replay(&config, &pending, Duration::from_secs(20))
+        .await
+        .expect("replay");
+    assert_eq!(
+        report,
+        ReplayReport {
+            sent: 3,
+            delivered: 3,
+            dead_lettered_again: 0,
+            unfinished: 0
+        }
+    );
+    let replayed = &server.requests()[3..];
+    let mut keys: Vec<&str> = replayed
+        .iter()
+        .filter_map(|r| r.header("idempotency-key"))
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["k0", "k1", "k2"]);
+    assert!(replayed.iter().all(|r| r.header("x-token") == Some("t")));
+    assert!(replayed.iter().all(|r| r.json() == payload()));
+
+    // Marked: a second replay has nothing to send, and its outbox is gone.
+    let again = DeadLetters::read(dir.path()).expect("read");
+    assert!(again.pending(&Filter::default()).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("replay-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

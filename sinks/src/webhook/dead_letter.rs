@@ -2,8 +2,9 @@
 //! `<dead_letter_dir>/webhooks-YYYY-MM-DD.jsonl` (UTC date of the failure).
 //!
 //! One small task owns the files and is fed through a bounded channel, so the send loop never
-//! waits on the disk for long. Headers are not written: they often carry credentials, and the
-//! rule's action config holds them for a replay.
+//! waits on the disk for long. The request's headers are written too, so that a replay
+//! ([`super::replay`]) sends exactly what failed: they may carry credentials, as the outbox's
+//! files do, so the folder is the operator's to protect.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct DeadLetter {
     pub url: String,
     /// The HTTP method.
     pub method: String,
+    /// The request's headers, in order.
+    pub headers: Vec<(String, String)>,
     /// The `Idempotency-Key` every attempt carried.
     pub idempotency_key: String,
     /// Why it was given up (last status or error, refusal, shutdown).
@@ -50,7 +53,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The JSON line: `time` (RFC 3339, UTC, ms), `rule_id`, `url`, `method`, `idempotency_key`,
+    /// The JSON line: `time` (RFC 3339, UTC, ms), `rule_id`, `url`, `method`, `headers` (pairs),
+    /// `idempotency_key`,
     /// `reason`, `attempts`, `last_status` (or null), `body_type` (`json`, `text` or `empty`) and
     /// `body` (the JSON value, the text, or null).
     pub fn to_json(&self) -> Value {
@@ -64,6 +68,7 @@ impl DeadLetter {
             "rule_id": self.rule_id,
             "url": self.url,
             "method": self.method,
+            "headers": self.headers,
             "idempotency_key": self.idempotency_key,
             "reason": self.reason,
             "attempts": self.attempts,
@@ -193,7 +198,7 @@ fn utc_date(time: SystemTime) -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn rfc3339_utc(time: SystemTime) -> String {
+pub(crate) fn rfc3339_utc(time: SystemTime) -> String {
     let t = utc_time(time);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -250,6 +255,7 @@ mod tests {
             rule_id: "r1".into(),
             url: "http://example.com/".into(),
             method: "POST".into(),
+            headers: vec![("x-token".into(), "t".into())],
             idempotency_key: "k1".into(),
             reason: "HTTP 404 (not retried)".into(),
             attempts: 1,
@@ -265,7 +271,8 @@ mod tests {
             line,
             json!({
                 "time": "1970-01-01T00:00:00.005Z", "rule_id": "r1", "url": "http://example.com/",
-                "method": "POST", "idempotency_key": "k1", "reason": "HTTP 404 (not retried)",
+                "method": "POST", "headers": [["x-token", "t"]], "idempotency_key": "k1",
+                "reason": "HTTP 404 (not retried)",
                 "attempts": 1, "last_status": 404, "body_type": "json", "body": {"a": 1}
             })
         );

@@ -419,6 +419,7 @@ impl Sender {
             rule_id: request.rule_id.clone(),
             url: request.url.clone(),
             method: request.method.clone(),
+            headers: request.headers.clone(),
             idempotency_key: request.idempotency_key.clone(),
             reason,
             attempts: progress.attempts,

@@ -12,6 +12,7 @@
 //! - `worker`: the loop that queues committed firings per destination and starts them, and the
 //!   drain at shutdown; [`destination`]: the queues, per-destination limits and circuit
 //!   breakers; `firing`: one firing's attempts, retries and end.
+//! - [`replay`]: dead letters read back, summarised and sent again.
 //! - [`dead_letter`]: JSON-lines records of firings that could not be delivered.
 //! - `counters`: the atomics behind [`WebhookStats`], shared by the dispatcher and the
 //!   dead-letter writer.
@@ -25,6 +26,7 @@ pub mod dispatcher;
 pub mod error;
 mod firing;
 pub mod outbox;
+pub mod replay;
 pub mod request;
 pub mod resolve;
 pub mod retry;

@@ -53,7 +53,7 @@ pub fn dead_letters(dir: &Path) -> Vec<Value> {
     let mut lines = Vec::new();
     for entry in entries {
         let path = entry.expect("entry").path();
-        if path.ends_with(OUTBOX) {
+        if path.ends_with(OUTBOX) || path.ends_with(sinks::webhook::replay::REPLAYED_FILE) {
             continue;
         }
         let name = path
