@@ -149,6 +149,8 @@ pub struct HotMetrics {
     rules_evaluated: metrics::Counter,
     rules_matched: metrics::Counter,
     rules_throttled: metrics::Counter,
+    webhooks_fired: metrics::Counter,
+    rules_fired: metrics::Counter,
     evaluation_seconds: metrics::Histogram,
     /// Observations since the last timed evaluation.
     untimed: u32,
@@ -164,6 +166,8 @@ impl HotMetrics {
             rules_evaluated: metrics::counter!("ccstream_rules_evaluated_total"),
             rules_matched: metrics::counter!("ccstream_rules_matched_total"),
             rules_throttled: metrics::counter!("ccstream_rules_throttled_total"),
+            webhooks_fired: metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK"),
+            rules_fired: metrics::counter!("ccstream_rules_fired_total"),
             evaluation_seconds: metrics::histogram!("ccstream_evaluation_duration_seconds"),
             untimed: 0,
         }
@@ -318,10 +322,7 @@ impl Stages {
             .enqueue(requests, Some(id), Ack::Joint(Arc::clone(&joint)))
             .await
         {
-            Ok(()) => {
-                metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK")
-                    .increment(count);
-            }
+            Ok(()) => self.metrics.webhooks_fired.increment(count),
             Err(e) => {
                 tracing::warn!(error = %e, "webhook outbox closed; the observation is left unacked for the broker to send again");
                 // One release only: the token is never sent.
@@ -485,7 +486,7 @@ impl Stages {
                 .increment(outcome.state_full.into());
         }
         for firing in &outcome.firings {
-            metrics::counter!("ccstream_rules_fired_total").increment(1);
+            self.metrics.rules_fired.increment(1);
             if firing.unknown_variables > 0 {
                 metrics::counter!("ccstream_template_unknown_variables_total")
                     .increment(firing.unknown_variables.into());

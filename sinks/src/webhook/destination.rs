@@ -153,6 +153,8 @@ pub struct Destination {
     pub name: Arc<str>,
     /// Its `destination` metric label: the name, or `other` past [`LABELLED_DESTINATIONS`].
     pub label: Arc<str>,
+    /// Its counters, registered once (a registry lookup per firing costs more than the count).
+    pub counters: DestinationCounters,
     /// Shared with the firing tasks, which record each attempt; held only for a few
     /// instructions, never across an await.
     pub breaker: Mutex<Breaker>,
@@ -164,6 +166,34 @@ impl Destination {
         match self.breaker.lock() {
             Ok(mut b) => f(&mut b),
             Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// A destination's delivery counters by result.
+#[derive(Debug)]
+pub struct DestinationCounters {
+    /// Delivered (2xx).
+    pub delivered: metrics::Counter,
+    /// Given up: attempts exhausted, not retried, invalid.
+    pub failed: metrics::Counter,
+    /// Older than `webhook.max_age_secs`.
+    pub expired: metrics::Counter,
+    /// Refused by the SSRF guard.
+    pub refused: metrics::Counter,
+    /// Times its circuit opened.
+    pub circuit_opened: metrics::Counter,
+}
+
+impl DestinationCounters {
+    fn register(label: &Arc<str>) -> Self {
+        let result = |result| super::telemetry::deliveries(result, label);
+        Self {
+            delivered: result("delivered"),
+            failed: result("failed"),
+            expired: result("expired"),
+            refused: result("refused"),
+            circuit_opened: super::telemetry::circuit_opened(label),
         }
     }
 }
@@ -248,6 +278,7 @@ impl<T> Destinations<T> {
         self.slots.push(Slot {
             destination: Arc::new(Destination {
                 name: Arc::clone(&name),
+                counters: DestinationCounters::register(&label),
                 label,
                 breaker: Mutex::new(Breaker::new(self.failures_to_open, self.probe_every)),
             }),

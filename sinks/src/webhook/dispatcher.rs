@@ -220,6 +220,7 @@ impl WebhookDispatcher {
             counters: Arc::clone(&counters),
             fail_log: LogLimiter::default(),
             breaker_log: LogLimiter::default(),
+            attempt_metrics: telemetry::AttemptMetrics::register(),
             wall_ms_at_start: ccstream_common::time::now_ms(),
             started: tokio::time::Instant::now(),
         });

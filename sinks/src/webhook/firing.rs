@@ -49,6 +49,7 @@ pub(super) struct Sender {
     pub(super) counters: Arc<Counters>,
     pub(super) fail_log: LogLimiter,
     pub(super) breaker_log: LogLimiter,
+    pub(super) attempt_metrics: telemetry::AttemptMetrics,
     /// The wall clock (ms since the epoch) at `started`: ages are counted from it on the
     /// monotonic clock, so a jump of the wall clock does not expire (or revive) firings.
     pub(super) wall_ms_at_start: u64,
@@ -219,7 +220,8 @@ impl Sender {
         };
         // reqwest does not resolve IP-literal hosts, so the guarded resolver never sees them.
         if let Err(refusal) = check_before_send(&prepared.url, &self.policy) {
-            telemetry::attempt(AttemptOutcome::Refused.label(), None);
+            self.attempt_metrics
+                .attempt(AttemptOutcome::Refused.label(), None);
             return End::Refused(refusal.to_string());
         }
         loop {
@@ -235,14 +237,14 @@ impl Sender {
             let started = Instant::now();
             let (outcome, detail) = self.send_once(&prepared).await;
             let took = (outcome != AttemptOutcome::Refused).then(|| started.elapsed());
-            telemetry::attempt(outcome.label(), took);
+            self.attempt_metrics.attempt(outcome.label(), took);
             if let AttemptOutcome::Status { code, .. } = outcome {
                 progress.last_status = Some(code);
             }
             let opened =
                 destination.with_breaker(|b| b.record(is_failure(&outcome), Instant::now()));
             if opened {
-                telemetry::circuit_opened(&destination.label);
+                destination.counters.circuit_opened.increment(1);
                 if let Some(similar) = self.breaker_log.hit(1) {
                     tracing::warn!(
                         destination = %destination.name,
@@ -370,7 +372,7 @@ impl Sender {
         let reason = match end {
             End::Delivered => {
                 Counters::bump(&self.counters.delivered);
-                telemetry::delivery("delivered", &destination.label);
+                destination.counters.delivered.increment(1);
                 tracing::debug!(attempts = progress.attempts, "webhook delivered");
                 if let Some(at) = at {
                     let _ = self.finished.send(at);
@@ -379,13 +381,13 @@ impl Sender {
             }
             End::Failed(reason) => {
                 Counters::bump(&self.counters.failed);
-                telemetry::delivery("failed", &destination.label);
+                destination.counters.failed.increment(1);
                 reason
             }
             End::Expired(age_secs) => {
                 Counters::bump(&self.counters.failed);
                 Counters::bump(&self.counters.expired);
-                telemetry::delivery("expired", &destination.label);
+                destination.counters.expired.increment(1);
                 format!(
                     "older than webhook.max_age_secs ({} s): not delivered in {age_secs} s",
                     self.max_age_ms / 1000
@@ -393,7 +395,7 @@ impl Sender {
             }
             End::Refused(reason) => {
                 Counters::bump(&self.counters.refused);
-                telemetry::delivery("refused", &destination.label);
+                destination.counters.refused.increment(1);
                 reason
             }
             End::Abandoned | End::Deferred => {

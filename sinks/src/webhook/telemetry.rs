@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
-    Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    SharedString, Unit,
 };
 
 /// Requests (attempts) by `outcome`: `2xx`, `3xx`, `4xx`, `5xx`, `error`, `refused`.
@@ -105,21 +105,46 @@ pub fn describe_metrics() {
     );
 }
 
-pub(crate) fn attempt(outcome: &'static str, took: Option<Duration>) {
-    counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
-    if let Some(took) = took {
-        histogram!(DURATION_SECONDS).record(took.as_secs_f64());
+/// The attempt metrics, registered once: a registry lookup per attempt costs more than the
+/// count itself.
+#[derive(Debug)]
+pub(crate) struct AttemptMetrics {
+    by_outcome: Vec<(&'static str, Counter)>,
+    duration: metrics::Histogram,
+}
+
+impl AttemptMetrics {
+    pub(crate) fn register() -> Self {
+        let by_outcome = ["2xx", "3xx", "4xx", "5xx", "error", "refused"]
+            .into_iter()
+            .map(|o| (o, counter!(REQUESTS_TOTAL, "outcome" => o)))
+            .collect();
+        Self {
+            by_outcome,
+            duration: histogram!(DURATION_SECONDS),
+        }
+    }
+
+    /// Counts an attempt by its `outcome` label; `took` when it reached a server.
+    pub(crate) fn attempt(&self, outcome: &'static str, took: Option<Duration>) {
+        match self.by_outcome.iter().find(|(o, _)| *o == outcome) {
+            Some((_, counter)) => counter.increment(1),
+            None => counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1),
+        }
+        if let Some(took) = took {
+            self.duration.record(took.as_secs_f64());
+        }
     }
 }
 
-pub(crate) fn delivery(result: &'static str, destination: &Arc<str>) {
+/// The deliveries counter of one result and destination (registered once per destination).
+pub(crate) fn deliveries(result: &'static str, destination: &Arc<str>) -> Counter {
     counter!(DELIVERIES_TOTAL, "result" => result, "destination" => SharedString::from(Arc::clone(destination)))
-        .increment(1);
 }
 
-pub(crate) fn circuit_opened(destination: &Arc<str>) {
+/// The circuit-opened counter of one destination.
+pub(crate) fn circuit_opened(destination: &Arc<str>) -> Counter {
     counter!(CIRCUIT_OPENED_TOTAL, "destination" => SharedString::from(Arc::clone(destination)))
-        .increment(1);
 }
 
 /// Sets the per-destination gauges from (label, queued, in flight, open); destinations sharing

@@ -53,6 +53,7 @@ impl Worker {
         let mut deadline: Option<Instant> = None;
         let mut feed_open = true;
         let mut reported = Instant::now();
+        let depth = metrics::gauge!(telemetry::QUEUE_DEPTH);
 
         loop {
             // Start everything that can start now.
@@ -65,7 +66,7 @@ impl Worker {
                 };
                 tasks.spawn(process(Arc::clone(&ctx), next, abandon_rx.clone(), permit));
             }
-            telemetry::queue_depth(destinations.queued() + rx.len());
+            depth.set((destinations.queued() + rx.len()) as f64);
             if now >= reported + REPORT_EVERY {
                 reported = now;
                 telemetry::destinations(destinations.report());
@@ -133,7 +134,7 @@ impl Worker {
                 "webhook firings not sent before the drain deadline stay in the outbox"
             );
         }
-        telemetry::queue_depth(0);
+        depth.set(0.0);
         telemetry::destinations(destinations.report());
         // The last dead-letter sender goes with `ctx`; the writer then writes what it holds and
         // ends, and with the last `finished` sender the outbox records what was finished.

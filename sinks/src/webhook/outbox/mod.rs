@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccstream_common::Backoff;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
 
 pub use log::{Locator, OutboxLog, Recovered, StoredFiring, Unfinished};
 
@@ -52,6 +54,8 @@ pub(crate) const APPEND_QUEUE: usize = 256;
 const APPENDS_PER_COMMIT: usize = 512;
 /// Most finished locators recorded in one go.
 const FINISHED_PER_ROUND: usize = 8192;
+/// How often finished firings are recorded (and their space freed).
+const FINISH_EVERY: Duration = Duration::from_millis(20);
 
 /// The firings of one observation and the token to hand back once they are durable.
 pub(crate) struct Append<T> {
@@ -180,6 +184,8 @@ impl<T: Send + 'static> OutboxTask<T> {
         let mut batch: Vec<Append<T>> = Vec::new();
         let mut done: Vec<Locator> = Vec::new();
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(FINISH_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if let Some(log) = &log {
             status.update(log, max_bytes);
         }
@@ -193,7 +199,13 @@ impl<T: Send + 'static> OutboxTask<T> {
             if finished_open || watch_close || take {
                 tokio::select! {
                     biased;
-                    n = finished.recv_many(&mut done, FINISHED_PER_ROUND), if finished_open => {
+                    // Finished firings are taken on a tick, not as each one comes: they only
+                    // free space, and a wake-up per delivery costs more than the delivery's
+                    // share of a tick.
+                    _ = tick.tick(), if finished_open && appends_open => {}
+                    // Once intake is over, the dispatcher's end (its last sender gone) is
+                    // seen at once.
+                    n = finished.recv_many(&mut done, FINISHED_PER_ROUND), if finished_open && !appends_open => {
                         finished_open = n > 0;
                     }
                     _ = close_rx.changed(), if watch_close => {
@@ -213,11 +225,27 @@ impl<T: Send + 'static> OutboxTask<T> {
             while done.len() < FINISHED_PER_ROUND {
                 match finished.try_recv() {
                     Ok(at) => done.push(at),
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        finished_open = false;
+                        break;
+                    }
                 }
             }
             let room = closing || !status.is_full();
-            if done.is_empty() && (batch.is_empty() || !room) {
+            if batch.is_empty() || !room {
+                if !done.is_empty() {
+                    // Indices appended to the `.done` files, without an fsync: page-cache
+                    // writes of a few bytes, done here rather than on the blocking pool.
+                    if let Some(log) = log.as_mut() {
+                        if let Err(error) = log.finish(&done) {
+                            telemetry::outbox_commit_failed();
+                            tracing::warn!(%error, "cannot record finished webhook firings; they may be sent again after a restart");
+                        }
+                        status.update(log, max_bytes);
+                    }
+                    done.clear();
+                }
                 if !appends_open && batch.is_empty() {
                     // Nothing more will come: the dispatcher ends once it has what it was given.
                     feed = None;
