@@ -30,6 +30,8 @@ pub const OUTBOX_BYTES: &str = "ccstream_webhook_outbox_bytes";
 pub const OUTBOX_UNFINISHED: &str = "ccstream_webhook_outbox_unfinished";
 /// 1 while the outbox is at `webhook.outbox_max_bytes` (acks stop).
 pub const OUTBOX_FULL: &str = "ccstream_webhook_outbox_full";
+/// Group commits of the outbox (firings written over commits: the group size).
+pub const OUTBOX_COMMITS_TOTAL: &str = "ccstream_webhook_outbox_commits_total";
 /// Failed writes of the outbox (retried; the firings' messages stay unacked meanwhile).
 pub const OUTBOX_WRITE_ERRORS_TOTAL: &str = "ccstream_webhook_outbox_write_errors_total";
 /// Firings the dispatcher could not read back from the outbox (damaged files; left there).
@@ -86,6 +88,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         OUTBOX_FULL,
         "1 while the webhook outbox is at webhook.outbox_max_bytes (acks stop)."
+    );
+    describe_counter!(
+        OUTBOX_COMMITS_TOTAL,
+        "Group commits of the webhook outbox (one fsync each)."
     );
     describe_counter!(
         OUTBOX_WRITE_ERRORS_TOTAL,
@@ -174,6 +180,10 @@ pub(crate) fn outbox(bytes: u64, unfinished: u64, full: bool) {
     gauge!(OUTBOX_BYTES).set(bytes as f64);
     gauge!(OUTBOX_UNFINISHED).set(unfinished as f64);
     gauge!(OUTBOX_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn outbox_committed() {
+    counter!(OUTBOX_COMMITS_TOTAL).increment(1);
 }
 
 pub(crate) fn outbox_commit_failed() {

@@ -284,6 +284,7 @@ impl<T: Send + 'static> OutboxTask<T> {
             }
             // Appends left because the outbox filled up wait for space.
             batch = pending;
+            telemetry::outbox_committed();
             status.failing.store(false, Ordering::Relaxed);
             status.update(&taken, max_bytes);
             log = Some(taken);
