@@ -154,6 +154,36 @@ impl FramedFile {
         at
     }
 
+    /// Appends one frame whose data `write` puts straight into the pending buffer (no copy of
+    /// its own); returns the frame's offset in the file and its data length. When `write`
+    /// fails, or writes more than `max_len` bytes, nothing is appended.
+    pub fn push_with(
+        &mut self,
+        max_len: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<(u64, usize)> {
+        let at = self.len();
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&[0; FRAME_OVERHEAD]);
+        let written = write(&mut self.pending);
+        let len = self.pending.len() - start - FRAME_OVERHEAD;
+        if let Err(e) = written {
+            self.pending.truncate(start);
+            return Err(e);
+        }
+        let Some(len32) = u32::try_from(len).ok().filter(|_| len <= max_len) else {
+            self.pending.truncate(start);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {len} bytes, more than the {max_len} allowed"),
+            ));
+        };
+        let crc = crc32fast::hash(&self.pending[start + FRAME_OVERHEAD..]);
+        self.pending[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+        self.pending[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        Ok((at, len))
+    }
+
     /// Bytes of the file once what is pending is committed.
     pub fn len(&self) -> u64 {
         self.committed + self.pending.len() as u64
@@ -245,5 +275,29 @@ mod tests {
         let again = std::fs::read(&path).expect("read");
         assert_eq!(&again[frame(&again, data.len(), 10).expect("frame")], b"d");
         assert!(FramedFile::create(path, b"").is_err(), "never overwrites");
+
+        // Written in place: the same frame as push_parts; a refusal leaves nothing behind.
+        let other = dir.path().join("g");
+        let mut g = FramedFile::create(other.clone(), b"").expect("create");
+        let (at, len) = g
+            .push_with(10, |buf| {
+                buf.extend_from_slice(b"hbc");
+                Ok(())
+            })
+            .expect("push");
+        assert_eq!((at, len), (0, 3));
+        let before = g.len();
+        assert!(g
+            .push_with(2, |buf| {
+                buf.extend_from_slice(b"abc");
+                Ok(())
+            })
+            .is_err());
+        assert!(g.push_with(10, |_| Err(io::Error::other("no"))).is_err());
+        assert_eq!(g.len(), before);
+        g.commit().expect("commit");
+        let data = std::fs::read(&other).expect("read");
+        assert_eq!(&data[frame(&data, 0, 10).expect("frame")], b"hbc");
+        assert_eq!(data.len() as u64, before);
     }
 }

@@ -283,21 +283,14 @@ impl OutboxLog {
     /// segment ([`roll_if_needed`](Self::roll_if_needed) first). Fails only for a firing bigger
     /// than [`MAX_ENTRY_BYTES`] (`InvalidInput`) or without a segment, and then changes nothing.
     pub fn append(&mut self, firing: &StoredFiring) -> io::Result<Locator> {
-        let data = serde_json::to_vec(firing).map_err(io::Error::other)?;
-        if data.len() > MAX_ENTRY_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "firing is {} bytes, more than the outbox's {MAX_ENTRY_BYTES}",
-                    data.len()
-                ),
-            ));
-        }
         let Some((id, file)) = self.open.as_mut() else {
             return Err(io::Error::other("no open outbox segment"));
         };
-        let offset = file.push_parts(&[], &data);
-        let len = (data.len() + FRAME_OVERHEAD) as u64;
+        // Serialized straight into the segment's pending buffer: no buffer of its own per firing.
+        let (offset, data_len) = file.push_with(MAX_ENTRY_BYTES, |buf| {
+            serde_json::to_writer(buf, firing).map_err(io::Error::other)
+        })?;
+        let len = (data_len + FRAME_OVERHEAD) as u64;
         let segment = self
             .segments
             .get_mut(id)
