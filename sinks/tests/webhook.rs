@@ -759,3 +759,42 @@ async fn dead_letters_are_replayed_once_with_their_headers_and_keys() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_be_sent_lets_the_next_firing_probe() {
+    let receiver = Receiver::start_here().await;
+    receiver.fallback(Reply::status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WebhookConfig {
+        max_attempts: 1,
+        ..breaker_config(dir.path())
+    };
+    let (handle, task, _) = start(&config);
+    // Two failures open the breaker (and, with one attempt each, are dead-lettered).
+    for key in ["f1", "f2"] {
+        enqueue(&handle, firing(json!({"url": receiver.url("/d")}), key)).await;
+    }
+    receiver.wait_for(2, WAIT).await.expect("both tried");
+    // The next probe cannot be sent at all (a body over the 1 MiB limit); the one after it can.
+    let big = "x".repeat(2 * 1024 * 1024);
+    enqueue(
+        &handle,
+        firing(json!({"url": receiver.url("/d"), "body": big}), "big"),
+    )
+    .await;
+    enqueue(&handle, firing(json!({"url": receiver.url("/d")}), "n")).await;
+    receiver.fallback(Reply::status(200));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let keys: Vec<String> = receiver
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        keys,
+        ["f1", "f2", "n"],
+        "the breaker waited forever for a probe that was never sent"
+    );
+    let stats = close_and_wait(handle, task).await;
+    assert_eq!((stats.delivered, stats.failed), (1, 3), "{stats:?}");
+}

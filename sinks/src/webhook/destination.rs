@@ -342,7 +342,8 @@ impl<T> Destinations<T> {
     pub fn next_probe_at(&self) -> Option<Instant> {
         self.slots
             .iter()
-            .filter(|s| !s.queue.is_empty())
+            // Only where a probe could start: a full destination wakes nothing.
+            .filter(|s| !s.queue.is_empty() && s.in_flight < self.per_destination)
             .filter_map(|s| match s.destination.with_breaker(|b| b.state) {
                 State::Open { until } => Some(until),
                 _ => None,

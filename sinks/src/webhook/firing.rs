@@ -133,6 +133,7 @@ pub(super) async fn process(
         key = %request.idempotency_key,
     );
     async move {
+        let attempts_before = progress.attempts;
         let end = if expired {
             let age_ms = ctx.now_ms().saturating_sub(enqueued_ms);
             End::Expired(age_ms / 1000)
@@ -143,7 +144,9 @@ pub(super) async fn process(
                 end = ctx.deliver(&request, &destination, probe, &mut progress) => end,
             }
         };
-        if probe && matches!(end, End::Abandoned) {
+        if probe && progress.attempts == attempts_before {
+            // The probe ended without an attempt (abandoned, invalid, refused by the guard):
+            // the next firing probes instead, or the breaker would wait for it forever.
             destination.with_breaker(|b| b.probe_lost(Instant::now()));
         }
         if matches!(end, End::Deferred) && !abandon_asked(&abandon) {

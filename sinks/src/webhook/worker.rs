@@ -74,7 +74,10 @@ impl Worker {
             if !feed_open && tasks.is_empty() && destinations.queued() == 0 {
                 break;
             }
-            let probe_at = destinations.next_probe_at();
+            // A probe can start only with a permit free; else a task's end wakes the loop.
+            let probe_at = (semaphore.available_permits() > 0)
+                .then(|| destinations.next_probe_at())
+                .flatten();
             let report_at =
                 (destinations.queued() > 0 || !tasks.is_empty()).then_some(reported + REPORT_EVERY);
             tokio::select! {

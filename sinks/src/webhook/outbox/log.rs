@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::frames::{self, push_frame, sync_dir, FramedFile, FRAME_OVERHEAD};
+use crate::objects::stored_ids::StoredIds;
 use crate::webhook::destination::destination_of;
 use crate::webhook::request::WebhookRequest;
 
@@ -39,6 +40,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;
 
 const MAGIC: &[u8; 8] = b"CCOUTBX1";
+/// Origins per file of the journal of fired ids (it keeps one to two files' worth).
+const FIRED_PER_FILE: usize = 100_000;
 
 /// Where a committed firing is: its segment, its index there, and its frame's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +91,8 @@ struct Segment {
     sealed: bool,
     /// The `.done` file, opened at the first finished firing.
     done_file: Option<File>,
+    /// The origins of its firings: kept in the journal of fired ids when it is removed.
+    origins: Vec<u64>,
 }
 
 impl Segment {
@@ -99,6 +104,7 @@ impl Segment {
             finished_count: 0,
             sealed,
             done_file: None,
+            origins: Vec::new(),
         }
     }
 
@@ -163,6 +169,10 @@ pub struct OutboxLog {
     total_bytes: u64,
     /// A segment was created or removed since the directory was last made durable.
     dir_dirty: bool,
+    /// The origins of the firings of removed segments (the objects' journal of stored ids,
+    /// reused): a message redelivered after a restart whose firings were all delivered, their
+    /// segment gone, is still known to have fired.
+    fired: StoredIds,
 }
 
 impl OutboxLog {
@@ -182,6 +192,7 @@ impl OutboxLog {
             }
         }
         ids.sort_unstable();
+        let (fired, fired_before) = StoredIds::open(dir, FIRED_PER_FILE)?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
@@ -190,10 +201,25 @@ impl OutboxLog {
             next_id: ids.last().map_or(1, |last| last + 1),
             total_bytes: 0,
             dir_dirty: false,
+            fired,
         };
-        let mut recovered = Recovered::default();
-        for id in ids {
+        let mut recovered = Recovered {
+            origins: fired_before,
+            ..Recovered::default()
+        };
+        for &id in &ids {
             log.recover_segment(id, &mut recovered)?;
+        }
+        // `.done` files whose segment is gone.
+        for path in frames::files_with_ext(dir, DONE_EXT)? {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| u64::from_str_radix(s, 16).ok());
+            if id.is_some_and(|id| !log.segments.contains_key(&id)) {
+                remove_if_exists(&path)?;
+                log.dir_dirty = true;
+            }
         }
         if log.dir_dirty {
             sync_dir(dir)?;
@@ -228,16 +254,13 @@ impl OutboxLog {
                 segment.finish(u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
             }
         }
-        if segment.removable() {
-            self.remove_files(id)?;
-            return Ok(());
-        }
         let before = recovered.unfinished.len();
         for (index, (offset, len)) in frames_at.into_iter().enumerate() {
             let index = index as u32;
             let frame = offset as usize..offset as usize + len as usize;
             let head = head_of(&data[frame]);
             if let Some(origin) = head.as_ref().and_then(|h| h.origin) {
+                segment.origins.push(origin);
                 recovered.origins.push(origin);
             }
             if !segment.is_finished(index) {
@@ -256,13 +279,17 @@ impl OutboxLog {
                 });
             }
         }
+        self.total_bytes += segment.bytes;
+        self.segments.insert(id, segment);
+        if self.segments.get(&id).is_some_and(Segment::removable) {
+            self.remove_files(id)?;
+            return Ok(());
+        }
         info!(
             segment = %path.display(),
             unfinished = recovered.unfinished.len() - before,
             "outbox segment recovered; its unfinished firings are sent again"
         );
-        self.total_bytes += segment.bytes;
-        self.segments.insert(id, segment);
         Ok(())
     }
 
@@ -298,6 +325,9 @@ impl OutboxLog {
         let index = segment.entries;
         segment.entries += 1;
         segment.bytes += len;
+        if let Some(origin) = firing.origin {
+            segment.origins.push(origin);
+        }
         self.total_bytes += len;
         Ok(Locator {
             segment: *id,
@@ -308,9 +338,12 @@ impl OutboxLog {
     }
 
     fn start_segment(&mut self) -> io::Result<()> {
-        if let Some((id, mut file)) = self.open.take() {
-            // What it holds must be durable before the next segment's firings are.
+        if let Some((_, file)) = self.open.as_mut() {
+            // What it holds must be durable before the next segment's firings are; on an error
+            // it stays the open segment, its frames pending, for the retry.
             file.commit()?;
+        }
+        if let Some((id, _)) = self.open.take() {
             if let Some(segment) = self.segments.get_mut(&id) {
                 segment.sealed = true;
             }
@@ -318,6 +351,9 @@ impl OutboxLog {
         }
         let id = self.next_id;
         self.next_id += 1;
+        // A `.done` file left without its segment (a crash between the two removals) must not
+        // mark the new segment's firings.
+        remove_if_exists(&self.done_path(id))?;
         let mut preamble = MAGIC.to_vec();
         let header = SegmentHeader {
             version: FORMAT_VERSION,
@@ -415,8 +451,15 @@ impl OutboxLog {
     fn remove_files(&mut self, id: u64) -> io::Result<()> {
         if let Some(segment) = self.segments.remove(&id) {
             self.total_bytes -= segment.bytes;
+            if !segment.origins.is_empty() {
+                if let Err(error) = self.fired.record(&segment.origins) {
+                    // Only a redelivery right after a restart may then fire again.
+                    warn!(%error, "cannot keep the origins of a finished outbox segment");
+                }
+            }
         }
-        // The segment first: a `.done` file without its segment is ignored.
+        // The segment first: a `.done` file left without its segment is removed at the next
+        // open (and before its id could be used again).
         remove_if_exists(&self.segment_path(id))?;
         remove_if_exists(&self.done_path(id))?;
         self.dir_dirty = true;

@@ -25,10 +25,12 @@ fn locators(found: &Recovered) -> Vec<Locator> {
     found.unfinished.iter().map(|u| u.at).collect()
 }
 
+/// The outbox's files, the journal of fired ids aside.
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("stored-ids-"))
         .collect();
     names.sort();
     names
@@ -96,9 +98,13 @@ fn finished_sealed_segments_are_removed_and_bytes_follow() {
     log.commit().expect("commit");
     assert!(next.segment > at[5].segment);
     drop(log);
-    // Reopened, the unfinished one comes back, alone.
+    // Reopened, the unfinished one comes back, alone; the origins of the removed segments'
+    // firings (even n: 100 + n) are still known.
     let (_, found) = OutboxLog::open(dir.path(), 2 * one).expect("reopen");
     assert_eq!(locators(&found), [next]);
+    let mut origins = found.origins.clone();
+    origins.sort_unstable();
+    assert_eq!(origins, [100, 102, 104]);
 }
 
 #[test]
@@ -165,4 +171,28 @@ fn oversized_firings_are_refused() {
     let err = log.append(&big).expect_err("too big");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert_eq!(log.unfinished(), 0);
+}
+
+#[test]
+fn a_done_file_left_without_its_segment_marks_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A crash between the removal of segment 1 and of its .done file.
+    fs::write(
+        dir.path().join(format!("{:016x}.{DONE_EXT}", 1)),
+        [0u8, 0, 0, 0],
+    )
+    .expect("write");
+    let (mut log, found) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    assert!(found.unfinished.is_empty());
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+    let first = append(&mut log, 1);
+    assert_eq!(first.segment, 1, "the id is used again");
+    log.commit().expect("commit");
+    drop(log);
+    let (_, found) = OutboxLog::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(
+        locators(&found),
+        [first],
+        "not marked finished by the old .done"
+    );
 }
