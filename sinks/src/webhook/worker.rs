@@ -98,6 +98,11 @@ impl Worker {
                                 Err(_) => break,
                             }
                         }
+                        tracing::debug!(
+                            queued = destinations.queued(),
+                            in_flight = tasks.len(),
+                            "webhook firings taken from the outbox"
+                        );
                     }
                     None => feed_open = false,
                 },

@@ -287,6 +287,13 @@ impl<T: Send + 'static> OutboxTask<T> {
             telemetry::outbox_committed();
             status.failing.store(false, Ordering::Relaxed);
             status.update(&taken, max_bytes);
+            tracing::debug!(
+                observations = placed.len(),
+                waiting = batch.len(),
+                bytes = taken.bytes(),
+                unfinished = taken.unfinished(),
+                "webhook outbox commit"
+            );
             log = Some(taken);
             let mut tokens = Vec::with_capacity(placed.len());
             for (firings, token) in placed {
