@@ -19,6 +19,7 @@ use common::receiver::{Received, Receiver, Reply};
 use common::{unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use testkit::mosquitto::{mosquitto_pub, Mosquitto};
+use testkit::proxy::TcpProxy;
 
 const FUNCTION: &str = "RuleLambda";
 /// Generous: a webhook normally arrives within milliseconds.
@@ -70,6 +71,8 @@ struct Setup {
     import: Option<String>,
     /// More `[webhook]` keys, one per line.
     webhook: &'static str,
+    /// ccstream reaches the broker through a [`TcpProxy`] the test can cut.
+    proxy: bool,
 }
 
 impl Default for Setup {
@@ -78,6 +81,7 @@ impl Default for Setup {
             allow_loopback: true,
             import: Some(fixture_path("directory/small.json")),
             webhook: "",
+            proxy: false,
         }
     }
 }
@@ -88,6 +92,8 @@ struct Rig {
     svc: Ccstream,
     hooks: Receiver,
     broker: Mosquitto,
+    /// Between ccstream and the broker, when [`Setup::proxy`].
+    proxy: Option<TcpProxy>,
     /// Rules the API holds (so that `create` can wait until the engine has them).
     rules: usize,
     /// The thing the sentinel observations are published for, once there is a sentinel rule.
@@ -95,13 +101,13 @@ struct Rig {
     syncs: u64,
 }
 
-fn config(broker: &Mosquitto, setup: &Setup) -> String {
+fn config(broker_url: &str, setup: &Setup) -> String {
     let mut c = format!(
         "[api]\nlisten = \"{LISTEN}\"\n\
          [mqtt]\nembedded = false\nurl = \"{}\"\nclient_id = \"ccstream-it-{}\"\n\
          keep_alive_secs = 5\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\
          [webhook]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n",
-        broker.url(),
+        broker_url,
         unique_suffix()
     );
     if setup.allow_loopback {
@@ -123,11 +129,17 @@ impl Rig {
     async fn start_with(setup: Setup) -> Rig {
         let broker = Mosquitto::start();
         let hooks = Receiver::start();
-        let svc = Ccstream::start(&config(&broker, &setup)).await;
+        let proxy = setup.proxy.then(|| TcpProxy::start(broker.port()));
+        let broker_url = match &proxy {
+            Some(proxy) => format!("mqtt://127.0.0.1:{}", proxy.port()),
+            None => broker.url(),
+        };
+        let svc = Ccstream::start(&config(&broker_url, &setup)).await;
         let rig = Rig {
             svc,
             hooks,
             broker,
+            proxy,
             rules: 0,
             sentinel: None,
             syncs: 0,
@@ -1771,17 +1783,41 @@ async fn ten_thousand_firings_in_the_outbox_survive_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
-    const FIRINGS: u64 = 120;
     let mut rig = Rig::start_with(Setup {
         webhook: "outbox_max_bytes = 1048576\n",
         ..Setup::default()
     })
     .await;
+    let acked_before = fill_the_outbox(&mut rig).await;
+    // Acks stop: the messages whose firings wait for room are not acked (the broker keeps
+    // them), and nothing is dropped.
+    let acks = rig.metric(ACKED).await - acked_before;
+    assert!(acks < FIRINGS as f64, "{acks} acked");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.metric(ACKED).await - acked_before, acks, "acks moved");
+    assert_eq!(rig.metric("ccstream_webhook_dead_letters_total").await, 0.0);
+
+    // The receiver answers again: space comes back, ingest resumes, every firing arrives once.
+    every_big_firing_arrives_once(&rig).await;
+    rig.wait_metric(ACKED, acked_before + FIRINGS as f64).await;
+    rig.wait_metric("ccstream_objects_records_total", FIRINGS as f64)
+        .await;
+    let (status, body) = rig.svc.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+const ACKED: &str = "ccstream_mqtt_acks_written_total";
+/// Firings [`fill_the_outbox`] publishes.
+const FIRINGS: u64 = 120;
+
+/// Publishes [`FIRINGS`] firings of 20 KB bodies to a receiver answering 503, twice what a 1 MiB
+/// outbox holds, and waits until `/readyz` names the full outbox. Returns the acks written
+/// before.
+async fn fill_the_outbox(rig: &mut Rig) -> f64 {
     rig.hooks.fallback(Reply::status(503));
     let url = rig.hooks.url("/big");
     rig.create(rule("big", "root", "temp", "gt", json!(50), &url))
         .await;
-    // 120 firings of 20 KB bodies (the whole payload): twice what a 1 MiB outbox holds.
     let pad = "x".repeat(20_000);
     let messages = (0..FIRINGS)
         .map(|i| {
@@ -1789,15 +1825,14 @@ async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
             (shadow_topic("thing-001"), payload.to_string().into_bytes())
         })
         .collect();
-    let acked = "ccstream_mqtt_acks_written_total";
-    let acked_before = rig.metric(acked).await;
+    let acked_before = rig.metric(ACKED).await;
     testkit::mosquitto::publish_all(rig.broker.port(), messages).await;
 
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = rig.svc.get("/readyz").await;
         if status == 503 && body.contains("webhook outbox full") {
-            break;
+            return acked_before;
         }
         assert!(
             Instant::now() < deadline,
@@ -1805,28 +1840,29 @@ async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Acks stop: the messages whose firings wait for room are not acked (the broker keeps
-    // them), and nothing is dropped.
-    let acks = rig.metric(acked).await - acked_before;
-    assert!(acks < FIRINGS as f64, "{acks} acked");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rig.metric(acked).await - acked_before, acks, "acks moved");
-    assert_eq!(rig.metric("ccstream_webhook_dead_letters_total").await, 0.0);
+}
 
-    // The receiver answers again: space comes back, ingest resumes, every firing arrives once.
+/// Lets the receiver answer again and waits until each of the [`FIRINGS`] was delivered once.
+async fn every_big_firing_arrives_once(rig: &Rig) {
     rig.hooks.fallback(Reply::status(200));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let values: BTreeSet<u64> = rig
+        let delivered: Vec<u64> = rig
             .hooks
             .requests_to("/big")
             .iter()
             .filter(|r| r.answered == 200)
             .map(|r| r.json()["resource"]["value"].as_u64().unwrap())
             .collect();
+        let values: BTreeSet<u64> = delivered.iter().copied().collect();
         if values.len() == FIRINGS as usize {
             assert_eq!(values, (51..51 + FIRINGS).collect::<BTreeSet<u64>>());
-            break;
+            assert_eq!(
+                delivered.len(),
+                FIRINGS as usize,
+                "delivered twice: {delivered:?}"
+            );
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -1835,9 +1871,42 @@ async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    rig.wait_metric(acked, acked_before + FIRINGS as f64).await;
+}
+
+/// The connection drops while the outbox is full: the broker sends the unacked messages again
+/// (DUP), and a copy of an observation whose firings still wait for room must not be acked
+/// before them (its PUBACK carries the same packet id: the broker would forget the original).
+#[tokio::test]
+async fn a_redelivered_copy_is_not_acked_before_its_originals_firings_are_on_disk() {
+    let mut rig = Rig::start_with(Setup {
+        webhook: "outbox_max_bytes = 1048576\n",
+        proxy: true,
+        ..Setup::default()
+    })
+    .await;
+    let acked_before = fill_the_outbox(&mut rig).await;
+    let skipped = "ccstream_observations_redelivered_skipped_total";
+    assert_eq!(rig.metric(skipped).await, 0.0);
+    let acks = rig.metric(ACKED).await - acked_before;
+    assert!(acks < FIRINGS as f64, "{acks} acked");
+
+    rig.proxy.as_ref().unwrap().cut();
+    rig.wait_metric(skipped, 1.0).await;
+    // Copies were taken (and not stored again); none is acked while the outbox is full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.metric(ACKED).await - acked_before, acks, "acks moved");
+    let (status, body) = rig.svc.get("/readyz").await;
+    assert!(
+        status == 503 && body.contains("webhook outbox full"),
+        "{status} {body}"
+    );
+
+    every_big_firing_arrives_once(&rig).await;
     rig.wait_metric("ccstream_objects_records_total", FIRINGS as f64)
         .await;
-    let (status, body) = rig.svc.get("/readyz").await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        rig.metric("ccstream_objects_records_total").await,
+        FIRINGS as f64,
+        "a copy was stored again"
+    );
 }

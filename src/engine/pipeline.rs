@@ -18,15 +18,15 @@
 //!
 //! One task owns the threshold state, so it needs no lock. The directory is behind a std
 //! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
-//! await. Webhooks are only enqueued here (`try_enqueue` never waits): a slow receiver cannot
-//! stall ingest.
+//! await. Firings are handed to the webhook outbox, which makes this loop wait only when it is
+//! full: a slow receiver stalls ingest only once the outbox's disk bound is reached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ingest::{Acker, Inbound, ShadowUpdate};
+use ingest::{AckToken, Acker, Inbound, ShadowUpdate};
 use rule_engine::deferred::Step;
 use rule_engine::directory::ThingChange;
 use rule_engine::{
@@ -243,8 +243,7 @@ impl Stages {
                 let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                 let delivery = self.redeliveries.classify(shadow.dup, id);
                 if delivery == Delivery::Done {
-                    self.skip_redelivered(&shadow.thing_name, Ack::One(shadow.ack))
-                        .await;
+                    self.skip_copy(&shadow.thing_name, shadow.ack).await;
                     return;
                 }
                 let observed = self.observe(
@@ -290,7 +289,7 @@ impl Stages {
                     metrics::counter!("ccstream_actions_refire_skipped_total").increment(1);
                     tracing::debug!(thing = %shadow.thing_name, "redelivered observation fired before the restart; its firings are in the outbox");
                 } else {
-                    ack = self.enqueue_webhooks(requests, id, ack).await;
+                    ack = self.enqueue_webhooks(requests, Some(id), ack).await;
                 }
             }
         }
@@ -313,13 +312,18 @@ impl Stages {
     /// [`super::acks`]); returns the share the spool releases. Waits only while the outbox is
     /// full. When the outbox is closed (shutdown) the message is never acked and the broker
     /// sends it again.
-    async fn enqueue_webhooks(&mut self, requests: Vec<WebhookRequest>, id: u64, ack: Ack) -> Ack {
+    async fn enqueue_webhooks(
+        &mut self,
+        requests: Vec<WebhookRequest>,
+        id: Option<u64>,
+        ack: Ack,
+    ) -> Ack {
         let Ack::One(token) = ack else { return ack };
         let count = requests.len() as u64;
         let joint = JointAck::new(token);
         match self
             .webhooks
-            .enqueue(requests, Some(id), Ack::Joint(Arc::clone(&joint)))
+            .enqueue(requests, id, Ack::Joint(Arc::clone(&joint)))
             .await
         {
             Ok(()) => self.metrics.webhooks_fired.increment(count),
@@ -408,6 +412,17 @@ impl Stages {
                 }
             }
         }
+    }
+
+    /// A redelivery of an observation this run already handled ([`Delivery::Done`]): acked
+    /// once the spool and the outbox have both committed everything handed to them before it.
+    /// The earlier copy's firings may still wait for room in a full outbox, and the copy's
+    /// PUBACK (the same packet id) must not tell the broker they are safe before they are.
+    async fn skip_copy(&mut self, thing_name: &str, token: AckToken) {
+        let ack = self
+            .enqueue_webhooks(Vec::new(), None, Ack::One(token))
+            .await;
+        self.skip_redelivered(thing_name, ack).await;
     }
 
     /// A redelivery of an observation already handed to the spool: not stored again, acked

@@ -3,6 +3,8 @@
 //! test files. Only ever a dev-dependency.
 //!
 //! - [`mosquitto`]: a real Mosquitto per test on a free port, and `mosquitto_pub`.
+//! - [`proxy`]: a TCP forwarder whose connections a test can cut (a client's connection drops,
+//!   the broker's session stays).
 //! - [`redis`]: a real Redis per test on a free port, stopped and started for outages.
 //! - [`receiver`]: a scripted webhook receiver that records requests, on its own thread or on
 //!   the test's runtime (for tests under a paused clock).
@@ -15,6 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod mosquitto;
+pub mod proxy;
 pub mod receiver;
 pub mod redis;
 pub mod search_standin;

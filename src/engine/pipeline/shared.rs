@@ -11,7 +11,6 @@ use rule_engine::{Decision, Engine, Outcome, ParsedObservation};
 use tokio::sync::mpsc;
 
 use super::{Pending, Stages};
-use crate::engine::acks::Ack;
 use crate::engine::dedupe::{observation_id, Delivery};
 use crate::engine::redis_state::{ObservationSteps, RedisThresholds};
 use crate::engine::rules::RuleSet;
@@ -69,8 +68,7 @@ impl Stages {
                         {
                             return false;
                         }
-                        self.skip_redelivered(&shadow.thing_name, Ack::One(shadow.ack))
-                            .await;
+                        self.skip_copy(&shadow.thing_name, shadow.ack).await;
                         continue;
                     }
                     let mut steps = Vec::new();
