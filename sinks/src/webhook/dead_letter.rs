@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ccstream_common::Backoff;
 use serde_json::{json, Value};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
@@ -101,6 +102,7 @@ pub(crate) fn spawn_writer(
             file: None,
             counters,
             finished,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
         .run(rx),
     );
@@ -113,6 +115,7 @@ struct Writer {
     file: Option<(String, File)>,
     counters: Arc<Counters>,
     finished: mpsc::UnboundedSender<Locator>,
+    backoff: Backoff,
 }
 
 impl Writer {
@@ -125,7 +128,7 @@ impl Writer {
             for (letter, at) in batch.drain(..) {
                 let letter_date = utc_date(letter.time);
                 if letter_date != date && !written.is_empty() {
-                    self.write(&date, &lines, &mut written).await;
+                    self.write(&date, &lines, &mut written, &rx).await;
                     lines.clear();
                 }
                 date = letter_date;
@@ -135,7 +138,7 @@ impl Writer {
                 }
             }
             if !written.is_empty() {
-                self.write(&date, &lines, &mut written).await;
+                self.write(&date, &lines, &mut written, &rx).await;
             }
         }
         if let Some((_, file)) = self.file.take() {
@@ -144,28 +147,54 @@ impl Writer {
     }
 
     /// Appends `lines` (one per firing in `firings`, which it empties) and finishes those
-    /// firings in the outbox once they are on disk.
-    async fn write(&mut self, date: &str, lines: &[u8], firings: &mut Vec<Option<Locator>>) {
+    /// firings in the outbox once they are on disk. A failed write is retried with backoff
+    /// (the senders wait meanwhile, through the bounded channel) until the disk takes it, or
+    /// until every sender is gone (shutdown): the firings then stay in the outbox and are sent
+    /// again at the next start.
+    async fn write(
+        &mut self,
+        date: &str,
+        lines: &[u8],
+        firings: &mut Vec<Option<Locator>>,
+        rx: &mpsc::Receiver<Letter>,
+    ) {
         let count = firings.len() as u64;
-        match self.append(date, lines).await {
-            Ok(()) => {
-                self.counters.add_dead_letters(count);
-                telemetry::dead_letters_written(count);
-                for at in firings.drain(..).flatten() {
-                    let _ = self.finished.send(at);
+        let mut failures = 0;
+        loop {
+            match self.append(date, lines).await {
+                Ok(()) => {
+                    self.counters.add_dead_letters(count);
+                    telemetry::dead_letters_written(count);
+                    for at in firings.drain(..).flatten() {
+                        let _ = self.finished.send(at);
+                    }
+                    return;
                 }
-            }
-            Err(error) => {
-                // Reopen next time: the directory may have been fixed meanwhile.
-                self.file = None;
-                telemetry::dead_letter_write_failed(count);
-                firings.clear();
-                tracing::error!(
-                    dir = %self.dir.display(),
-                    %error,
-                    firings = count,
-                    "cannot write webhook dead letters; the firings stay in the outbox and are sent again at the next start"
-                );
+                Err(error) => {
+                    // Reopen next time: the directory may have been fixed meanwhile.
+                    self.file = None;
+                    telemetry::dead_letter_write_failed(count);
+                    failures += 1;
+                    if rx.is_closed() {
+                        firings.clear();
+                        tracing::error!(
+                            dir = %self.dir.display(),
+                            %error,
+                            firings = count,
+                            "cannot write webhook dead letters at shutdown; the firings stay in the outbox and are sent again at the next start"
+                        );
+                        return;
+                    }
+                    let wait = self.backoff.delay(failures);
+                    tracing::error!(
+                        dir = %self.dir.display(),
+                        %error,
+                        firings = count,
+                        retry_in = ?wait,
+                        "cannot write webhook dead letters; the firings stay in the outbox until they are written"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
@@ -182,12 +211,22 @@ impl Writer {
                 .await?;
             self.file = Some((date.to_owned(), file));
         }
-        if let Some((_, file)) = self.file.as_mut() {
+        let Some((_, file)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let before = file.metadata().await?.len();
+        let written = async {
             file.write_all(lines).await?;
             file.flush().await?;
-            file.sync_data().await?;
+            file.sync_data().await
         }
-        Ok(())
+        .await;
+        if written.is_err() {
+            // A torn last line would hide the lines the retry writes after it from a reader
+            // that stops at the first bad line; cut it off (best effort: the disk is failing).
+            let _ = file.set_len(before).await;
+        }
+        written
     }
 }
 
@@ -221,7 +260,6 @@ fn utc_time(time: SystemTime) -> time::OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn at(secs: u64, ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
@@ -320,5 +358,43 @@ mod tests {
         }
         assert_eq!(read(day2).lines().count(), 1);
         assert_eq!(counters.snapshot().dead_letters, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_until_the_disk_takes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the directory should be: every write fails until it is removed.
+        let target = dir.path().join("dl");
+        std::fs::write(&target, b"in the way").expect("blocker");
+        let counters = Arc::new(Counters::default());
+        let (finished_tx, mut finished) = mpsc::unbounded_channel();
+        let (tx, task) = spawn_writer(target.clone(), Arc::clone(&counters), finished_tx);
+        let place = Locator {
+            segment: 1,
+            index: 7,
+            offset: 0,
+            len: 0,
+        };
+        tx.send((letter(at(0, 0), WebhookBody::Empty), Some(place)))
+            .await
+            .expect("writer alive");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            finished.try_recv().is_err(),
+            "finished before it was written"
+        );
+        assert_eq!(counters.snapshot().dead_letters, 0);
+
+        std::fs::remove_file(&target).expect("unblock");
+        let done = tokio::time::timeout(Duration::from_secs(5), finished.recv())
+            .await
+            .expect("written after the disk recovered")
+            .expect("writer alive");
+        assert_eq!(done.index, 7);
+        let text = std::fs::read_to_string(dead_letter_path(&target, at(0, 0))).expect("file");
+        assert_eq!(text.lines().count(), 1, "written once: {text}");
+        drop(tx);
+        task.await.expect("writer ends");
+        assert_eq!(counters.snapshot().dead_letters, 1);
     }
 }
