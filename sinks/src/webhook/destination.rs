@@ -10,7 +10,7 @@
 //!
 //! Pure bookkeeping over an injected clock; the dispatcher owns the tasks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -198,12 +198,28 @@ impl DestinationCounters {
     }
 }
 
+/// How long a destination with nothing waiting, nothing in flight and a closed breaker is kept
+/// (its slot, breaker and counters): the urls are the tenants' to choose, so destinations come
+/// and go, and a service that runs for months must not keep every one it ever saw.
+pub const FORGET_IDLE_AFTER: Duration = Duration::from_secs(600);
+
 /// One destination's waiting firings and its in-flight count.
 #[derive(Debug)]
 struct Slot<T> {
     destination: Arc<Destination>,
     queue: VecDeque<T>,
     in_flight: usize,
+    /// Last time a firing was queued for it or ended.
+    last_busy: Instant,
+}
+
+impl<T> Slot<T> {
+    fn is_idle_since(&self, before: Instant) -> bool {
+        self.queue.is_empty()
+            && self.in_flight == 0
+            && self.last_busy <= before
+            && self.destination.with_breaker(|b| b.is_closed())
+    }
 }
 
 /// What [`Destinations::next`] hands out.
@@ -224,8 +240,13 @@ pub struct Next<T> {
 /// Every destination's queue, served round-robin.
 #[derive(Debug)]
 pub struct Destinations<T> {
-    slots: Vec<Slot<T>>,
+    /// By index; `None` where an idle destination was forgotten (reused by the next new one).
+    slots: Vec<Option<Slot<T>>>,
+    free: Vec<usize>,
     by_name: HashMap<Arc<str>, usize>,
+    /// Names with a metric label of their own (at most [`LABELLED_DESTINATIONS`]), kept when
+    /// their slot is forgotten so that a destination seen again keeps its series.
+    labelled: HashSet<Arc<str>>,
     /// Where the next round-robin search starts.
     cursor: usize,
     per_destination: usize,
@@ -240,7 +261,9 @@ impl<T> Destinations<T> {
     pub fn new(per_destination: usize, failures_to_open: u32, probe_every: Duration) -> Self {
         Self {
             slots: Vec::new(),
+            free: Vec::new(),
             by_name: HashMap::new(),
+            labelled: HashSet::new(),
             cursor: 0,
             per_destination: per_destination.max(1),
             failures_to_open,
@@ -250,32 +273,37 @@ impl<T> Destinations<T> {
     }
 
     /// Queues a firing for `name` (at the back), creating the destination when new.
-    pub fn push(&mut self, name: &str, item: T) {
-        let index = self.index_of(name);
-        self.slots[index].queue.push_back(item);
-        self.queued += 1;
+    pub fn push(&mut self, name: &str, item: T, now: Instant) {
+        let index = self.index_of(name, now);
+        if let Some(slot) = self.slots[index].as_mut() {
+            slot.queue.push_back(item);
+            slot.last_busy = now;
+            self.queued += 1;
+        }
     }
 
     /// Puts a firing back at the front of its destination's queue (deferred by its breaker).
     pub fn push_front(&mut self, index: usize, item: T) {
-        if let Some(slot) = self.slots.get_mut(index) {
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
             slot.queue.push_front(item);
             self.queued += 1;
         }
     }
 
-    fn index_of(&mut self, name: &str) -> usize {
+    fn index_of(&mut self, name: &str, now: Instant) -> usize {
         if let Some(&index) = self.by_name.get(name) {
             return index;
         }
         let name: Arc<str> = Arc::from(name);
-        let index = self.slots.len();
-        let label = if index < LABELLED_DESTINATIONS {
+        let label = if self.labelled.contains(&name) {
+            Arc::clone(&name)
+        } else if self.labelled.len() < LABELLED_DESTINATIONS {
+            self.labelled.insert(Arc::clone(&name));
             Arc::clone(&name)
         } else {
             Arc::from("other")
         };
-        self.slots.push(Slot {
+        let slot = Slot {
             destination: Arc::new(Destination {
                 name: Arc::clone(&name),
                 counters: DestinationCounters::register(&label),
@@ -284,9 +312,49 @@ impl<T> Destinations<T> {
             }),
             queue: VecDeque::new(),
             in_flight: 0,
-        });
+            last_busy: now,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
         self.by_name.insert(name, index);
         index
+    }
+
+    /// Forgets the destinations idle (nothing waiting or in flight, breaker closed) since
+    /// `before`; returns how many.
+    pub fn forget_idle(&mut self, before: Instant) -> usize {
+        let mut forgotten = 0;
+        for (index, entry) in self.slots.iter_mut().enumerate() {
+            if entry
+                .as_ref()
+                .is_some_and(|slot| slot.is_idle_since(before))
+            {
+                if let Some(slot) = entry.take() {
+                    self.by_name.remove(&slot.destination.name);
+                    self.free.push(index);
+                    forgotten += 1;
+                }
+            }
+        }
+        forgotten
+    }
+
+    /// Destinations known (waiting, busy, or idle and not yet forgotten).
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no destination is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 
     /// The next firing to start, round-robin over the destinations that have one waiting and
@@ -296,7 +364,9 @@ impl<T> Destinations<T> {
         let n = self.slots.len();
         for step in 0..n {
             let index = (self.cursor + step) % n;
-            let slot = &mut self.slots[index];
+            let Some(slot) = self.slots[index].as_mut() else {
+                continue;
+            };
             if slot.in_flight >= self.per_destination {
                 continue;
             }
@@ -331,9 +401,10 @@ impl<T> Destinations<T> {
     }
 
     /// A firing of destination `index` is no longer in flight.
-    pub fn done(&mut self, index: usize) {
-        if let Some(slot) = self.slots.get_mut(index) {
+    pub fn done(&mut self, index: usize, now: Instant) {
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
+            slot.last_busy = now;
         }
     }
 
@@ -342,6 +413,7 @@ impl<T> Destinations<T> {
     pub fn next_probe_at(&self) -> Option<Instant> {
         self.slots
             .iter()
+            .flatten()
             // Only where a probe could start: a full destination wakes nothing.
             .filter(|s| !s.queue.is_empty() && s.in_flight < self.per_destination)
             .filter_map(|s| match s.destination.with_breaker(|b| b.state) {
@@ -361,13 +433,14 @@ impl<T> Destinations<T> {
         self.queued = 0;
         self.slots
             .iter_mut()
+            .flatten()
             .flat_map(|s| s.queue.drain(..))
             .collect()
     }
 
     /// Each destination: metric label, waiting, in flight, breaker open (for the metrics).
     pub fn report(&self) -> impl Iterator<Item = (&Arc<str>, usize, usize, bool)> {
-        self.slots.iter().map(|s| {
+        self.slots.iter().flatten().map(|s| {
             (
                 &s.destination.label,
                 s.queue.len(),

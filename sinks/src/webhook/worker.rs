@@ -12,7 +12,7 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::counters::{Counters, WebhookStats};
-use super::destination::Destinations;
+use super::destination::{Destinations, FORGET_IDLE_AFTER};
 use super::dispatcher::DEFAULT_DRAIN_DEADLINE;
 use super::firing::{process, Progress, Sender, TaskEnd, Waiting};
 use super::outbox::Committed;
@@ -70,6 +70,9 @@ impl Worker {
             if now >= reported + REPORT_EVERY {
                 reported = now;
                 telemetry::destinations(destinations.report());
+                if let Some(before) = now.checked_sub(FORGET_IDLE_AFTER) {
+                    destinations.forget_idle(before);
+                }
             }
             if !feed_open && tasks.is_empty() && destinations.queued() == 0 {
                 break;
@@ -91,10 +94,11 @@ impl Worker {
                 }
                 committed = rx.recv(), if feed_open => match committed {
                     Some(committed) => {
-                        queue(&mut destinations, committed);
+                        let now = Instant::now();
+                        queue(&mut destinations, committed, now);
                         for _ in 1..INTAKE_PER_ROUND {
                             match rx.try_recv() {
-                                Ok(committed) => queue(&mut destinations, committed),
+                                Ok(committed) => queue(&mut destinations, committed, now),
                                 Err(_) => break,
                             }
                         }
@@ -160,7 +164,7 @@ impl Worker {
 }
 
 /// A committed firing joins its destination's queue.
-fn queue(destinations: &mut Destinations<Waiting>, committed: Committed) {
+fn queue(destinations: &mut Destinations<Waiting>, committed: Committed, now: Instant) {
     let name = committed.destination.clone();
     destinations.push(
         &name,
@@ -168,6 +172,7 @@ fn queue(destinations: &mut Destinations<Waiting>, committed: Committed) {
             committed,
             progress: Progress::default(),
         },
+        now,
     );
 }
 
@@ -176,7 +181,7 @@ fn queue(destinations: &mut Destinations<Waiting>, committed: Committed) {
 fn requeue(destinations: &mut Destinations<Waiting>, done: Result<TaskEnd, JoinError>) {
     match done {
         Ok((index, deferred)) => {
-            destinations.done(index);
+            destinations.done(index, Instant::now());
             if let Some(waiting) = deferred {
                 destinations.push_front(index, waiting);
             }

@@ -78,17 +78,17 @@ fn destinations_are_served_in_turn_within_their_limit() {
     let now = Instant::now();
     let mut d: Destinations<u32> = Destinations::new(2, 3, PROBE);
     for i in 0..5 {
-        d.push("http://a:80", i);
+        d.push("http://a:80", i, now);
     }
-    d.push("http://b:80", 100);
-    d.push("http://b:80", 101);
+    d.push("http://b:80", 100, now);
+    d.push("http://b:80", 101, now);
     let mut order = Vec::new();
     while let Some(next) = d.next(now, |_| false) {
         order.push(next.item);
     }
     assert_eq!(order, [0, 100, 1, 101], "round-robin, two in flight each");
     assert_eq!(d.queued(), 3);
-    d.done(0);
+    d.done(0, now);
     assert_eq!(d.next(now, |_| false).map(|n| n.item), Some(2));
     assert!(d.next(now, |_| false).is_none());
 }
@@ -97,13 +97,13 @@ fn destinations_are_served_in_turn_within_their_limit() {
 fn an_open_breaker_holds_its_destination_only_and_lets_old_firings_out() {
     let now = Instant::now();
     let mut d: Destinations<u32> = Destinations::new(10, 1, PROBE);
-    d.push("http://dead:80", 1);
-    d.push("http://dead:80", 2);
-    d.push("http://live:80", 3);
+    d.push("http://dead:80", 1, now);
+    d.push("http://dead:80", 2, now);
+    d.push("http://live:80", 3, now);
     let first = d.next(now, |_| false).expect("first");
     assert_eq!(first.item, 1);
     assert!(first.destination.with_breaker(|b| b.record(true, now)));
-    d.done(first.index);
+    d.done(first.index, now);
     // The dead one waits; the live one goes.
     let next = d.next(now, |_| false).expect("live");
     assert_eq!((next.item, next.probe), (3, false));
@@ -113,7 +113,7 @@ fn an_open_breaker_holds_its_destination_only_and_lets_old_firings_out() {
     let old = d.next(now, |&item| item == 2).expect("expired");
     assert_eq!((old.item, old.expired, old.probe), (2, true, false));
     // Past the interval, the next one goes as the probe.
-    d.done(old.index);
+    d.done(old.index, now);
     d.push_front(old.index, 2);
     let probe = d.next(now + PROBE, |_| false).expect("probe");
     assert_eq!((probe.item, probe.probe), (2, true));
@@ -128,5 +128,42 @@ fn an_open_breaker_holds_its_destination_only_and_lets_old_firings_out() {
             ("http://dead:80".to_owned(), 0, 1, true),
             ("http://live:80".to_owned(), 0, 1, false)
         ]
+    );
+}
+
+#[test]
+fn idle_destinations_are_forgotten_and_keep_their_label_when_they_come_back() {
+    let now = Instant::now();
+    let later = now + FORGET_IDLE_AFTER;
+    let mut d: Destinations<u32> = Destinations::new(10, 1, PROBE);
+    d.push("http://idle:80", 1, now);
+    d.push("http://dead:80", 2, now);
+    d.push("http://waiting:80", 3, now);
+    for _ in 0..2 {
+        let next = d.next(now, |&item| item == 3).expect("a firing");
+        if next.item == 2 {
+            assert!(next.destination.with_breaker(|b| b.record(true, now)));
+        }
+        d.done(next.index, now);
+    }
+    d.push("http://waiting:80", 4, now);
+    assert_eq!(d.len(), 3);
+    assert_eq!(
+        d.forget_idle(now - Duration::from_secs(1)),
+        0,
+        "busy just now"
+    );
+    // Idle with a closed breaker: forgotten. The open breaker and the queue are kept.
+    assert_eq!(d.forget_idle(later), 1);
+    assert_eq!(d.len(), 2);
+    let names: Vec<String> = d.report().map(|(n, ..)| n.to_string()).collect();
+    assert_eq!(names, ["http://dead:80", "http://waiting:80"]);
+    // Seen again: a new slot (the freed index), the same label.
+    d.push("http://idle:80", 5, later);
+    assert_eq!(d.len(), 3);
+    let labels: Vec<String> = d.report().map(|(n, ..)| n.to_string()).collect();
+    assert_eq!(
+        labels,
+        ["http://idle:80", "http://dead:80", "http://waiting:80"]
     );
 }
