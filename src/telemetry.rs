@@ -77,6 +77,10 @@ fn describe() {
         "QoS 1 redeliveries (DUP) of observations already spooled: acked, not stored again"
     );
     metrics::describe_counter!(
+        "ccstream_observations_evaluated_again_total",
+        "Redeliveries of observations an earlier run stored but may not have fired, evaluated again to complete their firings (counted twice in ccstream_observations_evaluated_total)"
+    );
+    metrics::describe_counter!(
         "ccstream_store_unreadable_rules_total",
         "Stored rules skipped because their document no longer parses (unknown operator, ...)"
     );

@@ -145,6 +145,7 @@ impl DomainPaths {
 pub struct HotMetrics {
     received: metrics::Counter,
     evaluated: metrics::Counter,
+    evaluated_again: metrics::Counter,
     unknown_thing: metrics::Counter,
     rules_evaluated: metrics::Counter,
     rules_matched: metrics::Counter,
@@ -162,6 +163,7 @@ impl HotMetrics {
         HotMetrics {
             received: metrics::counter!("ccstream_observations_received_total"),
             evaluated: metrics::counter!("ccstream_observations_evaluated_total"),
+            evaluated_again: metrics::counter!("ccstream_observations_evaluated_again_total"),
             unknown_thing: metrics::counter!("ccstream_observations_unknown_thing_total"),
             rules_evaluated: metrics::counter!("ccstream_rules_evaluated_total"),
             rules_matched: metrics::counter!("ccstream_rules_matched_total"),
@@ -281,6 +283,10 @@ impl Stages {
         observed: Observed,
     ) {
         let mut ack = Ack::One(shadow.ack);
+        let evaluated = observed
+            .outcome
+            .as_ref()
+            .is_some_and(|outcome| !outcome.unknown_thing);
         if let Some(outcome) = observed.outcome {
             self.count_outcome(&outcome);
             let requests = self.webhook_requests(&shadow.thing_name, outcome.firings);
@@ -294,6 +300,11 @@ impl Stages {
             }
         }
         if delivery == Delivery::StoredNotFired {
+            if evaluated {
+                // Evaluated by the earlier run too (its record is stored): counted twice in
+                // `ccstream_observations_evaluated_total`, once here.
+                self.metrics.evaluated_again.increment(1);
+            }
             self.skip_redelivered(&shadow.thing_name, ack).await;
             return;
         }
