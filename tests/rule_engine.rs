@@ -1784,7 +1784,7 @@ async fn ten_thousand_firings_in_the_outbox_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
     let mut rig = Rig::start_with(Setup {
-        webhook: "outbox_max_bytes = 1048576\n",
+        webhook: FULL_OUTBOX,
         ..Setup::default()
     })
     .await;
@@ -1807,6 +1807,11 @@ async fn a_full_outbox_stops_acks_until_deliveries_free_space() {
 }
 
 const ACKED: &str = "ccstream_mqtt_acks_written_total";
+/// A 1 MiB outbox. More attempts than failures that open the circuit: with the defaults (3
+/// attempts, the circuit opening at 5 failures in a row) the first firing, alone in flight at
+/// the start of the outage, could run out of attempts before the circuit opens and be
+/// dead-lettered (README, "When a receiver is slow or down").
+const FULL_OUTBOX: &str = "outbox_max_bytes = 1048576\nmax_attempts = 10\n";
 /// Firings [`fill_the_outbox`] publishes.
 const FIRINGS: u64 = 120;
 
@@ -1879,7 +1884,7 @@ async fn every_big_firing_arrives_once(rig: &Rig) {
 #[tokio::test]
 async fn a_redelivered_copy_is_not_acked_before_its_originals_firings_are_on_disk() {
     let mut rig = Rig::start_with(Setup {
-        webhook: "outbox_max_bytes = 1048576\n",
+        webhook: FULL_OUTBOX,
         proxy: true,
         ..Setup::default()
     })
