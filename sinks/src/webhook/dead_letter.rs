@@ -62,7 +62,7 @@ impl DeadLetter {
         let (body_type, body) = match &self.body {
             WebhookBody::Empty => ("empty", Value::Null),
             WebhookBody::Text(text) => ("text", Value::String(text.clone())),
-            WebhookBody::Json(value) => ("json", value.clone()),
+            WebhookBody::Json(json) => ("json", json.to_value()),
         };
         json!({
             "time": rfc3339_utc(self.time),
@@ -304,7 +304,11 @@ mod tests {
 
     #[test]
     fn json_line_shape() {
-        let line = letter(at(0, 5), WebhookBody::Json(json!({"a": 1}))).to_json();
+        let line = letter(
+            at(0, 5),
+            WebhookBody::json(&json!({"a": 1})).expect("a JSON value serializes"),
+        )
+        .to_json();
         assert_eq!(
             line,
             json!({

@@ -40,7 +40,7 @@ pub use dead_letter::{dead_letter_path, DeadLetter};
 pub use dispatcher::{build_client, WebhookDispatcher, WebhookHandle, DEFAULT_DRAIN_DEADLINE};
 pub use error::{EnqueueError, WebhookError};
 pub use outbox::{OnDurable, OutboxStatus};
-pub use request::{RequestError, WebhookBody, WebhookRequest};
+pub use request::{JsonBody, RequestError, WebhookBody, WebhookRequest};
 pub use resolve::{resolve_checked, GuardedResolver, ResolveError};
 pub use retry::{classify, parse_retry_after, retry_delay, AttemptOutcome, Retry};
 pub use ssrf::{check_url_now, parse_cidr, Reason, Refusal, SsrfPolicy};

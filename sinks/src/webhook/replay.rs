@@ -67,7 +67,8 @@ impl Letter {
     pub fn request(&self) -> WebhookRequest {
         let body = match (self.body_type.as_str(), &self.body) {
             ("text", Value::String(text)) => WebhookBody::Text(text.clone()),
-            ("json", value) => WebhookBody::Json(value.clone()),
+            // A JSON value always serializes; the fallback is never taken.
+            ("json", value) => WebhookBody::json(value).unwrap_or(WebhookBody::Empty),
             _ => WebhookBody::Empty,
         };
         WebhookRequest {

@@ -3,6 +3,7 @@
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -43,7 +44,45 @@ pub enum WebhookBody {
     /// Sent as is, `text/plain; charset=utf-8` unless a `Content-Type` header says otherwise.
     Text(String),
     /// Serialized, `application/json` unless a `Content-Type` header says otherwise.
-    Json(Value),
+    Json(JsonBody),
+}
+
+impl WebhookBody {
+    /// A JSON body of `value`.
+    pub fn json(value: &Value) -> Result<Self, RequestError> {
+        JsonBody::new(value).map(WebhookBody::Json)
+    }
+}
+
+/// A JSON body, serialized once when the firing is made: the outbox stores the text and every
+/// attempt sends it as it is (a body is not serialized once per copy).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JsonBody(Box<RawValue>);
+
+impl JsonBody {
+    /// `value` as compact JSON.
+    pub fn new(value: &Value) -> Result<Self, RequestError> {
+        serde_json::value::to_raw_value(value)
+            .map(JsonBody)
+            .map_err(|e| RequestError::Body(e.to_string()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The body as a JSON value (for dead letters).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for JsonBody {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// One firing of a rule's WEBHOOK action (as stored in the outbox: JSON, camelCase keys).
@@ -149,9 +188,9 @@ impl WebhookRequest {
             None | Some(Value::Null) if matches!(method.as_str(), "GET" | "HEAD") => {
                 WebhookBody::Empty
             }
-            None | Some(Value::Null) => WebhookBody::Json(payload.clone()),
+            None | Some(Value::Null) => WebhookBody::json(payload)?,
             Some(Value::String(text)) => WebhookBody::Text(text.clone()),
-            Some(other) => WebhookBody::Json(other.clone()),
+            Some(other) => WebhookBody::json(other)?,
         };
         let request = Self {
             rule_id: rule_id.into(),
@@ -185,10 +224,9 @@ impl WebhookRequest {
             WebhookBody::Text(text) => {
                 (text.as_bytes().to_vec(), Some("text/plain; charset=utf-8"))
             }
-            WebhookBody::Json(value) => (
-                serde_json::to_vec(value).map_err(|e| RequestError::Body(e.to_string()))?,
-                Some("application/json"),
-            ),
+            WebhookBody::Json(json) => {
+                (json.as_str().as_bytes().to_vec(), Some("application/json"))
+            }
         };
         if body.len() > MAX_BODY_BYTES {
             return Err(RequestError::BodyTooLarge(body.len()));
@@ -312,7 +350,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(req.method, "POST");
-        assert_eq!(req.body, WebhookBody::Json(payload()));
+        assert_eq!(
+            req.body,
+            WebhookBody::json(&payload()).expect("a JSON value serializes")
+        );
         assert!(req.headers.is_empty());
         let prepared = req.prepare().expect("prepares");
         assert_eq!(prepared.headers[CONTENT_TYPE], "application/json");
@@ -345,7 +386,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             json_body.body,
-            WebhookBody::Json(json!({"value": 51, "ok": true}))
+            WebhookBody::json(&json!({"value": 51, "ok": true})).expect("a JSON value serializes")
         );
     }
 

@@ -18,7 +18,7 @@ fn letter(ms: u64, rule: &str, url: &str, reason: &str, key: &str) -> DeadLetter
         reason: reason.into(),
         attempts: 3,
         last_status: Some(503),
-        body: WebhookBody::Json(json!({"v": 1})),
+        body: WebhookBody::json(&json!({"v": 1})).expect("a JSON value serializes"),
     }
 }
 
@@ -61,7 +61,10 @@ fn letters_read_back_as_the_requests_that_failed() {
         [("x-token".to_owned(), "s3cret".to_owned())]
     );
     assert_eq!(request.idempotency_key, "k1");
-    assert_eq!(request.body, WebhookBody::Json(json!({"v": 1})));
+    assert_eq!(
+        request.body,
+        WebhookBody::json(&json!({"v": 1})).expect("a JSON value serializes")
+    );
     // A torn line is counted, not fatal; an absent folder holds nothing.
     let path = dead_letter_path(dir.path(), at(5));
     let mut f = OpenOptions::new().append(true).open(path).expect("open");

@@ -10,7 +10,7 @@ fn firing(n: u32) -> StoredFiring {
             url: format!("http://127.0.0.1:9/hook/{n}"),
             method: "POST".into(),
             headers: vec![("x-token".into(), "secret".into())],
-            body: WebhookBody::Json(serde_json::json!({"n": n})),
+            body: WebhookBody::json(&serde_json::json!({"n": n})).expect("a JSON value serializes"),
             idempotency_key: format!("key-{n}"),
         },
     }
