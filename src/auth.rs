@@ -4,6 +4,8 @@
 //! on a loopback address. `api.auth = "jwt"` reads `Authorization: Bearer <token>` and takes the
 //! three facts from configurable claims.
 
+pub mod sigv4;
+
 use std::fmt;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
