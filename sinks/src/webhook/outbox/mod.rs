@@ -232,20 +232,22 @@ impl<T: Send + 'static> OutboxTask<T> {
                     }
                 }
             }
+            if !done.is_empty() {
+                // Indices appended to the `.done` files, without an fsync: page-cache writes of
+                // a few bytes, done here rather than on the blocking pool. First, so that the
+                // space they free counts for what is written next.
+                if let Some(log) = log.as_mut() {
+                    if let Err(error) = log.finish(&done) {
+                        // Kept unfinished: sent again after a restart, with the same key.
+                        telemetry::outbox_commit_failed();
+                        tracing::warn!(%error, "cannot record finished webhook firings; they may be sent again after a restart");
+                    }
+                    status.update(log, max_bytes);
+                }
+                done.clear();
+            }
             let room = closing || !status.is_full();
             if batch.is_empty() || !room {
-                if !done.is_empty() {
-                    // Indices appended to the `.done` files, without an fsync: page-cache
-                    // writes of a few bytes, done here rather than on the blocking pool.
-                    if let Some(log) = log.as_mut() {
-                        if let Err(error) = log.finish(&done) {
-                            telemetry::outbox_commit_failed();
-                            tracing::warn!(%error, "cannot record finished webhook firings; they may be sent again after a restart");
-                        }
-                        status.update(log, max_bytes);
-                    }
-                    done.clear();
-                }
                 if !appends_open && batch.is_empty() {
                     // Nothing more will come: the dispatcher ends once it has what it was given.
                     feed = None;
@@ -255,13 +257,10 @@ impl<T: Send + 'static> OutboxTask<T> {
             let Some(mut taken) = log.take() else { break };
             let limit = (!closing).then_some(max_bytes);
             let mut pending = std::mem::take(&mut batch);
-            let mut finished_now = std::mem::take(&mut done);
             let mut placed = Vec::new();
             let mut failures = 0;
             loop {
-                let work = tokio::task::spawn_blocking(move || {
-                    write(taken, pending, &finished_now, limit)
-                });
+                let work = tokio::task::spawn_blocking(move || write(taken, pending, limit));
                 let written = match work.await {
                     Ok(written) => written,
                     Err(error) => {
@@ -273,7 +272,6 @@ impl<T: Send + 'static> OutboxTask<T> {
                 taken = written.log;
                 placed.extend(written.placed);
                 pending = written.leftover;
-                finished_now = Vec::new();
                 let Err(error) = written.committed else { break };
                 failures += 1;
                 status.failing.store(true, Ordering::Relaxed);
@@ -355,21 +353,9 @@ struct Written<T> {
     committed: io::Result<()>,
 }
 
-/// Records finished firings, places new ones while the outbox is below `limit`, and commits:
-/// one `fsync` for all of them.
-fn write<T>(
-    mut log: OutboxLog,
-    appended: Vec<Append<T>>,
-    finished: &[Locator],
-    limit: Option<u64>,
-) -> Written<T> {
-    if !finished.is_empty() {
-        if let Err(error) = log.finish(finished) {
-            // Kept unfinished: sent again after a restart, with the same Idempotency-Key.
-            telemetry::outbox_commit_failed();
-            tracing::warn!(%error, "cannot record finished webhook firings; they may be sent again after a restart");
-        }
-    }
+/// Places new firings while the outbox is below `limit`, and commits: one `fsync` for all of
+/// them.
+fn write<T>(mut log: OutboxLog, appended: Vec<Append<T>>, limit: Option<u64>) -> Written<T> {
     let now = ccstream_common::time::now_ms();
     let mut placed = Vec::with_capacity(appended.len());
     let mut appended = appended.into_iter();
