@@ -274,8 +274,13 @@ impl<T> Destinations<T> {
 
     /// Queues a firing for `name` (at the back), creating the destination when new.
     pub fn push(&mut self, name: &str, item: T, now: Instant) {
-        let index = self.index_of(name, now);
-        if let Some(slot) = self.slots[index].as_mut() {
+        let index = self.slot(name, now);
+        self.push_back(index, item, now);
+    }
+
+    /// Queues a firing at the back of destination `index` (from [`slot`](Self::slot)).
+    pub fn push_back(&mut self, index: usize, item: T, now: Instant) {
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
             slot.queue.push_back(item);
             slot.last_busy = now;
             self.queued += 1;
@@ -290,7 +295,8 @@ impl<T> Destinations<T> {
         }
     }
 
-    fn index_of(&mut self, name: &str, now: Instant) -> usize {
+    /// The index of destination `name`, created when new.
+    pub fn slot(&mut self, name: &str, now: Instant) -> usize {
         if let Some(&index) = self.by_name.get(name) {
             return index;
         }
@@ -333,15 +339,10 @@ impl<T> Destinations<T> {
     pub fn forget_idle(&mut self, before: Instant) -> usize {
         let mut forgotten = 0;
         for (index, entry) in self.slots.iter_mut().enumerate() {
-            if entry
-                .as_ref()
-                .is_some_and(|slot| slot.is_idle_since(before))
-            {
-                if let Some(slot) = entry.take() {
-                    self.by_name.remove(&slot.destination.name);
-                    self.free.push(index);
-                    forgotten += 1;
-                }
+            if let Some(slot) = entry.take_if(|slot| slot.is_idle_since(before)) {
+                self.by_name.remove(&slot.destination.name);
+                self.free.push(index);
+                forgotten += 1;
             }
         }
         forgotten

@@ -165,15 +165,12 @@ impl Worker {
 
 /// A committed firing joins its destination's queue.
 fn queue(destinations: &mut Destinations<Waiting>, committed: Committed, now: Instant) {
-    let name = committed.destination.clone();
-    destinations.push(
-        &name,
-        Waiting {
-            committed,
-            progress: Progress::default(),
-        },
-        now,
-    );
+    let index = destinations.slot(&committed.destination, now);
+    let waiting = Waiting {
+        committed,
+        progress: Progress::default(),
+    };
+    destinations.push_back(index, waiting, now);
 }
 
 /// A firing task ended: its destination has room again, and a deferred firing goes back to the
