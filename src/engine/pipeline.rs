@@ -283,12 +283,9 @@ impl Stages {
         observed: Observed,
     ) {
         let mut ack = Ack::One(shadow.ack);
-        let evaluated = observed
-            .outcome
-            .as_ref()
-            .is_some_and(|outcome| !outcome.unknown_thing);
+        let mut evaluated = false;
         if let Some(outcome) = observed.outcome {
-            self.count_outcome(&outcome);
+            evaluated = self.count_outcome(&outcome);
             let requests = self.webhook_requests(&shadow.thing_name, outcome.firings);
             if !requests.is_empty() {
                 if delivery == Delivery::FiredNotStored {
@@ -493,11 +490,11 @@ impl Stages {
         }
     }
 
-    /// The evaluation's metrics.
-    fn count_outcome(&self, outcome: &Outcome) {
+    /// The evaluation's metrics; whether it counted as an evaluation (the thing was known).
+    fn count_outcome(&self, outcome: &Outcome) -> bool {
         if outcome.unknown_thing {
             self.metrics.unknown_thing.increment(1);
-            return;
+            return false;
         }
         self.metrics.evaluated.increment(1);
         self.metrics
@@ -518,6 +515,7 @@ impl Stages {
                     .increment(firing.unknown_variables.into());
             }
         }
+        true
     }
 
     /// Turns each firing's filled actions into webhook requests.
