@@ -24,6 +24,8 @@ use testkit::redis::Redis;
 
 const WAIT: Duration = Duration::from_secs(30);
 const GROUP: &str = "ccstream";
+const EVALUATED: &str = "ccstream_observations_evaluated_total";
+const EVALUATED_AGAIN: &str = "ccstream_observations_evaluated_again_total";
 
 /// Which (rule, thing, round) fired.
 type Firing = (String, String, u64);
@@ -194,20 +196,12 @@ impl Cluster {
     /// observations an earlier run stored but may not have fired (see `Delivery::StoredNotFired`
     /// in src/engine/dedupe.rs), which count twice in `ccstream_observations_evaluated_total`.
     async fn evaluated_once(&self, i: usize) -> f64 {
-        self.metric(i, "ccstream_observations_evaluated_total")
-            .await
-            - self
-                .metric(i, "ccstream_observations_evaluated_again_total")
-                .await
+        self.metric(i, EVALUATED).await - self.metric(i, EVALUATED_AGAIN).await
     }
 
     /// [`evaluated_once`](Self::evaluated_once) over every replica.
     async fn sum_evaluated_once(&self) -> f64 {
-        let mut total = 0.0;
-        for i in 0..self.replicas.len() {
-            total += self.evaluated_once(i).await;
-        }
-        total
+        self.sum(EVALUATED).await - self.sum(EVALUATED_AGAIN).await
     }
 
     /// Creates `count3` and `hourly` through replica 0 and waits until every replica has them.
@@ -520,7 +514,7 @@ async fn redis_down_for_twenty_seconds_stops_evaluation_and_loses_nothing() {
     // The outage itself is the wait here.
     tokio::time::sleep(OUTAGE.saturating_sub(stopped.elapsed())).await;
     // Nothing was evaluated without state, and nothing of the round acked.
-    let evaluated = cluster.sum("ccstream_observations_evaluated_total").await;
+    let evaluated = cluster.sum(EVALUATED).await;
     assert_eq!(
         evaluated,
         (6 * THINGS) as f64,

@@ -47,16 +47,22 @@ async fn metric(svc: &Ccstream, series: &str) -> f64 {
     common::metric_value(&body, series)
 }
 
-/// Waits up to `within` for `series` to reach `at_least`; its last value.
-async fn wait_metric(svc: &Ccstream, series: &str, at_least: f64, within: Duration) -> f64 {
+/// Waits up to `within` for `series` to reach `want`, and asserts it is exactly `want` then;
+/// `what` says what that means when it is not.
+async fn expect_metric(
+    svc: &Ccstream,
+    series: &str,
+    want: f64,
+    within: Duration,
+    what: impl std::fmt::Display,
+) {
     let deadline = Instant::now() + within;
-    loop {
-        let value = metric(svc, series).await;
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
+    let mut value = metric(svc, series).await;
+    while value < want && Instant::now() <= deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        value = metric(svc, series).await;
     }
+    assert_eq!(value, want, "{series}: {what}");
 }
 
 /// Creates a rule firing a WEBHOOK to `url` for every `temp` above 50 of thing-001, and waits
@@ -77,14 +83,14 @@ async fn create_rule(svc: &Ccstream, id: &str, url: &str, rules: usize) {
     )
     .await
     .ok();
-    let loaded = wait_metric(
+    expect_metric(
         svc,
         "ccstream_rules_loaded",
         rules as f64,
         Duration::from_secs(10),
+        format_args!("rule {id} not loaded"),
     )
     .await;
-    assert_eq!(loaded, rules as f64, "rule {id} not loaded");
 }
 
 /// The observations with `temp` from `first` to `first + count - 1`, in that order.
@@ -142,19 +148,17 @@ async fn a_receiver_down_for_sixty_seconds_under_a_thousand_firings_a_second() {
         let chunk = (RATE * 10).min(total - published);
         publish_at_rate(broker.port(), 51 + published, chunk, RATE).await;
         published += chunk;
-        let stored = wait_metric(
+        expect_metric(
             &svc,
             "ccstream_objects_records_total",
             published as f64,
             Duration::from_secs(5),
+            format_args!(
+                "ingest fell behind while the receiver was down ({:?} in)",
+                started.elapsed()
+            ),
         )
         .await;
-        assert_eq!(
-            stored,
-            published as f64,
-            "ingest fell behind while the receiver was down ({:?} in)",
-            started.elapsed()
-        );
     }
     let outage = started.elapsed();
     let held = metric(&svc, "ccstream_webhook_outbox_unfinished").await;
@@ -178,18 +182,15 @@ async fn a_receiver_down_for_sixty_seconds_under_a_thousand_firings_a_second() {
     // Back: every firing arrives exactly once (one key, one 200 per value), counted exactly.
     hooks.fallback(Reply::status(200));
     let back = Instant::now();
-    let delivered = wait_metric(
+    expect_metric(
         &svc,
         "ccstream_webhook_deliveries_total{result=\"delivered\"}",
         total as f64,
         Duration::from_secs(180),
+        "delivered after the receiver came back",
     )
     .await;
     let drained = back.elapsed();
-    assert_eq!(
-        delivered, total as f64,
-        "delivered after the receiver came back"
-    );
     let mut keys: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let mut ok: BTreeMap<u64, usize> = BTreeMap::new();
     for request in hooks.requests_to("/down") {
