@@ -137,10 +137,10 @@ pub fn verify(
     if !date.starts_with(&auth.date) {
         return Err(SigV4Error::ScopeDate);
     }
-    let skew = now
-        .duration_since(signed_at)
-        .or_else(|e| Ok::<_, ()>(e.duration()))
-        .unwrap_or(Duration::MAX);
+    let skew = match now.duration_since(signed_at) {
+        Ok(behind) => behind,
+        Err(ahead) => ahead.duration(),
+    };
     if skew > MAX_SKEW {
         return Err(SigV4Error::Stale);
     }
