@@ -11,7 +11,8 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use ccstream::auth::sigv4::{verify, Authorization, Incoming};
+use ccstream::auth::sigv4::{verify, Authorization};
+use ccstream::auth::Request;
 use criterion::{criterion_group, criterion_main, Criterion};
 use sha2::{Digest, Sha256};
 
@@ -63,7 +64,16 @@ fn bench(c: &mut Criterion) {
         .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
         .map(|(_, v)| v.clone())
         .expect("signed");
-    let request = Incoming {
+    let headers: axum::http::HeaderMap = headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                axum::http::HeaderName::try_from(n.as_str()).expect("name"),
+                v.parse().expect("value"),
+            )
+        })
+        .collect();
+    let request = Request {
         method: "POST",
         path_and_query: PATH,
         headers: &headers,

@@ -1,17 +1,29 @@
 //! Who is calling: the caller's user name, role and domain (DESIGN.md, Authorization).
 //!
-//! `api.auth = "none"` makes every caller root with ReadWrite; config validation only allows it
-//! on a loopback address. `api.auth = "jwt"` reads `Authorization: Bearer <token>` and takes the
-//! three facts from configurable claims.
+//! `api.auth` names the ways a caller may prove it, one or several:
+//! - `none` makes every caller root with ReadWrite; config validation only allows it alone and
+//!   on a loopback address;
+//! - `jwt` reads `Authorization: Bearer <token>` and takes the three facts from configurable
+//!   claims;
+//! - `sigv4` checks an AWS SDK's signature ([`sigv4`]) with the secret of its access key
+//!   ([`keys`]), which resolves to the three facts.
 
+pub mod keys;
+pub mod seal;
 pub mod sigv4;
 
 use std::fmt;
+use std::time::SystemTime;
 
+use axum::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{ApiConfig, AuthMode, JwtConfig};
+use crate::config::{ApiConfig, AuthMode, JwtConfig, SigV4Config};
+use crate::store::RuleStore;
+use keys::{KeyError, StaticKeys};
+use seal::MasterKey;
+use sigv4::{Authorization, SigV4Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -20,11 +32,18 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "Read" => Some(Role::Read),
             "ReadWrite" => Some(Role::ReadWrite),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "Read",
+            Role::ReadWrite => "ReadWrite",
         }
     }
 }
@@ -47,30 +66,103 @@ impl Caller {
 }
 
 /// Why a request carries no usable identity. The message goes back to the client, so it says
-/// what is wrong with the token without echoing it.
+/// what is wrong without echoing a token, a signature or a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("missing bearer token in the Authorization header")]
     Missing,
+    #[error("missing Authentication Token: sign the request with SigV4{}", or_bearer(*.bearer_too))]
+    MissingSignature { bearer_too: bool },
     #[error("invalid token: {0}")]
     Invalid(String),
     #[error("token has no usable {claim} claim")]
     Claim { claim: String },
+    #[error("{0}")]
+    Signature(SigV4Error),
+    #[error("Credential should be scoped to {0}")]
+    Scope(String),
+    #[error("The security token included in the request is invalid.")]
+    UnknownKey,
+    /// The key store could not be read; logged with the cause, the client sees only this.
+    #[error("the credentials could not be checked; try again")]
+    Unavailable,
+}
+
+fn or_bearer(bearer_too: bool) -> &'static str {
+    if bearer_too {
+        " or send Authorization: Bearer"
+    } else {
+        ""
+    }
+}
+
+/// How an [`AuthError`] is answered: the status and the AWS error type SDKs raise for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsError {
+    pub status: u16,
+    pub error_type: &'static str,
+}
+
+impl AuthError {
+    pub fn aws_error(&self) -> AwsError {
+        let (status, error_type) = match self {
+            AuthError::Missing | AuthError::Invalid(_) | AuthError::Claim { .. } => {
+                (401, "UnrecognizedClientException")
+            }
+            AuthError::MissingSignature { .. } => (403, "MissingAuthenticationTokenException"),
+            AuthError::Signature(SigV4Error::Malformed) => (403, "IncompleteSignatureException"),
+            AuthError::Signature(_) | AuthError::Scope(_) => (403, "InvalidSignatureException"),
+            AuthError::UnknownKey => (403, "UnrecognizedClientException"),
+            AuthError::Unavailable => (500, "ServiceException"),
+        };
+        AwsError { status, error_type }
+    }
+
+    /// A label from a fixed set, for the failure metric.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            AuthError::Missing | AuthError::MissingSignature { .. } => "missing",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Claim { .. } => "claim",
+            AuthError::Signature(SigV4Error::Malformed) => "malformed_signature",
+            AuthError::Signature(SigV4Error::Stale) => "stale",
+            AuthError::Signature(SigV4Error::BodyHash) => "body_hash",
+            AuthError::Signature(_) => "bad_signature",
+            AuthError::Scope(_) => "scope",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Unavailable => "unavailable",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error("api.jwt: {0}")]
     Key(String),
+    #[error("api.sigv4: {0}")]
+    MasterKey(String),
+}
+
+/// A request as it arrived (what SigV4 signs): method, path and query as sent, headers, body.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// The first value of `name` (SDKs send each signed header once), if it is text.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 pub struct Authenticator {
-    mode: Mode,
-}
-
-enum Mode {
-    None,
-    Jwt(Box<JwtVerifier>),
+    none: bool,
+    jwt: Option<Box<JwtVerifier>>,
+    sigv4: Option<SigV4Verifier>,
 }
 
 struct JwtVerifier {
@@ -81,44 +173,136 @@ struct JwtVerifier {
     domain_claim: String,
 }
 
+struct SigV4Verifier {
+    region: Option<String>,
+    keys: StaticKeys,
+}
+
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = match self.mode {
-            Mode::None => "none",
-            Mode::Jwt(_) => "jwt",
-        };
         f.debug_struct("Authenticator")
-            .field("mode", &mode)
+            .field("none", &self.none)
+            .field("jwt", &self.jwt.is_some())
+            .field("sigv4", &self.sigv4.is_some())
             .finish()
     }
 }
 
+/// The master key from `api.sigv4` (inline or from its file).
+pub fn master_key(cfg: &SigV4Config) -> Result<MasterKey, AuthSetupError> {
+    let text = match (&cfg.master_key, &cfg.master_key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| AuthSetupError::MasterKey(format!("master_key_file {path}: {e}")))?,
+        (None, None) => {
+            return Err(AuthSetupError::MasterKey(
+                "set master_key or master_key_file".to_owned(),
+            ))
+        }
+    };
+    MasterKey::from_base64(&text).map_err(|e| AuthSetupError::MasterKey(e.to_string()))
+}
+
 impl Authenticator {
-    pub fn from_config(api: &ApiConfig) -> Result<Authenticator, AuthSetupError> {
-        let mode = match api.auth {
-            AuthMode::None => Mode::None,
-            AuthMode::Jwt => Mode::Jwt(Box::new(JwtVerifier::new(&api.jwt)?)),
+    /// `store` holds the static access keys (`sigv4`).
+    pub fn from_config(
+        api: &ApiConfig,
+        store: &RuleStore,
+    ) -> Result<Authenticator, AuthSetupError> {
+        let jwt = match api.auth.accepts(AuthMode::Jwt) {
+            true => Some(Box::new(JwtVerifier::new(&api.jwt)?)),
+            false => None,
         };
-        Ok(Authenticator { mode })
+        let sigv4 = match api.auth.accepts(AuthMode::Sigv4) {
+            true => Some(SigV4Verifier {
+                region: api.sigv4.region.clone(),
+                keys: StaticKeys::new(store.clone(), master_key(&api.sigv4)?),
+            }),
+            false => None,
+        };
+        Ok(Authenticator {
+            none: api.auth.accepts(AuthMode::None),
+            jwt,
+            sigv4,
+        })
     }
 
-    /// `authorization` is the raw `Authorization` header value, if any. With auth `none` it is
-    /// ignored, so requests signed by an AWS SDK (SigV4) go through.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
-        match &self.mode {
-            Mode::None => Ok(Caller::root()),
-            Mode::Jwt(verifier) => {
-                let token = authorization
-                    .and_then(|h| {
-                        h.strip_prefix("Bearer ")
-                            .or_else(|| h.strip_prefix("bearer "))
-                    })
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .ok_or(AuthError::Missing)?;
-                verifier.verify(token)
-            }
+    /// Who sent `request`; a SigV4 signature must be scoped to `service`. With auth `none` the
+    /// headers are ignored, so requests signed by an AWS SDK go through as root. Failures are
+    /// counted and logged (never with a secret).
+    pub async fn authenticate(
+        &self,
+        request: &Request<'_>,
+        service: &str,
+    ) -> Result<Caller, AuthError> {
+        let result = self.identify(request, service).await;
+        if let Err(e) = &result {
+            metrics::counter!("ccstream_api_auth_failures_total", "reason" => e.reason_label())
+                .increment(1);
+            tracing::info!(reason = e.reason_label(), error = %e, "request refused");
         }
+        result
+    }
+
+    async fn identify(&self, request: &Request<'_>, service: &str) -> Result<Caller, AuthError> {
+        if self.none {
+            return Ok(Caller::root());
+        }
+        let authorization = request
+            .header(header::AUTHORIZATION.as_str())
+            .map(str::trim);
+        let bearer = authorization.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        });
+        match (&self.jwt, &self.sigv4, bearer) {
+            (Some(jwt), _, Some(token)) => match token.trim() {
+                "" => Err(AuthError::Missing),
+                token => jwt.verify(token),
+            },
+            (_, Some(sigv4), _) => match authorization {
+                Some(value) if !value.is_empty() => sigv4.verify(request, service, value).await,
+                _ => Err(AuthError::MissingSignature {
+                    bearer_too: self.jwt.is_some(),
+                }),
+            },
+            _ => Err(AuthError::Missing),
+        }
+    }
+}
+
+impl SigV4Verifier {
+    async fn verify(
+        &self,
+        request: &Request<'_>,
+        service: &str,
+        authorization: &str,
+    ) -> Result<Caller, AuthError> {
+        let auth = Authorization::parse(authorization).map_err(AuthError::Signature)?;
+        if auth.service != service {
+            return Err(AuthError::Scope(format!(
+                "the service {service}, not {}",
+                auth.service
+            )));
+        }
+        if let Some(region) = self.region.as_deref().filter(|r| *r != auth.region) {
+            return Err(AuthError::Scope(format!("the region {region}")));
+        }
+        let known = match self.keys.resolve(&auth.access_key_id).await {
+            Ok(known) => known,
+            Err(KeyError::Unknown) => return Err(AuthError::UnknownKey),
+            Err(e) => {
+                tracing::error!(
+                    access_key_id = %auth.access_key_id,
+                    error = %e,
+                    "access key lookup failed"
+                );
+                return Err(AuthError::Unavailable);
+            }
+        };
+        sigv4::verify(request, &auth, &known.secret, None, SystemTime::now())
+            .map_err(AuthError::Signature)?;
+        Ok(known.caller.clone())
     }
 }
 
@@ -193,91 +377,4 @@ impl JwtVerifier {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    use serde_json::json;
-
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-    fn jwt_auth() -> Authenticator {
-        let mut api = ApiConfig {
-            auth: AuthMode::Jwt,
-            ..ApiConfig::default()
-        };
-        api.jwt.hs256_secret = Some(SECRET.to_owned());
-        Authenticator::from_config(&api).unwrap()
-    }
-
-    fn token(claims: Value, secret: &str) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    }
-
-    fn exp() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600
-    }
-
-    #[test]
-    fn none_mode_is_root_and_ignores_sigv4() {
-        let auth = Authenticator::from_config(&ApiConfig::default()).unwrap();
-        let c = auth
-            .authenticate(Some(
-                "AWS4-HMAC-SHA256 Credential=x/20260101/eu-west-1/lambda",
-            ))
-            .unwrap();
-        assert_eq!(c, Caller::root());
-    }
-
-    #[test]
-    fn jwt_claims_become_the_caller() {
-        let t = token(
-            json!({"sub": "ann", "role": "Read", "domain": "sub1", "exp": exp()}),
-            SECRET,
-        );
-        let c = jwt_auth()
-            .authenticate(Some(&format!("Bearer {t}")))
-            .unwrap();
-        assert_eq!(c.user, "ann");
-        assert_eq!(c.role, Role::Read);
-        assert_eq!(c.domain, "sub1");
-    }
-
-    #[test]
-    fn jwt_refusals() {
-        let auth = jwt_auth();
-        assert!(matches!(auth.authenticate(None), Err(AuthError::Missing)));
-        let wrong = token(
-            json!({"sub": "a", "role": "Read", "domain": "root", "exp": exp()}),
-            "another-secret-another-secret-xx",
-        );
-        assert!(matches!(
-            auth.authenticate(Some(&format!("Bearer {wrong}"))),
-            Err(AuthError::Invalid(_))
-        ));
-        let expired = token(
-            json!({"sub": "a", "role": "Read", "domain": "root", "exp": 1000}),
-            SECRET,
-        );
-        assert!(matches!(
-            auth.authenticate(Some(&format!("Bearer {expired}"))),
-            Err(AuthError::Invalid(_))
-        ));
-        let bad_role = token(
-            json!({"sub": "a", "role": "Admin", "domain": "root", "exp": exp()}),
-            SECRET,
-        );
-        assert!(matches!(
-            auth.authenticate(Some(&format!("Bearer {bad_role}"))),
-            Err(AuthError::Claim { .. })
-        ));
-    }
-}
+mod tests;

@@ -128,24 +128,28 @@ pub struct ApiConfig {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
     /// `none`: every caller is root with ReadWrite (only allowed on a loopback address);
-    /// `jwt`: `Authorization: Bearer <token>` checked as `api.jwt` says.
-    pub auth: AuthMode,
+    /// `jwt`: `Authorization: Bearer <token>` checked as `api.jwt` says; `sigv4`: requests
+    /// signed by an AWS SDK with an access key `ccstream credentials create` made, checked as
+    /// `api.sigv4` says. A list (`["sigv4", "jwt"]`) accepts each of its ways.
+    pub auth: AuthModes,
     /// Largest request body accepted, in bytes (AWS Lambda's synchronous payload limit is 6 MB;
     /// rules are small, so 1 MiB is plenty and bounds memory per request).
     pub max_body_bytes: usize,
     /// Seconds before a request is answered with a timeout error.
     pub request_timeout_secs: u64,
     pub jwt: JwtConfig,
+    pub sigv4: SigV4Config,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
-            auth: AuthMode::None,
+            auth: AuthModes::One(AuthMode::None),
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             jwt: JwtConfig::default(),
+            sigv4: SigV4Config::default(),
         }
     }
 }
@@ -155,6 +159,41 @@ impl Default for ApiConfig {
 pub enum AuthMode {
     None,
     Jwt,
+    Sigv4,
+}
+
+/// `api.auth`: one way, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AuthModes {
+    One(AuthMode),
+    Many(Vec<AuthMode>),
+}
+
+impl AuthModes {
+    pub fn modes(&self) -> &[AuthMode] {
+        match self {
+            AuthModes::One(mode) => std::slice::from_ref(mode),
+            AuthModes::Many(modes) => modes,
+        }
+    }
+
+    pub fn accepts(&self, mode: AuthMode) -> bool {
+        self.modes().contains(&mode)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigV4Config {
+    /// When set, a request's credential scope must name this region; any region otherwise.
+    pub region: Option<String>,
+    /// 32 random bytes in base64 (`openssl rand -base64 32`), the same on every replica: access
+    /// keys' secrets are stored sealed under it. Give it through the environment
+    /// (`CCSTREAM_API__SIGV4__MASTER_KEY`, from a Secret) or `master_key_file`.
+    pub master_key: Option<String>,
+    /// A file holding the master key (a mounted Secret), read at start-up.
+    pub master_key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,6 +375,7 @@ impl Config {
         let hide = |s: &Option<String>| s.as_ref().map(|_| HIDDEN.to_owned());
         let mut c = self.clone();
         c.api.jwt.hs256_secret = hide(&c.api.jwt.hs256_secret);
+        c.api.sigv4.master_key = hide(&c.api.sigv4.master_key);
         c.mqtt.password = hide(&c.mqtt.password);
         c.mqtt.url = redact::url_password(&c.mqtt.url);
         c.store.url = redact::url_password(&c.store.url);
@@ -358,14 +398,47 @@ impl Config {
                 "must not be empty outside production",
             ));
         }
-        if self.api.auth == AuthMode::None && !self.api.listen.ip().is_loopback() {
+        let modes = self.api.auth.modes();
+        if modes.is_empty() {
+            return Err(invalid(
+                "api.auth",
+                "name at least one way: none, jwt, sigv4",
+            ));
+        }
+        if modes.len() > 1 && self.api.auth.accepts(AuthMode::None) {
+            return Err(invalid(
+                "api.auth",
+                "\"none\" accepts every caller: it cannot be combined with other ways",
+            ));
+        }
+        if modes
+            .iter()
+            .enumerate()
+            .any(|(i, m)| modes[..i].contains(m))
+        {
+            return Err(invalid("api.auth", "a way is named twice"));
+        }
+        if self.api.auth.accepts(AuthMode::None) && !self.api.listen.ip().is_loopback() {
             return Err(invalid(
                 "api.auth",
                 "\"none\" makes every caller root; it is only allowed when api.listen is a \
-                 loopback address (use \"jwt\")",
+                 loopback address (use \"jwt\" or \"sigv4\")",
             ));
         }
-        if self.api.auth == AuthMode::Jwt {
+        if self.api.auth.accepts(AuthMode::Sigv4) {
+            let sigv4 = &self.api.sigv4;
+            if sigv4.master_key.is_some() == sigv4.master_key_file.is_some() {
+                return Err(invalid(
+                    "api.sigv4",
+                    "set exactly one of master_key, master_key_file (32 random bytes in \
+                     base64: openssl rand -base64 32)",
+                ));
+            }
+            if sigv4.region.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid("api.sigv4.region", "must not be empty when set"));
+            }
+        }
+        if self.api.auth.accepts(AuthMode::Jwt) {
             let jwt = &self.api.jwt;
             let keys = [
                 jwt.hs256_secret.is_some(),
@@ -554,7 +627,7 @@ mod tests {
     #[test]
     fn jwt_needs_one_key() {
         let mut c = Config::default();
-        c.api.auth = AuthMode::Jwt;
+        c.api.auth = AuthModes::One(AuthMode::Jwt);
         assert!(c.validate().is_err());
         c.api.jwt.hs256_secret = Some("x".repeat(32));
         c.validate().unwrap();

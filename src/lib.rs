@@ -7,7 +7,8 @@
 //! - [`server`]: builds every part and runs until a shutdown signal.
 //! - [`engine`]: MQTT source → rule evaluation → webhooks, rules kept current from the store.
 //! - [`api`]: the Lambda-compatible invoke endpoint and `/healthz`, `/readyz`, `/metrics`.
-//! - [`auth`]: who is calling (none or JWT) and with which role and domain.
+//! - [`auth`]: who is calling (none, JWT or SigV4) and with which role and domain.
+//! - [`credentials`], [`dead_letters`]: the operator's commands for access keys and dead letters.
 //! - [`store`]: rules in SQLite or PostgreSQL.
 //! - [`telemetry`], [`shutdown`]: logs, metrics, signals.
 //! - [`healthcheck`]: `ccstream healthcheck`, the probe for images without curl.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod dead_letters;
 pub mod engine;
 pub mod healthcheck;

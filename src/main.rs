@@ -1,4 +1,5 @@
-//! `ccstream [--config FILE] [check-config | healthcheck [--ready] | dead-letter list|replay]`:
+//! `ccstream [--config FILE] [check-config | healthcheck [--ready] | dead-letter list|replay |
+//! credentials create|list|revoke]`:
 //! parses the command line, loads the configuration, and runs the service until SIGINT or
 //! SIGTERM, checks the configuration, probes a running service, or lists and replays the webhook
 //! dead letters.
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ccstream::config::Config;
+use ccstream::credentials;
 use ccstream::dead_letters::{self, Selection};
 use clap::{Parser, Subcommand};
 
@@ -42,6 +44,35 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Static access keys for `api.auth = "sigv4"` (in the rule store, secrets sealed under
+    /// `api.sigv4.master_key`).
+    Credentials {
+        #[command(subcommand)]
+        action: CredentialsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsAction {
+    /// Make a key and print {"accessKeyId", "secretAccessKey"}: the only time the secret is shown.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// Read or ReadWrite.
+        #[arg(long)]
+        role: String,
+        /// The domain the key's caller belongs to (it sees that domain and its subdomains).
+        #[arg(long)]
+        domain: String,
+    },
+    /// Every key with its user, role, domain and dates (never a secret).
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the key from now on (every replica within a second).
+    Revoke { access_key_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +117,39 @@ fn main() -> ExitCode {
             timeout_secs,
         }) => healthcheck(&config, ready, Duration::from_secs(timeout_secs)),
         Some(Command::DeadLetter { action }) => dead_letter(&config, action),
+        Some(Command::Credentials { action }) => credentials(&config, action),
+    }
+}
+
+fn credentials(config: &Config, action: CredentialsAction) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        match action {
+            CredentialsAction::Create { user, role, domain } => {
+                credentials::create(config, &user, &role, &domain).await
+            }
+            CredentialsAction::List { json } => credentials::list(config, json).await,
+            CredentialsAction::Revoke { access_key_id } => {
+                credentials::revoke(config, &access_key_id).await
+            }
+        }
+    });
+    printed(result)
+}
+
+/// Prints a command's output, or its error on stderr.
+fn printed(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccstream: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -106,16 +170,7 @@ fn dead_letter(config: &Config, action: DeadLetterAction) -> ExitCode {
             Duration::from_secs(wait_secs),
         )),
     };
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ccstream: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    printed(result)
 }
 
 fn run(config: Config) -> ExitCode {

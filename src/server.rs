@@ -61,7 +61,6 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let auth = Authenticator::from_config(&config.api)?;
     let store = RuleStore::connect(&config.store.url)
         .await
         .with_context(|| {
@@ -70,6 +69,7 @@ pub async fn run(
                 redact::url_password(&config.store.url)
             )
         })?;
+    let auth = Authenticator::from_config(&config.api, &store)?;
     let directory = Arc::new(RwLock::new(load_directory(&config, &store).await?));
     let id_prefix = (!config.stack.production).then(|| config.stack.name.clone());
     let ssrf = Arc::new(

@@ -17,5 +17,5 @@ pub mod frames;
 mod intake;
 pub mod objects;
 pub mod search;
-mod utc;
+pub mod utc;
 pub mod webhook;

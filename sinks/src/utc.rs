@@ -1,5 +1,6 @@
 //! UTC calendar time of a millisecond timestamp, for the names and fields that carry dates:
-//! object keys, daily index names, dead-letter files and their `time` field.
+//! object keys, daily index names, dead-letter files and their `time` field, and the times the
+//! service's commands print.
 
 use time::OffsetDateTime;
 
@@ -15,9 +16,24 @@ pub(crate) fn from_ms(ms: u64) -> OffsetDateTime {
         })
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of `ms` since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let t = from_ms(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::from_ms;
+    use super::{from_ms, rfc3339};
     use time::Month;
 
     #[test]
@@ -27,5 +43,6 @@ mod tests {
         assert_eq!((t.hour(), t.minute(), t.second()), (19, 23, 33));
         assert_eq!(t.millisecond(), 164);
         assert_eq!(from_ms(u64::MAX), time::OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(rfc3339(1_460_661_813_164), "2016-04-14T19:23:33.164Z");
     }
 }

@@ -7,18 +7,20 @@
 //! ```
 //!
 //! The directory spans every tenant, so only callers of the root domain may use it (and only
-//! `ReadWrite` callers may import). With `api.auth = "none"` every caller is root.
+//! `ReadWrite` callers may import). With `api.auth = "none"` every caller is root; SigV4
+//! callers sign for the `lambda` service, as for the Rule API.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rule_engine::directory::DirectorySnapshot;
 use serde_json::json;
 
+use super::invoke::LAMBDA;
 use super::AppState;
-use crate::auth::{Caller, Role};
+use crate::auth::{Caller, Request, Role};
 
 /// Largest import body: 100,000 things take about 8 MB.
 pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -36,15 +38,31 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     Refused(status, message.into()).into_response()
 }
 
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Refused> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+/// The caller of `method` on the URI `uri` with `body`; SigV4 callers sign for the `lambda`
+/// service, as for the Rule API.
+async fn caller(
+    state: &AppState,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, Refused> {
+    let request = Request {
+        method,
+        path_and_query: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+        headers,
+        body,
+    };
     let caller = state
         .inner
         .auth
-        .authenticate(authorization)
-        .map_err(|e| Refused(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        .authenticate(&request, LAMBDA)
+        .await
+        .map_err(|e| {
+            let status =
+                StatusCode::from_u16(e.aws_error().status).unwrap_or(StatusCode::UNAUTHORIZED);
+            Refused(status, e.to_string())
+        })?;
     if caller.domain != rule_engine::ROOT {
         return Err(Refused(
             StatusCode::FORBIDDEN,
@@ -54,8 +72,8 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Refused> {
     Ok(caller)
 }
 
-pub async fn export(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&state, &headers) {
+pub async fn export(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&state, "GET", &uri, &headers, b"").await {
         return r.into_response();
     }
     let snapshot = {
@@ -68,8 +86,13 @@ pub async fn export(State(state): State<AppState>, headers: HeaderMap) -> Respon
     Json(snapshot).into_response()
 }
 
-pub async fn import(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let caller = match caller(&state, &headers) {
+pub async fn import(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match caller(&state, "POST", &uri, &headers, &body).await {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };

@@ -158,7 +158,7 @@ pub enum ProtocolError {
     #[error("Request must be smaller than {limit} bytes for the InvokeFunction operation")]
     TooLarge { limit: usize },
     #[error("{0}")]
-    Unauthenticated(String),
+    Unauthenticated(crate::auth::AuthError),
     #[error("Unsupported invocation type: {0}")]
     InvocationType(String),
     #[error("Could not read the request body: {0}")]
@@ -177,8 +177,12 @@ impl ProtocolError {
             ProtocolError::TooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException")
             }
-            ProtocolError::Unauthenticated(_) => {
-                (StatusCode::UNAUTHORIZED, "UnrecognizedClientException")
+            ProtocolError::Unauthenticated(e) => {
+                let aws = e.aws_error();
+                (
+                    StatusCode::from_u16(aws.status).unwrap_or(StatusCode::FORBIDDEN),
+                    aws.error_type,
+                )
             }
             ProtocolError::InvocationType(_) => {
                 (StatusCode::BAD_REQUEST, "InvalidParameterValueException")

@@ -7,12 +7,16 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
 use super::error::{FunctionError, ProtocolError};
+use crate::auth::Request;
+
+/// The service a Lambda client's credential scope names.
+pub const LAMBDA: &str = "lambda";
 use super::rule_lambda::Action;
 use super::AppState;
 
@@ -55,11 +59,14 @@ enum InvocationType {
 pub async fn invoke(
     State(state): State<AppState>,
     Path(function_name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let (function, action, outcome, response) = run(&state, &function_name, &headers, body).await;
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let (function, action, outcome, response) =
+        run(&state, &function_name, path_and_query, &headers, body).await;
     metrics::counter!(
         "ccstream_api_requests_total",
         "function" => function,
@@ -77,17 +84,26 @@ pub async fn invoke(
 async fn run(
     state: &AppState,
     function_name: &str,
+    path_and_query: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> (&'static str, &'static str, &'static str, Response) {
     let inner = &state.inner;
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = match inner.auth.authenticate(authorization) {
+    // The body first: a SigV4 signature covers it.
+    let body = match read_body(headers, body, inner.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
+    };
+    let request = Request {
+        method: "POST",
+        path_and_query,
+        headers,
+        body: &body,
+    };
+    let caller = match inner.auth.authenticate(&request, LAMBDA).await {
         Ok(caller) => caller,
         Err(e) => {
-            let err = ProtocolError::Unauthenticated(e.to_string());
+            let err = ProtocolError::Unauthenticated(e);
             return ("unknown", "none", err.type_label(), err.into_response());
         }
     };
@@ -106,7 +122,7 @@ async fn run(
         Ok(t) => t,
         Err(err) => return (label, "none", err.type_label(), err.into_response()),
     };
-    let payload = match read_payload(headers, body, inner.max_body_bytes).await {
+    let payload = match parse_payload(&body) {
         Ok(p) => p,
         Err(err) => return (label, "none", err.type_label(), err.into_response()),
     };
@@ -164,12 +180,12 @@ fn invocation_type(headers: &HeaderMap) -> Result<InvocationType, ProtocolError>
     }
 }
 
-/// Reads at most `limit` bytes and parses them as JSON; an empty body is `{}` as in Lambda.
-async fn read_payload(
+/// Reads at most `limit` bytes.
+async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Value, ProtocolError> {
+) -> Result<Vec<u8>, ProtocolError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -199,10 +215,15 @@ async fn read_payload(
     if too_large {
         return Err(ProtocolError::TooLarge { limit });
     }
+    Ok(bytes)
+}
+
+/// The payload as JSON; an empty body is `{}` as in Lambda.
+fn parse_payload(bytes: &[u8]) -> Result<Value, ProtocolError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))
+    serde_json::from_slice(bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))
 }
 
 /// How much of an oversized body is read (and dropped) before answering 413.
@@ -296,11 +317,11 @@ mod tests {
     #[tokio::test]
     async fn payload_reading() {
         let h = HeaderMap::new();
-        let v = read_payload(&h, Body::from("  "), 10).await.unwrap();
+        let v = parse_payload(&read_body(&h, Body::from("  "), 10).await.unwrap()).unwrap();
         assert_eq!(v, json!({}));
-        let e = read_payload(&h, Body::from("{nope"), 10).await.unwrap_err();
+        let e = parse_payload(b"{nope").unwrap_err();
         assert!(matches!(e, ProtocolError::InvalidJson(_)));
-        let e = read_payload(&h, Body::from("[1,2,3,4,5,6,7]"), 10)
+        let e = read_body(&h, Body::from("[1,2,3,4,5,6,7]"), 10)
             .await
             .unwrap_err();
         assert!(matches!(e, ProtocolError::TooLarge { .. }), "{e:?}");

@@ -17,6 +17,8 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::Request;
+
 /// How far `X-Amz-Date` may be from now, either way.
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
@@ -105,28 +107,10 @@ impl Authorization {
     }
 }
 
-/// A request as it arrived: method, path and query as sent, headers, body.
-#[derive(Debug)]
-pub struct Incoming<'a> {
-    pub method: &'a str,
-    pub path_and_query: &'a str,
-    pub headers: &'a [(String, String)],
-    pub body: &'a [u8],
-}
-
-impl Incoming<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Checks `request`, signed as `auth` says, against the secret (and session token) of its
 /// access key, at `now`.
 pub fn verify(
-    request: &Incoming<'_>,
+    request: &Request<'_>,
     auth: &Authorization,
     secret_access_key: &str,
     session_token: Option<&str>,

@@ -22,6 +22,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor, Row};
 
+pub use credentials::StoredCredential;
+
+mod credentials;
 mod directory;
 pub mod notify;
 #[cfg(test)]

@@ -238,23 +238,17 @@ fn utc_date(time: SystemTime) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub(crate) fn rfc3339_utc(time: SystemTime) -> String {
-    let t = utc_time(time);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    utc::rfc3339(epoch_ms(time))
 }
 
 fn utc_time(time: SystemTime) -> time::OffsetDateTime {
+    utc::from_ms(epoch_ms(time))
+}
+
+fn epoch_ms(time: SystemTime) -> u64 {
     // A clock before 1970 is a broken clock; write it as the epoch rather than fail.
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    utc::from_ms(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
