@@ -8,8 +8,11 @@
 //! - `sigv4` checks an AWS SDK's signature ([`sigv4`]) with the secret of its access key
 //!   ([`keys`]), which resolves to the three facts.
 
+pub mod exchange;
 pub mod keys;
+pub mod oidc;
 pub mod seal;
+pub mod session;
 pub mod sigv4;
 
 use std::fmt;
@@ -23,6 +26,7 @@ use crate::config::{ApiConfig, AuthMode, JwtConfig, SigV4Config};
 use crate::store::RuleStore;
 use keys::{KeyError, StaticKeys};
 use seal::MasterKey;
+use session::SessionError;
 use sigv4::{Authorization, SigV4Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,8 @@ pub enum AuthError {
     Scope(String),
     #[error("The security token included in the request is invalid.")]
     UnknownKey,
+    #[error("The security token included in the request is expired")]
+    Expired,
     /// The key store could not be read; logged with the cause, the client sees only this.
     #[error("the credentials could not be checked; try again")]
     Unavailable,
@@ -113,6 +119,7 @@ impl AuthError {
             AuthError::Signature(SigV4Error::Malformed) => (403, "IncompleteSignatureException"),
             AuthError::Signature(_) | AuthError::Scope(_) => (403, "InvalidSignatureException"),
             AuthError::UnknownKey => (403, "UnrecognizedClientException"),
+            AuthError::Expired => (403, "ExpiredTokenException"),
             AuthError::Unavailable => (500, "ServiceException"),
         };
         AwsError { status, error_type }
@@ -130,6 +137,7 @@ impl AuthError {
             AuthError::Signature(_) => "bad_signature",
             AuthError::Scope(_) => "scope",
             AuthError::UnknownKey => "unknown_key",
+            AuthError::Expired => "expired",
             AuthError::Unavailable => "unavailable",
         }
     }
@@ -168,14 +176,54 @@ pub struct Authenticator {
 struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
-    user_claim: String,
-    role_claim: String,
-    domain_claim: String,
+    claims: ClaimNames,
+}
+
+/// Which claims of a token carry the caller (`api.jwt.*_claim`; OIDC tokens use them too).
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    pub user: String,
+    pub role: String,
+    pub domain: String,
+}
+
+impl ClaimNames {
+    pub fn of(cfg: &JwtConfig) -> ClaimNames {
+        ClaimNames {
+            user: cfg.user_claim.clone(),
+            role: cfg.role_claim.clone(),
+            domain: cfg.domain_claim.clone(),
+        }
+    }
+
+    /// The caller these claims name; the error names the claim that is missing or unusable.
+    pub fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, AuthError> {
+        let text = |name: &str| -> Result<String, AuthError> {
+            claims
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| AuthError::Claim {
+                    claim: name.to_owned(),
+                })
+        };
+        let role = Role::parse(&text(&self.role)?).ok_or_else(|| AuthError::Claim {
+            claim: self.role.clone(),
+        })?;
+        Ok(Caller {
+            user: text(&self.user)?,
+            role,
+            domain: text(&self.domain)?,
+        })
+    }
 }
 
 struct SigV4Verifier {
     region: Option<String>,
     keys: StaticKeys,
+    /// Opens the session tokens of temporary credentials.
+    master: MasterKey,
 }
 
 impl fmt::Debug for Authenticator {
@@ -214,10 +262,14 @@ impl Authenticator {
             false => None,
         };
         let sigv4 = match api.auth.accepts(AuthMode::Sigv4) {
-            true => Some(SigV4Verifier {
-                region: api.sigv4.region.clone(),
-                keys: StaticKeys::new(store.clone(), master_key(&api.sigv4)?),
-            }),
+            true => {
+                let master = master_key(&api.sigv4)?;
+                Some(SigV4Verifier {
+                    region: api.sigv4.region.clone(),
+                    keys: StaticKeys::new(store.clone(), master.clone()),
+                    master,
+                })
+            }
             false => None,
         };
         Ok(Authenticator {
@@ -288,6 +340,20 @@ impl SigV4Verifier {
         if let Some(region) = self.region.as_deref().filter(|r| *r != auth.region) {
             return Err(AuthError::Scope(format!("the region {region}")));
         }
+        let now = SystemTime::now();
+        if let Some(token) = request.header(sigv4::SESSION_TOKEN) {
+            // Temporary credentials: everything is in the token.
+            let session = session::open(&self.master, token, now).map_err(|e| match e {
+                SessionError::Invalid => AuthError::UnknownKey,
+                SessionError::Expired => AuthError::Expired,
+            })?;
+            if session.access_key_id != auth.access_key_id {
+                return Err(AuthError::UnknownKey);
+            }
+            sigv4::verify(request, &auth, &session.secret, Some(token), now)
+                .map_err(AuthError::Signature)?;
+            return Ok(session.caller);
+        }
         let known = match self.keys.resolve(&auth.access_key_id).await {
             Ok(known) => known,
             Err(KeyError::Unknown) => return Err(AuthError::UnknownKey),
@@ -300,8 +366,7 @@ impl SigV4Verifier {
                 return Err(AuthError::Unavailable);
             }
         };
-        sigv4::verify(request, &auth, &known.secret, None, SystemTime::now())
-            .map_err(AuthError::Signature)?;
+        sigv4::verify(request, &auth, &known.secret, None, now).map_err(AuthError::Signature)?;
         Ok(known.caller.clone())
     }
 }
@@ -344,34 +409,14 @@ impl JwtVerifier {
         Ok(JwtVerifier {
             key,
             validation,
-            user_claim: cfg.user_claim.clone(),
-            role_claim: cfg.role_claim.clone(),
-            domain_claim: cfg.domain_claim.clone(),
+            claims: ClaimNames::of(cfg),
         })
     }
 
     fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
-        let text = |name: &str| -> Result<String, AuthError> {
-            claims
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| AuthError::Claim {
-                    claim: name.to_owned(),
-                })
-        };
-        let role = Role::parse(&text(&self.role_claim)?).ok_or_else(|| AuthError::Claim {
-            claim: self.role_claim.clone(),
-        })?;
-        Ok(Caller {
-            user: text(&self.user_claim)?,
-            role,
-            domain: text(&self.domain_claim)?,
-        })
+        self.claims.caller(&data.claims)
     }
 }
 

@@ -139,6 +139,7 @@ pub struct ApiConfig {
     pub request_timeout_secs: u64,
     pub jwt: JwtConfig,
     pub sigv4: SigV4Config,
+    pub oidc: OidcConfig,
 }
 
 impl Default for ApiConfig {
@@ -150,6 +151,7 @@ impl Default for ApiConfig {
             request_timeout_secs: 30,
             jwt: JwtConfig::default(),
             sigv4: SigV4Config::default(),
+            oidc: OidcConfig::default(),
         }
     }
 }
@@ -194,6 +196,24 @@ pub struct SigV4Config {
     pub master_key: Option<String>,
     /// A file holding the master key (a mounted Secret), read at start-up.
     pub master_key_file: Option<String>,
+}
+
+/// The OpenID Connect provider whose tokens STS `AssumeRoleWithWebIdentity` and Cognito
+/// Identity `GetCredentialsForIdentity` exchange for temporary credentials (served on `POST /`
+/// when `issuer` is set). The caller comes from the claims `api.jwt` names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The `iss` tokens must carry (`https://login.example.com`).
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry (the client id the provider issued them to).
+    pub audience: Option<String>,
+    /// The provider's keys (a JSON Web Key Set) from a file, read at start-up...
+    pub jwks_file: Option<String>,
+    /// ...or from a URL, fetched at start-up and again when a token names a key not seen yet.
+    pub jwks_url: Option<String>,
+    /// When set, Cognito calls must name this identity pool.
+    pub identity_pool_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -438,6 +458,32 @@ impl Config {
                 return Err(invalid("api.sigv4.region", "must not be empty when set"));
             }
         }
+        let oidc = &self.api.oidc;
+        if oidc.issuer.is_some() {
+            if !self.api.auth.accepts(AuthMode::Sigv4) {
+                return Err(invalid(
+                    "api.oidc",
+                    "the credentials it hands out are SigV4 keys: api.auth must accept \"sigv4\"",
+                ));
+            }
+            if oidc.audience.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "api.oidc.audience",
+                    "must be set with api.oidc.issuer",
+                ));
+            }
+            if oidc.jwks_file.is_some() == oidc.jwks_url.is_some() {
+                return Err(invalid(
+                    "api.oidc",
+                    "set exactly one of jwks_file, jwks_url",
+                ));
+            }
+        } else if oidc.audience.is_some() || oidc.jwks_file.is_some() || oidc.jwks_url.is_some() {
+            return Err(invalid(
+                "api.oidc.issuer",
+                "must be set with the other api.oidc keys",
+            ));
+        }
         if self.api.auth.accepts(AuthMode::Jwt) {
             let jwt = &self.api.jwt;
             let keys = [
@@ -633,6 +679,28 @@ mod tests {
         c.validate().unwrap();
         c.api.jwt.rs256_public_key_pem = Some("pem".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn sigv4_and_oidc_name_what_is_missing() {
+        let key = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut c = Config::default();
+        c.api.auth = AuthModes::Many(vec![AuthMode::Sigv4, AuthMode::Sigv4]);
+        assert!(key(&c).contains("named twice"));
+        c.api.auth = AuthModes::One(AuthMode::Sigv4);
+        assert!(key(&c).contains("api.sigv4: set exactly one"), "{}", key(&c));
+        c.api.sigv4.master_key = Some("k".into());
+        c.validate().unwrap();
+        c.api.oidc.issuer = Some("https://idp".into());
+        assert!(key(&c).contains("api.oidc.audience:"), "{}", key(&c));
+        c.api.oidc.audience = Some("app".into());
+        assert!(key(&c).contains("jwks_file, jwks_url"), "{}", key(&c));
+        c.api.oidc.jwks_url = Some("https://idp/jwks".into());
+        c.validate().unwrap();
+        c.api.auth = AuthModes::One(AuthMode::None);
+        assert!(key(&c).contains("must accept \"sigv4\""), "{}", key(&c));
+        c.api.oidc.issuer = None;
+        assert!(key(&c).contains("api.oidc.issuer:"), "{}", key(&c));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 use crate::api::observation_lambda::ObservationApi;
 use crate::api::rule_lambda::RuleApi;
 use crate::api::{router, AppState, EngineStatus};
+use crate::auth::exchange::Exchange;
+use crate::auth::oidc::OidcVerifier;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine;
@@ -70,6 +72,14 @@ pub async fn run(
             )
         })?;
     let auth = Authenticator::from_config(&config.api, &store)?;
+    let exchange = match OidcVerifier::from_config(&config.api.oidc, &config.api.jwt).await? {
+        Some(oidc) => Some(Exchange::new(
+            oidc,
+            crate::auth::master_key(&config.api.sigv4)?,
+            &config.api,
+        )),
+        None => None,
+    };
     let directory = Arc::new(RwLock::new(load_directory(&config, &store).await?));
     let id_prefix = (!config.stack.production).then(|| config.stack.name.clone());
     let ssrf = Arc::new(
@@ -95,6 +105,7 @@ pub async fn run(
     };
     let state = AppState::new(
         auth,
+        exchange,
         rules,
         observations,
         store.clone(),

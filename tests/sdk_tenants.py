@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Tenants with their own static access keys drive ccstream through unmodified boto3 clients.
+"""Tenants with their own identities drive ccstream through unmodified boto3 clients: static
+access keys, and temporary credentials from STS or Cognito Identity for an OIDC token.
 
 Usage:
   sdk_tenants.py matrix <endpoint> <keys.json>
@@ -9,16 +10,30 @@ Usage:
       `lambda.invoke` signed with SigV4: CREATE/GET/LIST/UPDATE/REMOVE across sibling and parent
       domains, readonly marks, Read callers refused, then FIND as sub1_rw and as other_rw (the
       test checks what reached the search stand-in).
-  sdk_tenants.py refused <endpoint> <accessKeyId> <secretAccessKey> <ErrorCode>
+  sdk_tenants.py refused <endpoint> <accessKeyId> <secretAccessKey> <ErrorCode> [<sessionToken>]
       A LIST with these keys must raise botocore's ClientError with this code.
+  sdk_tenants.py list <endpoint> <accessKeyId> <secretAccessKey>
+      A LIST with these keys succeeds.
+  sdk_tenants.py web-identity <endpoint> <token> <own domain> <foreign domain>
+      STS assume_role_with_web_identity with the OIDC token, then lambda.invoke with those
+      credentials: a rule in the own domain is made, listed and removed, one in the foreign
+      domain is refused (NOT_AUTHORIZED_DOMAIN); the same session token altered is refused
+      (UnrecognizedClientException).
+  sdk_tenants.py cognito <endpoint> <provider> <token> <own domain>
+      Cognito Identity get_id + get_credentials_for_identity with Logins {provider: token}, then
+      lambda.invoke with those credentials (a rule made and removed in the own domain).
+  sdk_tenants.py sts-refused <endpoint> <token> <ErrorCode>
+      assume_role_with_web_identity must raise ClientError with this code.
 
-Prints "sdk_tenants: OK" and exits 0, or exits 1 with the first mismatch. Run by tests/sigv4.rs.
+Prints "sdk_tenants: OK" and exits 0, or exits 1 with the first mismatch. Run by tests/sigv4.rs
+and tests/web_identity.rs.
 """
 
 import json
 import sys
 
 import boto3
+import botocore
 import botocore.exceptions
 from botocore.config import Config
 
@@ -36,16 +51,82 @@ def check(cond, msg):
         fail(msg)
 
 
-def client(endpoint, key, secret):
+# One attempt: a refusal must surface as it is, not be retried.
+ONCE = Config(retries={"total_max_attempts": 1})
+
+
+def client(endpoint, key, secret, token=None, service="lambda"):
     return boto3.client(
-        "lambda",
+        service,
         endpoint_url=endpoint,
         region_name="eu-west-1",
         aws_access_key_id=key,
         aws_secret_access_key=secret,
-        # One attempt: a refusal must surface as it is, not be retried.
-        config=Config(retries={"total_max_attempts": 1}),
+        aws_session_token=token,
+        config=ONCE,
     )
+
+
+def unsigned(endpoint, service):
+    """A client for the calls that carry no signature (STS web identity, Cognito)."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="eu-west-1",
+        config=Config(signature_version=botocore.UNSIGNED, retries={"total_max_attempts": 1}),
+    )
+
+
+def own_domain_round(lam, own, foreign):
+    made = create(lam, attrs(own, "made with temporary credentials"))
+    check(made["filter"]["domain"] == own, f"{made}")
+    check(made["id"] in listed(lam), "the rule made is not listed")
+    if foreign:
+        refused(lam, {"action": "CREATE", "attributes": attrs(foreign)}, "NOT_AUTHORIZED_DOMAIN")
+    check(ok(lam, by_id("REMOVE", made["id"])) is None, "REMOVE answers null")
+
+
+def web_identity(endpoint, token, own, foreign):
+    sts = unsigned(endpoint, "sts")
+    resp = sts.assume_role_with_web_identity(
+        RoleArn="arn:aws:iam::000000000000:role/ccstream-tenant",
+        RoleSessionName="sdk-test",
+        WebIdentityToken=token,
+        DurationSeconds=900,
+    )
+    c = resp["Credentials"]
+    check(c["AccessKeyId"].startswith("ASIA"), f"{c['AccessKeyId']}")
+    check(resp["AssumedRoleUser"]["Arn"].endswith("/ccstream-tenant/sdk-test"), f"{resp}")
+    lam = client(endpoint, c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+    own_domain_round(lam, own, foreign)
+    altered = c["SessionToken"][:-4] + ("AAAA" if not c["SessionToken"].endswith("AAAA") else "BBBB")
+    expect_refused(endpoint, c["AccessKeyId"], c["SecretAccessKey"], "UnrecognizedClientException", altered)
+
+
+def cognito(endpoint, provider, token, own):
+    ci = unsigned(endpoint, "cognito-identity")
+    logins = {provider: token}
+    identity = ci.get_id(IdentityPoolId="eu-west-1:00000000-0000-0000-0000-000000000000", Logins=logins)
+    again = ci.get_id(IdentityPoolId="eu-west-1:00000000-0000-0000-0000-000000000000", Logins=logins)
+    check(identity["IdentityId"] == again["IdentityId"], "the identity id changed between calls")
+    resp = ci.get_credentials_for_identity(IdentityId=identity["IdentityId"], Logins=logins)
+    c = resp["Credentials"]
+    lam = client(endpoint, c["AccessKeyId"], c["SecretKey"], c["SessionToken"])
+    own_domain_round(lam, own, None)
+
+
+def sts_refused(endpoint, token, code):
+    try:
+        unsigned(endpoint, "sts").assume_role_with_web_identity(
+            RoleArn="arn:aws:iam::000000000000:role/ccstream-tenant",
+            RoleSessionName="sdk-test",
+            WebIdentityToken=token,
+        )
+    except botocore.exceptions.ClientError as e:
+        got = e.response["Error"]["Code"]
+        check(got == code, f"expected {code}, got {got}: {e}")
+        return
+    fail(f"expected {code}, the call succeeded")
 
 
 def invoke(lam, payload, function=RULES):
@@ -162,9 +243,9 @@ def matrix(endpoint, keys):
         ok(lam[tenant], {"action": "FIND", "query": query}, OBSERVATIONS)
 
 
-def expect_refused(endpoint, key, secret, code):
+def expect_refused(endpoint, key, secret, code, token=None):
     try:
-        client(endpoint, key, secret).invoke(FunctionName=RULES, Payload=b'{"action": "LIST"}')
+        client(endpoint, key, secret, token).invoke(FunctionName=RULES, Payload=b'{"action": "LIST"}')
     except botocore.exceptions.ClientError as e:
         got = e.response["Error"]["Code"]
         check(got == code, f"expected {code}, got {got}: {e}")
@@ -177,8 +258,16 @@ def main():
     if len(args) == 3 and args[0] == "matrix":
         with open(args[2]) as f:
             matrix(args[1], json.load(f))
-    elif len(args) == 5 and args[0] == "refused":
+    elif len(args) in (5, 6) and args[0] == "refused":
         expect_refused(*args[1:])
+    elif len(args) == 4 and args[0] == "list":
+        listed(client(*args[1:]))
+    elif len(args) == 5 and args[0] == "web-identity":
+        web_identity(*args[1:])
+    elif len(args) == 5 and args[0] == "cognito":
+        cognito(*args[1:])
+    elif len(args) == 4 and args[0] == "sts-refused":
+        sts_refused(*args[1:])
     else:
         fail(__doc__)
     print("sdk_tenants: OK")

@@ -14,7 +14,7 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use common::{metric_value, Ccstream, LISTEN};
+use common::{metric_value, sdk_tenants, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use testkit::search_standin::StandIn;
 
@@ -54,35 +54,6 @@ fn create_key(svc: &Ccstream, user: &str, role: &str, domain: &str) -> Key {
         id: made["accessKeyId"].as_str().unwrap().to_owned(),
         secret: made["secretAccessKey"].as_str().unwrap().to_owned(),
     }
-}
-
-/// Runs tests/sdk_tenants.py with `args`; panics with its output unless it printed OK.
-async fn sdk(svc: &Ccstream, args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_tenants.py");
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let shown = args.clone();
-    // boto3's own timeouts (60 s per read, one attempt) bound the run.
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(script)
-            .args(&args)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python3 (scripts/setup-test-deps.sh installs boto3)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("sdk_tenants: OK"),
-        "sdk_tenants.py {shown:?}:\n{text}\n{}",
-        svc.logs()
-    );
 }
 
 /// A Rule API invoke as an SDK signs it, at `at`, with `extra` headers signed too.
@@ -212,7 +183,7 @@ async fn tenants_with_static_keys_drive_the_api_through_boto3() {
     }
     let keys_file = svc.dir().join("keys.json");
     std::fs::write(&keys_file, serde_json::to_vec(&keys).unwrap()).unwrap();
-    sdk(
+    sdk_tenants(
         &svc,
         &["matrix", &svc.base_url(), keys_file.to_str().unwrap()],
     )
@@ -236,7 +207,7 @@ async fn tenants_with_static_keys_drive_the_api_through_boto3() {
 
     // The SDK raises its usual exceptions for a wrong secret and an unknown key.
     let sub1 = &keys["sub1_rw"]["accessKeyId"];
-    sdk(
+    sdk_tenants(
         &svc,
         &[
             "refused",
@@ -247,7 +218,7 @@ async fn tenants_with_static_keys_drive_the_api_through_boto3() {
         ],
     )
     .await;
-    sdk(
+    sdk_tenants(
         &svc,
         &[
             "refused",

@@ -5,20 +5,26 @@
 //! - [`rule_lambda`]: the Rule API actions behind it.
 //! - [`error`]: function errors (spec 1.2) and protocol errors (Lambda's).
 //! - [`health`]: liveness, readiness and Prometheus metrics.
+//! - [`sts`], [`cognito`]: `POST /`, web identity tokens exchanged for temporary credentials
+//!   (STS `AssumeRoleWithWebIdentity`, Cognito Identity `GetId`/`GetCredentialsForIdentity`).
 
+pub mod cognito;
 pub mod directory;
 pub mod error;
 pub mod health;
 pub mod invoke;
 pub mod observation_lambda;
 pub mod rule_lambda;
+pub mod sts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -31,6 +37,7 @@ use sinks::objects::ObjectSinkHandle;
 use crate::engine::outputs::Token;
 use rule_engine::Directory;
 
+use crate::auth::exchange::Exchange;
 use crate::auth::Authenticator;
 use crate::store::RuleStore;
 use observation_lambda::ObservationApi;
@@ -44,6 +51,8 @@ pub struct AppState {
 
 struct Inner {
     auth: Authenticator,
+    /// STS and Cognito Identity, when `api.oidc.issuer` is set.
+    exchange: Option<Exchange>,
     rules: RuleApi,
     /// FIND, when `search.url` is set.
     observations: Option<ObservationApi>,
@@ -69,8 +78,10 @@ pub struct EngineStatus {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         auth: Authenticator,
+        exchange: Option<Exchange>,
         rules: RuleApi,
         observations: Option<ObservationApi>,
         store: RuleStore,
@@ -81,6 +92,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 auth,
+                exchange,
                 rules,
                 observations,
                 store,
@@ -111,6 +123,7 @@ impl AppState {
 /// The whole HTTP surface, so tests can drive it with `oneshot` as well as over a socket.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
+        .route("/", post(exchange))
         .route(
             "/2015-03-31/functions/{function}/invocations",
             post(invoke::invoke),
@@ -130,4 +143,25 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `POST /`: Cognito Identity when the call names an `X-Amz-Target`, STS otherwise.
+async fn exchange(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(exchange) = &state.inner.exchange else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "message": "POST / (STS and Cognito Identity) is served when api.oidc.issuer is set"
+            })),
+        )
+            .into_response();
+    };
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    let (api, (outcome, response)) = match target {
+        Some(target) => ("cognito", cognito::handle(exchange, target, &body).await),
+        None => ("sts", sts::handle(exchange, &body).await),
+    };
+    metrics::counter!("ccstream_api_exchanges_total", "api" => api, "outcome" => outcome)
+        .increment(1);
+    response
 }

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::seal::{MasterKey, SealError};
+use super::session;
 use super::{Caller, Role};
 use crate::store::{RuleStore, StoreError, StoredCredential};
 
@@ -127,24 +128,8 @@ pub fn generate(
     master: &MasterKey,
     caller: &Caller,
 ) -> Result<(StoredCredential, String), KeyError> {
-    use aes_gcm::aead::rand_core::RngCore;
-    use aes_gcm::aead::OsRng;
-
-    // AWS's shapes: AKIA and 16 characters of base32 for the id, 40 characters for the secret.
-    const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut id_bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut id_bytes);
-    let access_key_id: String = "AKIA"
-        .chars()
-        .chain(
-            id_bytes
-                .iter()
-                .map(|b| char::from(BASE32[usize::from(b % 32)])),
-        )
-        .collect();
-    let mut secret_bytes = [0u8; 30];
-    OsRng.fill_bytes(&mut secret_bytes);
-    let secret = STANDARD.encode(secret_bytes);
+    let access_key_id = session::random_key_id("AKIA");
+    let secret = session::random_secret();
     let sealed = master
         .seal(secret.as_bytes(), access_key_id.as_bytes())
         .map_err(|e| KeyError::Unusable {

@@ -11,7 +11,9 @@
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, SessionTokenMode, SignableBody, SignableRequest, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use sha2::{Digest, Sha256};
@@ -23,6 +25,9 @@ use super::Request;
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// The header temporary credentials' session token travels in.
+pub const SESSION_TOKEN: &str = "x-amz-security-token";
 
 /// Why a request's signature is refused. The texts name no secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,7 +139,7 @@ pub fn verify(
     let mut headers = Vec::with_capacity(auth.signed_headers.len());
     for name in &auth.signed_headers {
         // The signer adds these itself, from the time and the identity.
-        if name == "x-amz-date" || name == "x-amz-security-token" {
+        if name == "x-amz-date" || name == SESSION_TOKEN {
             continue;
         }
         let value = request
@@ -161,7 +166,7 @@ pub fn verify(
         .region(&auth.region)
         .name(&auth.service)
         .time(signed_at)
-        .settings(SigningSettings::default())
+        .settings(settings(auth))
         .build()
         .map_err(|_| SigV4Error::Malformed)?
         .into();
@@ -183,6 +188,20 @@ pub fn verify(
     } else {
         Err(SigV4Error::Mismatch)
     }
+}
+
+/// The signer's settings for a request signed as `auth` says: no header left out (only the
+/// signed ones are given, and a client may sign `user-agent`), and the session token inside
+/// the signature exactly when the client signed it.
+fn settings(auth: &Authorization) -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = None;
+    settings.session_token_mode = if auth.signed_headers.iter().any(|h| h == SESSION_TOKEN) {
+        SessionTokenMode::Include
+    } else {
+        SessionTokenMode::Exclude
+    };
+    settings
 }
 
 /// `yyyyMMddTHHmmssZ` as a time.

@@ -660,6 +660,35 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 /// JSON Web Tokens for the `api.auth = "jwt"` tests.
+/// Runs tests/sdk_tenants.py with `args`; panics with its output unless it printed OK.
+pub async fn sdk_tenants(svc: &Ccstream, args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_tenants.py");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let shown = args.clone();
+    // boto3's own timeouts (60 s per read, one attempt) bound the run.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(&args)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python3 (scripts/setup-test-deps.sh installs boto3)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("sdk_tenants: OK"),
+        "sdk_tenants.py {shown:?}:\n{text}\n{}",
+        svc.logs()
+    );
+}
+
 pub mod jwt {
     use std::path::Path;
     use std::process::Command;
@@ -692,10 +721,24 @@ pub mod jwt {
         .unwrap()
     }
 
+    /// RS256 with a key id in the header, as identity providers sign.
+    pub fn rs256_kid(claims: &Value, key: &RsaKey, kid: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        encode(
+            &header,
+            claims,
+            &EncodingKey::from_rsa_pem(key.private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
     /// An RSA key pair in PEM, made with the `openssl` CLI.
     pub struct RsaKey {
         pub private_pem: String,
         pub public_pem: String,
+        /// The modulus, big-endian bytes (the exponent is openssl's default, 65537).
+        pub modulus: Vec<u8>,
     }
 
     impl RsaKey {
@@ -722,10 +765,29 @@ pub mod jwt {
                 private_s,
             ]);
             run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
+            let out = Command::new("openssl")
+                .args(["rsa", "-in", private_s, "-noout", "-modulus"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            let hex = text.trim().strip_prefix("Modulus=").unwrap();
+            let modulus = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
             RsaKey {
                 private_pem: std::fs::read_to_string(&private).unwrap(),
                 public_pem: std::fs::read_to_string(&public).unwrap(),
+                modulus,
             }
+        }
+
+        /// This key as a JSON Web Key Set of one key named `kid`.
+        pub fn jwks(&self, kid: &str) -> Value {
+            use base64::Engine as _;
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.modulus);
+            json!({"keys": [{"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                             "n": n, "e": "AQAB"}]})
         }
     }
 }
