@@ -16,6 +16,8 @@
 #                    Kubernetes schemas), checkov (tests/deploy.rs: manifest and Dockerfile lint)
 #                    in its own venv, since it pins boto3/botocore versions older than moto's,
 #                    linked as /usr/local/bin/checkov
+#   Node packages    tests/node: the AWS SDKs for JavaScript v2 and v3 (`npm ci`; nodejs and npm
+#                    from Debian when the machine has no node)
 #   PostgreSQL       started when 127.0.0.1:5432 does not answer; user postgres must connect
 #                    over TCP from loopback without a password (see ensure_postgres_login).
 #
@@ -37,6 +39,10 @@ missing_debs=()
 for pkg in "${debs[@]}"; do
     deb_installed "$pkg" || missing_debs+=("$pkg")
 done
+# The JavaScript SDK tests need node and npm; a machine that has them (nvm, NodeSource) keeps its own.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing_debs+=(nodejs npm)
+fi
 # A pyenv or venv python brings its own pip; Debian's python3 needs python3-pip.
 if ! python3 -m pip --version >/dev/null 2>&1; then
     missing_debs+=(python3-pip)
@@ -88,6 +94,19 @@ fi
 if [[ "$(readlink /usr/local/bin/checkov 2>/dev/null)" != "$checkov_venv/bin/checkov" ]]; then
     ln -sf "$checkov_venv/bin/checkov" /usr/local/bin/checkov
     log "checkov: linked /usr/local/bin/checkov"
+fi
+
+# --- Node packages ---------------------------------------------------------------------------
+# tests/web_identity.rs runs the AWS SDKs for JavaScript (aws-sdk v2, @aws-sdk v3) from
+# tests/node, pinned by its package-lock.json. Install scripts are not needed (v2's only prints a
+# notice), so none run.
+node_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/node"
+if [[ -f "$node_dir/node_modules/.package-lock.json" &&
+      ! "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]]; then
+    log "npm: tests/node already installed"
+else
+    log "npm: installing tests/node (npm ci)"
+    (cd "$node_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error </dev/null)
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------

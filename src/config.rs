@@ -688,7 +688,11 @@ mod tests {
         c.api.auth = AuthModes::Many(vec![AuthMode::Sigv4, AuthMode::Sigv4]);
         assert!(key(&c).contains("named twice"));
         c.api.auth = AuthModes::One(AuthMode::Sigv4);
-        assert!(key(&c).contains("api.sigv4: set exactly one"), "{}", key(&c));
+        assert!(
+            key(&c).contains("api.sigv4: set exactly one"),
+            "{}",
+            key(&c)
+        );
         c.api.sigv4.master_key = Some("k".into());
         c.validate().unwrap();
         c.api.oidc.issuer = Some("https://idp".into());

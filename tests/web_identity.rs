@@ -171,6 +171,60 @@ async fn sts_and_cognito_credentials_drive_the_api_through_boto3() {
     }
 }
 
+/// Runs tests/node/sdk.js with `args` (its packages come from scripts/setup-test-deps.sh);
+/// panics with its output unless it printed OK.
+async fn node_sdk(svc: &Ccstream, args: &[&str]) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let shown = args[0].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("sdk.js")
+            .args(&args)
+            .current_dir(dir)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run node (scripts/setup-test-deps.sh installs it and tests/node)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("sdk.js: OK"),
+        "sdk.js {shown}:\n{text}\n{}",
+        svc.logs()
+    );
+}
+
+#[tokio::test]
+async fn the_javascript_sdks_v2_and_v3_work_with_only_their_endpoints_changed() {
+    let idp = Provider::new();
+    let svc = Ccstream::start(&config(&format!(
+        "jwks_file = \"{}\"",
+        idp.jwks_file.display()
+    )))
+    .await;
+    let url = svc.base_url();
+    let sub1 = idp.token(&claims("sub1", |_| {}));
+    let other = idp.token(&claims("other", |_| {}));
+    node_sdk(
+        &svc,
+        &["v2-cognito", &url, PROVIDER, &sub1, "sub1", "other"],
+    )
+    .await;
+    node_sdk(&svc, &["v3-web-token", &url, &other, "other", "sub1"]).await;
+    node_sdk(
+        &svc,
+        &["v3-cognito", &url, PROVIDER, &sub1, "sub2", "other"],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_jwks_url_that_does_not_answer_at_start_delays_exchanges_not_the_service() {
     let idp = Provider::new();
