@@ -11,6 +11,7 @@
 pub mod exchange;
 pub mod keys;
 pub mod oidc;
+pub mod random;
 pub mod seal;
 pub mod session;
 pub mod sigv4;
@@ -279,6 +280,23 @@ impl Authenticator {
         })
     }
 
+    /// The master key, when `sigv4` is accepted (the credential exchange seals with it too).
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.sigv4.as_ref().map(|v| &v.master)
+    }
+
+    /// Whether authenticating a request with these headers reads its body (a SigV4 signature
+    /// covers it). Callers read the body after authenticating when it does not, so that a
+    /// caller without credentials is refused before it can make the server buffer its body.
+    pub fn reads_body(&self, headers: &HeaderMap) -> bool {
+        self.sigv4.is_some()
+            && !self.none
+            && headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with(sigv4::ALGORITHM))
+    }
+
     /// Who sent `request`; a SigV4 signature must be scoped to `service`. With auth `none` the
     /// headers are ignored, so requests signed by an AWS SDK go through as root. Failures are
     /// counted and logged (never with a secret).
@@ -341,6 +359,8 @@ impl SigV4Verifier {
             return Err(AuthError::Scope(format!("the region {region}")));
         }
         let now = SystemTime::now();
+        // What needs no secret first: a stale or malformed request costs no lookup.
+        let signed_at = sigv4::precheck(request, &auth, now).map_err(AuthError::Signature)?;
         if let Some(token) = request.header(sigv4::SESSION_TOKEN) {
             // Temporary credentials: everything is in the token.
             let session = session::open(&self.master, token, now).map_err(|e| match e {
@@ -350,7 +370,7 @@ impl SigV4Verifier {
             if session.access_key_id != auth.access_key_id {
                 return Err(AuthError::UnknownKey);
             }
-            sigv4::verify(request, &auth, &session.secret, Some(token), now)
+            sigv4::check_signature(request, &auth, signed_at, &session.secret, Some(token))
                 .map_err(AuthError::Signature)?;
             return Ok(session.caller);
         }
@@ -366,7 +386,8 @@ impl SigV4Verifier {
                 return Err(AuthError::Unavailable);
             }
         };
-        sigv4::verify(request, &auth, &known.secret, None, now).map_err(AuthError::Signature)?;
+        sigv4::check_signature(request, &auth, signed_at, &known.secret, None)
+            .map_err(AuthError::Signature)?;
         Ok(known.caller.clone())
     }
 }

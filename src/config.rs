@@ -454,6 +454,10 @@ impl Config {
                      base64: openssl rand -base64 32)",
                 ));
             }
+            if let Some(key) = &sigv4.master_key {
+                crate::auth::seal::MasterKey::from_base64(key)
+                    .map_err(|e| KeyError::new("api.sigv4.master_key", e.to_string()))?;
+            }
             if sigv4.region.as_deref().is_some_and(str::is_empty) {
                 return Err(invalid("api.sigv4.region", "must not be empty when set"));
             }
@@ -478,7 +482,11 @@ impl Config {
                     "set exactly one of jwks_file, jwks_url",
                 ));
             }
-        } else if oidc.audience.is_some() || oidc.jwks_file.is_some() || oidc.jwks_url.is_some() {
+        } else if oidc.audience.is_some()
+            || oidc.jwks_file.is_some()
+            || oidc.jwks_url.is_some()
+            || oidc.identity_pool_id.is_some()
+        {
             return Err(invalid(
                 "api.oidc.issuer",
                 "must be set with the other api.oidc keys",
@@ -693,7 +701,9 @@ mod tests {
             "{}",
             key(&c)
         );
-        c.api.sigv4.master_key = Some("k".into());
+        c.api.sigv4.master_key = Some("c2hvcnQ=".into());
+        assert!(key(&c).contains("api.sigv4.master_key: the master key must be 32 bytes"));
+        c.api.sigv4.master_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
         c.validate().unwrap();
         c.api.oidc.issuer = Some("https://idp".into());
         assert!(key(&c).contains("api.oidc.audience:"), "{}", key(&c));

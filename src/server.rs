@@ -73,11 +73,11 @@ pub async fn run(
         })?;
     let auth = Authenticator::from_config(&config.api, &store)?;
     let exchange = match OidcVerifier::from_config(&config.api.oidc, &config.api.jwt).await? {
-        Some(oidc) => Some(Exchange::new(
-            oidc,
-            crate::auth::master_key(&config.api.sigv4)?,
-            &config.api,
-        )),
+        // Validation made sure that api.oidc comes with sigv4, and so with a master key.
+        Some(oidc) => match auth.master_key() {
+            Some(master) => Some(Exchange::new(oidc, master.clone(), &config.api)),
+            None => anyhow::bail!("api.oidc needs api.auth to accept \"sigv4\""),
+        },
         None => None,
     };
     let directory = Arc::new(RwLock::new(load_directory(&config, &store).await?));

@@ -423,6 +423,9 @@ async fn sigv4_needs_a_master_key_and_check_config_hides_it() {
             "root",
         ],
     );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("32 bytes"), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("api.sigv4.master_key") && stderr.contains("32 bytes"),
+        "{stderr}"
+    );
 }

@@ -41,6 +41,17 @@ fn claims(domain: &str, change: impl FnOnce(&mut Value)) -> Value {
     claims
 }
 
+/// A token with `alg: none` and no signature.
+fn unsigned_token(claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
 struct Provider {
     key: RsaKey,
     _dir: tempfile::TempDir,
@@ -121,6 +132,11 @@ async fn sts_and_cognito_credentials_drive_the_api_through_boto3() {
             "ExpiredTokenException",
         ),
         ("garbage", "not.a.token".to_owned(), "InvalidIdentityToken"),
+        (
+            "unsigned (alg none)",
+            unsigned_token(&claims("sub1", |_| {})),
+            "InvalidIdentityToken",
+        ),
     ];
     for (what, token, code) in &refused {
         eprintln!("STS with a token: {what}");
@@ -160,7 +176,7 @@ async fn sts_and_cognito_credentials_drive_the_api_through_boto3() {
     assert_eq!(count("api=\"cognito\",outcome=\"ok\""), 3.0, "{metrics}");
     assert_eq!(
         count("api=\"sts\",outcome=\"InvalidIdentityToken\""),
-        7.0,
+        8.0,
         "{metrics}"
     );
     for (_, token, _) in &refused {

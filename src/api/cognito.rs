@@ -7,7 +7,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use crate::auth::exchange::{self, Exchange};
+use crate::auth::exchange::{self, Exchange, ExchangeError};
 use crate::auth::oidc::OidcError;
 
 /// The target prefix of Cognito Identity's operations.
@@ -30,18 +30,32 @@ impl CognitoError {
 impl From<OidcError> for CognitoError {
     fn from(e: OidcError) -> CognitoError {
         match e {
-            OidcError::Unavailable(_) => {
-                CognitoError::new("ExternalServiceException", e.to_string())
-            }
+            OidcError::Unavailable => CognitoError::new("ExternalServiceException", e.to_string()),
             _ => CognitoError::new("NotAuthorizedException", e.to_string()),
+        }
+    }
+}
+
+impl From<ExchangeError> for CognitoError {
+    fn from(e: ExchangeError) -> CognitoError {
+        match e {
+            ExchangeError::Token(e) => e.into(),
+            ExchangeError::Seal(_) => {
+                tracing::error!(error = %e, "Cognito: sealing credentials failed");
+                CognitoError::new("InternalErrorException", "internal error")
+            }
         }
     }
 }
 
 impl IntoResponse for CognitoError {
     fn into_response(self) -> Response {
+        let status = match self.error_type {
+            "InternalErrorException" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
         let mut response = (
-            StatusCode::BAD_REQUEST,
+            status,
             [(
                 axum::http::header::CONTENT_TYPE,
                 "application/x-amz-json-1.1",
@@ -63,7 +77,7 @@ pub async fn handle(exchange: &Exchange, target: &str, body: &[u8]) -> (&'static
         Some("GetId") => get_id(exchange, body).await,
         Some("GetCredentialsForIdentity") => get_credentials(exchange, body).await,
         _ => Err(CognitoError::new(
-            "InvalidParameterException",
+            "UnknownOperationException",
             format!(
                 "{target} is not served here; ccstream serves GetId and GetCredentialsForIdentity"
             ),
@@ -144,16 +158,14 @@ async fn get_credentials(exchange: &Exchange, body: &[u8]) -> Result<Value, Cogn
         .get("IdentityId")
         .and_then(Value::as_str)
         .ok_or_else(|| CognitoError::new("InvalidParameterException", "IdentityId is required"))?;
-    let token = login(exchange, &input)?;
-    let (identity, issued) = exchange
-        .credentials(token, exchange::COGNITO_DURATION)
-        .await?;
+    let identity = exchange.oidc.verify(login(exchange, &input)?).await?;
     if exchange.identity_id(&identity) != identity_id {
         return Err(CognitoError::new(
             "NotAuthorizedException",
             "Logins don't match. Please include at least one valid login for this identity",
         ));
     }
+    let issued = exchange.issue(&identity, exchange::COGNITO_DURATION)?;
     Ok(json!({
         "IdentityId": identity_id,
         "Credentials": {

@@ -12,7 +12,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rule_engine::directory::DirectorySnapshot;
@@ -72,8 +72,14 @@ async fn caller(
     Ok(caller)
 }
 
-pub async fn export(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&state, "GET", &uri, &headers, b"").await {
+pub async fn export(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    // HEAD reaches this handler too, and is signed as HEAD.
+    if let Err(r) = caller(&state, method.as_str(), &uri, &headers, b"").await {
         return r.into_response();
     }
     let snapshot = {

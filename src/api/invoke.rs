@@ -89,16 +89,23 @@ async fn run(
     body: Body,
 ) -> (&'static str, &'static str, &'static str, Response) {
     let inner = &state.inner;
-    // The body first: a SigV4 signature covers it.
-    let body = match read_body(headers, body, inner.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
-    };
+    // A SigV4 signature covers the body, so it is read first for those; anyone else is
+    // authenticated before the server buffers anything of theirs.
+    let mut unread = Some(body);
+    let mut bytes = Vec::new();
+    if inner.auth.reads_body(headers) {
+        if let Some(body) = unread.take() {
+            match read_body(headers, body, inner.max_body_bytes).await {
+                Ok(read) => bytes = read,
+                Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
+            }
+        }
+    }
     let request = Request {
         method: "POST",
         path_and_query,
         headers,
-        body: &body,
+        body: &bytes,
     };
     let caller = match inner.auth.authenticate(&request, LAMBDA).await {
         Ok(caller) => caller,
@@ -107,6 +114,13 @@ async fn run(
             return ("unknown", "none", err.type_label(), err.into_response());
         }
     };
+    if let Some(body) = unread {
+        match read_body(headers, body, inner.max_body_bytes).await {
+            Ok(read) => bytes = read,
+            Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
+        }
+    }
+    let body = bytes;
     let Some(function) = Function::from_name(function_name) else {
         let err = ProtocolError::FunctionNotFound(function_name.to_owned());
         return ("unknown", "none", err.type_label(), err.into_response());

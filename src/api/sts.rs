@@ -8,8 +8,11 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::exchange::{self, Exchange};
+use sha2::{Digest, Sha256};
+
+use crate::auth::exchange::{self, Exchange, ExchangeError};
 use crate::auth::oidc::OidcError;
+use crate::auth::random;
 
 const NAMESPACE: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 
@@ -33,22 +36,38 @@ impl From<OidcError> for StsError {
         let code = match e {
             OidcError::Invalid(_) => "InvalidIdentityToken",
             OidcError::Expired => "ExpiredTokenException",
-            OidcError::Unavailable(_) => "IDPCommunicationError",
+            OidcError::Unavailable => "IDPCommunicationError",
         };
         StsError::new(code, e.to_string())
     }
 }
 
+impl From<ExchangeError> for StsError {
+    fn from(e: ExchangeError) -> StsError {
+        match e {
+            ExchangeError::Token(e) => e.into(),
+            ExchangeError::Seal(_) => {
+                tracing::error!(error = %e, "STS: sealing credentials failed");
+                StsError::new("InternalFailure", "internal error")
+            }
+        }
+    }
+}
+
 impl IntoResponse for StsError {
     fn into_response(self) -> Response {
+        let (status, kind) = match self.code {
+            "InternalFailure" => (StatusCode::INTERNAL_SERVER_ERROR, "Receiver"),
+            _ => (StatusCode::BAD_REQUEST, "Sender"),
+        };
         let body = format!(
-            "<ErrorResponse xmlns=\"{NAMESPACE}\"><Error><Type>Sender</Type><Code>{}</Code>\
+            "<ErrorResponse xmlns=\"{NAMESPACE}\"><Error><Type>{kind}</Type><Code>{}</Code>\
              <Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
             self.code,
             escape(&self.message),
-            exchange::request_id()
+            random::request_id()
         );
-        xml(StatusCode::BAD_REQUEST, body)
+        xml(status, body)
     }
 }
 
@@ -90,6 +109,23 @@ async fn assume_role_with_web_identity(
     let token = required("WebIdentityToken")?;
     let role_arn = required("RoleArn")?;
     let session_name = required("RoleSessionName")?;
+    // STS's own constraints, so that what works here works against AWS too.
+    if !(20..=2048).contains(&role_arn.len()) {
+        return Err(StsError::new(
+            "ValidationError",
+            "RoleArn must be 20 to 2048 characters long",
+        ));
+    }
+    let session_name_ok = (2..=64).contains(&session_name.len())
+        && session_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+    if !session_name_ok {
+        return Err(StsError::new(
+            "ValidationError",
+            "RoleSessionName must be 2 to 64 characters of [A-Za-z0-9_+=,.@-]",
+        ));
+    }
     let lifetime = match param("DurationSeconds") {
         None => exchange::DEFAULT_DURATION,
         Some(text) => text
@@ -104,7 +140,8 @@ async fn assume_role_with_web_identity(
                 )
             })?,
     };
-    let (identity, issued) = exchange.credentials(&token, lifetime).await?;
+    let identity = exchange.oidc.verify(&token).await?;
+    let issued = exchange.issue(&identity, lifetime)?;
     let role_name = role_arn.rsplit('/').next().unwrap_or(&role_arn);
     let body = format!(
         "<AssumeRoleWithWebIdentityResponse xmlns=\"{NAMESPACE}\">\
@@ -112,7 +149,7 @@ async fn assume_role_with_web_identity(
          <SubjectFromWebIdentityToken>{subject}</SubjectFromWebIdentityToken>\
          <Audience>{audience}</Audience>\
          <AssumedRoleUser><Arn>arn:aws:sts::000000000000:assumed-role/{role}/{session}</Arn>\
-         <AssumedRoleId>{key}:{session}</AssumedRoleId></AssumedRoleUser>\
+         <AssumedRoleId>{role_id}:{session}</AssumedRoleId></AssumedRoleUser>\
          <Credentials><SessionToken>{token}</SessionToken>\
          <SecretAccessKey>{secret}</SecretAccessKey>\
          <Expiration>{expiration}</Expiration>\
@@ -130,9 +167,17 @@ async fn assume_role_with_web_identity(
         secret = escape(&issued.secret_access_key),
         expiration = iso8601_secs(issued.expires),
         provider = escape(exchange.oidc.issuer()),
-        request = exchange::request_id(),
+        role_id = role_id(role_name),
+        request = random::request_id(),
     );
     Ok(xml(StatusCode::OK, body))
+}
+
+/// A role id in AWS's shape (`AROA` and 17 characters), the same for the same role name.
+fn role_id(role_name: &str) -> String {
+    let digest = Sha256::digest(role_name.as_bytes());
+    let tail: String = hex::encode_upper(&digest[..9]).chars().take(17).collect();
+    format!("AROA{tail}")
 }
 
 fn xml(status: StatusCode, body: String) -> Response {

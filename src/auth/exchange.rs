@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::oidc::{Identity, OidcError, OidcVerifier};
-use super::seal::MasterKey;
+use super::random;
+use super::seal::{MasterKey, SealError};
 use super::session::{self, Issued};
 use crate::config::ApiConfig;
 
@@ -18,6 +19,16 @@ pub const MAX_DURATION: Duration = Duration::from_secs(43_200);
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(3_600);
 /// Cognito Identity's credentials last an hour.
 pub const COGNITO_DURATION: Duration = Duration::from_secs(3_600);
+
+/// Why no credentials were handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Token(#[from] OidcError),
+    /// The server's fault, not the token's.
+    #[error("the credentials could not be sealed: {0}")]
+    Seal(#[from] SealError),
+}
 
 #[derive(Debug)]
 pub struct Exchange {
@@ -46,16 +57,14 @@ impl Exchange {
         }
     }
 
-    /// Checks `token` and seals credentials for its caller, valid for `lifetime`.
-    pub async fn credentials(
-        &self,
-        token: &str,
-        lifetime: Duration,
-    ) -> Result<(Identity, Issued), OidcError> {
-        let identity = self.oidc.verify(token).await?;
-        let issued = session::issue(&self.master, &identity.caller, lifetime, SystemTime::now())
-            .map_err(|e| OidcError::Invalid(e.to_string()))?;
-        Ok((identity, issued))
+    /// Seals credentials for a checked identity, valid for `lifetime`.
+    pub fn issue(&self, identity: &Identity, lifetime: Duration) -> Result<Issued, ExchangeError> {
+        Ok(session::issue(
+            &self.master,
+            &identity.caller,
+            lifetime,
+            SystemTime::now(),
+        )?)
     }
 
     /// Cognito's identity id for a token's subject: `<region>:<uuid>`, the same every time.
@@ -63,32 +72,11 @@ impl Exchange {
         let digest = Sha256::digest(format!("{}\n{}", identity.issuer, identity.subject));
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&digest[..16]);
-        format!("{}:{}", self.region, uuid_text(&bytes))
+        format!("{}:{}", self.region, random::uuid_text(&bytes))
     }
 
     /// Whether a Cognito call may name `pool` (any pool unless one is configured).
     pub fn accepts_pool(&self, pool: &str) -> bool {
         self.identity_pool_id.as_deref().is_none_or(|p| p == pool)
     }
-}
-
-/// 16 bytes in the 8-4-4-4-12 form of a UUID.
-pub fn uuid_text(bytes: &[u8; 16]) -> String {
-    let h = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// A fresh request id for an answer's metadata.
-pub fn request_id() -> String {
-    use aes_gcm::aead::rand_core::RngCore;
-    let mut bytes = [0u8; 16];
-    aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
-    uuid_text(&bytes)
 }

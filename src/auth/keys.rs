@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
+use super::random;
 use super::seal::{MasterKey, SealError};
-use super::session;
 use super::{Caller, Role};
 use crate::store::{RuleStore, StoreError, StoredCredential};
 
@@ -25,11 +25,20 @@ pub const MAX_AGE: Duration = Duration::from_millis(500);
 /// it without bound.
 const MAX_ENTRIES: usize = 10_000;
 
-/// An access key that may sign requests, with what it resolves to.
-#[derive(Debug, PartialEq, Eq)]
+/// An access key that may sign requests, with what it resolves to. Its `Debug` hides the
+/// secret.
+#[derive(PartialEq, Eq)]
 pub struct Known {
     pub secret: String,
     pub caller: Caller,
+}
+
+impl std::fmt::Debug for Known {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Known")
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +80,9 @@ impl StaticKeys {
         if let Some(known) = self.cached(access_key_id) {
             return known.ok_or(KeyError::Unknown);
         }
+        // The answer is as old as the moment the query started: a revocation written while it
+        // runs must still show within MAX_AGE of being written.
+        let asked = Instant::now();
         let row = self.store.credential(access_key_id).await?;
         let known = match row {
             Some(row) if row.revoked_at_ms.is_none() => Some(Arc::new(open(&self.master, &row)?)),
@@ -78,12 +90,16 @@ impl StaticKeys {
         };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_ENTRIES {
-                cache.clear();
+                // Made-up ids go first; real keys stay unless there are that many of them.
+                cache.retain(|_, c| c.known.is_some() && c.at.elapsed() < MAX_AGE);
+                if cache.len() >= MAX_ENTRIES {
+                    cache.clear();
+                }
             }
             cache.insert(
                 access_key_id.to_owned(),
                 Cached {
-                    at: Instant::now(),
+                    at: asked,
                     known: known.clone(),
                 },
             );
@@ -128,8 +144,8 @@ pub fn generate(
     master: &MasterKey,
     caller: &Caller,
 ) -> Result<(StoredCredential, String), KeyError> {
-    let access_key_id = session::random_key_id("AKIA");
-    let secret = session::random_secret();
+    let access_key_id = random::key_id("AKIA");
+    let secret = random::secret();
     let sealed = master
         .seal(secret.as_bytes(), access_key_id.as_bytes())
         .map_err(|e| KeyError::Unusable {

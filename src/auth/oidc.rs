@@ -28,9 +28,10 @@ pub enum OidcError {
     Invalid(String),
     #[error("the web identity token is expired")]
     Expired,
-    /// The key set could not be read (the provider does not answer).
-    #[error("the identity provider's keys could not be fetched: {0}")]
-    Unavailable(String),
+    /// The key set could not be read (the provider does not answer); why is logged, not told
+    /// to the caller (it may name internal addresses).
+    #[error("the identity provider's keys could not be fetched")]
+    Unavailable,
 }
 
 /// A checked token: who it names, and the facts an STS answer repeats.
@@ -54,8 +55,8 @@ pub struct OidcVerifier {
     leeway_secs: u64,
     source: Source,
     keys: RwLock<Arc<JwkSet>>,
-    /// Why the last read of the key set failed, until one succeeds.
-    unreadable: RwLock<Option<String>>,
+    /// Whether the last read of the key set failed.
+    unreadable: RwLock<bool>,
     /// When the URL was last fetched; one fetch at a time.
     fetched: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -122,12 +123,14 @@ impl OidcVerifier {
             leeway_secs: jwt.leeway_secs,
             source,
             keys: RwLock::new(Arc::new(keys)),
-            unreadable: RwLock::new(None),
+            unreadable: RwLock::new(false),
             fetched: tokio::sync::Mutex::new(None),
         };
-        if let Err(e) = verifier.refresh().await {
-            tracing::error!(error = %e, "api.oidc: the identity provider's keys could not be fetched; \
-                            web identity exchanges fail until they can");
+        if verifier.refresh(false).await.is_err() {
+            tracing::error!(
+                "api.oidc: the identity provider's keys could not be fetched; web identity \
+                 exchanges fail until they can"
+            );
         }
         Ok(Some(verifier))
     }
@@ -156,12 +159,12 @@ impl OidcVerifier {
             Some(key) => key,
             None => {
                 // A failed refresh is reported below, with what was read before.
-                let _ = self.refresh_for_unknown_key().await;
+                let _ = self.refresh(true).await;
                 match self.key(header.kid.as_deref())? {
                     Some(key) => key,
                     None => {
-                        if let Some(why) = self.unreadable.read().ok().and_then(|u| u.clone()) {
-                            return Err(OidcError::Unavailable(why));
+                        if self.unreadable.read().map_or(true, |u| *u) {
+                            return Err(OidcError::Unavailable);
                         }
                         return Err(OidcError::Invalid(format!(
                             "the token's key id {:?} is not among the provider's keys",
@@ -209,7 +212,7 @@ impl OidcVerifier {
             .keys
             .read()
             .map(|k| Arc::clone(&k))
-            .map_err(|_| OidcError::Unavailable("key set lock poisoned".into()))?;
+            .map_err(|_| OidcError::Unavailable)?;
         let jwk = match kid {
             Some(kid) => keys.find(kid),
             None if keys.keys.len() == 1 => keys.keys.first(),
@@ -222,35 +225,30 @@ impl OidcVerifier {
         .transpose()
     }
 
-    async fn refresh_for_unknown_key(&self) -> Result<(), OidcError> {
-        if matches!(self.source, Source::File(_)) {
-            return Ok(());
-        }
-        let recent = self
-            .fetched
-            .lock()
-            .await
-            .is_some_and(|at| at.elapsed() < MIN_REFRESH);
-        if recent {
-            return Ok(());
-        }
-        self.refresh().await
-    }
-
-    /// Reads the key set again from its source.
-    async fn refresh(&self) -> Result<(), OidcError> {
+    /// Reads the key set again from its source. With `only_if_stale` a URL is fetched only
+    /// when the last fetch is [`MIN_REFRESH`] old: tokens naming unknown keys cannot make the
+    /// service hammer the provider. One fetch at a time; the others wait for it and then find
+    /// it recent.
+    async fn refresh(&self, only_if_stale: bool) -> Result<(), OidcError> {
         let read = match &self.source {
-            Source::File(path) => read_file(path),
+            Source::File(path) if !only_if_stale => read_file(path),
+            Source::File(_) => return Ok(()),
             Source::Url(url, client) => {
                 let mut fetched = self.fetched.lock().await;
+                if only_if_stale && fetched.is_some_and(|at| at.elapsed() < MIN_REFRESH) {
+                    return Ok(());
+                }
                 *fetched = Some(Instant::now());
                 fetch(client, url).await
             }
         };
         if let Ok(mut unreadable) = self.unreadable.write() {
-            *unreadable = read.as_ref().err().cloned();
+            *unreadable = read.is_err();
         }
-        let keys = read.map_err(OidcError::Unavailable)?;
+        let keys = read.map_err(|why| {
+            tracing::warn!(error = %why, "api.oidc: reading the identity provider's keys failed");
+            OidcError::Unavailable
+        })?;
         if let Ok(mut slot) = self.keys.write() {
             *slot = Arc::new(keys);
         }

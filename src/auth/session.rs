@@ -6,12 +6,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::OsRng;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::random;
 use super::seal::{MasterKey, SealError};
 use super::{Caller, Role};
 
@@ -22,7 +21,7 @@ const AAD: &[u8] = b"ccstream session token v1";
 pub const TEMPORARY_PREFIX: &str = "ASIA";
 
 /// What a session token holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Sealed {
     #[serde(rename = "k")]
     access_key_id: String,
@@ -39,8 +38,8 @@ struct Sealed {
     expires: u64,
 }
 
-/// Credentials to hand to a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Credentials to hand to a client. Its `Debug` shows only the key id and the expiry.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Issued {
     pub access_key_id: String,
     pub secret_access_key: String,
@@ -49,13 +48,33 @@ pub struct Issued {
     pub expires: u64,
 }
 
-/// A session token opened: the secret to check the signature with, and who signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session token opened: the secret to check the signature with, and who signed. Its
+/// `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     pub access_key_id: String,
     pub secret: String,
     pub caller: Caller,
     pub expires: u64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_key_id", &self.access_key_id)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("access_key_id", &self.access_key_id)
+            .field("caller", &self.caller)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,8 +92,8 @@ pub fn issue(
     lifetime: Duration,
     now: SystemTime,
 ) -> Result<Issued, SealError> {
-    let access_key_id = random_key_id(TEMPORARY_PREFIX);
-    let secret = random_secret();
+    let access_key_id = random::key_id(TEMPORARY_PREFIX);
+    let secret = random::secret();
     let expires = epoch_secs(now).saturating_add(lifetime.as_secs());
     let sealed = Sealed {
         access_key_id: access_key_id.clone(),
@@ -120,28 +139,6 @@ pub fn open(master: &MasterKey, token: &str, now: SystemTime) -> Result<Session,
     })
 }
 
-/// `prefix` and 16 characters of base32, as AWS's key ids look.
-pub fn random_key_id(prefix: &str) -> String {
-    const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
-    prefix
-        .chars()
-        .chain(
-            bytes
-                .iter()
-                .map(|b| char::from(BASE32[usize::from(b % 32)])),
-        )
-        .collect()
-}
-
-/// 40 characters, as AWS's secrets look (30 random bytes in base64).
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 30];
-    OsRng.fill_bytes(&mut bytes);
-    STANDARD.encode(bytes)
-}
-
 fn epoch_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
@@ -150,6 +147,7 @@ fn epoch_secs(t: SystemTime) -> u64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
 
     fn master() -> MasterKey {
         MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()

@@ -1,4 +1,4 @@
-//! SigV4 verification of an incoming request (issue 13, first step: not wired to the API yet).
+//! SigV4 verification of an incoming request.
 //!
 //! The signature is not recomputed by hand: the request is signed again with `aws-sigv4` (the
 //! crate the AWS SDKs sign with) from the headers the caller listed in `SignedHeaders`, the
@@ -6,8 +6,10 @@
 //! are compared in constant time. Before that, what the signer would take on trust is checked:
 //! the scope's date matches `X-Amz-Date`, the date is within [`MAX_SKEW`] of now, every signed
 //! header is present (`host` among them: the signer cannot do without it), and a sent
-//! `x-amz-content-sha256` is the body's hash.
+//! `x-amz-content-sha256` is the body's hash. [`precheck`] does these alone, so that a request
+//! that fails them costs no key lookup.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -24,7 +26,8 @@ use super::Request;
 /// How far `X-Amz-Date` may be from now, either way.
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+/// The one signing algorithm SigV4 headers name.
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// The header temporary credentials' session token travels in.
 pub const SESSION_TOKEN: &str = "x-amz-security-token";
@@ -91,7 +94,12 @@ impl Authorization {
         let [key, date, region, service, "aws4_request"] = scope[..] else {
             return Err(SigV4Error::Malformed);
         };
-        let well_formed = !key.is_empty()
+        // AWS's ids are at most 128 upper-case letters and digits; holding others to that
+        // keeps made-up ids from growing the key cache or the logs.
+        let well_formed = (1..=128).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             && date.len() == 8
             && date.bytes().all(|b| b.is_ascii_digit())
             && !region.is_empty()
@@ -121,6 +129,16 @@ pub fn verify(
     session_token: Option<&str>,
     now: SystemTime,
 ) -> Result<(), SigV4Error> {
+    let signed_at = precheck(request, auth, now)?;
+    check_signature(request, auth, signed_at, secret_access_key, session_token)
+}
+
+/// What needs no secret: the date (returned, as signed), the signed headers, the body's hash.
+pub fn precheck(
+    request: &Request<'_>,
+    auth: &Authorization,
+    now: SystemTime,
+) -> Result<SystemTime, SigV4Error> {
     let date = request.header("x-amz-date").ok_or(SigV4Error::BadDate)?;
     let signed_at = parse_amz_date(date).ok_or(SigV4Error::BadDate)?;
     if !date.starts_with(&auth.date) {
@@ -136,22 +154,39 @@ pub fn verify(
     if !auth.signed_headers.iter().any(|h| h == "host") {
         return Err(SigV4Error::HostNotSigned);
     }
-    let mut headers = Vec::with_capacity(auth.signed_headers.len());
-    for name in &auth.signed_headers {
-        // The signer adds these itself, from the time and the identity.
-        if name == "x-amz-date" || name == SESSION_TOKEN {
-            continue;
-        }
-        let value = request
-            .header(name)
-            .ok_or_else(|| SigV4Error::MissingSignedHeader(name.clone()))?;
-        headers.push((name.as_str(), value));
+    if let Some(missing) = auth
+        .signed_headers
+        .iter()
+        .find(|name| !request.headers.contains_key(name.as_str()))
+    {
+        return Err(SigV4Error::MissingSignedHeader(missing.clone()));
     }
     if let Some(sent) = request.header("x-amz-content-sha256") {
         let actual = hex::encode(Sha256::digest(request.body));
         if !sent.eq_ignore_ascii_case(&actual) {
             return Err(SigV4Error::BodyHash);
         }
+    }
+    Ok(signed_at)
+}
+
+/// Signs `request` again as `auth` says, at `signed_at` (from [`precheck`]), and compares.
+pub fn check_signature(
+    request: &Request<'_>,
+    auth: &Authorization,
+    signed_at: SystemTime,
+    secret_access_key: &str,
+    session_token: Option<&str>,
+) -> Result<(), SigV4Error> {
+    let mut headers: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(auth.signed_headers.len());
+    for name in &auth.signed_headers {
+        // The signer adds these itself, from the time and the identity.
+        if name == "x-amz-date" || name == SESSION_TOKEN {
+            continue;
+        }
+        let value = header_value(request, name)
+            .ok_or_else(|| SigV4Error::MissingSignedHeader(name.clone()))?;
+        headers.push((name.as_str(), value));
     }
     let identity: Identity = Credentials::new(
         &auth.access_key_id,
@@ -173,7 +208,7 @@ pub fn verify(
     let signable = SignableRequest::new(
         request.method,
         request.path_and_query,
-        headers.into_iter(),
+        headers.iter().map(|(name, value)| (*name, value.as_ref())),
         SignableBody::Bytes(request.body),
     )
     .map_err(|_| SigV4Error::Malformed)?;
@@ -188,6 +223,20 @@ pub fn verify(
     } else {
         Err(SigV4Error::Mismatch)
     }
+}
+
+/// A header's values as SigV4 canonicalizes them: repeated ones joined with commas; `None` when
+/// it is absent or not text.
+fn header_value<'r>(request: &'r Request<'_>, name: &str) -> Option<Cow<'r, str>> {
+    let mut values = request.headers.get_all(name).iter();
+    let first = values.next()?.to_str().ok()?;
+    let mut joined: Option<String> = None;
+    for more in values {
+        let text = joined.get_or_insert_with(|| first.to_owned());
+        text.push(',');
+        text.push_str(more.to_str().ok()?);
+    }
+    Some(joined.map_or(Cow::Borrowed(first), Cow::Owned))
 }
 
 /// The signer's settings for a request signed as `auth` says: no header left out (only the

@@ -1,7 +1,9 @@
 use super::*;
 use crate::config::AuthModes;
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, SessionTokenMode, SignableBody, SignableRequest, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use axum::http::{HeaderName, HeaderValue};
@@ -70,14 +72,30 @@ fn exp() -> u64 {
 /// The headers an SDK sends for `body`, signed with `key`/`secret` for `service` in
 /// `eu-west-1`.
 fn signed(key: &str, secret: &str, service: &str, body: &[u8]) -> HeaderMap {
+    signed_session(key, secret, None, service, body)
+}
+
+/// The same with a session token, inside the signature when `mode` says so.
+fn signed_session(
+    key: &str,
+    secret: &str,
+    token: Option<(&str, SessionTokenMode)>,
+    service: &str,
+    body: &[u8],
+) -> HeaderMap {
     let now = SystemTime::now();
-    let identity: Identity = Credentials::new(key, secret, None, None, "test").into();
+    let identity: Identity =
+        Credentials::new(key, secret, token.map(|(t, _)| t.to_owned()), None, "test").into();
+    let mut settings = SigningSettings::default();
+    if let Some((_, mode)) = token {
+        settings.session_token_mode = mode;
+    }
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region("eu-west-1")
         .name(service)
         .time(now)
-        .settings(SigningSettings::default())
+        .settings(settings)
         .build()
         .unwrap()
         .into();
@@ -249,4 +267,70 @@ async fn the_region_is_checked_when_configured() {
         e.to_string(),
         "Credential should be scoped to the region us-east-1"
     );
+}
+
+#[tokio::test]
+async fn temporary_credentials_verify_whether_or_not_the_token_is_signed_and_only_for_their_key() {
+    let config = api(&[AuthMode::Sigv4]);
+    let master = master_key(&config.sigv4).unwrap();
+    let auth = Authenticator::from_config(&config, &store().await).unwrap();
+    let ann = Caller {
+        user: "ann".into(),
+        role: Role::Read,
+        domain: "sub1".into(),
+    };
+    let issued = session::issue(
+        &master,
+        &ann,
+        std::time::Duration::from_secs(900),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let (key, secret, token) = (
+        issued.access_key_id.as_str(),
+        issued.secret_access_key.as_str(),
+        issued.session_token.as_str(),
+    );
+    let body = b"{}";
+    for mode in [SessionTokenMode::Include, SessionTokenMode::Exclude] {
+        let headers = signed_session(key, secret, Some((token, mode)), "lambda", body);
+        assert_eq!(call(&auth, &headers, body).await.unwrap(), ann, "{mode:?}");
+    }
+    // The token of one temporary key does not vouch for another key id.
+    let other = session::issue(
+        &master,
+        &ann,
+        std::time::Duration::from_secs(900),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let headers = signed_session(
+        &other.access_key_id,
+        secret,
+        Some((token, SessionTokenMode::Include)),
+        "lambda",
+        body,
+    );
+    assert!(matches!(
+        call(&auth, &headers, body).await,
+        Err(AuthError::UnknownKey)
+    ));
+}
+
+#[tokio::test]
+async fn made_up_key_ids_are_refused_before_any_lookup() {
+    let auth = Authenticator::from_config(&api(&[AuthMode::Sigv4]), &store().await).unwrap();
+    for key in [
+        "A".repeat(129),
+        "akialowercase".to_owned(),
+        "AKIA/X".to_owned(),
+    ] {
+        let headers = signed(&key, "secret", "lambda", b"");
+        let e = call(&auth, &headers, b"").await.unwrap_err();
+        assert_eq!(
+            e.aws_error().error_type,
+            "IncompleteSignatureException",
+            "{key}"
+        );
+    }
 }
