@@ -1451,6 +1451,14 @@ fn valid_query() -> Value {
     })
 }
 
+/// [`valid_query`] as OpenSearch 2.x gets it: the Elasticsearch 2.x `interval` of its
+/// histogram becomes `fixed_interval`.
+fn valid_query_translated() -> Value {
+    let mut q = valid_query();
+    q["aggs"]["hist"]["date_histogram"] = json!({"field": "timestamp", "fixed_interval": "30m"});
+    q
+}
+
 /// Whether `needle` occurs anywhere in `hay` (as a value of some key or array element).
 fn contains(hay: &Value, needle: &Value) -> bool {
     hay == needle
@@ -1574,9 +1582,12 @@ async fn find_checks_the_query_and_restricts_it_to_the_callers_domains() {
     let body = searches[0].json();
     let mut rest = body.clone();
     rest.as_object_mut().unwrap().remove("query");
-    let mut want_rest = valid_query();
+    let mut want_rest = valid_query_translated();
     want_rest.as_object_mut().unwrap().remove("query");
-    assert_eq!(rest, want_rest, "only the query is changed: {body}");
+    assert_eq!(
+        rest, want_rest,
+        "only the query and the dialect are changed: {body}"
+    );
     let filter = &body["query"]["bool"]["filter"];
     assert!(
         contains(filter, &json!({"term": {"domain": SUB1_PATH}}))
@@ -1623,8 +1634,66 @@ async fn find_checks_the_query_and_restricts_it_to_the_callers_domains() {
     .ok();
     assert_eq!(
         search.seen().last().unwrap().json(),
-        valid_query(),
+        valid_query_translated(),
         "root caller"
+    );
+
+    // Spec 5.1's own example (Elasticsearch 2.x: pre_zone, pre_zone_adjust_large_interval,
+    // trackScores) reaches OpenSearch in its dialect.
+    let spec_example = json!({
+        "size": 0,
+        "trackScores": false,
+        "query": valid_query()["query"],
+        "aggs": {"hist": {"date_histogram": {
+            "field": "timestamp", "interval": "30m", "pre_zone": "+01:00",
+            "pre_zone_adjust_large_interval": true, "min_doc_count": 1
+        }}}
+    });
+    svc.invoke(
+        OBSERVATION,
+        json!({"action": "FIND", "query": spec_example}),
+        Some(&sub1),
+    )
+    .await
+    .ok();
+    let sent = search.seen().last().unwrap().json();
+    assert_eq!(
+        sent["aggs"]["hist"]["date_histogram"],
+        json!({"field": "timestamp", "fixed_interval": "30m", "time_zone": "+01:00",
+               "min_doc_count": 1}),
+        "{sent}"
+    );
+    assert_eq!(sent["track_scores"], false, "{sent}");
+
+    // The spec's way to search one domain: a terms lookup into `domains`, for a domain in the
+    // caller's subtree; a sibling's is refused before any search.
+    let lookup = |domain: &str| {
+        let mut q = valid_query();
+        q["query"]["bool"]["must"][1] = json!({"terms": {"thingName": {
+            "index": "domains", "type": "thing_mapping", "id": domain, "path": "thingNames"}}});
+        json!({"action": "FIND", "query": q})
+    };
+    svc.invoke(OBSERVATION, lookup("sub2"), Some(&sub1))
+        .await
+        .ok();
+    let sent = search.seen().last().unwrap().json();
+    assert!(
+        contains(
+            &sent["query"],
+            &json!({"prefix": {"domain": format!("{SUB2_PATH}/")}})
+        ),
+        "{sent}"
+    );
+    let searches = search.seen().len();
+    let err = svc
+        .invoke(OBSERVATION, lookup("other"), Some(&sub1))
+        .await
+        .function_error();
+    assert_eq!(err["messageKey"], "NOT_AUTHORIZED_DOMAIN", "{err}");
+    assert_eq!(
+        search.seen().len(),
+        searches,
+        "a refused lookup reached OpenSearch"
     );
 
     // Names that contain ObservationLambda are the same function.

@@ -5,7 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use rule_engine::Directory;
 use serde_json::{Map, Value};
-use sinks::search::{check_find_query, restrict_to_domain, SearchClient, SearchError};
+use sinks::search::{
+    check_find_query, dialect, restrict_to_domain, FindError, SearchClient, SearchError,
+};
 
 use super::error::FunctionError;
 use crate::auth::Caller;
@@ -21,24 +23,43 @@ impl ObservationApi {
         ObservationApi { client, directory }
     }
 
-    /// Spec 5.1.1: checks the query's requirements, restricts it to the caller's domain subtree
-    /// and returns OpenSearch's output as it is.
+    /// Spec 5.1.1: translates the query from the spec's Elasticsearch dialect to OpenSearch's
+    /// ([`dialect`]), checks its requirements, restricts it to the caller's domain subtree and
+    /// returns OpenSearch's output as it is.
     pub async fn find(
         &self,
         caller: &Caller,
         payload: &Map<String, Value>,
     ) -> Result<Value, FunctionError> {
-        let payload_value = Value::Object(payload.clone());
-        check_find_query(&payload_value)
-            .map_err(|e| FunctionError::keyed_on(e.key, e.property, e.message))?;
-        let query = payload.get("query").cloned().unwrap_or(Value::Null);
-        let domain_path = {
+        let refused = |e: FindError| FunctionError::keyed_on(e.key, e.property, e.message);
+        let (domain_path, query) = {
             let directory = match self.directory.read() {
                 Ok(d) => d,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            directory.domains().path(&caller.domain).join("/")
+            let domains = directory.domains();
+            // The spec's `domains` lookup names a domain the caller must be allowed to search.
+            let lookup = |id: &str| {
+                if domains.is_within(id, &caller.domain) {
+                    Ok(domains.path(id).join("/"))
+                } else {
+                    Err(FindError::not_authorized_domain(id))
+                }
+            };
+            let query = payload
+                .get("query")
+                .cloned()
+                .map(|q| dialect::translate(q, &lookup))
+                .transpose()
+                .map_err(refused)?;
+            (domains.path(&caller.domain).join("/"), query)
         };
+        let mut checked = payload.clone();
+        if let Some(query) = &query {
+            checked.insert("query".to_owned(), query.clone());
+        }
+        check_find_query(&Value::Object(checked)).map_err(refused)?;
+        let query = query.unwrap_or(Value::Null);
         let body = restrict_to_domain(query, &domain_path);
         match self.client.search(body).await {
             Ok(output) => Ok(output),

@@ -15,6 +15,9 @@ pub const PROPERTY_REQUIRED: &str = "PROPERTY_REQUIRED";
 /// `messageKey` of a query that is invalid or breaks the rules of spec 5.1.1.1.
 pub const INVALID_ARGUMENTS: &str = "INVALID_ARGUMENTS";
 
+/// `messageKey` of a domain lookup outside the caller's subtree (spec 1.2.1).
+pub const NOT_AUTHORIZED_DOMAIN: &str = "NOT_AUTHORIZED_DOMAIN";
+
 /// The domain whose callers see every observation.
 pub const ROOT_DOMAIN: &str = "root";
 
@@ -25,7 +28,7 @@ const MAX_DEPTH: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key} ({property}): {message}")]
 pub struct FindError {
-    /// [`PROPERTY_REQUIRED`] or [`INVALID_ARGUMENTS`].
+    /// [`PROPERTY_REQUIRED`], [`INVALID_ARGUMENTS`] or [`NOT_AUTHORIZED_DOMAIN`].
     pub key: &'static str,
     /// Always `query` (spec 5.1.1.3).
     pub property: &'static str,
@@ -34,11 +37,20 @@ pub struct FindError {
 }
 
 impl FindError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self {
             key: INVALID_ARGUMENTS,
             property: "query",
             message: message.into(),
+        }
+    }
+
+    /// A `domains` lookup of a domain the caller may not search.
+    pub fn not_authorized_domain(domain: &str) -> Self {
+        Self {
+            key: NOT_AUTHORIZED_DOMAIN,
+            property: "query",
+            message: format!("not authorized for domain {domain}"),
         }
     }
 }

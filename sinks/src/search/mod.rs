@@ -18,6 +18,7 @@
 pub mod bulk;
 pub mod client;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod find;
 pub mod indexer;
