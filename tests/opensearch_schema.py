@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Validates search bodies against OpenSearch's published OpenAPI description, strictly.
 
-Usage: opensearch_schema.py <opensearch-api dir> <bodies.json>
-    bodies.json: {"name": <search body>, ...}. Prints one line per body, "ok" or its errors, and
-    exits 1 when any body fails.
+Usage: opensearch_schema.py <opensearch-api dir> <bodies.json> [search | bulk]
+    bodies.json: {"name": <body>, ...}: search bodies (JSON), or `_bulk` bodies (NDJSON text,
+    whose action lines are validated as OperationContainer and whose document lines must be JSON
+    objects). Prints one line per body, "ok" or its errors, and exits 1 when any body fails.
 
 No OpenSearch server can be installed on these machines, so the bodies ccstream sends to
 `_search` are checked against the OpenSearch project's own description
@@ -27,6 +28,7 @@ import yaml
 
 SEARCH_BODY = ("namespaces/_core.yaml", ["components", "requestBodies", "search", "content",
                                           "application/json", "schema"])
+BULK_ACTION = ("schemas/_core.bulk.yaml", ["components", "schemas", "OperationContainer"])
 
 _documents = {}
 
@@ -180,20 +182,52 @@ def check(inst, schema, base, path, entry=True):
     return result
 
 
+def schema_at(spec_dir, where):
+    base = os.path.join(spec_dir, "spec", where[0])
+    node = document(base)
+    for part in where[1]:
+        node = node[part]
+    return node, base
+
+
+def bulk_errors(text, action, base):
+    """The `_bulk` body's errors: action lines against the schema, documents as objects."""
+    errors = []
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    else:
+        errors.append("the body does not end with a newline")
+    if len(lines) % 2:
+        errors.append("an action line has no document")
+    for i, line in enumerate(lines):
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            errors.append(f"line {i + 1}: not JSON ({e})")
+            continue
+        if i % 2 == 0:
+            errors += check(value, action, base, f"line {i + 1}").errors
+        elif not isinstance(value, dict):
+            errors.append(f"line {i + 1}: the document is not an object")
+    return errors
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["search"], ["bulk"]):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     spec_dir, bodies_file = sys.argv[1], sys.argv[2]
-    base = os.path.join(spec_dir, "spec", SEARCH_BODY[0])
-    node = document(base)
-    for part in SEARCH_BODY[1]:
-        node = node[part]
+    bulk = sys.argv[3:] == ["bulk"]
+    schema, base = schema_at(spec_dir, BULK_ACTION if bulk else SEARCH_BODY)
     with open(bodies_file) as f:
         bodies = json.load(f)
     failed = False
     for name, body in bodies.items():
-        errors = check(body, node, base, "body").errors
+        if bulk:
+            errors = bulk_errors(body, schema, base)
+        else:
+            errors = check(body, schema, base, "body").errors
         if errors:
             failed = True
             print(f"{name}: " + "; ".join(dict.fromkeys(errors)))

@@ -1,9 +1,10 @@
-//! The search bodies ccstream sends to OpenSearch, checked against OpenSearch's own published
-//! API description (no OpenSearch server can be installed here): the spec's FIND example, the
+//! The bodies ccstream sends to OpenSearch, checked against OpenSearch's own published API
+//! description (no OpenSearch server can be installed here): the spec's FIND example, the
 //! README's, and the constructs the dialect translation rewrites, each translated and restricted
-//! to a caller's domain exactly as ObservationLambda does, validated strictly by
-//! tests/opensearch_schema.py. The untranslated spec example must fail, which shows that the
-//! validator is strict enough to notice a construct OpenSearch 2.x refuses.
+//! to a caller's domain exactly as ObservationLambda does, and the indexer's `_bulk` bodies,
+//! validated strictly by tests/opensearch_schema.py. The untranslated spec example and a
+//! misspelt bulk action must fail, which shows that the validator notices what OpenSearch 2.x
+//! refuses.
 //!
 //! The description is read from `$OPENSEARCH_API_SPEC`, else `../shared/opensearch-api` beside
 //! the checkout, else this workplace's `/work/shared/opensearch-api`; it is not copied here.
@@ -55,8 +56,13 @@ fn spec_example() -> Value {
     })
 }
 
-/// Runs the validator on `bodies`: its exit status and output.
+/// Runs the validator on search `bodies`: its exit status and output.
 fn validate(bodies: &Map<String, Value>) -> (bool, String) {
+    validate_as(bodies, "search")
+}
+
+/// The same for `bodies` of `kind` (`search`, or `bulk` with NDJSON text values).
+fn validate_as(bodies: &Map<String, Value>, kind: &str) -> (bool, String) {
     let dir = tempfile::TempDir::new().unwrap();
     let file = dir.path().join("bodies.json");
     std::fs::write(&file, serde_json::to_vec(bodies).unwrap()).unwrap();
@@ -67,6 +73,7 @@ fn validate(bodies: &Map<String, Value>) -> (bool, String) {
         ))
         .arg(spec_dir())
         .arg(&file)
+        .arg(kind)
         .output()
         .expect("run python3 (scripts/setup-test-deps.sh installs pyyaml)");
     let text = format!(
@@ -141,4 +148,38 @@ fn the_untranslated_dialect_is_refused_by_the_description() {
             "{construct} not reported:\n{report}"
         );
     }
+}
+
+#[test]
+fn what_the_indexer_sends_to_bulk_is_valid() {
+    use axum::body::Bytes;
+    use sinks::search::bulk::{encode, index_name, Item};
+
+    let item = |record: &'static str| Item {
+        record: Bytes::from_static(record.as_bytes()),
+        index: index_name("observations", 1_764_720_000_000).into(),
+        received: tokio::time::Instant::now(),
+    };
+    let body = encode(&[
+        item(
+            r#"{"thingName":"thing-001","timestamp":1764720000000,"domain":"root/sub1","state":{"reported":{"temp":61}}}"#,
+        ),
+        // A raw line break between tokens: the encoder keeps the document on one line.
+        item("{\"thingName\":\"thing-002\",\n\"timestamp\":1764720000001}"),
+    ]);
+    let mut bodies = Map::new();
+    bodies.insert(
+        "indexer".into(),
+        Value::String(String::from_utf8(body.to_vec()).unwrap()),
+    );
+    let (ok, report) = validate_as(&bodies, "bulk");
+    assert!(ok, "{report}");
+
+    let mut wrong = Map::new();
+    wrong.insert(
+        "misspelt action".into(),
+        Value::String("{\"index\":{\"_idx\":\"observations\"}}\n{}\n".into()),
+    );
+    let (ok, report) = validate_as(&wrong, "bulk");
+    assert!(!ok && report.contains("'_idx'"), "{report}");
 }
