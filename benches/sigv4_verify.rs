@@ -69,6 +69,16 @@ fn signed(key: &str, secret: &str, token: Option<&str>, body: &[u8], now: System
         .collect()
 }
 
+/// The Rule API invoke these headers and body make.
+fn invoke<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Request<'a> {
+    Request {
+        method: "POST",
+        path_and_query: PATH,
+        headers,
+        body,
+    }
+}
+
 fn authorization(headers: &HeaderMap) -> String {
     headers["authorization"].to_str().expect("text").to_owned()
 }
@@ -83,12 +93,7 @@ fn bench(c: &mut Criterion) {
 
     let headers = signed(KEY, SECRET, None, &body, now);
     let header = authorization(&headers);
-    let request = Request {
-        method: "POST",
-        path_and_query: PATH,
-        headers: &headers,
-        body: &body,
-    };
+    let request = invoke(&headers, &body);
     let check = || {
         let auth = Authorization::parse(black_box(&header)).expect("parses");
         verify(black_box(&request), &auth, SECRET, None, now)
@@ -112,12 +117,7 @@ fn bench(c: &mut Criterion) {
         now,
     );
     let header = authorization(&headers);
-    let request = Request {
-        method: "POST",
-        path_and_query: PATH,
-        headers: &headers,
-        body: &body,
-    };
+    let request = invoke(&headers, &body);
     let check = || {
         let auth = Authorization::parse(black_box(&header)).expect("parses");
         let token = headers[SESSION_TOKEN].to_str().expect("text");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ccstream::auth::seal::MasterKey;
 use ccstream::auth::{session, Caller, Role};
 use common::jwt::{self, RsaKey};
-use common::{free_port, metric_value, now_secs, sdk_tenants, Ccstream, LISTEN};
+use common::{free_port, metric_value, now_secs, sdk_script, sdk_tenants, Ccstream, LISTEN};
 use serde_json::{json, Value};
 
 const MASTER_KEY: &str = "d2ViLWlkZW50aXR5LXRlc3QtbWFzdGVyLWtleS0zMmI=";
@@ -79,11 +79,7 @@ impl Provider {
 #[tokio::test]
 async fn sts_and_cognito_credentials_drive_the_api_through_boto3() {
     let idp = Provider::new();
-    let svc = Ccstream::start(&config(&format!(
-        "jwks_file = \"{}\"",
-        idp.jwks_file.display()
-    )))
-    .await;
+    let svc = start_with_keys_file(&idp).await;
     let url = svc.base_url();
 
     let sub1 = idp.token(&claims("sub1", |_| {}));
@@ -187,44 +183,26 @@ async fn sts_and_cognito_credentials_drive_the_api_through_boto3() {
     }
 }
 
-/// Runs tests/node/sdk.js with `args` (its packages come from scripts/setup-test-deps.sh);
-/// panics with its output unless it printed OK.
+/// Runs tests/node/sdk.js (the AWS SDKs for JavaScript, installed by
+/// scripts/setup-test-deps.sh) with `args`.
 async fn node_sdk(svc: &Ccstream, args: &[&str]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let shown = args[0].clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("sdk.js")
-            .args(&args)
-            .current_dir(dir)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
+    sdk_script(svc, ("node", dir, "sdk.js"), args, "sdk.js: OK").await;
+}
+
+/// Starts ccstream with `idp`'s keys in a JWKS file.
+async fn start_with_keys_file(idp: &Provider) -> Ccstream {
+    Ccstream::start(&config(&format!(
+        "jwks_file = \"{}\"",
+        idp.jwks_file.display()
+    )))
     .await
-    .unwrap()
-    .expect("run node (scripts/setup-test-deps.sh installs it and tests/node)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("sdk.js: OK"),
-        "sdk.js {shown}:\n{text}\n{}",
-        svc.logs()
-    );
 }
 
 #[tokio::test]
 async fn the_javascript_sdks_v2_and_v3_work_with_only_their_endpoints_changed() {
     let idp = Provider::new();
-    let svc = Ccstream::start(&config(&format!(
-        "jwks_file = \"{}\"",
-        idp.jwks_file.display()
-    )))
-    .await;
+    let svc = start_with_keys_file(&idp).await;
     let url = svc.base_url();
     let sub1 = idp.token(&claims("sub1", |_| {}));
     let other = idp.token(&claims("other", |_| {}));

@@ -659,36 +659,54 @@ fn with_database(url: &str, db: &str) -> String {
     out
 }
 
-/// JSON Web Tokens for the `api.auth = "jwt"` tests.
-/// Runs tests/sdk_tenants.py with `args`; panics with its output unless it printed OK.
-pub async fn sdk_tenants(svc: &Ccstream, args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_tenants.py");
+/// Runs an SDK test script, `program script args...` in `dir`, off the runtime (the SDKs' own
+/// timeouts bound it); panics with its output and the service's logs unless it exits 0 having
+/// printed `ok`.
+pub async fn sdk_script(
+    svc: &Ccstream,
+    (program, dir, script): (&'static str, &'static str, &'static str),
+    args: &[&str],
+    ok: &str,
+) {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let shown = args.clone();
-    // boto3's own timeouts (60 s per read, one attempt) bound the run.
+    let shown = args.first().cloned().unwrap_or_default();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
+        Command::new(program)
             .arg(script)
             .args(&args)
+            .current_dir(dir)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
             .output()
     })
     .await
     .unwrap()
-    .expect("run python3 (scripts/setup-test-deps.sh installs boto3)");
+    .unwrap_or_else(|e| panic!("run {program} (scripts/setup-test-deps.sh installs it): {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        out.status.success() && text.contains("sdk_tenants: OK"),
-        "sdk_tenants.py {shown:?}:\n{text}\n{}",
+        out.status.success() && text.contains(ok),
+        "{script} {shown}:\n{text}\n{}",
         svc.logs()
     );
 }
 
+/// Runs tests/sdk_tenants.py (boto3) with `args`.
+pub async fn sdk_tenants(svc: &Ccstream, args: &[&str]) {
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    sdk_script(
+        svc,
+        ("python3", tests, "sdk_tenants.py"),
+        args,
+        "sdk_tenants: OK",
+    )
+    .await;
+}
+
+/// JSON Web Tokens for the `api.auth = "jwt"` tests.
 pub mod jwt {
     use std::path::Path;
     use std::process::Command;
