@@ -89,17 +89,18 @@ async fn run(
     body: Body,
 ) -> (&'static str, &'static str, &'static str, Response) {
     let inner = &state.inner;
+    // Before the function is known, refusals are labelled as unknown.
+    let refuse = |err: ProtocolError| ("unknown", "none", err.type_label(), err.into_response());
     // A SigV4 signature covers the body, so it is read first for those; anyone else is
     // authenticated before the server buffers anything of theirs.
+    let body_first = inner.auth.reads_body(headers);
     let mut unread = Some(body);
     let mut bytes = Vec::new();
-    if inner.auth.reads_body(headers) {
-        if let Some(body) = unread.take() {
-            match read_body(headers, body, inner.max_body_bytes).await {
-                Ok(read) => bytes = read,
-                Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
-            }
-        }
+    if let Some(body) = unread.take_if(|_| body_first) {
+        bytes = match read_body(headers, body, inner.max_body_bytes).await {
+            Ok(read) => read,
+            Err(err) => return refuse(err),
+        };
     }
     let request = Request {
         method: "POST",
@@ -109,27 +110,22 @@ async fn run(
     };
     let caller = match inner.auth.authenticate(&request, LAMBDA).await {
         Ok(caller) => caller,
-        Err(e) => {
-            let err = ProtocolError::Unauthenticated(e);
-            return ("unknown", "none", err.type_label(), err.into_response());
-        }
+        Err(e) => return refuse(ProtocolError::Unauthenticated(e)),
     };
     if let Some(body) = unread {
-        match read_body(headers, body, inner.max_body_bytes).await {
-            Ok(read) => bytes = read,
-            Err(err) => return ("unknown", "none", err.type_label(), err.into_response()),
-        }
+        bytes = match read_body(headers, body, inner.max_body_bytes).await {
+            Ok(read) => read,
+            Err(err) => return refuse(err),
+        };
     }
     let body = bytes;
     let Some(function) = Function::from_name(function_name) else {
-        let err = ProtocolError::FunctionNotFound(function_name.to_owned());
-        return ("unknown", "none", err.type_label(), err.into_response());
+        return refuse(ProtocolError::FunctionNotFound(function_name.to_owned()));
     };
     if function == Function::Observation && inner.observations.is_none() {
-        let err = ProtocolError::FunctionNotFound(format!(
+        return refuse(ProtocolError::FunctionNotFound(format!(
             "{function_name} (ObservationLambda is served when search.url is set)"
-        ));
-        return ("unknown", "none", err.type_label(), err.into_response());
+        )));
     }
     let label = function.label();
     let invocation = match invocation_type(headers) {
