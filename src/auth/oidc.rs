@@ -44,7 +44,8 @@ pub struct Identity {
 }
 
 enum Source {
-    File(String),
+    /// Read once, at start.
+    File,
     Url(String, reqwest::Client),
 }
 
@@ -98,7 +99,7 @@ impl OidcVerifier {
                     path: path.clone(),
                     message,
                 })?;
-                (Source::File(path.clone()), keys)
+                (Source::File, keys)
             }
             (None, Some(url)) => {
                 let client = reqwest::Client::builder()
@@ -126,7 +127,8 @@ impl OidcVerifier {
             unreadable: RwLock::new(false),
             fetched: tokio::sync::Mutex::new(None),
         };
-        if verifier.refresh(false).await.is_err() {
+        // A key file was read above; a URL is fetched now.
+        if matches!(verifier.source, Source::Url(..)) && verifier.refresh(false).await.is_err() {
             tracing::error!(
                 "api.oidc: the identity provider's keys could not be fetched; web identity \
                  exchanges fail until they can"
@@ -225,14 +227,14 @@ impl OidcVerifier {
         .transpose()
     }
 
-    /// Reads the key set again from its source. With `only_if_stale` a URL is fetched only
+    /// Fetches the key set from its URL again. With `only_if_stale` it is fetched only
     /// when the last fetch is [`MIN_REFRESH`] old: tokens naming unknown keys cannot make the
     /// service hammer the provider. One fetch at a time; the others wait for it and then find
     /// it recent.
     async fn refresh(&self, only_if_stale: bool) -> Result<(), OidcError> {
         let read = match &self.source {
-            Source::File(path) if !only_if_stale => read_file(path),
-            Source::File(_) => return Ok(()),
+            // A changed file needs a restart, as the rest of the configuration does.
+            Source::File => return Ok(()),
             Source::Url(url, client) => {
                 let mut fetched = self.fetched.lock().await;
                 if only_if_stale && fetched.is_some_and(|at| at.elapsed() < MIN_REFRESH) {

@@ -29,6 +29,9 @@ pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 /// The one signing algorithm SigV4 headers name.
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
+/// The header a client may send the body's SHA-256 in (hex).
+const CONTENT_SHA256: &str = "x-amz-content-sha256";
+
 /// The header temporary credentials' session token travels in.
 pub const SESSION_TOKEN: &str = "x-amz-security-token";
 
@@ -161,7 +164,7 @@ pub fn precheck(
     {
         return Err(SigV4Error::MissingSignedHeader(missing.clone()));
     }
-    if let Some(sent) = request.header("x-amz-content-sha256") {
+    if let Some(sent) = request.header(CONTENT_SHA256) {
         let actual = hex::encode(Sha256::digest(request.body));
         if !sent.eq_ignore_ascii_case(&actual) {
             return Err(SigV4Error::BodyHash);
@@ -170,7 +173,8 @@ pub fn precheck(
     Ok(signed_at)
 }
 
-/// Signs `request` again as `auth` says, at `signed_at` (from [`precheck`]), and compares.
+/// Signs `request` again as `auth` says, at `signed_at`, and compares. Only for a request that
+/// passed [`precheck`] (which also checked a sent body hash: this trusts it).
 pub fn check_signature(
     request: &Request<'_>,
     auth: &Authorization,
@@ -205,11 +209,16 @@ pub fn check_signature(
         .build()
         .map_err(|_| SigV4Error::Malformed)?
         .into();
+    // precheck already hashed the body when the client sent its hash: not again.
+    let body = match request.header(CONTENT_SHA256) {
+        Some(hash) => SignableBody::Precomputed(hash.to_ascii_lowercase()),
+        None => SignableBody::Bytes(request.body),
+    };
     let signable = SignableRequest::new(
         request.method,
         request.path_and_query,
         headers.iter().map(|(name, value)| (*name, value.as_ref())),
-        SignableBody::Bytes(request.body),
+        body,
     )
     .map_err(|_| SigV4Error::Malformed)?;
     let expected = sign(signable, &params).map_err(|_| SigV4Error::Malformed)?;
