@@ -13,7 +13,7 @@
 # (initdb + postgres on a free port under the run's temporary directory), N ccstream processes,
 # each with its own API port, spool, MQTT client id and config, all in the shared subscription
 # group "e2e" on thing-update/# (Mosquitto 2.0 shares no $aws/... filter, TESTING.md); the
-# generator then publishes to thing-update/root/<thing> in every run, run 1's bare subscriber
+# generator then publishes to thing-update/<thing> in every run, run 1's bare subscriber
 # subscribes there too. The directory and the rules go through replica 1; the runs start once
 # every replica reports all rules loaded (ccstream_rules_loaded, ccstream_rules_generation).
 # Figures are over all replicas: observations stored summed, ccstream CPU summed; each replica's
@@ -235,7 +235,7 @@ if [[ $REPLICAS -gt 1 ]]; then
     STORE_URL=postgres://postgres@127.0.0.1:$PG_PORT/ccstream
     log "postgres on $PG_PORT (pid $PG_PID, $("$PG_BIN/postgres" --version))"
     # What the replicas share (ccstream subscribes to $share/e2e/thing-update/#), for every run.
-    TOPIC_ARGS=(--topic-template "thing-update/root/{thing}")
+    TOPIC_ARGS=(--topic-template "thing-update/{thing}")
 fi
 
 # --- SeaweedFS --------------------------------------------------------------------------------

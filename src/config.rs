@@ -96,12 +96,75 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
     /// A JSON directory snapshot (`{"domains": [...], "things": [...]}`) merged into the stored
     /// directory at start-up.
     pub import_file: Option<std::path::PathBuf>,
+    /// An update on `thing-update/<domainPath>/<thingName>` must name the thing's full domain
+    /// path (spec 9.1.2); one that does not is stored as an error record and not evaluated.
+    /// Off when an AWS IoT rule republishes `$aws/things/+/shadow/update` to
+    /// `thing-update/${topic(3)}`, which carries no domain path.
+    pub check_topic_domain: bool,
+    /// Who is asked about a thing the directory does not know (see [`ResolverKind`]).
+    pub resolver: ResolverKind,
+    /// `aws-iot`: the thing attribute holding its domain (an id, or a path `/sub1/sub2/`).
+    pub domain_attribute: String,
+    /// `thing-lambda`: the platform's ThingLambda function (name or ARN).
+    pub thing_lambda: Option<String>,
+    /// Region and endpoint of AWS IoT or Lambda, as `objects` has them (tests, compatible
+    /// services); credentials come from the standard AWS chain.
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    /// Lookups in flight at most.
+    pub resolve_concurrency: usize,
+    /// How long an answer may take; observations of the thing wait (unacked) at most this long.
+    pub resolve_timeout_ms: u64,
+    /// Observations waiting for answers, at most; past it they are stored and not evaluated.
+    pub resolve_queue: usize,
+    /// How long "no such thing" is believed.
+    pub negative_ttl_secs: u64,
+    /// After a failed lookup (service down), how long the thing's updates are not held before
+    /// it is asked again.
+    pub retry_secs: u64,
+    /// A thing learnt from the resolver is asked again after this long (at its next update,
+    /// which does not wait): what no life cycle event announced (a changed type or domain) is
+    /// picked up.
+    pub positive_ttl_secs: u64,
+}
+
+/// `directory.resolver`: who answers for a thing the directory does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResolverKind {
+    /// Nobody: updates of unknown things are stored and counted, not evaluated.
+    #[default]
+    None,
+    /// AWS IoT `DescribeThing`: the type from `thingTypeName`, the domain from an attribute.
+    AwsIot,
+    /// The platform's ThingLambda `GET`, through Lambda Invoke.
+    ThingLambda,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            import_file: None,
+            check_topic_domain: true,
+            resolver: ResolverKind::None,
+            domain_attribute: "domain".to_owned(),
+            thing_lambda: None,
+            region: None,
+            endpoint: None,
+            resolve_concurrency: 8,
+            resolve_timeout_ms: 5_000,
+            resolve_queue: 10_000,
+            negative_ttl_secs: 300,
+            retry_secs: 10,
+            positive_ttl_secs: 3_600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -409,6 +472,45 @@ impl Config {
         toml::to_string_pretty(self)
     }
 
+    /// `[directory]`'s resolver settings.
+    fn validate_directory(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::from(KeyError::new(key, reason));
+        let d = &self.directory;
+        if d.resolver == ResolverKind::ThingLambda
+            && d.thing_lambda
+                .as_deref()
+                .is_none_or(|f| f.trim().is_empty())
+        {
+            return Err(invalid(
+                "directory.thing_lambda",
+                "is needed by resolver = \"thing-lambda\"",
+            ));
+        }
+        if d.resolver == ResolverKind::AwsIot && d.domain_attribute.trim().is_empty() {
+            return Err(invalid("directory.domain_attribute", "must not be empty"));
+        }
+        if let Some(endpoint) = d.endpoint.as_deref().filter(|e| !e.trim().is_empty()) {
+            match url::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                _ => return Err(invalid("directory.endpoint", "must be an http(s) URL")),
+            }
+        }
+        for (key, value) in [
+            (
+                "directory.resolve_concurrency",
+                d.resolve_concurrency as u64,
+            ),
+            ("directory.resolve_timeout_ms", d.resolve_timeout_ms),
+            ("directory.resolve_queue", d.resolve_queue as u64),
+            ("directory.retry_secs", d.retry_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot say, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| ConfigError::from(KeyError::new(key, reason));
@@ -572,6 +674,7 @@ impl Config {
         if self.engine.state_ttl_secs == 0 {
             return Err(invalid("engine.state_ttl_secs", "must be greater than 0"));
         }
+        self.validate_directory()?;
         for d in &self.domains {
             if d.id.is_empty() || d.parent.is_empty() {
                 return Err(invalid("domains", "id and parent must not be empty"));

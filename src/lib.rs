@@ -12,6 +12,7 @@
 //! - [`store`]: rules in SQLite or PostgreSQL.
 //! - [`telemetry`], [`shutdown`]: logs, metrics, signals.
 //! - [`healthcheck`]: `ccstream healthcheck`, the probe for images without curl.
+//! - [`resolver`]: who is asked about a thing the directory does not know.
 
 pub mod api;
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod credentials;
 pub mod dead_letters;
 pub mod engine;
 pub mod healthcheck;
+pub mod resolver;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -1,5 +1,5 @@
 //! `ccstream [--config FILE] [check-config | healthcheck [--ready] | dead-letter list|replay |
-//! credentials create|list|revoke]`:
+//! credentials create|list|revoke | directory import]`:
 //! parses the command line, loads the configuration, and runs the service until SIGINT or
 //! SIGTERM, checks the configuration, probes a running service, or lists and replays the webhook
 //! dead letters.
@@ -50,6 +50,18 @@ enum Command {
         #[command(subcommand)]
         action: CredentialsAction,
     },
+    /// The directory of things and domains.
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DirectoryAction {
+    /// Load every thing from the platform's ThingLambda (FIND, paged) into the store; prints
+    /// {"things", "domains", "pages", "skipped"}.
+    Import(ccstream::resolver::import::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +130,17 @@ fn main() -> ExitCode {
         }) => healthcheck(&config, ready, Duration::from_secs(timeout_secs)),
         Some(Command::DeadLetter { action }) => dead_letter(&config, action),
         Some(Command::Credentials { action }) => credentials(&config, action),
+        Some(Command::Directory {
+            action: DirectoryAction::Import(args),
+        }) => directory_import(&config, &args),
     }
+}
+
+fn directory_import(config: &Config, args: &ccstream::resolver::import::ImportArgs) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    printed(runtime.block_on(ccstream::resolver::import::run(config, args)))
 }
 
 fn credentials(config: &Config, action: CredentialsAction) -> ExitCode {

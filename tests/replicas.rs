@@ -69,13 +69,13 @@ fn expected(things: usize, rounds: std::ops::Range<u64>) -> BTreeSet<Firing> {
     out
 }
 
-/// The updates of round `r`: `thing-update/root/<thing>` with `temp` and `round`.
+/// The updates of round `r`: `thing-update/<thing>` (root things: the root is implicit) with `temp` and `round`.
 fn round_messages(things: usize, r: u64) -> Vec<(String, Vec<u8>)> {
     (0..things)
         .map(|j| {
             let payload = json!({"state": {"reported": {"temp": temp(j, r), "round": r}}});
             (
-                format!("thing-update/root/{}", thing(j)),
+                format!("thing-update/{}", thing(j)),
                 payload.to_string().into_bytes(),
             )
         })

@@ -73,6 +73,8 @@ struct Setup {
     webhook: &'static str,
     /// ccstream reaches the broker through a [`TcpProxy`] the test can cut.
     proxy: bool,
+    /// More `[mqtt]` keys, one per line.
+    mqtt: &'static str,
 }
 
 impl Default for Setup {
@@ -82,6 +84,7 @@ impl Default for Setup {
             import: Some(fixture_path("directory/small.json")),
             webhook: "",
             proxy: false,
+            mqtt: "",
         }
     }
 }
@@ -105,10 +108,11 @@ fn config(broker_url: &str, setup: &Setup) -> String {
     let mut c = format!(
         "[api]\nlisten = \"{LISTEN}\"\n\
          [mqtt]\nembedded = false\nurl = \"{}\"\nclient_id = \"ccstream-it-{}\"\n\
-         keep_alive_secs = 5\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\
+         keep_alive_secs = 5\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n{}\
          [webhook]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n",
         broker_url,
-        unique_suffix()
+        unique_suffix(),
+        setup.mqtt
     );
     if setup.allow_loopback {
         c.push_str("allow_cidrs = [\"127.0.0.1/32\"]\n");
@@ -1422,6 +1426,62 @@ async fn bad_payloads_and_unknown_things_are_counted_and_never_fire() {
         m.get("ccstream_evaluation_duration_seconds_count"),
         ((good + 1.0) / 64.0).floor()
     );
+}
+
+#[tokio::test]
+async fn thing_update_topics_must_name_the_things_domain_path() {
+    let mut rig = Rig::start_with(Setup {
+        mqtt: "topics = [\"$aws/things/+/shadow/update\", \"thing-update/#\"]\n",
+        ..Setup::default()
+    })
+    .await;
+    rig.create(rule(
+        "hot",
+        "root",
+        "temp",
+        "gte",
+        json!(50),
+        &rig.hooks.url("/hot"),
+    ))
+    .await;
+    rig.add_sentinel("thing-001").await;
+    let publish = |topic: &str, temp: i64| {
+        let payload = json!({"state": {"reported": {"temp": temp}}}).to_string();
+        rig.broker.publish(topic, payload.as_bytes());
+    };
+    // The thing's full path below the implicit root (spec 9.1, 9.1.2): evaluated.
+    publish("thing-update/sub1/thing-101", 51);
+    publish("thing-update/sub1/sub2/thing-201", 52);
+    publish("thing-update/thing-001", 53);
+    // Any other path: stored as an error record, not evaluated.
+    publish("thing-update/thing-101", 91);
+    publish("thing-update/other/thing-101", 92);
+    publish("thing-update/sub2/thing-201", 93);
+    publish("thing-update/root/thing-001", 94);
+    // A thing the directory does not know (no resolver): counted, not evaluated.
+    publish("thing-update/sub1/ghost-1", 95);
+    rig.sync().await;
+    rig.all_delivered().await;
+
+    let mut fired = fired_values(&rig.hooks, "/hot");
+    fired.sort_by_key(|(_, v)| v.as_i64());
+    assert_eq!(
+        fired,
+        vec![
+            ("thing-101".to_owned(), json!(51)),
+            ("thing-201".to_owned(), json!(52)),
+            ("thing-001".to_owned(), json!(53)),
+        ]
+    );
+    let m = rig.metrics().await;
+    assert_eq!(
+        m.get("ccstream_observations_rejected_total{reason=\"topic_domain\"}"),
+        4.0
+    );
+    assert_eq!(m.get("ccstream_observations_unknown_thing_total"), 1.0);
+    // Committed to the spool in their own groups, perhaps after the sentinel fired.
+    let errors = "ccstream_objects_records_total{kind=\"errors\"}";
+    assert_eq!(rig.wait_metric(errors, 4.0).await, 4.0);
 }
 
 #[tokio::test]

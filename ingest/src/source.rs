@@ -120,6 +120,10 @@ impl Inbound {
 pub struct ShadowUpdate {
     /// The thing, from the topic.
     pub thing_name: String,
+    /// The domain path of a `thing-update/<domainPath>/<thingName>` topic without the implicit
+    /// root (`""` for a root thing, `"sub1/sub2"` below it); `None` for `$aws/things/...`. An
+    /// empty path allocates nothing.
+    pub topic_domain: Option<Box<str>>,
     /// When this process received the message, in ms since the Unix epoch.
     pub received_at_ms: u64,
     /// The payload as received, at most `mqtt.max_payload_bytes` long.
@@ -560,6 +564,7 @@ impl Worker {
                     self.ack_now(ack);
                     return;
                 }
+                let topic_domain = shadow.domain_path.map(Box::<str>::from);
                 // The name is a slice of the topic: cut the topic down to it rather than
                 // allocate a copy (one allocation less per observation).
                 let start = shadow.thing_name.as_ptr() as usize - topic.as_ptr() as usize;
@@ -569,6 +574,7 @@ impl Worker {
                 thing_name.drain(..start);
                 Inbound::Shadow(ShadowUpdate {
                     thing_name,
+                    topic_domain,
                     received_at_ms,
                     payload,
                     dup,

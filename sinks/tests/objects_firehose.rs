@@ -18,7 +18,9 @@ use metrics_util::debugging::DebuggingRecorder;
 use sinks::objects::writer::firehose::{FirehoseSettings, FirehoseWriter, MAX_RECORD_BYTES};
 use sinks::objects::writer::{Batch, WriteError, Writer};
 use support_aws::firehose_standin::{Answer, FirehoseStandIn};
-use support_aws::{counter, credentials, free_port, get_object, list_keys, Moto, REGION};
+use support_aws::{
+    counter, credentials, free_port, get_object, list_keys, Moto, MotoClients, REGION,
+};
 
 const STREAM: &str = "observations";
 

@@ -11,6 +11,9 @@
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
 //! - [`redis_state`]: threshold state shared by replicas in Redis (`engine.state = "redis"`).
 //! - [`saved_state`]: local threshold state saved to the store and loaded at start.
+//!
+//! Updates of unknown things wait for `directory.resolver` in `pipeline` (see
+//! [`crate::resolver`]).
 
 pub mod acks;
 pub mod dedupe;
@@ -80,6 +83,23 @@ pub async fn start(
         rules_changed,
         Duration::from_millis(config.engine.rules_poll_ms),
     ));
+
+    let resolving = match crate::resolver::Source::from_config(&config.directory)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("directory.resolver")?
+    {
+        Some(source) => {
+            crate::resolver::describe_metrics();
+            tracing::info!(
+                resolver = source.kind(),
+                "updates of unknown things wait for the resolver"
+            );
+            let resolver = crate::resolver::spawn(source, &config.directory);
+            Some(pipeline::Resolving::new(resolver, &config.directory))
+        }
+        None => None,
+    };
 
     let host = ingest::config::local_hostname().unwrap_or_else(|| "localhost".to_owned());
     let (inbound, acker, source) = MqttSource::start(&config.mqtt, &config.stack.name, &host)
@@ -161,7 +181,11 @@ pub async fn start(
             ),
             metrics: pipeline::HotMetrics::register(),
             domain_paths: pipeline::DomainPaths::default(),
+            check_topic_domain: config.directory.check_topic_domain,
             actions_sent: 0,
+            resolving,
+            released: Vec::new(),
+            releasing: false,
         },
     };
     let pipeline = tokio::spawn(pipeline.run());

@@ -48,8 +48,10 @@ use super::rules::RuleSet;
 use super::saved_state::Saver;
 use crate::store::RuleStore;
 
+mod resolving;
 mod shared;
 
+pub use resolving::Resolving;
 pub use shared::SharedState;
 
 pub struct Pipeline {
@@ -88,8 +90,17 @@ pub struct Stages {
     pub redeliveries: Redeliveries,
     pub metrics: HotMetrics,
     pub domain_paths: DomainPaths,
+    /// `directory.check_topic_domain`: an update on `thing-update/<domainPath>/<thingName>`
+    /// whose path is not the thing's is not evaluated (spec 9.1.2).
+    pub check_topic_domain: bool,
     /// Actions handed to the webhook dispatcher so far: the sequence in idempotency keys.
     pub actions_sent: u64,
+    /// Updates of unknown things wait here for `directory.resolver`'s answer.
+    pub resolving: Option<Resolving>,
+    /// Updates whose answer came, to go through the pipeline before anything newer.
+    pub released: Vec<Inbound>,
+    /// The batch being handled is `released`: its updates do not wait again.
+    pub releasing: bool,
 }
 
 /// Messages taken from the source at once, at most: one Redis round trip decides their
@@ -197,7 +208,24 @@ impl Pipeline {
     pub async fn run(mut self) {
         let mut rules = Arc::clone(&self.rules.borrow_and_update());
         let mut batch = Vec::with_capacity(BATCH_MAX);
-        while self.inbound.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        loop {
+            self.stages.releasing = !self.stages.released.is_empty();
+            if self.stages.releasing {
+                batch.append(&mut self.stages.released);
+            } else {
+                match self.next_batch(&mut batch).await {
+                    Next::Batch => {}
+                    Next::Closed => break,
+                    Next::Answer(name, answer) => {
+                        self.stages.on_answer(name, answer).await;
+                        continue;
+                    }
+                    Next::Overdue => {
+                        self.stages.release_overdue();
+                        continue;
+                    }
+                }
+            }
             if self.rules.has_changed().unwrap_or(false) {
                 let next = Arc::clone(&self.rules.borrow_and_update());
                 if let ThresholdBackend::Local(local) = &mut self.state {
@@ -234,13 +262,121 @@ impl Pipeline {
         }
         tracing::info!("observation pipeline stopped");
     }
+
+    /// Waits for messages (into `batch`), a resolver's answer, or a wait that ran out.
+    async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> Next {
+        let Some(resolving) = self.stages.resolving.as_mut() else {
+            return match self.inbound.recv_many(batch, BATCH_MAX).await {
+                0 => Next::Closed,
+                _ => Next::Batch,
+            };
+        };
+        let deadline = resolving.next_deadline();
+        tokio::select! {
+            biased;
+            (name, answer) = resolving.answer() => Next::Answer(name, answer),
+            () = sleep_until(deadline) => Next::Overdue,
+            n = self.inbound.recv_many(batch, BATCH_MAX) => match n {
+                0 => Next::Closed,
+                _ => Next::Batch,
+            },
+        }
+    }
+}
+
+/// What woke the pipeline up.
+enum Next {
+    Batch,
+    Closed,
+    Answer(String, crate::resolver::Answer),
+    Overdue,
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Stages {
+    /// With a resolver, an update of a thing the directory does not know waits for the answer
+    /// ([`resolving`]); `None` when it was taken to wait.
+    fn hold_if_unknown(&mut self, shadow: ShadowUpdate) -> Option<ShadowUpdate> {
+        let resolving = match &mut self.resolving {
+            Some(r) if !self.releasing => r,
+            _ => return Some(shadow),
+        };
+        let known = match self.directory.read() {
+            Ok(d) => d.thing(&shadow.thing_name).is_some(),
+            Err(poisoned) => poisoned.into_inner().thing(&shadow.thing_name).is_some(),
+        };
+        resolving.admit(shadow, known, Instant::now())
+    }
+
+    /// A resolver's answer: a found thing goes into the directory and the store, and the
+    /// thing's waiting updates are handled next.
+    async fn on_answer(&mut self, thing_name: String, answer: crate::resolver::Answer) {
+        let Some(resolving) = &mut self.resolving else {
+            return;
+        };
+        let resolved = resolving.on_answer(thing_name, answer, Instant::now());
+        if let Some(found) = resolved.found {
+            let snapshot = found.snapshot(&resolved.thing_name);
+            let applied = {
+                let mut directory = match self.directory.write() {
+                    Ok(d) => d,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let unchanged = found.ancestors.is_none()
+                    && directory.thing(&resolved.thing_name).is_some_and(|t| {
+                        t.thing_type() == found.thing_type && t.domain() == found.domain
+                    });
+                if unchanged {
+                    None
+                } else {
+                    Some(directory.import(snapshot.clone()))
+                }
+            };
+            match applied {
+                None => {}
+                Some(Ok(())) => {
+                    tracing::debug!(thing = %resolved.thing_name, domain = %found.domain, "thing added to the directory from the resolver");
+                    if let Err(e) = self.store.import_directory(&snapshot).await {
+                        // In memory it is known; the next start asks again.
+                        metrics::counter!("ccstream_store_errors_total").increment(1);
+                        tracing::error!(thing = %resolved.thing_name, error = %e, "cannot store a resolved thing");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(thing = %resolved.thing_name, error = %e, "the resolver's answer does not fit the directory; the thing stays unknown");
+                    if let Some(resolving) = &mut self.resolving {
+                        resolving.refused(&resolved.thing_name, Instant::now());
+                    }
+                }
+            }
+        }
+        self.released
+            .extend(resolved.released.into_iter().map(Inbound::Shadow));
+    }
+
+    /// Updates whose answer did not come in time go on unevaluated.
+    fn release_overdue(&mut self) {
+        if let Some(resolving) = &mut self.resolving {
+            let overdue = resolving.release_overdue(Instant::now());
+            self.released
+                .extend(overdue.into_iter().map(Inbound::Shadow));
+        }
+    }
+
     /// One message with local threshold state.
     async fn handle_local(&mut self, rules: &RuleSet, item: Inbound, state: &mut ThresholdState) {
         match item {
             Inbound::Shadow(shadow) => {
+                let Some(shadow) = self.hold_if_unknown(shadow) else {
+                    return;
+                };
                 self.metrics.received.increment(1);
                 let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                 let delivery = self.redeliveries.classify(shadow.dup, id);
@@ -248,13 +384,7 @@ impl Stages {
                     self.skip_copy(&shadow.thing_name, shadow.ack).await;
                     return;
                 }
-                let observed = self.observe(
-                    rules,
-                    &shadow.thing_name,
-                    shadow.received_at_ms,
-                    &shadow.payload,
-                    state,
-                );
+                let observed = self.observe(rules, &shadow, state);
                 self.finish(shadow, id, delivery, observed).await;
             }
             Inbound::Event {
@@ -344,21 +474,46 @@ impl Stages {
     }
 
     /// Evaluates the rules and builds the record to store: the observation record, or an
-    /// error record when the payload is not a JSON object.
+    /// error record when the payload is not a JSON object or the topic names another domain.
     fn observe(
         &mut self,
         rules: &RuleSet,
-        thing_name: &str,
-        received_at_ms: u64,
-        payload: &[u8],
+        shadow: &ShadowUpdate,
         thresholds: &mut impl Thresholds,
     ) -> Observed {
+        let thing_name = shadow.thing_name.as_str();
+        let received_at_ms = shadow.received_at_ms;
+        let payload = &shadow.payload[..];
         let directory = match self.directory.read() {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
         let thing = directory.thing(thing_name);
         let domain_path = thing.map(|t| self.domain_paths.get(directory.domains(), t.domain()));
+        if let (true, Some(topic), Some(path)) = (
+            self.check_topic_domain,
+            shadow.topic_domain.as_deref(),
+            domain_path,
+        ) {
+            if !topic_names_path(topic, path) {
+                let reason = format!(
+                    "the topic's domain path {topic:?} is not the thing's domain path {:?}",
+                    path.strip_prefix(rule_engine::ROOT)
+                        .unwrap_or(path)
+                        .trim_start_matches('/')
+                );
+                drop(directory);
+                metrics::counter!("ccstream_observations_rejected_total", "reason" => "topic_domain")
+                    .increment(1);
+                tracing::debug!(thing = %thing_name, %reason, "observation not evaluated");
+                return Observed {
+                    record: build_error_record(payload, thing_name, received_at_ms, &reason),
+                    kind: RecordKind::Errors,
+                    timestamp: received_at_ms,
+                    outcome: None,
+                };
+            }
+        }
         match ParsedObservation::parse(payload, &self.limits) {
             Ok(obs) => {
                 let timestamp = obs.timestamp().unwrap_or(received_at_ms);
@@ -586,6 +741,16 @@ fn forget_changed_rules(state: &mut ThresholdState, old: &RuleSet, new: &RuleSet
     }
 }
 
+/// Whether a `thing-update` topic's domain path (`""` for root, `sub1/sub2` below it: the root
+/// is implicit in topics, spec 9.1) is the thing's full path (`root`, `root/sub1/sub2`).
+fn topic_names_path(topic: &str, path: &str) -> bool {
+    match path.strip_prefix(rule_engine::ROOT) {
+        Some("") => topic.is_empty(),
+        Some(below) => below.strip_prefix('/') == Some(topic),
+        None => false,
+    }
+}
+
 /// The observation record, or an error record when the payload is not a JSON object.
 fn record_or_error(
     record: Result<Vec<u8>, NotAnObject>,
@@ -627,6 +792,24 @@ mod tests {
             .filter(|_| metrics.next_evaluation_is_timed())
             .collect();
         assert_eq!(timed, vec![64, 128, 192]);
+    }
+
+    #[test]
+    fn a_topic_names_the_path_below_the_implicit_root() {
+        assert!(topic_names_path("", "root"));
+        assert!(topic_names_path("sub1/sub2", "root/sub1/sub2"));
+        assert!(
+            !topic_names_path("root", "root"),
+            "root is implicit in topics"
+        );
+        assert!(!topic_names_path("sub1", "root"));
+        assert!(!topic_names_path("", "root/sub1"));
+        assert!(
+            !topic_names_path("sub2", "root/sub1/sub2"),
+            "the full path, not the last level"
+        );
+        assert!(!topic_names_path("sub1/sub", "root/sub1/sub2"));
+        assert!(!topic_names_path("sub1", "rootx/sub1"));
     }
 
     #[test]

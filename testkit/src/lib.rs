@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod mosquitto;
+pub mod moto;
 pub mod proxy;
 pub mod receiver;
 pub mod redis;

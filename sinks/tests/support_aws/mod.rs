@@ -1,6 +1,6 @@
 //! Real servers for the S3 and Firehose writer tests: SeaweedFS (`weed server -s3`) and moto in
-//! server mode, each started on free ports of 127.0.0.1 and killed by pid when its guard drops;
-//! plain SDK clients pointed at them; a scripted Firehose stand-in ([`firehose_standin`]).
+//! server mode ([`testkit::moto`]); plain SDK clients pointed at them; a scripted Firehose
+//! stand-in ([`firehose_standin`]).
 //!
 //! A missing `weed` or moto makes the test fail with the install line, never skip.
 #![allow(dead_code)]
@@ -8,98 +8,26 @@
 pub mod firehose_standin;
 
 pub use testkit::free_port;
-
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+pub use testkit::moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-
-/// Any key works: neither SeaweedFS without IAM config nor moto checks them.
-pub const ACCESS_KEY: &str = "ccstream-test";
-pub const SECRET_KEY: &str = "ccstream-test-secret";
-pub const REGION: &str = "us-east-1";
 
 pub fn credentials() -> Option<(String, String)> {
     Some((ACCESS_KEY.to_owned(), SECRET_KEY.to_owned()))
 }
 
-/// Waits until something accepts TCP connections on `port`, or panics with `what`'s log.
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited with {status} before listening on {port}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {port} within 60 s:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Plain SDK clients pointed at moto.
+pub trait MotoClients {
+    fn s3(&self) -> aws_sdk_s3::Client;
+    fn firehose(&self) -> aws_sdk_firehose::Client;
 }
 
-/// The real Python interpreter (not a shim), for `python -m moto.server`.
-fn python_executable() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import sys, moto.server; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "moto not importable: run `python3 -m pip install 'moto[server]'`\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// moto in server mode (all mocked AWS services on one port); killed when dropped.
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Moto {
-    pub fn start() -> Moto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let log_path = dir.path().join("moto.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut child = Command::new(python_executable())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("moto starts");
-        wait_for_port(port, &mut child, "moto", &log_path);
-        Moto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn s3(&self) -> aws_sdk_s3::Client {
+impl MotoClients for Moto {
+    fn s3(&self) -> aws_sdk_s3::Client {
         s3_client(&self.endpoint())
     }
 
-    pub fn firehose(&self) -> aws_sdk_firehose::Client {
+    fn firehose(&self) -> aws_sdk_firehose::Client {
         let config = aws_sdk_firehose::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .http_client(aws_smithy_http_client::Builder::new().build_http())
@@ -108,13 +36,6 @@ impl Moto {
             .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
             .build();
         aws_sdk_firehose::Client::from_conf(config)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -51,6 +51,9 @@ impl Stages {
         for item in batch.drain(..) {
             match item {
                 Inbound::Shadow(shadow) => {
+                    let Some(shadow) = self.hold_if_unknown(shadow) else {
+                        continue;
+                    };
                     self.metrics.received.increment(1);
                     let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                     // The original may still be waiting in this batch: it is stored first, so
@@ -72,13 +75,8 @@ impl Stages {
                         continue;
                     }
                     let mut steps = Vec::new();
-                    let observed = self.observe(
-                        rules,
-                        &shadow.thing_name,
-                        shadow.received_at_ms,
-                        &shadow.payload,
-                        &mut StepRecorder { steps: &mut steps },
-                    );
+                    let observed =
+                        self.observe(rules, &shadow, &mut StepRecorder { steps: &mut steps });
                     pending.push(Pending {
                         shadow,
                         id,

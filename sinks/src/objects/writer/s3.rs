@@ -181,10 +181,10 @@ pub fn describe_metrics() {
     );
 }
 
-/// The SDK configuration both writers start from: our HTTPS client (rustls with ring, no
-/// aws-lc), timeouts, SDK retries, region and credentials. `endpoint_key` names the setting in
-/// error messages.
-pub(super) async fn sdk_config(
+/// The SDK configuration both writers (and the directory resolver) start from: our HTTPS
+/// client (rustls with ring, no aws-lc), timeouts, SDK retries, region and credentials.
+/// `endpoint_key` names the setting in error messages.
+pub async fn sdk_config(
     region: Option<String>,
     endpoint: Option<String>,
     credentials: Option<(String, String)>,
