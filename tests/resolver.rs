@@ -61,15 +61,38 @@ fn domain_of(j: usize) -> &'static str {
 /// ccstream against `broker`, knowing the domains of fixtures/directory/small.json but none of
 /// the `dev-*` things, with `[directory]` lines `directory`.
 async fn start(broker: &Mosquitto, directory: &str) -> Ccstream {
+    start_with(
+        broker,
+        Sections {
+            directory,
+            ..Sections::default()
+        },
+    )
+    .await
+}
+
+/// More lines for some sections of the test's configuration.
+#[derive(Default)]
+struct Sections<'a> {
+    mqtt: &'a str,
+    engine: &'a str,
+    directory: &'a str,
+}
+
+async fn start_with(broker: &Mosquitto, more: Sections<'_>) -> Ccstream {
+    let suffix = unique_suffix();
     let config = format!(
-        "[api]\nlisten = \"{LISTEN}\"\n\
-         [mqtt]\nembedded = false\nurl = \"{}\"\nclient_id = \"resolver-{}\"\n\
+        "[stack]\nname = \"resolver-{suffix}\"\n\
+         [api]\nlisten = \"{LISTEN}\"\n\
+         [mqtt]\nembedded = false\nurl = \"{}\"\nclient_id = \"resolver-{suffix}\"\n{}\n\
          [webhook]\nallow_cidrs = [\"127.0.0.1/32\"]\nbackoff_initial_ms = 50\n\
-         [engine]\nrules_poll_ms = 200\n\
-         [directory]\nimport_file = \"{}/fixtures/directory/small.json\"\n{directory}\n",
+         [engine]\nrules_poll_ms = 200\n{}\n\
+         [directory]\nimport_file = \"{}/fixtures/directory/small.json\"\n{}\n",
         broker.url(),
-        unique_suffix(),
+        more.mqtt,
+        more.engine,
         env!("CARGO_MANIFEST_DIR"),
+        more.directory,
     );
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let svc =
@@ -166,6 +189,7 @@ fn expected(id: &str) -> Vec<(String, i64)> {
 /// Publishes the burst and checks that the rules fired as if the things had been known, and
 /// that the directory now has every thing with its type and domain.
 async fn burst_fires_as_if_known(svc: &Ccstream, broker: &Mosquitto, hooks: &Receiver) {
+    let started = Instant::now();
     publish_all(broker.port(), burst()).await;
     let total = expected("hot").len() + expected("third").len();
     assert!(
@@ -173,6 +197,12 @@ async fn burst_fires_as_if_known(svc: &Ccstream, broker: &Mosquitto, hooks: &Rec
         "{} of {total} firings arrived; logs:\n{}",
         hooks.count(),
         svc.logs()
+    );
+    // For BENCHMARKS.md: the burst with lookups against the same burst with known things.
+    eprintln!(
+        "burst of {} updates: {total} firings arrived {:?} after the first publish",
+        THINGS * UPDATES_PER_THING,
+        started.elapsed()
     );
     assert_eq!(fired(hooks, "hot"), expected("hot"));
     assert_eq!(
@@ -473,6 +503,77 @@ async fn thing_lambda_one_get_per_unknown_thing_and_rules_fire_as_if_known() {
         .as_array()
         .unwrap()
         .contains(&json!({"id": "sub2", "parent": "sub1"})));
+}
+
+#[tokio::test]
+async fn thing_lambda_with_threshold_state_in_redis() {
+    let lambda = ThingLambda::with_things();
+    let endpoint = lambda.serve().await;
+    let broker = Mosquitto::start();
+    let hooks = Receiver::start();
+    let engine = "state = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n".to_owned();
+    let svc = start_with(
+        &broker,
+        Sections {
+            engine: &engine,
+            directory: &thing_lambda_config(&endpoint),
+            ..Sections::default()
+        },
+    )
+    .await;
+    create_rules(&svc, &hooks).await;
+
+    // Held updates are decided in Redis like any batch: the same firings, in order.
+    burst_fires_as_if_known(&svc, &broker, &hooks).await;
+    assert_eq!(lambda.gets().len(), THINGS);
+}
+
+#[tokio::test]
+async fn an_unknown_thing_on_a_thing_update_topic_is_resolved_then_its_path_checked() {
+    let lambda = ThingLambda::with_things();
+    let endpoint = lambda.serve().await;
+    let broker = Mosquitto::start();
+    let hooks = Receiver::start();
+    let svc = start_with(
+        &broker,
+        Sections {
+            mqtt: "topics = [\"thing-update/#\"]",
+            directory: &thing_lambda_config(&endpoint),
+            ..Sections::default()
+        },
+    )
+    .await;
+    create_rules(&svc, &hooks).await;
+    let update = |topic: String, temp: i64| {
+        (
+            topic,
+            json!({"state": {"reported": {"temp": temp}}})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+    // dev-001 is in sub2 (root/sub1/sub2): the wrong path first, while the thing is unknown.
+    publish_all(
+        broker.port(),
+        vec![
+            update(format!("thing-update/sub2/{}", thing(1)), 71),
+            update(format!("thing-update/sub1/sub2/{}", thing(1)), 72),
+            update(format!("thing-update/{}", thing(1)), 73),
+        ],
+    )
+    .await;
+    assert!(hooks.wait_for(1, WAIT).await.is_some(), "{}", svc.logs());
+    let deadline = Instant::now() + WAIT;
+    while svc
+        .metric("ccstream_observations_rejected_total{reason=\"topic_domain\"}")
+        .await
+        < 2.0
+    {
+        assert!(Instant::now() < deadline, "{}", svc.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fired(&hooks, "hot"), vec![(thing(1), 72)]);
+    assert_eq!(lambda.gets(), vec![thing(1)]);
 }
 
 #[tokio::test]
