@@ -119,7 +119,7 @@ pub struct DirectoryConfig {
     pub endpoint: Option<String>,
     /// Lookups in flight at most.
     pub resolve_concurrency: usize,
-    /// How long an answer may take; observations of the thing wait (unacked) at most this long.
+    /// How long one lookup may take once asked (the thing's updates wait, unacked, for it).
     pub resolve_timeout_ms: u64,
     /// Observations waiting for answers, at most; past it they are stored and not evaluated.
     pub resolve_queue: usize,
@@ -495,17 +495,36 @@ impl Config {
                 _ => return Err(invalid("directory.endpoint", "must be an http(s) URL")),
             }
         }
-        for (key, value) in [
+        const DAY: u64 = 24 * 3600;
+        for (key, value, max) in [
             (
                 "directory.resolve_concurrency",
                 d.resolve_concurrency as u64,
+                1_000,
             ),
-            ("directory.resolve_timeout_ms", d.resolve_timeout_ms),
-            ("directory.resolve_queue", d.resolve_queue as u64),
-            ("directory.retry_secs", d.retry_secs),
+            (
+                "directory.resolve_timeout_ms",
+                d.resolve_timeout_ms,
+                600_000,
+            ),
+            (
+                "directory.resolve_queue",
+                d.resolve_queue as u64,
+                10_000_000,
+            ),
+            ("directory.retry_secs", d.retry_secs, DAY),
+            ("directory.negative_ttl_secs", d.negative_ttl_secs, 30 * DAY),
+            (
+                "directory.positive_ttl_secs",
+                d.positive_ttl_secs,
+                365 * DAY,
+            ),
         ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
+            if value == 0 || value > max {
+                return Err(ConfigError::from(KeyError::new(
+                    key,
+                    format!("must be between 1 and {max}"),
+                )));
             }
         }
         Ok(())

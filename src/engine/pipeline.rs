@@ -211,7 +211,8 @@ impl Pipeline {
         loop {
             self.stages.releasing = !self.stages.released.is_empty();
             if self.stages.releasing {
-                batch.append(&mut self.stages.released);
+                let n = self.stages.released.len().min(BATCH_MAX);
+                batch.extend(self.stages.released.drain(..n));
             } else {
                 match self.next_batch(&mut batch).await {
                     Next::Batch => {}
@@ -220,8 +221,8 @@ impl Pipeline {
                         self.stages.on_answer(name, answer).await;
                         continue;
                     }
-                    Next::Overdue => {
-                        self.stages.release_overdue();
+                    Next::ResolverGone => {
+                        self.stages.resolver_gone();
                         continue;
                     }
                 }
@@ -263,7 +264,7 @@ impl Pipeline {
         tracing::info!("observation pipeline stopped");
     }
 
-    /// Waits for messages (into `batch`), a resolver's answer, or a wait that ran out.
+    /// Waits for messages (into `batch`) or a resolver's answer.
     async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> Next {
         let Some(resolving) = self.stages.resolving.as_mut() else {
             return match self.inbound.recv_many(batch, BATCH_MAX).await {
@@ -271,11 +272,12 @@ impl Pipeline {
                 _ => Next::Batch,
             };
         };
-        let deadline = resolving.next_deadline();
         tokio::select! {
             biased;
-            (name, answer) = resolving.answer() => Next::Answer(name, answer),
-            () = sleep_until(deadline) => Next::Overdue,
+            answer = resolving.answer() => match answer {
+                Some((name, answer)) => Next::Answer(name, answer),
+                None => Next::ResolverGone,
+            },
             n = self.inbound.recv_many(batch, BATCH_MAX) => match n {
                 0 => Next::Closed,
                 _ => Next::Batch,
@@ -289,24 +291,17 @@ enum Next {
     Batch,
     Closed,
     Answer(String, crate::resolver::Answer),
-    Overdue,
-}
-
-/// Sleeps until `deadline`; forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+    ResolverGone,
 }
 
 impl Stages {
     /// With a resolver, an update of a thing the directory does not know waits for the answer
-    /// ([`resolving`]); `None` when it was taken to wait.
-    fn hold_if_unknown(&mut self, shadow: ShadowUpdate) -> Option<ShadowUpdate> {
+    /// ([`resolving`]). What goes on now, in order: `shadow`, nothing (it waits), or a thing's
+    /// waiting updates before it (the waiting room is full).
+    fn hold_if_unknown(&mut self, shadow: ShadowUpdate) -> Vec<ShadowUpdate> {
         let resolving = match &mut self.resolving {
             Some(r) if !self.releasing => r,
-            _ => return Some(shadow),
+            _ => return vec![shadow],
         };
         let known = match self.directory.read() {
             Ok(d) => d.thing(&shadow.thing_name).is_some(),
@@ -361,12 +356,15 @@ impl Stages {
             .extend(resolved.released.into_iter().map(Inbound::Shadow));
     }
 
-    /// Updates whose answer did not come in time go on unevaluated.
-    fn release_overdue(&mut self) {
-        if let Some(resolving) = &mut self.resolving {
-            let overdue = resolving.release_overdue(Instant::now());
+    /// The resolver's task is gone (it panicked): what waits goes on unevaluated, and nothing
+    /// waits from now on.
+    fn resolver_gone(&mut self) {
+        if let Some(mut resolving) = self.resolving.take() {
+            tracing::error!(
+                "the directory resolver stopped; updates of unknown things are no longer looked up"
+            );
             self.released
-                .extend(overdue.into_iter().map(Inbound::Shadow));
+                .extend(resolving.release_all().into_iter().map(Inbound::Shadow));
         }
     }
 
@@ -374,18 +372,9 @@ impl Stages {
     async fn handle_local(&mut self, rules: &RuleSet, item: Inbound, state: &mut ThresholdState) {
         match item {
             Inbound::Shadow(shadow) => {
-                let Some(shadow) = self.hold_if_unknown(shadow) else {
-                    return;
-                };
-                self.metrics.received.increment(1);
-                let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
-                let delivery = self.redeliveries.classify(shadow.dup, id);
-                if delivery == Delivery::Done {
-                    self.skip_copy(&shadow.thing_name, shadow.ack).await;
-                    return;
+                for shadow in self.hold_if_unknown(shadow) {
+                    self.handle_shadow_local(rules, shadow, state).await;
                 }
-                let observed = self.observe(rules, &shadow, state);
-                self.finish(shadow, id, delivery, observed).await;
             }
             Inbound::Event {
                 topic,
@@ -400,6 +389,24 @@ impl Stages {
                 self.acker.ack(ack);
             }
         }
+    }
+
+    /// One shadow update with local threshold state.
+    async fn handle_shadow_local(
+        &mut self,
+        rules: &RuleSet,
+        shadow: ShadowUpdate,
+        state: &mut ThresholdState,
+    ) {
+        self.metrics.received.increment(1);
+        let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
+        let delivery = self.redeliveries.classify(shadow.dup, id);
+        if delivery == Delivery::Done {
+            self.skip_copy(&shadow.thing_name, shadow.ack).await;
+            return;
+        }
+        let observed = self.observe(rules, &shadow, state);
+        self.finish(shadow, id, delivery, observed).await;
     }
 
     /// Counts the outcome, hands its firings to the webhook outbox and stores the record; the
@@ -490,8 +497,13 @@ impl Stages {
         };
         let thing = directory.thing(thing_name);
         let domain_path = thing.map(|t| self.domain_paths.get(directory.domains(), t.domain()));
-        if let (true, Some(topic), Some(path)) = (
+        // A domain the tree does not place (known by id only) has no path to hold the topic to.
+        let placed = thing.is_some_and(|t| {
+            t.domain() == rule_engine::ROOT || directory.domains().contains(t.domain())
+        });
+        if let (true, true, Some(topic), Some(path)) = (
             self.check_topic_domain,
+            placed,
             shadow.topic_domain.as_deref(),
             domain_path,
         ) {
@@ -722,6 +734,13 @@ impl Stages {
             // The in-memory directory has the change; it is lost at the next restart only.
             metrics::counter!("ccstream_store_errors_total").increment(1);
             tracing::error!(topic, error = %e, "cannot persist a directory change");
+        }
+        if let Some(resolving) = &mut self.resolving {
+            if let ThingChange::Upserted { thing_name, .. }
+            | ThingChange::Removed { thing_name, .. } = &change.thing
+            {
+                resolving.on_event(thing_name);
+            }
         }
         match change.thing {
             ThingChange::Removed { thing_name, .. } => Some(thing_name),

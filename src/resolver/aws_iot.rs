@@ -20,6 +20,11 @@ impl AwsIot {
     }
 
     pub async fn lookup(&self, thing_name: &str) -> Answer {
+        // A name AWS IoT cannot hold is not asked about: its refusal would read as the service
+        // failing, and pause every lookup.
+        if !is_thing_name(thing_name) {
+            return Answer::NotFound("not an AWS IoT thing name".into());
+        }
         let out = match self
             .client
             .describe_thing()
@@ -29,12 +34,15 @@ impl AwsIot {
         {
             Ok(out) => out,
             Err(e) => {
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception())
-                {
-                    return Answer::NotFound("AWS IoT has no such thing".into());
-                }
-                return Answer::Failed(format!("DescribeThing: {}", DisplayErrorContext(e)));
+                let about_the_thing = e.as_service_error().is_some_and(|e| {
+                    e.is_resource_not_found_exception() || e.is_invalid_request_exception()
+                });
+                let reason = format!("DescribeThing: {}", DisplayErrorContext(e));
+                return if about_the_thing {
+                    Answer::NotFound(reason)
+                } else {
+                    Answer::Failed(reason)
+                };
             }
         };
         let Some(thing_type) = out.thing_type_name().filter(|t| !t.is_empty()) else {
@@ -55,5 +63,28 @@ impl AwsIot {
             domain,
             ancestors,
         })
+    }
+}
+
+/// AWS IoT's thing names: 1 to 128 of `[a-zA-Z0-9:_-]`.
+fn is_thing_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thing_names_as_aws_iot_takes_them() {
+        assert!(is_thing_name("dev-001:a_b"));
+        assert!(is_thing_name(&"a".repeat(128)));
+        assert!(!is_thing_name(&"a".repeat(129)));
+        assert!(!is_thing_name(""));
+        assert!(!is_thing_name("a.b"));
+        assert!(!is_thing_name("a b"));
     }
 }

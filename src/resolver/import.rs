@@ -1,5 +1,6 @@
 //! `ccstream directory import --from-thing-lambda`: every thing (and the domain paths their
-//! `domainTopic`s give) from the platform's ThingLambda FIND, page by page, merged into the
+//! `domainTopic`s give) from the platform's ThingLambda FIND, page by page until an empty one
+//! (sorted by `thingName`, each page after the last name seen), merged into the
 //! store in one transaction. On PostgreSQL the running replicas merge it at once (the store's
 //! directory notice); on SQLite the service takes it up at its next start. `--output` writes the
 //! snapshot as JSON instead (for `directory.import_file` or `POST /directory`).
@@ -57,7 +58,7 @@ pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<String> {
         "--endpoint",
     )
     .await?;
-    let lambda = ThingLambda::new(&sdk, function);
+    let lambda = ThingLambda::new(&sdk, &function);
 
     let mut things = Vec::new();
     // Domain → parent, from the topics; a later thing's topic is as good as an earlier one's.
@@ -71,7 +72,9 @@ pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<String> {
             .await
             .with_context(|| format!("FIND page {}", pages + 1))?;
         pages += 1;
-        let full = page.len() >= args.page_size;
+        if page.is_empty() {
+            break;
+        }
         let mut last = None;
         for source in &page {
             match thing_from_json(source) {
@@ -93,9 +96,15 @@ pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<String> {
             }
         }
         eprintln!("ccstream: page {pages}: {} things", page.len());
+        // Pages end only when one comes back empty (a function may cap their size); a page
+        // that does not move past the last name would loop for ever.
         match last {
-            Some(name) if full => after = Some(name),
-            _ => break,
+            Some(name) if after.as_ref().is_none_or(|a| name > *a) => after = Some(name),
+            _ => anyhow::bail!(
+                "FIND page {pages} did not move past {:?}: does the function apply the range \
+                 on thingName and the sort?",
+                after.as_deref().unwrap_or("")
+            ),
         }
     }
     // Parents before children, as the tree wants them.

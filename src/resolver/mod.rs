@@ -3,6 +3,7 @@
 //!
 //! One task takes the names the pipeline asks about and answers each once, at most
 //! `resolve_concurrency` at a time, each within `resolve_timeout_ms`. While the service fails
+//! (no answer, throttling, a server error; not a refusal about one thing, which is "not found")
 //! it is not asked for `retry_secs` (every name asked meanwhile is answered [`Answer::Failed`]
 //! at once), so that an outage costs one timeout, not one per unknown thing. What the pipeline
 //! does with the answers (holding the thing's updates meanwhile, caching them) is in
@@ -109,7 +110,7 @@ impl Source {
             ))),
             ResolverKind::ThingLambda => Some(Source::ThingLambda(thing_lambda::ThingLambda::new(
                 &sdk().await.map_err(|e| e.to_string())?,
-                config.thing_lambda.clone().unwrap_or_default(),
+                config.thing_lambda.as_deref().unwrap_or_default(),
             ))),
         })
     }
@@ -213,7 +214,7 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "ccstream_observations_unresolved_total",
         "Updates of unknown things stored without evaluation because no answer came \
-         (reason: lookup_failed, timeout, queue_full)"
+         (reason: lookup_failed, queue_full)"
     );
 }
 

@@ -31,10 +31,10 @@ pub enum InvokeError {
 }
 
 impl ThingLambda {
-    pub fn new(sdk: &aws_config::SdkConfig, function: String) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, function: &str) -> Self {
         Self {
             client: aws_sdk_lambda::Client::new(sdk),
-            function,
+            function: function.trim().to_owned(),
         }
     }
 
@@ -67,14 +67,12 @@ impl ThingLambda {
                 Ok((_, resolved)) => Answer::Found(resolved),
                 Err(missing) => Answer::NotFound(format!("ThingLambda's answer lacks {missing}")),
             },
-            Err(InvokeError::Function { key, message })
-                if matches!(
-                    key.as_deref(),
-                    Some("THING_NOT_FOUND" | "NOT_AUTHORIZED_DOMAIN")
-                ) =>
-            {
-                Answer::NotFound(message)
-            }
+            // The function ran and refused (THING_NOT_FOUND, NOT_AUTHORIZED_DOMAIN, a name it
+            // rejects): about this thing, not the service, so no pause for the others.
+            Err(InvokeError::Function { key, message }) => Answer::NotFound(match key {
+                Some(key) => format!("{key}: {message}"),
+                None => message,
+            }),
             Err(e) => Answer::Failed(e.to_string()),
         }
     }

@@ -51,39 +51,38 @@ impl Stages {
         for item in batch.drain(..) {
             match item {
                 Inbound::Shadow(shadow) => {
-                    let Some(shadow) = self.hold_if_unknown(shadow) else {
-                        continue;
-                    };
-                    self.metrics.received.increment(1);
-                    let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
-                    // The original may still be waiting in this batch: it is stored first, so
-                    // that the marker acks the copy after the original's commit.
-                    let in_batch = shadow.dup && pending.iter().any(|p| p.id == id);
-                    let delivery = if in_batch {
-                        Delivery::Done
-                    } else {
-                        self.redeliveries.classify(shadow.dup, id)
-                    };
-                    if delivery == Delivery::Done {
-                        if !self
-                            .decide_and_store(rules, &mut pending, shared, inbound)
-                            .await
-                        {
-                            return false;
+                    for shadow in self.hold_if_unknown(shadow) {
+                        self.metrics.received.increment(1);
+                        let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
+                        // The original may still be waiting in this batch: it is stored first, so
+                        // that the marker acks the copy after the original's commit.
+                        let in_batch = shadow.dup && pending.iter().any(|p| p.id == id);
+                        let delivery = if in_batch {
+                            Delivery::Done
+                        } else {
+                            self.redeliveries.classify(shadow.dup, id)
+                        };
+                        if delivery == Delivery::Done {
+                            if !self
+                                .decide_and_store(rules, &mut pending, shared, inbound)
+                                .await
+                            {
+                                return false;
+                            }
+                            self.skip_copy(&shadow.thing_name, shadow.ack).await;
+                            continue;
                         }
-                        self.skip_copy(&shadow.thing_name, shadow.ack).await;
-                        continue;
+                        let mut steps = Vec::new();
+                        let observed =
+                            self.observe(rules, &shadow, &mut StepRecorder { steps: &mut steps });
+                        pending.push(Pending {
+                            shadow,
+                            id,
+                            delivery,
+                            observed,
+                            steps,
+                        });
                     }
-                    let mut steps = Vec::new();
-                    let observed =
-                        self.observe(rules, &shadow, &mut StepRecorder { steps: &mut steps });
-                    pending.push(Pending {
-                        shadow,
-                        id,
-                        delivery,
-                        observed,
-                        steps,
-                    });
                 }
                 Inbound::Event {
                     topic,
