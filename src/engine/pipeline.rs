@@ -204,7 +204,8 @@ impl HotMetrics {
 pub const EVALUATION_SAMPLE: u32 = 64;
 
 impl Pipeline {
-    /// Runs until the source closes its channel (shutdown), acking everything it took.
+    /// Runs until the source closes its channel (shutdown), acking everything it handled;
+    /// updates still waiting for the resolver then are left unacked for the broker to send again.
     pub async fn run(mut self) {
         let mut rules = Arc::clone(&self.rules.borrow_and_update());
         let mut batch = Vec::with_capacity(BATCH_MAX);
