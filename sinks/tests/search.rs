@@ -181,11 +181,23 @@ async fn records_are_flushed_by_count() {
     assert_eq!(stats.bulk_requests, 3);
 }
 
+/// The first 128 bits of the SHA-256 of `data`, in hex.
+fn sha256_128(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[tokio::test]
 async fn records_are_flushed_by_size() {
     let os = StandIn::start();
-    let one =
-        record(0, DAY1_NOON).len() + r#"{"index":{"_index":"observations-2026.11.26"}}"#.len() + 2;
+    let action = format!(
+        r#"{{"index":{{"_index":"observations-2026.11.26","_id":"{}"}}}}"#,
+        sha256_128(&record(0, DAY1_NOON))
+    );
+    let one = record(0, DAY1_NOON).len() + action.len() + 2;
     let (handle, task, _) = start(&SearchConfig {
         bulk_max_bytes: 2 * one,
         ..config(&os)
@@ -246,8 +258,13 @@ async fn bulk_bodies_are_ndjson_with_daily_indices_from_record_timestamps() {
         .iter()
         .zip(["2026.11.26", "2026.11.27", "2026.11.26"])
     {
+        // The document id: the record's SHA-256, first 128 bits in hex.
         expected.extend_from_slice(
-            format!("{{\"index\":{{\"_index\":\"observations-{day}\"}}}}\n").as_bytes(),
+            format!(
+                "{{\"index\":{{\"_index\":\"observations-{day}\",\"_id\":\"{}\"}}}}\n",
+                sha256_128(record)
+            )
+            .as_bytes(),
         );
         expected.extend_from_slice(record);
         expected.push(b'\n');

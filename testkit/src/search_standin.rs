@@ -407,10 +407,14 @@ fn bulk_reply(shared: &Shared, body: &[u8], reply: BulkReply) -> Response {
         .map(|(i, (action, _))| {
             let index = action["index"]["_index"].clone();
             let status = statuses.get(i).copied().unwrap_or(201);
-            let id = {
-                let mut next = shared.next_id.lock().expect("lock");
-                *next += 1;
-                format!("doc-{next}")
+            // The action's `_id` when it names one, as OpenSearch does; else one of ours.
+            let id = match action["index"]["_id"].as_str() {
+                Some(id) => id.to_owned(),
+                None => {
+                    let mut next = shared.next_id.lock().expect("lock");
+                    *next += 1;
+                    format!("doc-{next}")
+                }
             };
             let result = match status {
                 201 => json!({

@@ -63,20 +63,46 @@ pub struct Item {
 }
 
 const ACTION_HEAD: &[u8] = br#"{"index":{"_index":""#;
+const ACTION_ID: &[u8] = br#"","_id":""#;
 const ACTION_TAIL: &[u8] = b"\"}}\n";
+/// Hex digits of a document id.
+pub const DOCUMENT_ID_LEN: usize = 32;
+
+/// A record's document `_id`: the first 128 bits of the SHA-256 of the record's bytes as stored,
+/// in hex. Derived from the record alone, so that indexing it again (a retried request, a
+/// replay after a crash, `ccstream reindex` from the stored objects) overwrites the document
+/// instead of adding a second one. Two records with the same bytes (same thing, timestamp,
+/// domain and payload) are the same document.
+pub fn document_id(record: &[u8]) -> [u8; DOCUMENT_ID_LEN] {
+    use sha2::{Digest, Sha256};
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(record);
+    let mut id = [0u8; DOCUMENT_ID_LEN];
+    for (i, byte) in digest.iter().take(DOCUMENT_ID_LEN / 2).enumerate() {
+        id[2 * i] = HEX[usize::from(byte >> 4)];
+        id[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+    }
+    id
+}
 
 impl Item {
     /// Bytes this item adds to a bulk body: its action line, the record and a newline.
     pub fn encoded_len(&self) -> usize {
-        ACTION_HEAD.len() + self.index.len() + ACTION_TAIL.len() + self.record.len() + 1
+        ACTION_HEAD.len()
+            + self.index.len()
+            + ACTION_ID.len()
+            + DOCUMENT_ID_LEN
+            + ACTION_TAIL.len()
+            + self.record.len()
+            + 1
     }
 }
 
-/// The NDJSON body of a `_bulk` request: per item `{"index":{"_index":"<index>"}}\n<record>\n`.
+/// The NDJSON body of a `_bulk` request: per item
+/// `{"index":{"_index":"<index>","_id":"<document_id>"}}\n<record>\n`.
 ///
-/// No `_id`: OpenSearch assigns one. A whole request retried after a timeout may therefore index
-/// some records twice (at least once, like the object store's retries); a per-item retry never
-/// does, since only items OpenSearch reported as not indexed are sent again.
+/// The `_id` is [`document_id`]: a whole request retried after a timeout overwrites what the
+/// first attempt indexed instead of indexing it twice.
 ///
 /// A newline inside a record would end the document early. In JSON, raw line breaks can only be
 /// whitespace between tokens (inside strings they must be escaped), so they become spaces.
@@ -87,6 +113,8 @@ pub fn encode(items: &[Item]) -> Bytes {
     for item in items {
         body.put_slice(ACTION_HEAD);
         body.put_slice(item.index.as_bytes());
+        body.put_slice(ACTION_ID);
+        body.put_slice(&document_id(&item.record));
         body.put_slice(ACTION_TAIL);
         if item.record.contains(&b'\n') || item.record.contains(&b'\r') {
             body.extend(item.record.iter().map(|&b| match b {
@@ -307,6 +335,13 @@ mod tests {
     }
 
     #[test]
+    fn document_ids_are_the_records_sha256_cut_to_128_bits() {
+        // FIPS 180-2's "abc" vector: ba7816bf 8f01cfea 414140de 5dae2223 b00361a3 ...
+        assert_eq!(&document_id(b"abc"), b"ba7816bf8f01cfea414140de5dae2223");
+        assert_ne!(document_id(b"{\"a\":1}"), document_id(b"{\"a\":2}"));
+    }
+
+    #[test]
     fn ndjson_body_is_action_line_then_record() {
         let now = Instant::now();
         let items = vec![
@@ -316,8 +351,10 @@ mod tests {
         let body = encode(&items);
         assert_eq!(
             std::str::from_utf8(&body).expect("utf-8"),
-            "{\"index\":{\"_index\":\"observations-2026.11.26\"}}\n{\"a\":1}\n\
-             {\"index\":{\"_index\":\"observations-2026.11.27\"}}\n{   \"b\": \"x\"  }\n"
+            "{\"index\":{\"_index\":\"observations-2026.11.26\",\"_id\":\"015abd7f5cc57a2dd94b7590f04ad808\"}}\n\
+             {\"a\":1}\n\
+             {\"index\":{\"_index\":\"observations-2026.11.27\",\"_id\":\"e4b5ef9f0702fd07c94eeaf38929da9c\"}}\n\
+             {   \"b\": \"x\"  }\n"
         );
         assert_eq!(
             body.len(),
