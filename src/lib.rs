@@ -13,6 +13,7 @@
 //! - [`telemetry`], [`shutdown`]: logs, metrics, signals.
 //! - [`healthcheck`]: `ccstream healthcheck`, the probe for images without curl.
 //! - [`resolver`]: who is asked about a thing the directory does not know.
+//! - [`reindex`]: `ccstream reindex`, the stored objects indexed again.
 
 pub mod api;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod credentials;
 pub mod dead_letters;
 pub mod engine;
 pub mod healthcheck;
+pub mod reindex;
 pub mod resolver;
 pub mod server;
 pub mod shutdown;

@@ -1,5 +1,5 @@
 //! `ccstream [--config FILE] [check-config | healthcheck [--ready] | dead-letter list|replay |
-//! credentials create|list|revoke | directory import]`:
+//! credentials create|list|revoke | directory import | reindex]`:
 //! parses the command line, loads the configuration, and runs the service until SIGINT or
 //! SIGTERM, checks the configuration, probes a running service, or lists and replays the webhook
 //! dead letters.
@@ -50,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         action: CredentialsAction,
     },
+    /// Index the stored objects' records into search.url again (a gap, or a whole index);
+    /// documents are overwritten, never doubled. Prints {"objects", "records", "indexed", ...}.
+    Reindex(ccstream::reindex::ReindexArgs),
     /// The directory of things and domains.
     Directory {
         #[command(subcommand)]
@@ -133,7 +136,15 @@ fn main() -> ExitCode {
         Some(Command::Directory {
             action: DirectoryAction::Import(args),
         }) => directory_import(&config, &args),
+        Some(Command::Reindex(args)) => reindex(&config, &args),
     }
+}
+
+fn reindex(config: &Config, args: &ccstream::reindex::ReindexArgs) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    printed(runtime.block_on(ccstream::reindex::run(config, args)))
 }
 
 fn directory_import(config: &Config, args: &ccstream::resolver::import::ImportArgs) -> ExitCode {

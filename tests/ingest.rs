@@ -1818,3 +1818,175 @@ async fn observations_are_indexed_in_daily_indices() {
         .any(|(a, _)| a["index"]["_index"] == "observations-2016.05.24"));
     drop(svc);
 }
+
+// ---------------------------------------------------------------------------------------------
+// ccstream reindex
+
+/// The document `_id` ccstream gives a record: the first 128 bits of its SHA-256, in hex.
+fn document_id(record: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(record)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// (`_id`, record bytes) of every item of the stand-in's bulk requests so far.
+fn bulk_items(search: &StandIn) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for seen in search.bulks() {
+        let lines: Vec<&[u8]> = seen
+            .body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for pair in lines.chunks(2) {
+            let action: Value = serde_json::from_slice(pair[0]).unwrap();
+            let id = action["index"]["_id"].as_str().unwrap().to_owned();
+            out.push((id, pair[1].to_vec()));
+        }
+    }
+    out
+}
+
+/// The service's configuration with `search.url` set: what the reindex runs with.
+fn reindex_config(broker: &Mosquitto, client_id: &str, objects: &str, search: &StandIn) -> String {
+    config(
+        broker,
+        &format!("{client_id}-reindex"),
+        "",
+        objects,
+        &format!("[search]\nurl = \"{}\"\n", search.url()),
+    )
+    .replace(LISTEN, "127.0.0.1:0")
+}
+
+/// Runs `ccstream --config <config> reindex <args>` to its end; its stdout as JSON.
+fn reindex(dir: &Path, config: &str, args: &[&str]) -> Value {
+    let path = dir.join("reindex.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(common::binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("reindex")
+        .args(args)
+        .envs(AWS_ENV.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reindex failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_fills_exactly_the_gap_from_the_stored_objects() {
+    const PREFIX: &str = "raw/";
+    let broker = Mosquitto::start();
+    let weed = Weed::start().await;
+    weed.create_bucket(BUCKET).await;
+    let search = StandIn::start();
+    let objects = s3_objects(
+        &weed,
+        BUCKET,
+        &format!("max_age_secs = 1\nprefix = \"{PREFIX}\""),
+    );
+    // The service indexes nothing (no search.url): the whole history is a gap in the index.
+    let client_id = format!("ingest-reindex-{}", unique_suffix());
+    let _svc = start(&config(&broker, &client_id, "", &objects, "")).await;
+    let mut ledger = Ledger::default();
+    ledger.publish(&broker, SUB1_THING, Some(SUB1_PATH), 0..3, padded);
+    let mut stored = Objects::new(BUCKET, PREFIX);
+    stored.wait_records(&weed, 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let boundary = now_ms();
+    ledger.publish(&broker, SUB2_THING, Some(SUB2_PATH), 3..7, padded);
+    broker.publish(&shadow_topic(SUB1_THING), b"[1,2]"); // an error record: never indexed
+    stored.wait_records(&weed, 8, WAIT).await;
+
+    // Every stored observation's document id, and which are at or after the boundary.
+    let mut all_ids = Vec::new();
+    let mut late_ids = Vec::new();
+    let errors = format!("{PREFIX}errors/");
+    for obj in stored.seen.values().filter(|o| !o.key.starts_with(&errors)) {
+        for (i, record) in obj.records.iter().enumerate() {
+            let id = document_id(obj.record_bytes(i));
+            if record["timestamp"].as_u64().unwrap() >= boundary {
+                late_ids.push(id.clone());
+            }
+            all_ids.push(id);
+        }
+    }
+    all_ids.sort();
+    late_ids.sort();
+    assert_eq!((all_ids.len(), late_ids.len()), (7, 4));
+
+    let dir = TempDir::new().unwrap();
+    let with_search = reindex_config(&broker, &client_id, &objects, &search);
+    let since = sinks::utc::rfc3339(boundary);
+    let report = reindex(
+        dir.path(),
+        &with_search,
+        &["--since", &since, "--rate", "0"],
+    );
+    assert_eq!(report["records"], 4, "{report}");
+    assert_eq!(report["indexed"], 4, "{report}");
+    let items = bulk_items(&search);
+    for (id, record) in &items {
+        assert_eq!(id, &document_id(record), "the _id is the record's hash");
+    }
+    let mut ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids, late_ids,
+        "exactly the records since the boundary, as stored"
+    );
+
+    // The whole history again: the 4 come back under the same ids (overwritten, not doubled).
+    let report = reindex(dir.path(), &with_search, &["--rate", "0"]);
+    assert_eq!(report["indexed"], 7, "{report}");
+    let mut ids: Vec<String> = bulk_items(&search).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 11);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, all_ids, "7 documents in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_reads_the_local_sink_with_gzip_and_newlines() {
+    let broker = Mosquitto::start();
+    let search = StandIn::start();
+    let dir = TempDir::new().unwrap();
+    let objects_dir = dir.path().join("objects");
+    let objects = format!(
+        "sink = \"local\"\ndir = \"{}\"\nmax_age_secs = 1\ncompression = \"gzip\"\n\
+         delimiter = \"newline\"",
+        objects_dir.display()
+    );
+    let client_id = format!("ingest-reindex-local-{}", unique_suffix());
+    let svc = start(&config(&broker, &client_id, "", &objects, "")).await;
+    let mut ledger = Ledger::default();
+    ledger.publish(&broker, SUB1_THING, Some(SUB1_PATH), 0..5, padded);
+    wait_metric(&svc, RECORDS_OBSERVATIONS, 5.0, WAIT).await;
+    wait_spool_empty(&svc).await;
+    assert!(!files_under(&objects_dir).is_empty());
+    let with_search = reindex_config(&broker, &client_id, &objects, &search);
+    let report = reindex(dir.path(), &with_search, &["--rate", "0"]);
+    assert_eq!(report["indexed"], 5, "{report}");
+    let items = bulk_items(&search);
+    let mut seqs: Vec<u64> = items
+        .iter()
+        .map(|(id, record)| {
+            assert_eq!(id, &document_id(record));
+            serde_json::from_slice::<Value>(record).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+}

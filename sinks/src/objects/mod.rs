@@ -20,6 +20,7 @@
 //! - [`sink`]: [`ObjectSink::start`] and the [`ObjectSinkHandle`].
 //! - [`writer`]: where batches go (local directory, S3, Firehose, none).
 //! - [`telemetry`]: metric names.
+//! - [`readback`]: stored objects read back into records (`ccstream reindex`).
 //!
 //! No tokio in the hot loop: the batcher is a std thread doing blocking I/O.
 
@@ -27,6 +28,7 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod key;
+pub mod readback;
 pub mod record;
 pub mod sink;
 pub mod spool;

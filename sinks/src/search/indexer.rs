@@ -177,6 +177,31 @@ impl IndexerHandle {
         }
     }
 
+    /// Queues a record, waiting while the queue is full: for a producer that may wait
+    /// (`ccstream reindex`), unlike ingest. Err only when the indexer stopped (counted as
+    /// dropped).
+    pub async fn send(&self, record: Bytes, timestamp_ms: u64) -> Result<(), Full> {
+        if self.shared.gate.is_closed() {
+            return Err(self.dropped(DropReason::Closed));
+        }
+        let queued = Queued {
+            record,
+            timestamp_ms,
+            received: Instant::now(),
+        };
+        match self.tx.send(queued).await {
+            Ok(()) => {
+                Counters::add(&self.shared.counters.queued, 1);
+                self.shared
+                    .metrics
+                    .queue_depth
+                    .set(self.queue_depth() as f64);
+                Ok(())
+            }
+            Err(_) => Err(self.dropped(DropReason::Closed)),
+        }
+    }
+
     fn dropped(&self, reason: DropReason) -> Full {
         Counters::add(&self.shared.counters.dropped, 1);
         self.shared.metrics.dropped(reason, 1);

@@ -132,6 +132,11 @@ impl S3Writer {
         self.client.config().region().map(|r| r.as_ref())
     }
 
+    /// The client, for reading back what was stored (`ccstream reindex`).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
     /// The bucket batches go to.
     pub fn bucket(&self) -> &str {
         &self.bucket

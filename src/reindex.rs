@@ -1,0 +1,308 @@
+//! `ccstream reindex [--since T] [--until T] [--prefix P] [--bucket B] [--rate N]`: reads the
+//! stored objects (the local directory or S3 of `[objects]`, or any S3 bucket such as Firehose's
+//! destination) and bulk-indexes their records into `search.url`, through the same indexer as
+//! the service. Documents are named by the hash of the record ([`document_id`]), so a reindex
+//! overwrites what is there instead of adding copies: it can fill a gap the index missed, or
+//! rebuild an index, and can run beside the service.
+//!
+//! [`document_id`]: sinks::search::bulk::document_id
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde_json::json;
+use sinks::objects::readback::{decode, record_timestamp, split_records};
+use sinks::objects::writer::s3::{S3Settings, S3Writer};
+use sinks::objects::SinkKind;
+use sinks::search::SearchIndexer;
+use sinks::webhook::replay::parse_time;
+
+use crate::config::Config;
+
+/// What to reindex.
+#[derive(Debug, clap::Args)]
+pub struct ReindexArgs {
+    /// Only records whose timestamp is at or after this time (RFC 3339, or a date: midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records whose timestamp is before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Key prefix of the objects (default: objects.prefix).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Read this S3 bucket (objects.region, endpoint and path_style) instead of `[objects]`'s
+    /// sink: Firehose's destination bucket, say.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Records per second at most (0: as fast as OpenSearch takes them).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+}
+
+/// How long the indexer gets to finish what was read.
+const DRAIN: Duration = Duration::from_secs(600);
+/// Objects whose key hour lies this far outside the range may still hold records in it (a
+/// batch's key is the time of its first record; its records' own timestamps can differ).
+const KEY_MARGIN_MS: u64 = 3_600_000;
+const HOUR_MS: u64 = 3_600_000;
+
+/// Where the objects are.
+enum Source {
+    Local(PathBuf),
+    S3 { writer: S3Writer, bucket: String },
+}
+
+/// Runs the reindex; the JSON report to print.
+pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> {
+    let time = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<u64>> {
+        text.as_deref()
+            .map(|t| {
+                parse_time(t).with_context(|| {
+                    format!("--{flag} {t:?}: not an RFC 3339 time or a YYYY-MM-DD date")
+                })
+            })
+            .transpose()
+    };
+    let since = time("since", &args.since)?.unwrap_or(0);
+    let until = time("until", &args.until)?.unwrap_or(u64::MAX);
+    anyhow::ensure!(since < until, "--since must be before --until");
+    anyhow::ensure!(
+        config.search.url.is_some(),
+        "search.url is not set: nothing to index into"
+    );
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| config.objects.prefix.clone());
+    let source = source(config, args).await?;
+    let keys = list(&source, &prefix).await?;
+    let errors = format!("{prefix}errors/");
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| !k.starts_with(&errors))
+        .filter(|k| key_may_hold(k, &prefix, since, until))
+        .collect();
+
+    let refused = Arc::new(AtomicU64::new(0));
+    let on_refused = {
+        let refused = Arc::clone(&refused);
+        move |_record: Bytes, reason: String| {
+            if refused.fetch_add(1, Ordering::Relaxed) < 10 {
+                eprintln!("ccstream: a record was refused: {reason}");
+            }
+        }
+    };
+    let (indexer, task) = SearchIndexer::start(&config.search, on_refused)
+        .context("starting the OpenSearch indexer")?;
+    let started = Instant::now();
+    let (mut records, mut skipped, mut last_progress) = (0u64, 0u64, Instant::now());
+    for (n, key) in keys.iter().enumerate() {
+        let body = read(&source, key).await?;
+        let data = decode(&body).with_context(|| format!("{key}: not gzip"))?;
+        let ranges = split_records(&data).with_context(|| format!("{key}: not JSON records"))?;
+        for range in ranges {
+            let record = &data[range];
+            let Some(ts) = record_timestamp(record).filter(|t| (since..until).contains(t)) else {
+                skipped += 1;
+                continue;
+            };
+            // The queue is bounded: wait for room instead of dropping (this is no hot path).
+            indexer
+                .send(Bytes::copy_from_slice(record), ts)
+                .await
+                .context("the indexer stopped")?;
+            records += 1;
+            pace(records, args.rate, started).await;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) || n + 1 == keys.len() {
+            last_progress = Instant::now();
+            let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "ccstream: reindex: {}/{} objects, {records} records, {rate:.0}/s",
+                n + 1,
+                keys.len()
+            );
+        }
+    }
+    indexer.close(DRAIN);
+    let stats = task.await.context("the indexer task")?;
+    let report = json!({
+        "objects": keys.len(), "records": records, "indexed": stats.indexed,
+        "refused": stats.item_failures, "dropped": stats.dropped,
+        "outside_range": skipped,
+    });
+    anyhow::ensure!(
+        stats.dropped == 0,
+        "{report}: {} records were not indexed (OpenSearch unreachable or refusing until the \
+         retries ran out); run the same command again",
+        stats.dropped
+    );
+    Ok(format!("{report}\n"))
+}
+
+async fn source(config: &Config, args: &ReindexArgs) -> anyhow::Result<Source> {
+    let o = &config.objects;
+    let bucket = match (&args.bucket, o.sink) {
+        (Some(bucket), _) => bucket.clone(),
+        (None, SinkKind::Local) => return Ok(Source::Local(o.dir.clone())),
+        (None, SinkKind::S3) => o.bucket.clone().unwrap_or_default(),
+        (None, SinkKind::Firehose) => {
+            anyhow::bail!(
+                "objects.sink = \"firehose\": give the delivery stream's bucket with --bucket"
+            )
+        }
+        (None, SinkKind::None) => anyhow::bail!("objects.sink = \"none\" stores nothing to read"),
+    };
+    let writer = S3Writer::new(S3Settings {
+        bucket: bucket.clone(),
+        region: o.region.clone(),
+        endpoint: o.endpoint.clone(),
+        path_style: o.path_style,
+        credentials: None,
+    })
+    .await
+    .context("the S3 client")?;
+    Ok(Source::S3 { writer, bucket })
+}
+
+/// Every key under `prefix`, sorted (so by time within a prefix).
+async fn list(source: &Source, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    match source {
+        Source::Local(dir) => walk(dir, dir, &mut keys)?,
+        Source::S3 { writer, bucket } => {
+            let mut token = None;
+            loop {
+                let page = writer
+                    .client()
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "listing s3://{bucket}/{prefix}: {}",
+                            aws_sdk_s3::error::DisplayErrorContext(e)
+                        )
+                    })?;
+                keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_owned)),
+                );
+                token = page.next_continuation_token().map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    keys.retain(|k| k.starts_with(prefix));
+    keys.sort();
+    Ok(keys)
+}
+
+/// The files below `dir`, as keys relative to `root`.
+fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(root, &path, keys)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            keys.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+async fn read(source: &Source, key: &str) -> anyhow::Result<Vec<u8>> {
+    match source {
+        Source::Local(dir) => std::fs::read(dir.join(key))
+            .with_context(|| format!("reading {}", dir.join(key).display())),
+        Source::S3 { writer, bucket } => {
+            let out = writer
+                .client()
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "reading s3://{bucket}/{key}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
+                })?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .with_context(|| format!("reading s3://{bucket}/{key}"))?;
+            Ok(body.into_bytes().to_vec())
+        }
+    }
+}
+
+/// Whether the object `key` (`<prefix>YYYY/MM/DD/HH/...`) may hold records in `[since, until)`:
+/// its hour, widened by [`KEY_MARGIN_MS`], meets the range. Keys of another shape are read.
+fn key_may_hold(key: &str, prefix: &str, since: u64, until: u64) -> bool {
+    let Some(hour) = key.strip_prefix(prefix).and_then(key_hour_ms) else {
+        return true;
+    };
+    hour.saturating_add(HOUR_MS + KEY_MARGIN_MS) > since
+        && hour.saturating_sub(KEY_MARGIN_MS) < until
+}
+
+/// The start of the hour of a `YYYY/MM/DD/HH/...` key, in ms since the epoch.
+fn key_hour_ms(rest: &str) -> Option<u64> {
+    let mut parts = rest.splitn(5, '/');
+    let mut next = || parts.next()?.parse::<u32>().ok();
+    let (year, month, day, hour) = (next()?, next()?, next()?, next()?);
+    let text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:00:00Z");
+    parse_time(&text)
+}
+
+/// Sleeps while more than `rate` records a second went out since `started`.
+async fn pace(sent: u64, rate: u64, started: Instant) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_when_their_hour_may_hold_the_range() {
+        // 2026-11-26T10:00:00Z
+        let ten = 1_795_687_200_000;
+        let key = "raw/2026/11/26/10/dev-firehose-1-2026-11-26-10-00-00-x";
+        assert_eq!(key_hour_ms("2026/11/26/10/x"), Some(ten));
+        assert!(key_may_hold(key, "raw/", ten, ten + 1));
+        assert!(
+            key_may_hold(key, "raw/", ten + 2 * HOUR_MS - 1, u64::MAX),
+            "margin"
+        );
+        assert!(!key_may_hold(key, "raw/", ten + 3 * HOUR_MS, u64::MAX));
+        assert!(!key_may_hold(key, "raw/", 0, ten - 2 * HOUR_MS));
+        assert!(key_may_hold("raw/odd-key", "raw/", ten, ten + 1));
+    }
+}
