@@ -42,14 +42,22 @@ pub struct ReindexArgs {
     /// Records per second at most (0: as fast as OpenSearch takes them).
     #[arg(long, default_value_t = 5_000)]
     pub rate: u64,
+    /// Read every object, not only those whose key's hour is near the range: for records whose
+    /// own timestamps lie far from when they were received (devices that buffer).
+    #[arg(long)]
+    pub scan_all: bool,
 }
 
 /// How long the indexer gets to finish what was read.
 const DRAIN: Duration = Duration::from_secs(600);
-/// Objects whose key hour lies this far outside the range may still hold records in it (a
-/// batch's key is the time of its first record; its records' own timestamps can differ).
+/// Objects whose key hour lies this far outside the range, beyond the longest a batch stays
+/// open (`objects.max_age_secs`), may still hold records in it: a batch's key is the receive
+/// time of its first record, and records may carry their own timestamps.
 const KEY_MARGIN_MS: u64 = 3_600_000;
 const HOUR_MS: u64 = 3_600_000;
+/// How far the rate limiter catches up after a pause (reading objects out of range, a full
+/// queue): a second's worth, not a burst of everything the pause saved.
+const RATE_BURST: Duration = Duration::from_secs(1);
 
 /// Where the objects are.
 enum Source {
@@ -81,11 +89,16 @@ pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> 
         .unwrap_or_else(|| config.objects.prefix.clone());
     let source = source(config, args).await?;
     let keys = list(&source, &prefix).await?;
-    let errors = format!("{prefix}errors/");
+    // Error records are never indexed, under the prefix given or the configured one.
+    let errors = [
+        format!("{prefix}errors/"),
+        format!("{}errors/", config.objects.prefix),
+    ];
+    let margin = KEY_MARGIN_MS.saturating_add(config.objects.max_age_secs.saturating_mul(1000));
     let keys: Vec<String> = keys
         .into_iter()
-        .filter(|k| !k.starts_with(&errors))
-        .filter(|k| key_may_hold(k, &prefix, since, until))
+        .filter(|k| !errors.iter().any(|e| k.starts_with(e.as_str())))
+        .filter(|k| args.scan_all || key_may_hold(k, &prefix, since, until, margin))
         .collect();
 
     let refused = Arc::new(AtomicU64::new(0));
@@ -99,25 +112,38 @@ pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> 
     };
     let (indexer, task) = SearchIndexer::start(&config.search, on_refused)
         .context("starting the OpenSearch indexer")?;
+    let mut pacer = Pacer::new(args.rate);
     let started = Instant::now();
-    let (mut records, mut skipped, mut last_progress) = (0u64, 0u64, Instant::now());
+    let (mut records, mut skipped, mut untimed) = (0u64, 0u64, 0u64);
+    let mut last_progress = Instant::now();
+    let mut unreadable = Vec::new();
     for (n, key) in keys.iter().enumerate() {
-        let body = read(&source, key).await?;
-        let data = decode(&body).with_context(|| format!("{key}: not gzip"))?;
-        let ranges = split_records(&data).with_context(|| format!("{key}: not JSON records"))?;
+        // One bad object (torn, not JSON, archived) is reported and the others go on.
+        let (data, ranges) = match read_records(&source, key).await {
+            Ok(read) => read,
+            Err(e) => {
+                eprintln!("ccstream: reindex: skipped {key}: {e:#}");
+                unreadable.push(key.clone());
+                continue;
+            }
+        };
         for range in ranges {
             let record = &data[range];
-            let Some(ts) = record_timestamp(record).filter(|t| (since..until).contains(t)) else {
-                skipped += 1;
+            let Some(ts) = record_timestamp(record) else {
+                untimed += 1;
                 continue;
             };
+            if !(since..until).contains(&ts) {
+                skipped += 1;
+                continue;
+            }
             // The queue is bounded: wait for room instead of dropping (this is no hot path).
             indexer
                 .send(Bytes::copy_from_slice(record), ts)
                 .await
                 .context("the indexer stopped")?;
             records += 1;
-            pace(records, args.rate, started).await;
+            pacer.pace().await;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) || n + 1 == keys.len() {
             last_progress = Instant::now();
@@ -129,18 +155,26 @@ pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> 
             );
         }
     }
+    if untimed > 0 {
+        eprintln!(
+            "ccstream: reindex: {untimed} records have no numeric timestamp (the service indexed \
+             them under their receive time, which records do not keep): not indexed"
+        );
+    }
+    eprintln!("ccstream: reindex: everything read; waiting for OpenSearch to take the rest");
     indexer.close(DRAIN);
     let stats = task.await.context("the indexer task")?;
     let report = json!({
         "objects": keys.len(), "records": records, "indexed": stats.indexed,
         "refused": stats.item_failures, "dropped": stats.dropped,
-        "outside_range": skipped,
+        "outside_range": skipped, "without_timestamp": untimed,
+        "unreadable_objects": unreadable.len(),
     });
     anyhow::ensure!(
-        stats.dropped == 0,
-        "{report}: {} records were not indexed (OpenSearch unreachable or refusing until the \
-         retries ran out); run the same command again",
-        stats.dropped
+        stats.dropped == 0 && stats.item_failures == 0 && unreadable.is_empty(),
+        "{report}: not everything was indexed (dropped: OpenSearch unreachable until the \
+         retries ran out; refused: OpenSearch refused records, see above; unreadable objects: \
+         see above); what was indexed stays, and running the command again only overwrites it"
     );
     Ok(format!("{report}\n"))
 }
@@ -217,7 +251,13 @@ fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     for entry in entries {
-        let path = entry?.path();
+        let entry = entry?;
+        // The local writer's `.<name>.tmp-*` files are objects being written (or left by a
+        // crash), not objects.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             walk(root, &path, keys)?;
         } else if let Ok(relative) = path.strip_prefix(root) {
@@ -225,6 +265,17 @@ fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An object's records: its decoded body and each record's range in it.
+async fn read_records(
+    source: &Source,
+    key: &str,
+) -> anyhow::Result<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+    let body = read(source, key).await?;
+    let data = decode(&body).context("a corrupt gzip body")?.into_owned();
+    let ranges = split_records(&data).context("not JSON records")?;
+    Ok((data, ranges))
 }
 
 async fn read(source: &Source, key: &str) -> anyhow::Result<Vec<u8>> {
@@ -256,13 +307,14 @@ async fn read(source: &Source, key: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Whether the object `key` (`<prefix>YYYY/MM/DD/HH/...`) may hold records in `[since, until)`:
-/// its hour, widened by [`KEY_MARGIN_MS`], meets the range. Keys of another shape are read.
-fn key_may_hold(key: &str, prefix: &str, since: u64, until: u64) -> bool {
+/// its hour, widened by `margin` ms on both sides, meets the range. Keys of another shape are
+/// read.
+fn key_may_hold(key: &str, prefix: &str, since: u64, until: u64, margin: u64) -> bool {
     let Some(hour) = key.strip_prefix(prefix).and_then(key_hour_ms) else {
         return true;
     };
-    hour.saturating_add(HOUR_MS + KEY_MARGIN_MS) > since
-        && hour.saturating_sub(KEY_MARGIN_MS) < until
+    hour.saturating_add(HOUR_MS).saturating_add(margin) > since
+        && hour.saturating_sub(margin) < until
 }
 
 /// The start of the hour of a `YYYY/MM/DD/HH/...` key, in ms since the epoch.
@@ -274,15 +326,33 @@ fn key_hour_ms(rest: &str) -> Option<u64> {
     parse_time(&text)
 }
 
-/// Sleeps while more than `rate` records a second went out since `started`.
-async fn pace(sent: u64, rate: u64, started: Instant) {
-    if rate == 0 {
-        return;
+/// At most `rate` records a second (0: no limit), catching up at most [`RATE_BURST`] after a
+/// pause.
+struct Pacer {
+    rate: u64,
+    /// When the record now being sent is due.
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Self {
+        Pacer {
+            rate,
+            next: Instant::now(),
+        }
     }
-    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-    let elapsed = started.elapsed();
-    if due > elapsed {
-        tokio::time::sleep(due - elapsed).await;
+
+    async fn pace(&mut self) {
+        if self.rate == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep(self.next - now).await;
+        } else if now - self.next > RATE_BURST {
+            self.next = now - RATE_BURST;
+        }
+        self.next += Duration::from_secs_f64(1.0 / self.rate as f64);
     }
 }
 
@@ -296,13 +366,18 @@ mod tests {
         let ten = 1_795_687_200_000;
         let key = "raw/2026/11/26/10/dev-firehose-1-2026-11-26-10-00-00-x";
         assert_eq!(key_hour_ms("2026/11/26/10/x"), Some(ten));
-        assert!(key_may_hold(key, "raw/", ten, ten + 1));
+        let m = KEY_MARGIN_MS;
+        assert!(key_may_hold(key, "raw/", ten, ten + 1, m));
         assert!(
-            key_may_hold(key, "raw/", ten + 2 * HOUR_MS - 1, u64::MAX),
+            key_may_hold(key, "raw/", ten + 2 * HOUR_MS - 1, u64::MAX, m),
             "margin"
         );
-        assert!(!key_may_hold(key, "raw/", ten + 3 * HOUR_MS, u64::MAX));
-        assert!(!key_may_hold(key, "raw/", 0, ten - 2 * HOUR_MS));
-        assert!(key_may_hold("raw/odd-key", "raw/", ten, ten + 1));
+        assert!(!key_may_hold(key, "raw/", ten + 3 * HOUR_MS, u64::MAX, m));
+        assert!(!key_may_hold(key, "raw/", 0, ten - 2 * HOUR_MS, m));
+        assert!(
+            key_may_hold(key, "raw/", ten + 3 * HOUR_MS - 1, u64::MAX, 2 * m),
+            "wider"
+        );
+        assert!(key_may_hold("raw/odd-key", "raw/", ten, ten + 1, m));
     }
 }

@@ -1957,7 +1957,7 @@ async fn reindex_fills_exactly_the_gap_from_the_stored_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reindex_reads_the_local_sink_with_gzip_and_newlines() {
+async fn reindex_reads_the_local_sink_with_gzip_and_newlines_under_the_live_ids() {
     let broker = Mosquitto::start();
     let search = StandIn::start();
     let dir = TempDir::new().unwrap();
@@ -1968,7 +1968,19 @@ async fn reindex_reads_the_local_sink_with_gzip_and_newlines() {
         objects_dir.display()
     );
     let client_id = format!("ingest-reindex-local-{}", unique_suffix());
-    let svc = start(&config(&broker, &client_id, "", &objects, "")).await;
+    // The service indexes live into `live`; the reindex goes to `search`.
+    let live = StandIn::start();
+    let svc = start(&config(
+        &broker,
+        &client_id,
+        "",
+        &objects,
+        &format!(
+            "[search]\nurl = \"{}\"\nflush_interval_ms = 100\n",
+            live.url()
+        ),
+    ))
+    .await;
     let mut ledger = Ledger::default();
     ledger.publish(&broker, SUB1_THING, Some(SUB1_PATH), 0..5, padded);
     wait_metric(&svc, RECORDS_OBSERVATIONS, 5.0, WAIT).await;
@@ -1989,4 +2001,19 @@ async fn reindex_reads_the_local_sink_with_gzip_and_newlines() {
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    // The same documents as the service indexed them live.
+    live.wait_until("5 records indexed live", |seen| {
+        seen.iter()
+            .filter(|s| s.is_bulk())
+            .map(|s| s.bulk_pairs().len())
+            .sum::<usize>()
+            >= 5
+    })
+    .await;
+    let ids = |s: &StandIn| {
+        let mut ids: Vec<String> = bulk_items(s).into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&search), ids(&live));
 }

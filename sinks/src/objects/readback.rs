@@ -15,7 +15,8 @@ pub fn decode(body: &[u8]) -> std::io::Result<Cow<'_, [u8]>> {
     if !body.starts_with(&GZIP_MAGIC) {
         return Ok(Cow::Borrowed(body));
     }
-    let mut out = Vec::with_capacity(body.len() * 4);
+    // Room for a typical ratio, not for the worst case of a large object.
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(64 << 20));
     flate2::read::MultiGzDecoder::new(body).read_to_end(&mut out)?;
     Ok(Cow::Owned(out))
 }
@@ -39,13 +40,23 @@ pub fn split_records(data: &[u8]) -> Result<Vec<Range<usize>>, serde_json::Error
     Ok(ranges)
 }
 
-/// A record's `timestamp` (ms), which every record has at the top level.
+/// A record's `timestamp` (ms) as ingest reads it: a non-negative integer, or a number with a
+/// fraction (truncated). `None` when it is missing or something else (a string, null): ingest
+/// then indexed the record under its receive time, which the record does not keep.
 pub fn record_timestamp(record: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Head {
-        timestamp: Option<u64>,
+        timestamp: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<Head>(record).ok()?.timestamp
+    let head = serde_json::from_slice::<Head>(record).ok()?;
+    match head.timestamp? {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| (0.0..1.8e19).contains(f))
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +98,11 @@ mod tests {
             Some(1_764_160_000_000)
         );
         assert_eq!(record_timestamp(br#"{"thingName":"t"}"#), None);
+        assert_eq!(
+            record_timestamp(br#"{"timestamp":1.5e12}"#),
+            Some(1_500_000_000_000)
+        );
+        assert_eq!(record_timestamp(br#"{"timestamp":"soon"}"#), None);
+        assert_eq!(record_timestamp(br#"{"timestamp":-1}"#), None);
     }
 }

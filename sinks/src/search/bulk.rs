@@ -69,10 +69,12 @@ const ACTION_TAIL: &[u8] = b"\"}}\n";
 pub const DOCUMENT_ID_LEN: usize = 32;
 
 /// A record's document `_id`: the first 128 bits of the SHA-256 of the record's bytes as stored,
-/// in hex. Derived from the record alone, so that indexing it again (a retried request, a
-/// replay after a crash, `ccstream reindex` from the stored objects) overwrites the document
-/// instead of adding a second one. Two records with the same bytes (same thing, timestamp,
-/// domain and payload) are the same document.
+/// in hex. Derived from the record alone, so that indexing it again (a retried request,
+/// `ccstream reindex` from the stored objects) overwrites the document instead of adding a
+/// second one. Two records with the same bytes (same thing, timestamp, domain and payload) are
+/// the same document. SHA-256, not a faster hash: devices choose most of a record's bytes, and
+/// must not be able to make their record collide with another's document (128 bits leave about
+/// 2^64 work for a collision).
 pub fn document_id(record: &[u8]) -> [u8; DOCUMENT_ID_LEN] {
     use sha2::{Digest, Sha256};
     const HEX: &[u8; 16] = b"0123456789abcdef";
