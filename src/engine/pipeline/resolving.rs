@@ -349,6 +349,34 @@ mod tests {
     }
 
     #[test]
+    fn a_found_thing_is_asked_again_after_the_positive_ttl_without_waiting() {
+        let (mut r, mut asked, _answers) = resolving(10);
+        let now = Instant::now();
+        assert!(r.admit(update("t", 1), false, now).is_empty());
+        r.on_answer("t".into(), found(), now);
+        assert_eq!(asked.try_recv().ok().as_deref(), Some("t"));
+        // Known now: goes on, and is not asked again before the TTL.
+        assert_eq!(pkids(&r.admit(update("t", 2), true, now)), [2]);
+        assert!(asked.try_recv().is_err());
+        let later = now + Duration::from_secs(3_601);
+        assert_eq!(pkids(&r.admit(update("t", 3), true, later)), [3], "does not wait");
+        assert_eq!(asked.try_recv().ok().as_deref(), Some("t"), "asked again");
+        assert_eq!(pkids(&r.admit(update("t", 4), true, later)), [4]);
+        assert!(asked.try_recv().is_err(), "once per TTL");
+    }
+
+    #[test]
+    fn a_gone_resolver_lets_everything_waiting_go_in_order() {
+        let (mut r, _asked, _answers) = resolving(10);
+        let now = Instant::now();
+        for n in 1..=3 {
+            assert!(r.admit(update("t", n), false, now).is_empty());
+        }
+        assert_eq!(pkids(&r.release_all()), [1, 2, 3]);
+        assert!(r.parked.is_empty() && r.parked_total == 0);
+    }
+
+    #[test]
     fn not_found_is_believed_and_failures_are_retried_later() {
         let (mut r, mut asked, _answers) = resolving(10);
         let now = Instant::now();
