@@ -359,7 +359,11 @@ mod tests {
         assert_eq!(pkids(&r.admit(update("t", 2), true, now)), [2]);
         assert!(asked.try_recv().is_err());
         let later = now + Duration::from_secs(3_601);
-        assert_eq!(pkids(&r.admit(update("t", 3), true, later)), [3], "does not wait");
+        assert_eq!(
+            pkids(&r.admit(update("t", 3), true, later)),
+            [3],
+            "does not wait"
+        );
         assert_eq!(asked.try_recv().ok().as_deref(), Some("t"), "asked again");
         assert_eq!(pkids(&r.admit(update("t", 4), true, later)), [4]);
         assert!(asked.try_recv().is_err(), "once per TTL");
