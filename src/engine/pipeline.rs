@@ -498,17 +498,17 @@ impl Stages {
         };
         let thing = directory.thing(thing_name);
         let domain_path = thing.map(|t| self.domain_paths.get(directory.domains(), t.domain()));
-        // A domain the tree does not place (known by id only) has no path to hold the topic to.
-        let placed = thing.is_some_and(|t| {
-            t.domain() == rule_engine::ROOT || directory.domains().contains(t.domain())
-        });
-        if let (true, true, Some(topic), Some(path)) = (
+        if let (true, Some(topic), Some(path), Some(t)) = (
             self.check_topic_domain,
-            placed,
             shadow.topic_domain.as_deref(),
             domain_path,
+            thing,
         ) {
-            if !topic_names_path(topic, path) {
+            // A domain the tree does not place (known by id only) has no path to hold the topic
+            // to; asked only of a mismatch, off the common path.
+            let placed =
+                || t.domain() == rule_engine::ROOT || directory.domains().contains(t.domain());
+            if !topic_names_path(topic, path) && placed() {
                 let reason = format!(
                     "the topic's domain path {topic:?} is not the thing's domain path {:?}",
                     path.strip_prefix(rule_engine::ROOT)
