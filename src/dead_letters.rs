@@ -29,22 +29,22 @@ pub struct Selection {
 impl Selection {
     /// The filter, or which time does not parse.
     pub fn filter(&self) -> anyhow::Result<Filter> {
-        let time = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<u64>> {
-            text.as_deref()
-                .map(|t| {
-                    replay::parse_time(t).with_context(|| {
-                        format!("--{flag} {t:?}: not an RFC 3339 time or a YYYY-MM-DD date")
-                    })
-                })
-                .transpose()
-        };
         Ok(Filter {
-            since_ms: time("since", &self.since)?,
-            until_ms: time("until", &self.until)?,
+            since_ms: time_flag("since", self.since.as_deref())?,
+            until_ms: time_flag("until", self.until.as_deref())?,
             rule: self.rule.clone(),
             url_prefix: self.url_prefix.clone(),
         })
     }
+}
+
+/// A command line time (`--since`, `--until`): RFC 3339, or a date (midnight UTC), in ms.
+pub(crate) fn time_flag(flag: &str, text: Option<&str>) -> anyhow::Result<Option<u64>> {
+    text.map(|t| {
+        replay::parse_time(t)
+            .with_context(|| format!("--{flag} {t:?}: not an RFC 3339 time or a YYYY-MM-DD date"))
+    })
+    .transpose()
 }
 
 /// The summary by rule, destination and reason: a table, or JSON lines.

@@ -22,6 +22,7 @@ use sinks::search::SearchIndexer;
 use sinks::webhook::replay::parse_time;
 
 use crate::config::Config;
+use crate::dead_letters::time_flag;
 
 /// What to reindex.
 #[derive(Debug, clap::Args)]
@@ -62,22 +63,13 @@ const RATE_BURST: Duration = Duration::from_secs(1);
 /// Where the objects are.
 enum Source {
     Local(PathBuf),
-    S3 { writer: S3Writer, bucket: String },
+    S3(S3Writer),
 }
 
 /// Runs the reindex; the JSON report to print.
 pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> {
-    let time = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<u64>> {
-        text.as_deref()
-            .map(|t| {
-                parse_time(t).with_context(|| {
-                    format!("--{flag} {t:?}: not an RFC 3339 time or a YYYY-MM-DD date")
-                })
-            })
-            .transpose()
-    };
-    let since = time("since", &args.since)?.unwrap_or(0);
-    let until = time("until", &args.until)?.unwrap_or(u64::MAX);
+    let since = time_flag("since", args.since.as_deref())?.unwrap_or(0);
+    let until = time_flag("until", args.until.as_deref())?.unwrap_or(u64::MAX);
     anyhow::ensure!(since < until, "--since must be before --until");
     anyhow::ensure!(
         config.search.url.is_some(),
@@ -193,7 +185,7 @@ async fn source(config: &Config, args: &ReindexArgs) -> anyhow::Result<Source> {
         (None, SinkKind::None) => anyhow::bail!("objects.sink = \"none\" stores nothing to read"),
     };
     let writer = S3Writer::new(S3Settings {
-        bucket: bucket.clone(),
+        bucket,
         region: o.region.clone(),
         endpoint: o.endpoint.clone(),
         path_style: o.path_style,
@@ -201,7 +193,7 @@ async fn source(config: &Config, args: &ReindexArgs) -> anyhow::Result<Source> {
     })
     .await
     .context("the S3 client")?;
-    Ok(Source::S3 { writer, bucket })
+    Ok(Source::S3(writer))
 }
 
 /// Every key under `prefix`, sorted (so by time within a prefix).
@@ -209,34 +201,7 @@ async fn list(source: &Source, prefix: &str) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
     match source {
         Source::Local(dir) => walk(dir, dir, &mut keys)?,
-        Source::S3 { writer, bucket } => {
-            let mut token = None;
-            loop {
-                let page = writer
-                    .client()
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "listing s3://{bucket}/{prefix}: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(e)
-                        )
-                    })?;
-                keys.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(str::to_owned)),
-                );
-                token = page.next_continuation_token().map(str::to_owned);
-                if token.is_none() {
-                    break;
-                }
-            }
-        }
+        Source::S3(writer) => keys = writer.list_keys(prefix).await?,
     }
     keys.retain(|k| k.starts_with(prefix));
     keys.sort();
@@ -282,27 +247,7 @@ async fn read(source: &Source, key: &str) -> anyhow::Result<Vec<u8>> {
     match source {
         Source::Local(dir) => std::fs::read(dir.join(key))
             .with_context(|| format!("reading {}", dir.join(key).display())),
-        Source::S3 { writer, bucket } => {
-            let out = writer
-                .client()
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "reading s3://{bucket}/{key}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(e)
-                    )
-                })?;
-            let body = out
-                .body
-                .collect()
-                .await
-                .with_context(|| format!("reading s3://{bucket}/{key}"))?;
-            Ok(body.into_bytes().to_vec())
-        }
+        Source::S3(writer) => Ok(writer.get(key).await?),
     }
 }
 

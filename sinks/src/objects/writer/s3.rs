@@ -132,11 +132,6 @@ impl S3Writer {
         self.client.config().region().map(|r| r.as_ref())
     }
 
-    /// The client, for reading back what was stored (`ccstream reindex`).
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        &self.client
-    }
-
     /// The bucket batches go to.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -173,6 +168,63 @@ impl S3Writer {
                 Err(failure.into_write_error(message))
             }
         }
+    }
+}
+
+/// Reading back what was stored (`ccstream reindex`).
+impl S3Writer {
+    /// Every key under `prefix`, in the order S3 lists them.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, WriteError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.read_error("ListObjectsV2", prefix, &e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            token = page.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// The body of `key`.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, WriteError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.read_error("GetObject", key, &e))?;
+        let body = out.body.collect().await.map_err(|e| {
+            WriteError::Retryable(format!("S3 GetObject s3://{}/{key}: {e}", self.bucket))
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    fn read_error<E>(&self, call: &str, key: &str, err: &SdkError<E, HttpResponse>) -> WriteError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let failure = classify(err);
+        let message = format!(
+            "S3 {call} s3://{}/{key}: {}: {}",
+            self.bucket, failure.code, failure.detail
+        );
+        failure.into_write_error(message)
     }
 }
 
