@@ -131,9 +131,18 @@ async fn create_rules(svc: &Ccstream, hooks: &Receiver) {
             .await
             .ok();
     }
+    wait_metric(svc, "ccstream_rules_loaded", 2.0).await;
+}
+
+/// Waits until the metric `series` is at least `at_least`.
+async fn wait_metric(svc: &Ccstream, series: &str, at_least: f64) {
     let deadline = Instant::now() + WAIT;
-    while svc.metric("ccstream_rules_loaded").await < 2.0 {
-        assert!(Instant::now() < deadline, "rules never loaded");
+    while svc.metric(series).await < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed below {at_least}:\n{}",
+            svc.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -311,15 +320,8 @@ async fn aws_iot_one_lookup_per_unknown_thing_and_rules_fire_as_if_known() {
             })
             .collect();
         publish_all(broker.port(), misses).await;
-        let deadline = Instant::now() + WAIT;
-        while svc
-            .metric("ccstream_observations_unknown_thing_total")
-            .await
-            < 2.0 * f64::from(round)
-        {
-            assert!(Instant::now() < deadline, "{}", svc.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let unknown = 2.0 * f64::from(round);
+        wait_metric(&svc, "ccstream_observations_unknown_thing_total", unknown).await;
     }
     assert_eq!(
         svc.metric("ccstream_directory_lookups_total{outcome=\"not_found\",resolver=\"aws-iot\"}")
@@ -568,15 +570,8 @@ async fn an_unknown_thing_on_a_thing_update_topic_is_resolved_then_its_path_chec
     )
     .await;
     assert!(hooks.wait_for(1, WAIT).await.is_some(), "{}", svc.logs());
-    let deadline = Instant::now() + WAIT;
-    while svc
-        .metric("ccstream_observations_rejected_total{reason=\"topic_domain\"}")
-        .await
-        < 2.0
-    {
-        assert!(Instant::now() < deadline, "{}", svc.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rejected = "ccstream_observations_rejected_total{reason=\"topic_domain\"}";
+    wait_metric(&svc, rejected, 2.0).await;
     assert_eq!(fired(&hooks, "hot"), vec![(thing(1), 72)]);
     assert_eq!(lambda.gets(), vec![thing(1)]);
 }
@@ -601,27 +596,14 @@ async fn thing_lambda_down_updates_are_stored_counted_and_the_thing_is_asked_aga
     };
     // Down: the update is stored (a record in the spool), counted unresolved, not evaluated.
     publish_all(broker.port(), update(60)).await;
-    let deadline = Instant::now() + WAIT;
-    while svc
-        .metric("ccstream_observations_unresolved_total{reason=\"lookup_failed\"}")
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "never counted unresolved:\n{}",
-            svc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    while svc
-        .metric("ccstream_objects_records_total{kind=\"observations\"}")
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "never stored:\n{}", svc.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let unresolved = "ccstream_observations_unresolved_total{reason=\"lookup_failed\"}";
+    wait_metric(&svc, unresolved, 1.0).await;
+    wait_metric(
+        &svc,
+        "ccstream_objects_records_total{kind=\"observations\"}",
+        1.0,
+    )
+    .await;
     assert!(hooks.requests_to("/hot").is_empty());
     assert_eq!(
         svc.metric(
