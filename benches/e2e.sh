@@ -7,6 +7,9 @@
 #   STATE=redis benches/e2e.sh           # threshold state in a Redis of its own (engine.state)
 #   REPLICAS=3 STATE=redis benches/e2e.sh   # three replicas sharing the stream (README, "Several
 #                                           # replicas"); needs STATE=redis
+#   SEARCH=1 benches/e2e.sh              # with search.url: every observation indexed too, into the
+#                                        # generator's _bulk stand-in (OpenSearch cannot be
+#                                        # installed here); run 2 waits until all are indexed
 #
 # REPLICAS=1 (the default): one ccstream with its SQLite store, subscribed to
 # $aws/things/+/shadow/update. REPLICAS=N (N > 1): a PostgreSQL of its own for the shared rule store
@@ -62,6 +65,7 @@ COUNTING_RULES=${COUNTING_RULES:-0} # 1: the never-matching rules get threshold.
                                     # update has threshold steps (what Redis state pays for)
 REPLICAS=${REPLICAS:-1}             # ccstream processes sharing the stream (> 1: PostgreSQL store,
                                     # shared subscription, needs STATE=redis)
+SEARCH=${SEARCH:-0}                 # 1: search.url at the generator's _bulk stand-in
 [[ $STATE == local || $STATE == redis ]] || { echo "STATE must be local or redis" >&2; exit 2; }
 [[ $REPLICAS =~ ^[1-9][0-9]?$ ]] || { echo "REPLICAS must be a number from 1 to 99" >&2; exit 2; }
 if [[ $REPLICAS -gt 1 && $STATE != redis ]]; then
@@ -190,6 +194,11 @@ log "mosquitto on $MQTT_PORT (pid $MOSQ_PID, max_inflight_messages $INFLIGHT)"
 # --- Redis (STATE=redis): in memory only, as a cache-sized deployment would run it -------------
 REDIS_CPU=()
 ENGINE_STATE="state = \"local\""
+SEARCH_SECTION=""
+if [[ $SEARCH == 1 ]]; then
+    SEARCH_SECTION="[search]
+url = \"http://127.0.0.1:$HOOK_PORT\""
+fi
 if [[ $STATE == redis ]]; then
     command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -341,6 +350,7 @@ allow_cidrs = ["127.0.0.1/32"]
 dead_letter_dir = "$dir/dead-letter"
 outbox_dir = "$dir/outbox"
 
+$SEARCH_SECTION
 [objects]
 sink = "$OBJECTS_SINK"
 bucket = "$BUCKET"
@@ -603,6 +613,7 @@ r = {
     "e2e_redis_cpu_us_per_message": rnd(cpu(e2e, "redis")),
     "webhooks_expected": e2e.get("webhooks_expected"),
     "webhooks_received": e2e.get("webhooks_received"),
+    "search_documents_run2": e2e.get("search_documents"),
     "latency_webhooks_expected": lat.get("webhooks_expected"),
     "latency_webhooks_received": lat.get("webhooks_received"),
     "latency_rate_achieved_msg_s": round(lat["rate_per_s"]),
@@ -677,6 +688,8 @@ rows = [
     ("Redis CPU per message, run 2", f(r["e2e_redis_cpu_us_per_message"], " µs"),
      "engine.state = \"redis\" only: the threshold steps of every batch in one round trip"),
     ("webhooks expected / received (run 2)", f"{f(r['webhooks_expected'])} / {f(r['webhooks_received'])}", ""),
+    ("documents indexed (run 2, SEARCH=1)", f(r["search_documents_run2"]),
+     "into the generator's _bulk stand-in; run 2 waits for all of them"),
     (f"rule-to-webhook latency at {$RATE_LATENCY:,}/s p50 / p99 / max",
      f"{f(r['latency_p50_ms'])} / {f(r['latency_p99_ms'])} / {f(r['latency_max_ms'])} ms",
      f"{f(r['latency_webhooks_received'])} of {f(r['latency_webhooks_expected'])} webhooks, "

@@ -100,6 +100,7 @@ pub async fn run(config: &Config, args: &ReindexArgs) -> anyhow::Result<String> 
             if refused.fetch_add(1, Ordering::Relaxed) < 10 {
                 eprintln!("ccstream: a record was refused: {reason}");
             }
+            async {}
         }
     };
     let (indexer, task) = SearchIndexer::start(&config.search, on_refused)

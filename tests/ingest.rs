@@ -29,7 +29,7 @@ use common::{free_port, jwt, unique_suffix, Ccstream, LISTEN};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use testkit::mosquitto::Mosquitto;
-use testkit::search_standin::{canned_search, StandIn};
+use testkit::search_standin::{canned_search, BulkReply, StandIn};
 use testkit::weed::Weed;
 
 const BUCKET: &str = "obs";
@@ -2016,4 +2016,404 @@ async fn reindex_reads_the_local_sink_with_gzip_and_newlines_under_the_live_ids(
         ids
     };
     assert_eq!(ids(&search), ids(&live));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The index follows the spool (OpenSearch stand-in: OpenSearch cannot be installed here)
+
+/// The things the outage tests publish as, with their domain paths.
+const OUTAGE_THINGS: [&str; 4] = ["thing-001", SUB1_THING, SUB2_THING, STRANGER];
+
+/// `[objects]` lines for the local sink in `dir`, newline-delimited (to read back line by line).
+fn local_objects(dir: &Path, extra: &str) -> String {
+    format!(
+        "sink = \"local\"\ndir = \"{}\"\ndelimiter = \"newline\"\nspool_dir = \"{}\"\n{extra}",
+        dir.join("objects").display(),
+        dir.join("spool").display()
+    )
+}
+
+/// `[search]` against `search`: quick flushes, retries at most 1 s apart.
+fn follow_search(search: &StandIn, extra: &str) -> String {
+    format!(
+        "[search]\nurl = \"{}\"\nflush_interval_ms = 100\nbackoff_initial_ms = 100\n\
+         backoff_max_ms = 1000\n{extra}",
+        search.url()
+    )
+}
+
+/// Every observation record stored in the local sink under `dir`: `_id` → (thing, seq).
+fn stored_observations(dir: &Path) -> BTreeMap<String, (String, u64)> {
+    let objects = dir.join("objects");
+    let mut out = BTreeMap::new();
+    for path in files_under(&objects) {
+        if path.strip_prefix(&objects).unwrap().starts_with("errors") {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let record: Value = serde_json::from_slice(line).unwrap();
+            let thing = record["thingName"].as_str().unwrap().to_owned();
+            let seq = record["seq"].as_u64().unwrap();
+            let before = out.insert(document_id(line), (thing, seq));
+            assert!(before.is_none(), "a record stored twice: {record}");
+        }
+    }
+    out
+}
+
+/// Mosquitto publishers for [`OUTAGE_THINGS`], `per_thing` observations each with unique
+/// `seq`s, `chunk` lines every `pause`.
+fn outage_publishers(
+    broker: &Mosquitto,
+    per_thing: u64,
+    chunk: usize,
+    pause: Duration,
+) -> Vec<Publisher> {
+    OUTAGE_THINGS
+        .iter()
+        .enumerate()
+        .map(|(t, thing)| {
+            let first = t as u64 * per_thing;
+            let lines = (first..first + per_thing)
+                .map(|seq| {
+                    format!(
+                        "{{\"seq\":{seq},\"state\":{{\"reported\":{{\"temp\":{}}}}}}}",
+                        seq % 97
+                    )
+                })
+                .collect();
+            Publisher::spawn(broker.port(), thing, lines, chunk, pause)
+        })
+        .collect()
+}
+
+/// Waits until the stand-in holds a document for every id of `stored`, and the service says
+/// it is caught up; returns how long that took.
+async fn wait_indexed(
+    svc: &Ccstream,
+    search: &StandIn,
+    stored: &BTreeMap<String, (String, u64)>,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let written: std::collections::HashSet<String> =
+            search.writes().into_iter().map(|(id, _)| id).collect();
+        let missing = stored.keys().filter(|id| !written.contains(*id)).count();
+        if missing == 0 && metric(svc, "ccstream_search_records_behind").await == 0.0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{missing} of {} stored observations not indexed after {timeout:?}",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index holds exactly the stored observations: one document per stored record, under
+/// the `_id` of its bytes as stored, nothing else. Returns the writes in order.
+fn check_index_is_the_store(
+    search: &StandIn,
+    stored: &BTreeMap<String, (String, u64)>,
+) -> Vec<(String, Value)> {
+    let writes = search.writes();
+    let mut documents: BTreeMap<String, Value> = BTreeMap::new();
+    for (id, source) in &writes {
+        let (thing, seq) = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("document {id} is no stored record: {source}"));
+        assert_eq!(
+            (
+                source["thingName"].as_str().unwrap(),
+                source["seq"].as_u64().unwrap()
+            ),
+            (thing.as_str(), *seq),
+            "document {id} holds another record than the one stored under that hash"
+        );
+        documents.insert(id.clone(), source.clone());
+    }
+    let ids: Vec<&String> = documents.keys().collect();
+    let want: Vec<&String> = stored.keys().collect();
+    assert_eq!(ids.len(), want.len(), "documents vs stored observations");
+    assert_eq!(ids, want, "the index holds exactly the stored observations");
+    writes
+}
+
+/// Per thing, the first writes of its documents come in `seq` (publish and time) order.
+fn check_order_per_thing(writes: &[(String, Value)]) {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (id, source) in writes {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let thing = source["thingName"].as_str().unwrap().to_owned();
+        let seq = source["seq"].as_u64().unwrap();
+        if let Some(before) = last.insert(thing.clone(), seq) {
+            assert!(before < seq, "{thing}: seq {seq} indexed after {before}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opensearch_outage_of_60_s_under_load_is_caught_up_exactly_once_in_order() {
+    const PER_THING: u64 = 6_000;
+    let broker = Mosquitto::start();
+    let search = StandIn::start();
+    let dir = TempDir::new().unwrap();
+    let conf = config(
+        &broker,
+        &format!("ingest-outage-{}", unique_suffix()),
+        "",
+        &local_objects(dir.path(), "max_age_secs = 2\nmax_bytes = 262144"),
+        &follow_search(&search, "queue_capacity = 1000"),
+    );
+    let svc = start(&conf).await;
+    // About 300 observations/s in all for 80 s: before, during and after the outage.
+    let mut publishers = outage_publishers(&broker, PER_THING, 15, Duration::from_millis(200));
+    wait_metric(&svc, "ccstream_search_indexed_total", 500.0, WAIT).await;
+
+    search.bulk_fallback(BulkReply::Status(503));
+    let down_at = metric(&svc, RECORDS_OBSERVATIONS).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let during = metric(&svc, RECORDS_OBSERVATIONS).await - down_at;
+    let behind = metric(&svc, "ccstream_search_records_behind").await;
+    let lag = metric(&svc, "ccstream_search_lag_seconds").await;
+    let kept = files_under(&dir.path().join("spool"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "stored"))
+        .count();
+    eprintln!("outage: {during} observations taken, {behind} behind, lag {lag} s, {kept} stored files kept for the index");
+    assert!(
+        during > 10_000.0,
+        "ingest went on during the outage: {during}"
+    );
+    // The gauge is refreshed every second: up to a second of records (about 300) later.
+    assert!(
+        behind >= during - 600.0,
+        "{behind} behind, {during} taken during the outage"
+    );
+    assert!(lag >= 55.0, "lag {lag} s after 60 s down");
+    assert!(kept > 0, "stored batches wait in the spool for the index");
+    let (status, _) = svc.get("/readyz").await;
+    assert_eq!(status, 200, "the index is not on the ingest path");
+
+    search.clear_bulk_fallback();
+    let up = Instant::now();
+    // Caught up with the live stream: no more behind than a second of it (the gauge's period).
+    loop {
+        let now_behind = metric(&svc, "ccstream_search_records_behind").await;
+        if now_behind < 600.0 {
+            break;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "still {now_behind} behind 30 s after OpenSearch came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "caught up with the live stream {:?} after OpenSearch came back ({behind} were behind)",
+        up.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for p in &mut publishers {
+        p.finish(deadline).await;
+    }
+    wait_metric(&svc, RECORDS_OBSERVATIONS, (PER_THING * 4) as f64, WAIT).await;
+    wait_spool_empty(&svc).await;
+    let stored = stored_observations(dir.path());
+    assert_eq!(stored.len() as u64, PER_THING * 4);
+    let caught_up = wait_indexed(&svc, &search, &stored, Duration::from_secs(60)).await;
+    eprintln!(
+        "caught up {:?} after OpenSearch came back ({:?} after the last waits)",
+        up.elapsed(),
+        caught_up
+    );
+    let writes = check_index_is_the_store(&search, &stored);
+    check_order_per_thing(&writes);
+    assert_eq!(metric(&svc, "ccstream_search_gap_records_total").await, 0.0);
+    assert_eq!(metric(&svc, "ccstream_search_lag_seconds").await, 0.0);
+    assert!(!dir.path().join("spool/index-gaps.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_catch_up_then_the_index_completes_without_duplicates() {
+    const PER_THING: u64 = 1_500;
+    let broker = Mosquitto::start();
+    let search = StandIn::start();
+    let dir = TempDir::new().unwrap();
+    let conf = config(
+        &broker,
+        &format!("ingest-catchup-kill-{}", unique_suffix()),
+        "",
+        &local_objects(dir.path(), "max_age_secs = 1\nmax_bytes = 65536"),
+        &follow_search(&search, "bulk_max_actions = 100"),
+    );
+    let mut svc = start(&conf).await;
+    search.bulk_fallback(BulkReply::Status(503));
+    let mut publishers = outage_publishers(&broker, PER_THING, 500, Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &mut publishers {
+        p.finish(deadline).await;
+    }
+    wait_metric(&svc, RECORDS_OBSERVATIONS, (PER_THING * 4) as f64, WAIT).await;
+    // Every batch stored and kept for the index.
+    wait_metric(
+        &svc,
+        "ccstream_search_records_behind",
+        (PER_THING * 4) as f64,
+        WAIT,
+    )
+    .await;
+    let stored = loop {
+        let stored = stored_observations(dir.path());
+        if stored.len() as u64 == PER_THING * 4 {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Back, but slow: 100 documents per 250 ms, so the catch-up takes about 15 s.
+    search.bulk_delay(Duration::from_millis(250));
+    search.clear_bulk_fallback();
+    search
+        .wait_until("1,000 documents indexed", |_| {
+            search.writes().len() >= 1_000
+        })
+        .await;
+    let before_kill = search.writes().len();
+    svc.crash_and_restart().await;
+    wait_readyz(&svc, 200, WAIT).await;
+    search.bulk_delay(Duration::ZERO);
+    let took = wait_indexed(&svc, &search, &stored, Duration::from_secs(60)).await;
+    let writes = check_index_is_the_store(&search, &stored);
+    let again = writes.len() - stored.len();
+    eprintln!(
+        "killed after {before_kill} documents; the restart completed the index in {took:?}, \
+         writing {again} documents a second time (same _id)"
+    );
+    assert!(before_kill < stored.len(), "killed during the catch-up");
+    // The cursor is written every 500 ms at most, and one bulk is in flight: what the restart
+    // writes again is bounded by that, not by what the index already had.
+    assert!(again < 1_000, "{again} documents written again");
+    assert!(!dir.path().join("spool/index-gaps.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_spool_is_written_down_and_reindex_since_fills_the_gap() {
+    const PER_THING: u64 = 1_000;
+    let broker = Mosquitto::start();
+    let search = StandIn::start();
+    let dir = TempDir::new().unwrap();
+    // Batches of 16 KiB, a spool of 64 KiB: the 4,000 records (~90 bytes each) do not fit.
+    let objects = local_objects(
+        dir.path(),
+        "max_age_secs = 1\nmax_bytes = 16384\nspool_max_bytes = 65536",
+    );
+    let client_id = format!("ingest-gap-{}", unique_suffix());
+    // A small read-ahead, so that most records of a dropped file are not in memory either.
+    let conf = config(
+        &broker,
+        &client_id,
+        "",
+        &objects,
+        &follow_search(&search, "queue_capacity = 100"),
+    );
+    let svc = start(&conf).await;
+    search.bulk_fallback(BulkReply::Status(503));
+    let mut publishers = outage_publishers(&broker, PER_THING, 100, Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &mut publishers {
+        p.finish(deadline).await;
+    }
+    wait_metric(&svc, RECORDS_OBSERVATIONS, (PER_THING * 4) as f64, WAIT).await;
+    let gap_records = wait_metric(&svc, "ccstream_search_gap_records_total", 1.0, WAIT).await;
+    let (status, _) = svc.get("/readyz").await;
+    assert_eq!(status, 200, "ingest never waited for the index");
+
+    search.clear_bulk_fallback();
+    wait_spool_empty(&svc).await;
+    let stored = stored_observations(dir.path());
+    assert_eq!(
+        stored.len() as u64,
+        PER_THING * 4,
+        "every observation stored"
+    );
+    let indexed: std::collections::HashSet<String> =
+        search.writes().into_iter().map(|(id, _)| id).collect();
+    let gap: Vec<&String> = stored.keys().filter(|id| !indexed.contains(*id)).collect();
+    // What was in the indexer's queue when its file went is indexed all the same.
+    assert!(!gap.is_empty(), "the spool could not hold the outage");
+    assert!(
+        gap.len() as f64 <= gap_records,
+        "{} missing, {gap_records} counted",
+        gap.len()
+    );
+
+    // The gaps file says what is missing; reindex fills it.
+    let lines: Vec<Value> = std::fs::read_to_string(dir.path().join("spool/index-gaps.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let gap_in_file: u64 = lines
+        .iter()
+        .map(|g| g["records"].as_u64().unwrap() - g["indexed_records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(gap_in_file as f64, gap_records, "{lines:?}");
+    let since = lines
+        .iter()
+        .map(|g| g["first_received_ms"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    let until = lines
+        .iter()
+        .map(|g| g["deleted_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let before = search.writes().len();
+    let run = TempDir::new().unwrap();
+    let reindex_objects = format!(
+        "sink = \"local\"\ndir = \"{}\"\ndelimiter = \"newline\"\nspool_dir = \"{}\"",
+        dir.path().join("objects").display(),
+        run.path().join("spool").display()
+    );
+    let reindex_conf = config(
+        &broker,
+        &format!("{client_id}-reindex"),
+        "",
+        &reindex_objects,
+        &format!("[search]\nurl = \"{}\"\n", search.url()),
+    )
+    .replace(LISTEN, "127.0.0.1:0");
+    let report = reindex(
+        run.path(),
+        &reindex_conf,
+        &[
+            "--since",
+            &sinks::utc::rfc3339(since),
+            "--until",
+            &sinks::utc::rfc3339(until + 1),
+            "--rate",
+            "0",
+        ],
+    );
+    eprintln!(
+        "{} records in {} gap files; reindex: {report}",
+        gap.len(),
+        lines.len()
+    );
+    let reindexed: std::collections::HashSet<String> = search.writes()[before..]
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        gap.iter().all(|id| reindexed.contains(*id)),
+        "reindex filled the gap"
+    );
+    check_index_is_the_store(&search, &stored);
 }

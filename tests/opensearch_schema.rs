@@ -159,6 +159,7 @@ fn what_the_indexer_sends_to_bulk_is_valid() {
         record: Bytes::from_static(record.as_bytes()),
         index: index_name("observations", 1_764_720_000_000).into(),
         received: tokio::time::Instant::now(),
+        replayable: true,
     };
     let body = encode(&[
         item(

@@ -35,6 +35,7 @@ fn bench_encode(c: &mut Criterion) {
             record: record(i),
             index: Arc::clone(&index),
             received: now,
+            replayable: true,
         })
         .collect();
     let mut group = c.benchmark_group("bulk");

@@ -55,6 +55,7 @@ fn start(config: &SearchConfig) -> (IndexerHandle, JoinHandle<IndexerStats>, Fai
     let sink = Arc::clone(&failures);
     let (handle, task) = SearchIndexer::start(config, move |record, reason| {
         sink.lock().expect("lock").push((record, reason));
+        async {}
     })
     .expect("starts");
     (handle, task, failures)
@@ -592,6 +593,6 @@ async fn search_errors_are_classified() {
 
 #[test]
 fn starting_without_a_url_is_refused() {
-    let err = SearchIndexer::start(&SearchConfig::default(), |_, _| {}).expect_err("no url");
+    let err = SearchIndexer::start(&SearchConfig::default(), |_, _| async {}).expect_err("no url");
     assert!(matches!(err, SearchError::NotConfigured));
 }

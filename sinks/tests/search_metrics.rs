@@ -18,9 +18,9 @@ fn record(n: usize) -> Bytes {
 }
 
 // A paused clock (tokio's test-util) with the stand-ins on the test's runtime: the gauge tick
-// and the lag pass in virtual time.
+// and the queue age pass in virtual time.
 #[tokio::test(start_paused = true)]
-async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
+async fn indexing_outcomes_failures_drops_queue_age_and_depth_are_measured() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("first recorder in this binary");
@@ -38,14 +38,14 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
         backoff_max_ms: 20,
         ..SearchConfig::default()
     };
-    let (handle, task) = SearchIndexer::start(&config, |_, _| {}).expect("starts");
+    let (handle, task) = SearchIndexer::start(&config, |_, _| async {}).expect("starts");
     for n in 0..4 {
         handle.try_send(record(n), NOON).expect("queued");
     }
     handle.close(Duration::from_secs(5));
     task.await.expect("task");
 
-    // A second indexer whose template never goes in: records wait (lag grows) and overflow.
+    // A second indexer whose template never goes in: records wait (their age grows) and overflow.
     let stuck = StandIn::start_here();
     stuck.template_fallback(503);
     let (handle, task) = SearchIndexer::start(
@@ -55,7 +55,7 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
             bulk_max_actions: 1,
             ..config
         },
-        |_, _| {},
+        |_, _| async {},
     )
     .expect("starts");
     let overflowed = (0..10)
@@ -67,7 +67,10 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
     // A snapshot resets what it reads: collect into one tally.
     let mut tally = Tally::default();
     tally.add(snapshotter.snapshot());
-    let lag = tally.gauges.get("ccstream_search_lag_seconds").copied();
+    let lag = tally
+        .gauges
+        .get("ccstream_search_queue_age_seconds")
+        .copied();
     let depth = tally.gauges.get("ccstream_search_queue_depth").copied();
     assert!(lag.is_some_and(|lag| lag >= 1.0), "{lag:?}");
     assert!(depth.is_some_and(|depth| depth >= 1.0), "{depth:?}");
@@ -121,7 +124,7 @@ async fn indexing_outcomes_failures_drops_lag_and_queue_are_measured() {
         Some(&3)
     );
     // Back to zero once stopped.
-    assert_eq!(gauges.get("ccstream_search_lag_seconds"), Some(&0.0));
+    assert_eq!(gauges.get("ccstream_search_queue_age_seconds"), Some(&0.0));
     assert_eq!(gauges.get("ccstream_search_queue_depth"), Some(&0.0));
 }
 

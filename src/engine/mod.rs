@@ -168,7 +168,6 @@ pub async fn start(
         stages: pipeline::Stages {
             acker,
             objects: outputs.objects.clone(),
-            search: outputs.search.clone(),
             directory,
             store: store.clone(),
             webhooks: webhooks.clone(),

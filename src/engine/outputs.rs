@@ -1,5 +1,7 @@
 //! The observation outputs: the object sink (spool, batches, S3 / Firehose / local directory)
-//! and, when `search.url` is set, the OpenSearch indexer.
+//! and, when `search.url` is set, the OpenSearch indexer, fed by a follower of the spool (the
+//! index takes what the spool committed, from a cursor, so an outage of OpenSearch delays the
+//! index instead of losing records from it).
 
 use std::time::Duration;
 
@@ -10,19 +12,14 @@ use sinks::objects::writer::firehose::FirehoseSettings;
 use sinks::objects::writer::s3::S3Settings;
 use sinks::objects::writer::{FirehoseWriter, S3Writer};
 use sinks::objects::{
-    build_error_record, Delimiter, LocalWriter, ObjectSink, ObjectSinkHandle, OnCommit, RecordKind,
-    ShutdownReport, SinkKind, Writer,
+    build_error_record, Delimiter, IndexFollow, LocalWriter, ObjectSink, ObjectSinkHandle,
+    OnCommit, RecordKind, ShutdownReport, SinkKind, Writer,
 };
-use sinks::search::{IndexerHandle, IndexerStats, SearchIndexer};
-use tokio::sync::mpsc;
+use sinks::search::{follower, Follower, IndexerHandle, IndexerStats, SearchIndexer};
 use tokio::task::JoinHandle;
 
 use super::acks::{ack_released, Ack};
 use crate::config::Config;
-
-/// Records handed back by the indexer (mapping conflicts, rejected items) wait here on their
-/// way to the `errors/` prefix; beyond it they are counted and dropped (S3 has the record).
-const INDEX_FAILURE_QUEUE: usize = 10_000;
 
 /// Tokens of the object sink: an MQTT ack for observations (shared with the webhook outbox when
 /// the observation fired, see [`super::acks`]), nothing for records the service makes itself
@@ -32,9 +29,9 @@ pub type Token = Option<Ack>;
 pub struct Outputs {
     pub objects: ObjectSinkHandle<Token>,
     objects_task: JoinHandle<ShutdownReport>,
-    pub search: Option<IndexerHandle>,
+    search: Option<IndexerHandle>,
     search_task: Option<JoinHandle<IndexerStats>>,
-    failures_task: Option<JoinHandle<()>>,
+    follower: Option<Follower>,
 }
 
 async fn writer(config: &Config) -> anyhow::Result<Writer> {
@@ -77,25 +74,33 @@ impl Outputs {
         let on_commit: OnCommit<Token> = Box::new(move |tokens: Vec<Token>| {
             ack_released(&acker, tokens.into_iter().flatten());
         });
-        let (objects, objects_task) =
-            ObjectSink::start(&config.objects, &config.stack.name, writer, on_commit)
-                .context("starting the object sink")?;
+        let follow = if config.search.enabled() {
+            IndexFollow::On
+        } else {
+            IndexFollow::Off
+        };
+        let (objects, objects_task) = ObjectSink::start_full(
+            &config.objects,
+            &config.stack.name,
+            writer,
+            on_commit,
+            follow,
+        )
+        .context("starting the object sink")?;
 
-        let (search, search_task, failures_task) = match &config.search.url {
+        let (search, search_task, follower) = match objects.index_log() {
             None => (None, None, None),
-            Some(_) => {
+            Some(log) => {
                 sinks::search::describe_metrics();
-                let (fail_tx, fail_rx) = mpsc::channel::<(Bytes, String)>(INDEX_FAILURE_QUEUE);
+                let failures = objects.clone();
                 let on_failure = move |record: Bytes, reason: String| {
-                    // Runs on the indexer task: never wait here.
-                    if fail_tx.try_send((record, reason)).is_err() {
-                        metrics::counter!("ccstream_search_failures_dropped_total").increment(1);
-                    }
+                    let objects = failures.clone();
+                    async move { store_index_failure(&objects, &record, &reason).await }
                 };
                 let (handle, task) = SearchIndexer::start(&config.search, on_failure)
                     .context("starting the OpenSearch indexer")?;
-                let failures = tokio::spawn(store_index_failures(objects.clone(), fail_rx));
-                (Some(handle), Some(task), Some(failures))
+                let follower = follower::start(log, handle.clone());
+                (Some(handle), Some(task), Some(follower))
             }
         };
         Ok(Outputs {
@@ -103,12 +108,16 @@ impl Outputs {
             objects_task,
             search,
             search_task,
-            failures_task,
+            follower,
         })
     }
 
-    /// Flushes the indexer and stores every open batch, within `grace`.
+    /// Flushes the indexer and stores every open batch, within `grace`. What the index has
+    /// not taken stays in the spool, and the cursor says where the next start goes on.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(follower) = &self.follower {
+            follower.begin_stop();
+        }
         if let (Some(search), Some(task)) = (self.search, self.search_task) {
             search.close(grace / 2);
             match tokio::time::timeout(grace / 2 + Duration::from_secs(1), task).await {
@@ -118,9 +127,12 @@ impl Outputs {
                 ),
             }
         }
-        if let Some(task) = self.failures_task {
-            // Its sender went with the indexer; it ends once it has queued what it holds.
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        if let Some(follower) = self.follower {
+            // The indexer has run or dropped every checkpoint: the follower writes the cursor.
+            match tokio::time::timeout(Duration::from_secs(2), follower.join()).await {
+                Ok(stats) => tracing::info!(?stats, "search follower stopped"),
+                Err(_) => tracing::warn!("search follower did not stop in time; the index resumes from an older cursor (documents keep their ids)"),
+            }
         }
         let report = self.objects.shutdown(grace / 2).await;
         tracing::info!(?report, "object sink stopped");
@@ -128,11 +140,9 @@ impl Outputs {
     }
 }
 
-/// Writes records the index refused to the `errors/` prefix, with the reason.
-async fn store_index_failures(
-    objects: ObjectSinkHandle<Token>,
-    mut rx: mpsc::Receiver<(Bytes, String)>,
-) {
+/// Writes a record the index refused to the `errors/` prefix, with the reason (the indexer
+/// waits for the spool to take it).
+async fn store_index_failure(objects: &ObjectSinkHandle<Token>, record: &[u8], reason: &str) {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Head {
@@ -141,23 +151,19 @@ async fn store_index_failures(
         #[serde(default)]
         timestamp: u64,
     }
-    while let Some((record, reason)) = rx.recv().await {
-        let head: Head = serde_json::from_slice(&record).unwrap_or(Head {
-            thing_name: String::new(),
-            timestamp: 0,
-        });
-        let error = build_error_record(
-            &record,
-            &head.thing_name,
-            head.timestamp,
-            &format!("indexing failed: {reason}"),
-        );
-        if objects
-            .append(error, RecordKind::Errors, None)
-            .await
-            .is_err()
-        {
-            return;
-        }
+    let head: Head = serde_json::from_slice(record).unwrap_or(Head {
+        thing_name: String::new(),
+        timestamp: 0,
+    });
+    let error = build_error_record(
+        record,
+        &head.thing_name,
+        head.timestamp,
+        &format!("indexing failed: {reason}"),
+    );
+    if let Err(e) = objects.append(error, RecordKind::Errors, None).await {
+        // Only after shutdown: the record itself is stored, and the spool keeps it for the
+        // index, which meets the refusal again at the next start.
+        tracing::warn!(error = %e, "a record the index refused cannot go to errors/");
     }
 }

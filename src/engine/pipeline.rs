@@ -25,19 +25,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use ingest::{AckToken, Acker, Inbound, ShadowUpdate};
 use rule_engine::deferred::Step;
 use rule_engine::directory::ThingChange;
 use rule_engine::{
-    Directory, DomainTree, Engine, Firing, Outcome, ParseLimits, ParsedObservation, Reject,
-    ThresholdState, Thresholds,
+    Directory, DomainTree, Engine, Firing, Outcome, ParseLimits, ParsedObservation, ThresholdState,
+    Thresholds,
 };
 use sinks::objects::{
     build_error_record, build_record, build_record_from_json, AppendError, NotAnObject,
     ObjectSinkHandle, PayloadKeys, RecordKind,
 };
-use sinks::search::IndexerHandle;
 use sinks::webhook::{WebhookHandle, WebhookRequest};
 use tokio::sync::{mpsc, watch};
 
@@ -81,7 +79,6 @@ pub struct Stages {
     pub store: RuleStore,
     pub webhooks: WebhookHandle<Ack>,
     pub objects: ObjectSinkHandle<Token>,
-    pub search: Option<IndexerHandle>,
     pub limits: ParseLimits,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
@@ -120,8 +117,6 @@ struct Pending {
 struct Observed {
     record: Vec<u8>,
     kind: RecordKind,
-    /// What the record is indexed under.
-    timestamp: u64,
     /// `None` when the payload was not evaluated (rejected by the parser).
     outcome: Option<Outcome>,
 }
@@ -446,7 +441,6 @@ impl Stages {
         self.store(
             observed.record,
             observed.kind,
-            observed.timestamp,
             id,
             shadow.received_at_ms,
             ack,
@@ -522,14 +516,12 @@ impl Stages {
                 return Observed {
                     record: build_error_record(payload, thing_name, received_at_ms, &reason),
                     kind: RecordKind::Errors,
-                    timestamp: received_at_ms,
                     outcome: None,
                 };
             }
         }
         match ParsedObservation::parse(payload, &self.limits) {
             Ok(obs) => {
-                let timestamp = obs.timestamp().unwrap_or(received_at_ms);
                 let started = self.metrics.next_evaluation_is_timed().then(Instant::now);
                 let outcome = Engine::new(&rules.index, &directory).evaluate_thing(
                     thing_name,
@@ -562,20 +554,12 @@ impl Stages {
                 Observed {
                     record,
                     kind,
-                    timestamp,
                     outcome: Some(outcome),
                 }
             }
             Err(reject) => {
                 let record = build_record(payload, thing_name, received_at_ms, domain_path);
                 drop(directory);
-                // Not evaluated, but still a record: index it under its own timestamp when the
-                // object has one (e.g. an object without state.reported).
-                let timestamp = if matches!(reject, Reject::NoReported | Reject::TooDeep) {
-                    top_level_timestamp(payload).unwrap_or(received_at_ms)
-                } else {
-                    received_at_ms
-                };
                 metrics::counter!("ccstream_observations_rejected_total", "reason" => reject.as_str())
                     .increment(1);
                 tracing::debug!(thing = %thing_name, reason = reject.as_str(), "observation not evaluated");
@@ -583,7 +567,6 @@ impl Stages {
                 Observed {
                     record,
                     kind,
-                    timestamp,
                     outcome: None,
                 }
             }
@@ -614,23 +597,15 @@ impl Stages {
     }
 
     /// Appends the record with the observation's id to the spool (which acks it after its
-    /// group commit), remembers the id for redeliveries, and offers an observation record to
-    /// the indexer.
+    /// group commit; the search index follows the spool) and remembers the id for redeliveries.
     async fn store(
         &mut self,
         record: Vec<u8>,
         kind: RecordKind,
-        timestamp: u64,
         id: u64,
         received_at_ms: u64,
         ack: Ack,
     ) {
-        if kind == RecordKind::Observations {
-            if let Some(search) = &self.search {
-                // Never waits: a full queue is counted by the indexer; S3 has the record.
-                let _ = search.try_send(Bytes::from(record.clone()), timestamp);
-            }
-        }
         match self
             .objects
             .append_with_id(record, kind, id, received_at_ms, Some(ack))
@@ -788,17 +763,6 @@ fn record_or_error(
             )
         }
     }
-}
-
-/// The payload's own top-level `timestamp` (ms), for objects the rule parser did not take.
-/// Parses the whole payload, so it is only used off the common path.
-fn top_level_timestamp(payload: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        timestamp: Option<serde_json::Value>,
-    }
-    let head: Head = serde_json::from_slice(payload).ok()?;
-    head.timestamp?.as_u64()
 }
 
 #[cfg(test)]

@@ -108,6 +108,8 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     canned_search: Value,
     next_id: Mutex<u64>,
+    /// Every document write that succeeded (201), in order: `(_id, source)`.
+    writes: Mutex<Vec<(String, Value)>>,
 }
 
 /// The stand-in, on a free port of 127.0.0.1; stopped when dropped.
@@ -177,6 +179,7 @@ impl StandIn {
             seen: Mutex::new(Vec::new()),
             canned_search: canned_search(),
             next_id: Mutex::new(0),
+            writes: Mutex::new(Vec::new()),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -208,6 +211,17 @@ impl StandIn {
 
     pub fn bulk_fallback(&self, reply: BulkReply) {
         self.shared.script.lock().expect("lock").bulk_fallback = Some(reply);
+    }
+
+    /// Bulk requests are answered as scripted, then all created, again.
+    pub fn clear_bulk_fallback(&self) {
+        self.shared.script.lock().expect("lock").bulk_fallback = None;
+    }
+
+    /// Every document write that succeeded, in order: `(_id, source)`. A document written
+    /// twice under one `_id` is one document in an index (the second write overwrites it).
+    pub fn writes(&self) -> Vec<(String, Value)> {
+        self.shared.writes.lock().expect("lock").clone()
     }
 
     pub fn bulk_delay(&self, delay: Duration) {
@@ -401,10 +415,11 @@ fn bulk_reply(shared: &Shared, body: &[u8], reply: BulkReply) -> Response {
     };
     let pairs = bulk_pairs(body);
     let mut errors = false;
+    let mut writes = Vec::new();
     let items: Vec<Value> = pairs
         .iter()
         .enumerate()
-        .map(|(i, (action, _))| {
+        .map(|(i, (action, source))| {
             let index = action["index"]["_index"].clone();
             let status = statuses.get(i).copied().unwrap_or(201);
             // The action's `_id` when it names one, as OpenSearch does; else one of ours.
@@ -416,6 +431,9 @@ fn bulk_reply(shared: &Shared, body: &[u8], reply: BulkReply) -> Response {
                     format!("doc-{next}")
                 }
             };
+            if status == 201 {
+                writes.push((id.clone(), source.clone()));
+            }
             let result = match status {
                 201 => json!({
                     "_index": index, "_id": id, "_version": 1, "result": "created",
@@ -448,6 +466,7 @@ fn bulk_reply(shared: &Shared, body: &[u8], reply: BulkReply) -> Response {
             json!({"index": result})
         })
         .collect();
+    shared.writes.lock().expect("lock").extend(writes);
     json_reply(200, json!({"took": 7, "errors": errors, "items": items}))
 }
 

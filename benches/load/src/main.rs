@@ -323,6 +323,8 @@ async fn run_publish(args: &Args) -> anyhow::Result<Report> {
     if let Some(w) = webhooks {
         report.webhooks_expected = Some(outcome.hot);
         report.webhooks_received = Some(w.received.load(Ordering::Relaxed));
+        let documents = w.documents.load(Ordering::Relaxed);
+        report.search_documents = (documents > 0).then_some(documents);
         report.latency = w.latencies().summary();
     }
     // Several replicas: each one's figures too.
@@ -424,7 +426,13 @@ async fn drain(
             let (grown, changed) = s.growth();
             grown < outcome.published && changed.max(finished).elapsed() < limit
         });
-        if !webhooks_due && !stored_due {
+        // With `search.url` at the receiver: until every observation is indexed too, so that
+        // ccstream's CPU includes indexing them.
+        let documents_due = webhooks.is_some_and(|w| {
+            let documents = w.documents.load(Ordering::Relaxed);
+            documents > 0 && documents < outcome.published && finished.elapsed() < limit * 4
+        });
+        if !webhooks_due && !stored_due && !documents_due {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

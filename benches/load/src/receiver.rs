@@ -1,5 +1,10 @@
 //! The webhook receiver: answers 200 to any request, counts it and, when the body carries a
 //! `sentAt` ([`crate::payload::sent_at`]), records publish → webhook latency.
+//!
+//! It also stands in for OpenSearch's indexing calls, so that `benches/e2e.sh` can measure
+//! ccstream with `search.url` set (OpenSearch cannot be installed on these machines):
+//! `POST /_bulk` answers every action created, in OpenSearch's response shape, and counts the
+//! documents apart from the webhooks; `PUT /_index_template/...` is acknowledged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::payload::sent_at;
@@ -17,6 +23,8 @@ use crate::report::Latencies;
 #[derive(Debug, Default)]
 pub struct Receiver {
     pub received: AtomicU64,
+    /// Documents in `_bulk` requests (not counted in `received`).
+    pub documents: AtomicU64,
     /// std `Mutex`: held only for one `record`, never across an `.await`.
     latencies: Mutex<Latencies>,
 }
@@ -45,11 +53,41 @@ pub fn app(state: Arc<Receiver>) -> Router {
     Router::new().fallback(hook).with_state(state)
 }
 
-async fn hook(State(r): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
+async fn hook(State(r): State<Arc<Receiver>>, uri: Uri, body: Bytes) -> Response {
     // Timestamp first: the body is already read, nothing else should count.
     let now = crate::now_ms();
-    r.arrived(&body, now);
-    StatusCode::OK
+    match uri.path() {
+        "/_bulk" => bulk(&r, &body),
+        path if path.starts_with("/_index_template/") => {
+            json_response(r#"{"acknowledged":true}"#.to_owned())
+        }
+        _ => {
+            r.arrived(&body, now);
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+/// Every action of a `_bulk` body created: one `index` item per action line.
+fn bulk(r: &Receiver, body: &[u8]) -> Response {
+    let lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let actions = lines / 2;
+    r.documents.fetch_add(actions as u64, Ordering::Relaxed);
+    let item = r#"{"index":{"_index":"observations","_id":"x","status":201,"result":"created"}}"#;
+    let items = vec![item; actions].join(",");
+    json_response(format!(r#"{{"took":1,"errors":false,"items":[{items}]}}"#))
+}
+
+fn json_response(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Binds `addr` and serves in a task; returns the bound address (port 0 picks one).
@@ -96,5 +134,28 @@ mod tests {
         assert_eq!(resp.status(), reqwest::StatusCode::OK);
         assert_eq!(state.received.load(Ordering::Relaxed), 1);
         assert_eq!(state.latencies().summary().map(|s| s.count), Some(1));
+    }
+
+    #[tokio::test]
+    async fn answers_bulk_requests_as_opensearch_does_and_counts_documents_apart() {
+        let state = Arc::new(Receiver::default());
+        let addr = serve(([127, 0, 0, 1], 0).into(), state.clone())
+            .await
+            .expect("bind");
+        let body = "{\"index\":{\"_index\":\"o\",\"_id\":\"a\"}}\n{\"x\":1}\n\
+                    {\"index\":{\"_index\":\"o\",\"_id\":\"b\"}}\n{\"x\":2}\n";
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/_bulk"))
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        let answer: serde_json::Value = resp.json().await.expect("JSON");
+        assert_eq!(answer["errors"], false);
+        assert_eq!(answer["items"].as_array().map(Vec::len), Some(2));
+        assert_eq!(answer["items"][1]["index"]["status"], 201);
+        assert_eq!(state.documents.load(Ordering::Relaxed), 2);
+        assert_eq!(state.received.load(Ordering::Relaxed), 0, "not a webhook");
     }
 }

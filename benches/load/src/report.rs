@@ -78,6 +78,10 @@ pub struct Report {
     pub webhooks_expected: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhooks_received: Option<u64>,
+    /// Documents in the `_bulk` requests the receiver answered (ccstream with `search.url` at
+    /// the receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_documents: Option<u64>,
     /// Publish → webhook arrival (publish mode with `--receiver`) or publish → subscriber
     /// (bare-subscriber mode), from the payload's `sentAt`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +222,9 @@ impl Report {
         }
         if let Some(v) = self.webhooks_received {
             rows.push(("webhooks received", v.to_string()));
+        }
+        if let Some(v) = self.search_documents {
+            rows.push(("documents indexed", v.to_string()));
         }
         if let Some(l) = self.latency {
             rows.push(("latency p50", format!("{} ms", l.p50_ms)));

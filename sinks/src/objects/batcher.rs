@@ -22,6 +22,7 @@ use tokio::sync::mpsc::Sender;
 use tracing::{error, info, warn};
 
 use super::config::{Compression, Delimiter};
+use super::index_log::IndexLog;
 use super::key::{object_key, random_suffix};
 use super::record::RecordKind;
 use super::spool::{sync_dir, SealedSpool, SpoolFile, SpoolHeader, FORMAT_VERSION};
@@ -160,6 +161,8 @@ pub(crate) struct Batcher<T> {
     sealed_tx: Sender<SealedSpool>,
     on_commit: OnCommit<T>,
     shared: Arc<Shared>,
+    /// The search index's view of the observation files, when it follows the spool.
+    index_log: Option<Arc<IndexLog>>,
     open: [Option<OpenBatch>; 2],
     /// Batches sealed in this round, committed with it and then handed to the uploader.
     sealing: Vec<SpoolFile>,
@@ -177,6 +180,7 @@ impl<T: Send + 'static> Batcher<T> {
         sealed_tx: Sender<SealedSpool>,
         on_commit: OnCommit<T>,
         shared: Arc<Shared>,
+        index_log: Option<Arc<IndexLog>>,
     ) -> Self {
         Self {
             cfg,
@@ -184,6 +188,7 @@ impl<T: Send + 'static> Batcher<T> {
             sealed_tx,
             on_commit,
             shared,
+            index_log,
             open: [None, None],
             sealing: Vec::new(),
             dir_dirty: false,
@@ -199,7 +204,10 @@ impl<T: Send + 'static> Batcher<T> {
                 return self.finish();
             }
             if self.shared.over_limit() {
-                self.hold_back();
+                // Files kept only for the index go first: ingest never waits on the index.
+                if !self.index_log.as_ref().is_some_and(|log| log.make_room()) {
+                    self.hold_back();
+                }
                 continue;
             }
             if self.shared.is_backpressured() {
@@ -469,6 +477,9 @@ impl<T: Send + 'static> Batcher<T> {
                 }
             }
         }
+        if durable {
+            self.publish_to_index();
+        }
         if durable && !round.tokens.is_empty() {
             (self.on_commit)(round.tokens);
         } else if !durable && records > 0 {
@@ -488,6 +499,21 @@ impl<T: Send + 'static> Batcher<T> {
             // only when it is far behind — which the spool limit turns into backpressure anyway.
             if self.sealed_tx.blocking_send(sealed).is_err() {
                 warn!(%key, "uploader stopped; the batch stays in the spool for the next start");
+            }
+        }
+    }
+
+    /// Tells the index what is durable in the observation files (before a sealed one reaches
+    /// the uploader, which asks the index whether it may delete it).
+    fn publish_to_index(&self) {
+        let Some(log) = &self.index_log else { return };
+        let sealing = self.sealing.iter().map(|file| (file, true));
+        let open = self.open[slot(RecordKind::Observations)]
+            .iter()
+            .map(|o| (&o.file, false));
+        for (file, sealed) in sealing.chain(open) {
+            if file.header().kind == RecordKind::Observations && file.committed() > 0 {
+                log.committed(file, sealed);
             }
         }
     }
@@ -578,7 +604,7 @@ mod tests {
             assert!(std::fs::read_dir(&spool_dir).expect("dir").count() > 0);
             acks2.lock().expect("lock").push(tokens);
         });
-        let batcher = Batcher::new(cfg, rx, sealed_tx, on_commit, shared.clone());
+        let batcher = Batcher::new(cfg, rx, sealed_tx, on_commit, shared.clone(), None);
         let thread = std::thread::spawn(move || batcher.run());
         Harness {
             tx,

@@ -27,6 +27,7 @@
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod index_log;
 pub mod key;
 pub mod readback;
 pub mod record;
@@ -41,11 +42,12 @@ pub mod writer;
 pub use batcher::{OnCommit, RollPolicy};
 pub use config::{Compression, Delimiter, ObjectsConfig, SinkKind};
 pub use error::{AppendError, ObjectsError};
+pub use index_log::{Behind, Chunk, Gap, IndexLog};
 pub use key::{object_key, random_suffix};
 pub use record::{
     build_error_record, build_record, build_record_from_json, NotAnObject, PayloadKeys, RecordKind,
 };
-pub use sink::{ObjectSink, ObjectSinkHandle};
+pub use sink::{IndexFollow, ObjectSink, ObjectSinkHandle};
 pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
 pub use state::ObjectStats;
 pub use telemetry::describe_metrics;

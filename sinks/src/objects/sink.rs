@@ -19,6 +19,7 @@ use super::batcher::{
 };
 use super::config::ObjectsConfig;
 use super::error::{AppendError, ObjectsError};
+use super::index_log::{abandon_stored, IndexLog};
 use super::record::RecordKind;
 use super::spool::{self, MAX_RECORD_BYTES};
 use super::state::{ObjectStats, Shared};
@@ -60,6 +61,19 @@ impl ObjectSink {
         store: S,
         on_commit: OnCommit<T>,
     ) -> Result<(ObjectSinkHandle<T>, JoinHandle<ShutdownReport>), ObjectsError> {
+        Self::start_full(cfg, stack, store, on_commit, IndexFollow::Off)
+    }
+
+    /// [`start_with_store`](Self::start_with_store), and with [`IndexFollow::On`] the spool
+    /// is also the search index's log: observation files stay until they are both stored and
+    /// indexed ([`ObjectSinkHandle::index_log`], [`super::index_log`]).
+    pub fn start_full<T: Send + 'static, S: BatchStore>(
+        cfg: &ObjectsConfig,
+        stack: &str,
+        store: S,
+        on_commit: OnCommit<T>,
+        follow: IndexFollow,
+    ) -> Result<(ObjectSinkHandle<T>, JoinHandle<ShutdownReport>), ObjectsError> {
         cfg.validate()?;
         let spool_err = |source| ObjectsError::Spool {
             path: cfg.spool_dir.clone(),
@@ -85,6 +99,24 @@ impl ObjectSink {
             );
         }
 
+        let index_log = match follow {
+            IndexFollow::On => Some(Arc::new(
+                IndexLog::open(&cfg.spool_dir, Arc::clone(&shared), &recovered)
+                    .map_err(spool_err)?,
+            )),
+            IndexFollow::Off => {
+                let abandoned = abandon_stored(&cfg.spool_dir).map_err(spool_err)?;
+                if abandoned > 0 {
+                    tracing::warn!(
+                        files = abandoned,
+                        "the search index is off: stored spool files an earlier run kept for it \
+                         were deleted and written down in index-gaps.jsonl"
+                    );
+                }
+                None
+            }
+        };
+
         let (record_tx, record_rx) = sync_channel(RECORD_QUEUE);
         let (sealed_tx, sealed_rx) = mpsc::channel(SEALED_QUEUE);
         let (deadline_tx, deadline_rx) = watch::channel(None);
@@ -108,6 +140,7 @@ impl ObjectSink {
             sealed_tx,
             on_commit,
             shared.clone(),
+            index_log.clone(),
         );
         let batcher_shared = Arc::clone(&shared);
         let batcher_thread = std::thread::Builder::new()
@@ -129,6 +162,7 @@ impl ObjectSink {
                 Duration::from_millis(cfg.retry_max_ms),
             ),
             stored_ids: Some(Arc::new(Mutex::new(stored_ids))),
+            index_log: index_log.clone(),
         };
         let task = tokio::spawn(async move {
             let report = uploader.run(recovered, sealed_rx, deadline_rx).await;
@@ -143,6 +177,7 @@ impl ObjectSink {
             done_rx,
             recovered_ids: Arc::new(Mutex::new(recovered_ids)),
             batcher_thread: Arc::new(Mutex::new(Some(batcher_thread))),
+            index_log,
         };
         Ok((handle, task))
     }
@@ -157,6 +192,16 @@ pub struct ObjectSinkHandle<T> {
     recovered_ids: Arc<Mutex<Vec<u64>>>,
     /// Joined at shutdown, so that the process ends only after the thread has.
     batcher_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    index_log: Option<Arc<IndexLog>>,
+}
+
+/// Whether the search index follows the spool ([`ObjectSink::start_full`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexFollow {
+    /// Observation files are deleted once stored.
+    Off,
+    /// Observation files stay until stored and indexed.
+    On,
 }
 
 impl<T> Clone for ObjectSinkHandle<T> {
@@ -168,6 +213,7 @@ impl<T> Clone for ObjectSinkHandle<T> {
             done_rx: self.done_rx.clone(),
             recovered_ids: self.recovered_ids.clone(),
             batcher_thread: self.batcher_thread.clone(),
+            index_log: self.index_log.clone(),
         }
     }
 }
@@ -268,6 +314,12 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
                 token,
             })
             .map_err(|_| AppendError::Closed)
+    }
+
+    /// The search index's log of the spool, when the sink was started with
+    /// [`IndexFollow::On`].
+    pub fn index_log(&self) -> Option<Arc<IndexLog>> {
+        self.index_log.clone()
     }
 
     /// Whether intake is stopped because the spool is over `objects.spool_max_bytes` (for

@@ -181,11 +181,27 @@ pub fn decode(data: &[u8]) -> Decoded {
             header.version
         )));
     }
-    let mut at = range.end;
+    let (records, ids, valid_len) = decode_records(data, range.end, header.version);
+    Decoded {
+        header: Ok(header),
+        records,
+        ids,
+        valid_len,
+    }
+}
+
+/// Decodes the record frames of a file in format `version` from offset `at` of `data` (a frame
+/// boundary) to the first torn or bad frame: the records' ranges, their ids, and where the
+/// intact frames end.
+pub fn decode_records(
+    data: &[u8],
+    mut at: usize,
+    version: u32,
+) -> (Vec<Range<usize>>, Vec<Option<u64>>, usize) {
     let mut records = Vec::new();
     let mut ids = Vec::new();
     while let Some(range) = frame(data, at) {
-        let (id, record) = if header.version == FORMAT_VERSION_1 {
+        let (id, record) = if version == FORMAT_VERSION_1 {
             (None, range.clone())
         } else {
             // A frame with a good CRC but a bad tag is corruption too: stop there.
@@ -198,12 +214,7 @@ pub fn decode(data: &[u8]) -> Decoded {
         records.push(record);
         ids.push(id);
     }
-    Decoded {
-        header: Ok(header),
-        records,
-        ids,
-        valid_len: at,
-    }
+    (records, ids, at)
 }
 
 /// A spool file that is complete: sealed by the batcher, or left by a crash. It is deleted
@@ -395,6 +406,16 @@ impl SpoolFile {
     /// Whether frames wait for a commit.
     pub fn is_dirty(&self) -> bool {
         self.file.is_dirty()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Bytes of the file known durable.
+    pub fn committed(&self) -> u64 {
+        self.file.committed()
     }
 
     /// Writes the pending frames and `fsync`s ([`FramedFile::commit`]); returns the bytes made

@@ -28,6 +28,12 @@ pub const SPOOL_WRITE_ERRORS_TOTAL: &str = "ccstream_spool_write_errors_total";
 pub const SPOOL_BACKPRESSURE: &str = "ccstream_spool_backpressure";
 /// 1 once the batcher thread has died: nothing is stored or acked until a restart.
 pub const BATCHER_FAILED: &str = "ccstream_objects_batcher_failed";
+/// Observation records deleted from the spool before the search index took them (the spool
+/// was full); each file is a line of `index-gaps.jsonl`, for `ccstream reindex`.
+pub const INDEX_GAP_RECORDS_TOTAL: &str = "ccstream_search_gap_records_total";
+/// Spool files deleted before the search index took all of them, by `reason` (`spool_full`,
+/// `index_off`).
+pub const INDEX_GAP_FILES_TOTAL: &str = "ccstream_search_gap_files_total";
 
 /// Registers descriptions with the installed recorder (call once after installing it).
 pub fn describe_metrics() {
@@ -73,5 +79,14 @@ pub fn describe_metrics() {
         BATCHER_FAILED,
         "1 once the objects batcher thread has died; restart ccstream (nothing is lost: \
          what was not committed was not acked)."
+    );
+    describe_counter!(
+        INDEX_GAP_RECORDS_TOTAL,
+        "Observation records deleted from the full spool before the search index took them \
+         (written down in index-gaps.jsonl; fill with ccstream reindex)."
+    );
+    describe_counter!(
+        INDEX_GAP_FILES_TOTAL,
+        "Spool files deleted before the search index took all of them, by reason."
     );
 }

@@ -21,6 +21,7 @@ use tracing::{error, info, warn, Instrument};
 use ccstream_common::Backoff;
 
 use super::config::Compression;
+use super::index_log::{mark_stored, AfterStore, IndexLog};
 use super::spool::{move_to_failed, read_sealed, SealedSpool, SpoolContents};
 use super::state::Shared;
 use super::stored_ids::StoredIds;
@@ -104,6 +105,8 @@ pub(crate) struct Uploader<S> {
     pub(crate) retry: Backoff,
     /// Where the ids of stored batches go before their spool files are deleted.
     pub(crate) stored_ids: Option<Arc<Mutex<StoredIds>>>,
+    /// When the search index follows the spool: asked whether a stored file may go.
+    pub(crate) index_log: Option<Arc<IndexLog>>,
 }
 
 impl<S: BatchStore> Uploader<S> {
@@ -200,10 +203,21 @@ impl<S: BatchStore> Uploader<S> {
         let shared = self.shared.clone();
         let retry = self.retry;
         let stored_ids = self.stored_ids.clone();
+        let index_log = self.index_log.clone();
         let span = tracing::info_span!("store", key = %sealed.header.key, records = sealed.records);
         async move {
             let outcome =
                 store_with_retry(&*store, &shared, retry, &sealed, stored_ids, cancel).await;
+            match outcome {
+                Outcome::Stored => after_store(&shared, &sealed, index_log).await,
+                Outcome::Failed => {
+                    // In failed/ now, where an operator finds its records.
+                    if let (Some(log), Some(id)) = (index_log, sealed.path.file_stem()) {
+                        log.forget(&id.to_string_lossy());
+                    }
+                }
+                Outcome::Left => {}
+            }
             drop(permit);
             outcome
         }
@@ -254,11 +268,6 @@ async fn store_with_retry<S: BatchStore>(
                 if let Some(journal) = stored_ids {
                     record_stored_ids(journal, ids).await;
                 }
-                if let Err(e) = tokio::fs::remove_file(&sealed.path).await {
-                    // Stored; at worst it is stored again (same key) at the next start.
-                    warn!(error = %e, path = %sealed.path.display(), "cannot remove a stored spool file");
-                }
-                shared.release_spool(sealed.file_bytes);
                 return Outcome::Stored;
             }
             Err(e) if e.is_retryable() => {
@@ -276,6 +285,32 @@ async fn store_with_retry<S: BatchStore>(
             Err(e) => {
                 error!(error = %e, "store failed permanently");
                 return fail(shared, sealed);
+            }
+        }
+    }
+}
+
+/// A stored spool file is deleted, unless the search index still needs it: then it is renamed
+/// `<id>.stored` (so that a restart does not store it again) and the index deletes it.
+async fn after_store(shared: &Shared, sealed: &SealedSpool, index_log: Option<Arc<IndexLog>>) {
+    let after = index_log.map_or(AfterStore::Delete, |log| log.stored(&sealed.path));
+    match after {
+        AfterStore::Delete => {
+            if let Err(e) = tokio::fs::remove_file(&sealed.path).await {
+                // Stored; at worst it is stored again (same key) at the next start.
+                warn!(error = %e, path = %sealed.path.display(), "cannot remove a stored spool file");
+            }
+            shared.release_spool(sealed.file_bytes);
+        }
+        AfterStore::Keep => {
+            let path = sealed.path.clone();
+            let renamed = tokio::task::spawn_blocking(move || mark_stored(&path))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            if let Err(e) = renamed {
+                // Stored; at worst it is stored again (same key) at the next start.
+                warn!(error = %e, path = %sealed.path.display(), "cannot mark a spool file stored");
             }
         }
     }
@@ -419,6 +454,7 @@ mod tests {
             concurrency: 2,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             stored_ids: None,
+            index_log: None,
         };
         let (tx, rx) = mpsc::channel(4);
         drop(tx);
@@ -482,6 +518,7 @@ mod tests {
             concurrency: 1,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             stored_ids: None,
+            index_log: None,
         };
         let (_tx, rx) = mpsc::channel(4);
         let (deadline_tx, deadline_rx) = watch::channel(None);

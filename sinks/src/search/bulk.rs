@@ -58,8 +58,10 @@ pub struct Item {
     pub record: Bytes,
     /// Its daily index.
     pub index: Arc<str>,
-    /// When it was queued (for the lag gauge).
+    /// When it was queued (for the queue age gauge).
     pub received: Instant,
+    /// Read from the spool, which keeps it until it is indexed: retried without limit.
+    pub replayable: bool,
 }
 
 const ACTION_HEAD: &[u8] = br#"{"index":{"_index":""#;
@@ -305,6 +307,7 @@ mod tests {
             record: Bytes::from(record.to_owned()),
             index: index.into(),
             received,
+            replayable: false,
         }
     }
 

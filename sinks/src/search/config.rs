@@ -64,12 +64,14 @@ pub struct SearchConfig {
     pub bulk_max_actions: usize,
     /// A bulk request goes out at the latest this many ms after its first record arrived.
     pub flush_interval_ms: u64,
-    /// Records waiting to be indexed. When full, new records are dropped and counted
-    /// (`ccstream_search_dropped_total`): indexing never makes ingest wait, and the object store
-    /// keeps the complete history.
+    /// Records waiting to be indexed: how far the spool follower reads ahead of OpenSearch
+    /// (it waits when the queue is full; the spool keeps the rest). A `try_send` producer's
+    /// records are dropped and counted when it is full (`ccstream_search_dropped_total`).
     pub queue_capacity: usize,
     /// Retries of one bulk request before its records are given up: a whole request after 429,
     /// 5xx or a connection error, or only its items that OpenSearch rejected with 429 or 5xx.
+    /// Records read from the spool are retried without limit (the spool keeps them until they
+    /// are indexed); this bounds `ccstream reindex` and `try_send` producers.
     pub max_retries: u32,
     /// Timeout of one HTTP request to OpenSearch in seconds, connecting included.
     pub timeout_secs: u64,

@@ -2,24 +2,29 @@
 //! and sends them one at a time with classified retries.
 //!
 //! ```text
-//! ingest ─try_send─▶ [bounded mpsc] ─▶ indexer task: Batcher ─▶ POST _bulk ─▶ OpenSearch
-//!  (never waits;                        (size/count/time)  │  429/5xx/connection: whole again
-//!   overflow counted)                                      │  "errors": true: only the items
-//!                                                          │    with 429/5xx again
-//!                                                          └─ other item failures ─▶ callback
-//!                                                                (binary: errors/ prefix)
+//! follower ─send_replayable─▶ [bounded mpsc] ─▶ indexer task: Batcher ─▶ POST _bulk ─▶ OpenSearch
+//!   + checkpoint               (waits when full)   (size/count/time)  │  429/5xx/connection:
+//! reindex ─send─▶                                                      │    whole again
+//! try_send (never waits; overflow counted)                             │  "errors": true: only
+//!                                                                      │    the items with 429/5xx
+//!                                                                      └─ other item failures ─▶
+//!                                                                           callback (awaited;
+//!                                                                           binary: errors/)
 //! template task: PUT _index_template/<alias>, retried in the background; bulk requests wait
 //! for it (records keep queueing) so that no daily index is created without the mappings and
 //! the alias.
 //! ```
 //!
 //! One bulk request at a time: with 5 MiB bodies that is tens of MB/s, more than ingest's
-//! record rate, and it keeps retry order and the lag simple. While a request or a backoff is
-//! under way, records wait in the queue; when it is full they are dropped and counted, never
-//! waited for: the object store holds the complete history, the index is a convenience.
+//! record rate, and it keeps retry order and the lag simple. Records from the spool
+//! ([`IndexerHandle::send_replayable`], fed by [`super::follower`]) are retried without limit:
+//! the spool keeps them until a [checkpoint](IndexerHandle::checkpoint) queued after them has
+//! run, which happens once each is indexed or refused for good. Other records are given up
+//! after `max_retries` and counted as dropped.
 //!
 //! Shutdown: [`IndexerHandle::close`] (or dropping every handle) stops intake at once; what is
-//! queued is flushed until the drain deadline; what is left then is counted as dropped.
+//! queued is flushed until the drain deadline; what is left then is counted as dropped, or,
+//! for records from the spool, as left in the spool for the next start.
 
 use crate::intake::{sleep_until_opt, CloseGate, LogLimiter};
 use std::fmt;
@@ -55,8 +60,17 @@ const GAUGE_TICK: Duration = Duration::from_secs(1);
 
 /// Called with a record OpenSearch refused for good (a mapping conflict, another 4xx, or
 /// rejections until the retries ran out) and the reason (`HTTP 400 mapper_parsing_exception:
-/// ...`). It runs on the indexer task: it must not block (queue the record elsewhere).
-pub type ItemFailureFn = Arc<dyn Fn(Bytes, String) + Send + Sync>;
+/// ...`). The indexer waits for the future before it goes on (and before a
+/// [checkpoint](IndexerHandle::checkpoint) after the record is reached): hand the record to
+/// something durable, waiting only for room.
+pub type ItemFailureFn = Arc<dyn Fn(Bytes, String) -> BoxFuture + Send + Sync>;
+
+/// The future of an [`ItemFailureFn`].
+pub type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Run once every record queued before it is indexed or refused for good (and handed to the
+/// failure callback); never run when the indexer stops first.
+pub type Checkpoint = Box<dyn FnOnce() + Send>;
 
 /// Counts since start, for tests, health checks and the summary returned at shutdown.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +80,12 @@ pub struct IndexerStats {
     /// Records dropped because the queue was full.
     pub overflowed: u64,
     /// Records never indexed for any reason but a refusal: overflow (counted here too), sent
-    /// after close, retries of whole requests exhausted, drain deadline passed.
+    /// after close, retries of whole requests exhausted, drain deadline passed. Records from the
+    /// spool left at the deadline are not here but in `left_in_spool`.
     pub dropped: u64,
+    /// Records from the spool ([`IndexerHandle::send_replayable`]) not indexed when the drain
+    /// deadline passed: the spool keeps them and the next start indexes them.
+    pub left_in_spool: u64,
     /// Records indexed.
     pub indexed: u64,
     /// Records refused for good and handed to the failure callback.
@@ -83,6 +101,7 @@ struct Counters {
     queued: AtomicU64,
     overflowed: AtomicU64,
     dropped: AtomicU64,
+    left_in_spool: AtomicU64,
     indexed: AtomicU64,
     item_failures: AtomicU64,
     items_retried: AtomicU64,
@@ -100,6 +119,7 @@ impl Counters {
             queued: get(&self.queued),
             overflowed: get(&self.overflowed),
             dropped: get(&self.dropped),
+            left_in_spool: get(&self.left_in_spool),
             indexed: get(&self.indexed),
             item_failures: get(&self.item_failures),
             items_retried: get(&self.items_retried),
@@ -108,11 +128,16 @@ impl Counters {
     }
 }
 
-/// A record in the queue.
-struct Queued {
-    record: Bytes,
-    timestamp_ms: u64,
-    received: Instant,
+/// What waits in the queue.
+enum Queued {
+    Record {
+        record: Bytes,
+        timestamp_ms: u64,
+        received: Instant,
+        /// Read from the spool, which keeps it until it is indexed: retried without limit.
+        replayable: bool,
+    },
+    Checkpoint(Checkpoint),
 }
 
 /// What the handles share.
@@ -151,10 +176,11 @@ impl IndexerHandle {
         if shared.gate.is_closed() {
             return Err(self.dropped(DropReason::Closed));
         }
-        let queued = Queued {
+        let queued = Queued::Record {
             record,
             timestamp_ms,
             received: Instant::now(),
+            replayable: false,
         };
         match self.tx.try_send(queued) {
             Ok(()) => {
@@ -181,13 +207,42 @@ impl IndexerHandle {
     /// (`ccstream reindex`), unlike ingest. Err only when the indexer stopped (counted as
     /// dropped).
     pub async fn send(&self, record: Bytes, timestamp_ms: u64) -> Result<(), Full> {
+        self.send_queued(record, timestamp_ms, false).await
+    }
+
+    /// [`send`](Self::send) for a record read from the spool, which keeps it until a
+    /// [checkpoint](Self::checkpoint) after it has run: OpenSearch's 429s, 5xx and connection
+    /// errors are retried without limit, and at shutdown it is left, not dropped.
+    pub async fn send_replayable(&self, record: Bytes, timestamp_ms: u64) -> Result<(), Full> {
+        self.send_queued(record, timestamp_ms, true).await
+    }
+
+    /// Queues `checkpoint`, waiting while the queue is full; it runs once every record queued
+    /// before it is indexed or refused for good. Err when the indexer stopped.
+    pub async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Full> {
+        if self.shared.gate.is_closed() {
+            return Err(Full);
+        }
+        self.tx
+            .send(Queued::Checkpoint(checkpoint))
+            .await
+            .map_err(|_| Full)
+    }
+
+    async fn send_queued(
+        &self,
+        record: Bytes,
+        timestamp_ms: u64,
+        replayable: bool,
+    ) -> Result<(), Full> {
         if self.shared.gate.is_closed() {
             return Err(self.dropped(DropReason::Closed));
         }
-        let queued = Queued {
+        let queued = Queued::Record {
             record,
             timestamp_ms,
             received: Instant::now(),
+            replayable,
         };
         match self.tx.send(queued).await {
             Ok(()) => {
@@ -243,10 +298,13 @@ impl SearchIndexer {
     /// (drain deadline [`DEFAULT_DRAIN_DEADLINE`]).
     ///
     /// [`SearchError::NotConfigured`] when `search.url` is not set.
-    pub fn start(
+    pub fn start<F>(
         config: &SearchConfig,
-        on_item_failure: impl Fn(Bytes, String) + Send + Sync + 'static,
-    ) -> Result<(IndexerHandle, JoinHandle<IndexerStats>), SearchError> {
+        on_item_failure: impl Fn(Bytes, String) -> F + Send + Sync + 'static,
+    ) -> Result<(IndexerHandle, JoinHandle<IndexerStats>), SearchError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let client = SearchClient::new(config)?;
         let metrics = Metrics::new();
         let counters = Arc::new(Counters::default());
@@ -285,9 +343,13 @@ impl SearchIndexer {
             ),
             names: IndexNames::new(config.index_prefix.clone()),
             to_send: None,
+            building: Vec::new(),
+            after_send: Vec::new(),
             max_retries: config.max_retries,
             backoff,
-            on_item_failure: Arc::new(on_item_failure),
+            on_item_failure: Arc::new(move |record, reason| {
+                Box::pin(on_item_failure(record, reason)) as BoxFuture
+            }),
             counters: Arc::clone(&counters),
             metrics: metrics.clone(),
             fail_log: LogLimiter::default(),
@@ -295,7 +357,7 @@ impl SearchIndexer {
             gauge_tick,
         };
         metrics.queue_depth.set(0.0);
-        metrics.lag.set(0.0);
+        metrics.queue_age.set(0.0);
         let task = tokio::spawn(worker.run());
         let shared = Arc::new(Shared {
             gate,
@@ -416,6 +478,9 @@ struct Worker {
     names: IndexNames,
     /// A full batch waiting to be sent (the template is not in place yet).
     to_send: Option<Vec<Item>>,
+    /// Checkpoints after the items in `batcher`, and after those in `to_send`.
+    building: Vec<Checkpoint>,
+    after_send: Vec<Checkpoint>,
     max_retries: u32,
     backoff: Backoff,
     on_item_failure: ItemFailureFn,
@@ -436,18 +501,19 @@ impl Worker {
             }
             if self.ready {
                 let batch = match self.to_send.take() {
-                    Some(batch) => Some(batch),
+                    Some(batch) => Some((batch, std::mem::take(&mut self.after_send))),
                     None if self.batcher.ready(Instant::now())
                         || (self.intake_done && !self.batcher.is_empty()) =>
                     {
-                        Some(self.batcher.take())
+                        Some((self.batcher.take(), std::mem::take(&mut self.building)))
                     }
                     None => None,
                 };
-                if let Some(batch) = batch {
+                if let Some((batch, checkpoints)) = batch {
                     if !self.deliver(batch).await {
                         break;
                     }
+                    checkpoints.into_iter().for_each(|checkpoint| checkpoint());
                     self.refresh_gauges();
                     continue;
                 }
@@ -493,14 +559,30 @@ impl Worker {
         self.finish()
     }
 
+    /// Takes a record into the batcher, or a checkpoint after what it holds (`to_send` is
+    /// empty whenever something is taken).
     fn take(&mut self, queued: Queued) {
-        let item = Item {
-            index: self.names.get(queued.timestamp_ms),
-            record: queued.record,
-            received: queued.received,
-        };
-        if let Some(full) = self.batcher.push(item, queued.received) {
-            self.to_send = Some(full);
+        match queued {
+            Queued::Record {
+                record,
+                timestamp_ms,
+                received,
+                replayable,
+            } => {
+                let item = Item {
+                    index: self.names.get(timestamp_ms),
+                    record,
+                    received,
+                    replayable,
+                };
+                if let Some(full) = self.batcher.push(item, received) {
+                    self.to_send = Some(full);
+                    self.after_send = std::mem::take(&mut self.building);
+                }
+            }
+            // Nothing before it is unfinished: a delivery is awaited, never left in flight.
+            Queued::Checkpoint(checkpoint) if self.batcher.is_empty() => checkpoint(),
+            Queued::Checkpoint(checkpoint) => self.building.push(checkpoint),
         }
     }
 
@@ -509,7 +591,7 @@ impl Worker {
     async fn deliver(&mut self, mut items: Vec<Item>) -> bool {
         let mut retries = 0u32;
         loop {
-            self.set_lag(items.first().map(|item| item.received));
+            self.set_queue_age(items.first().map(|item| item.received));
             let span = tracing::info_span!("search_bulk", items = items.len(), retries);
             let body = bulk::encode(&items);
             let started = Instant::now();
@@ -546,7 +628,7 @@ impl Worker {
                             error_reason(&body)
                         );
                         for item in items {
-                            self.fail(item, FailureReason::Other, detail.clone());
+                            self.fail(item, FailureReason::Other, detail.clone()).await;
                         }
                         return true;
                     }
@@ -557,7 +639,8 @@ impl Worker {
                         match parsed {
                             Some((errors, outcomes)) => {
                                 self.metrics.bulk_request(status_label(status, errors));
-                                let Some(again) = self.sort_items(items, outcomes, retries) else {
+                                let Some(again) = self.sort_items(items, outcomes, retries).await
+                                else {
                                     return true;
                                 };
                                 items = again;
@@ -588,7 +671,8 @@ impl Worker {
     /// After retryable failure number `retries` of a whole request: waits the backoff, or gives
     /// the items up (out of retries, or the drain deadline passed).
     async fn retry_whole(&mut self, retries: u32, items: &[Item], reason: &str) -> Next {
-        if retries > self.max_retries {
+        // The spool keeps replayable records until they are indexed: no limit for them.
+        if retries > self.max_retries && !items.iter().any(|item| item.replayable) {
             tracing::error!(
                 records = items.len(),
                 retries = retries - 1,
@@ -617,7 +701,7 @@ impl Worker {
     /// Counts the indexed, hands on the refused, and returns the items to send again (`None`
     /// when there are none). `next_retry`: the retry those items would be; past `max_retries`
     /// they are refused for good (`rejected`).
-    fn sort_items(
+    async fn sort_items(
         &mut self,
         items: Vec<Item>,
         outcomes: Vec<ItemOutcome>,
@@ -629,14 +713,12 @@ impl Worker {
         for (item, outcome) in items.into_iter().zip(outcomes) {
             match outcome {
                 ItemOutcome::Indexed => indexed += 1,
-                ItemOutcome::Failed { reason, detail } => self.fail(item, reason, detail),
+                ItemOutcome::Failed { reason, detail } => self.fail(item, reason, detail).await,
                 ItemOutcome::Retry { detail } => {
-                    if next_retry > self.max_retries {
-                        self.fail(
-                            item,
-                            FailureReason::Rejected,
-                            format!("still rejected after {} retries: {detail}", next_retry - 1),
-                        );
+                    if next_retry > self.max_retries && !item.replayable {
+                        let detail =
+                            format!("still rejected after {} retries: {detail}", next_retry - 1);
+                        self.fail(item, FailureReason::Rejected, detail).await;
                     } else {
                         last_detail = detail;
                         again.push(item);
@@ -667,8 +749,9 @@ impl Worker {
         self.drain.bounded(tokio::time::sleep(wait)).await.is_some()
     }
 
-    /// A record refused for good: counted, logged (limited) and handed to the callback.
-    fn fail(&mut self, item: Item, reason: FailureReason, detail: String) {
+    /// A record refused for good: counted, logged (limited) and handed to the callback, which
+    /// is waited for.
+    async fn fail(&mut self, item: Item, reason: FailureReason, detail: String) {
         Counters::add(&self.counters.item_failures, 1);
         self.metrics.item_failed(reason);
         if let Some(similar) = self.fail_log.hit(1) {
@@ -680,7 +763,7 @@ impl Worker {
                 "OpenSearch refused a record; handed to the failure callback (logged at most every 10 s)"
             );
         }
-        (self.on_item_failure)(item.record, detail);
+        (self.on_item_failure)(item.record, detail).await;
     }
 
     fn drop_items(&self, reason: DropReason, count: usize) {
@@ -697,13 +780,13 @@ impl Worker {
             .or_else(|| self.batcher.oldest())
     }
 
-    fn set_lag(&self, oldest: Option<Instant>) {
-        let lag = oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.metrics.lag.set(lag);
+    fn set_queue_age(&self, oldest: Option<Instant>) {
+        let age = oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics.queue_age.set(age);
     }
 
     fn refresh_gauges(&self) {
-        self.set_lag(self.oldest());
+        self.set_queue_age(self.oldest());
         self.metrics.queue_depth.set(self.rx.len() as f64);
     }
 
@@ -711,20 +794,38 @@ impl Worker {
     /// what was left as dropped.
     fn finish(mut self) -> IndexerStats {
         self.template.abort();
-        let mut left = self.batcher.len() + self.to_send.take().map_or(0, |b| b.len());
+        let mut left: Vec<bool> = self
+            .batcher
+            .take()
+            .iter()
+            .chain(self.to_send.take().iter().flatten())
+            .map(|item| item.replayable)
+            .collect();
         self.rx.close();
-        while self.rx.try_recv().is_ok() {
-            left += 1;
+        while let Ok(queued) = self.rx.try_recv() {
+            if let Queued::Record { replayable, .. } = queued {
+                left.push(replayable);
+            }
         }
-        if left > 0 {
+        let in_spool = left.iter().filter(|&&replayable| replayable).count();
+        let dropped = left.len() - in_spool;
+        if dropped > 0 {
             tracing::warn!(
-                records = left,
+                records = dropped,
                 "search indexer drain deadline passed; queued records not indexed"
             );
-            self.drop_items(DropReason::Shutdown, left);
+            self.drop_items(DropReason::Shutdown, dropped);
+        }
+        if in_spool > 0 {
+            tracing::info!(
+                records = in_spool,
+                "search indexer drain deadline passed; the spool keeps the records not indexed \
+                 for the next start"
+            );
+            Counters::add(&self.counters.left_in_spool, in_spool as u64);
         }
         self.metrics.queue_depth.set(0.0);
-        self.metrics.lag.set(0.0);
+        self.metrics.queue_age.set(0.0);
         let stats = self.counters.snapshot();
         tracing::info!(?stats, "search indexer stopped");
         stats

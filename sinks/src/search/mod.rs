@@ -9,11 +9,14 @@
 //! - [`client`]: [`SearchClient`], the three REST calls over reqwest (and why not the
 //!   `opensearch` crate).
 //! - [`indexer`]: the bounded queue and the task that batches, sends, retries and drains.
+//! - [`follower`]: indexes what the spool committed, from its cursor
+//!   ([`crate::objects::index_log`]).
 //! - [`find`]: FIND's checks of spec 5.1.1.1 and the domain restriction (pure).
 //! - [`telemetry`]: metric names.
 //!
-//! Indexing never makes ingest wait: `try_send` never blocks, overflow is counted, and the
-//! object store keeps the complete history.
+//! Indexing never makes ingest wait: the service's index follows the spool (the records wait on
+//! disk while OpenSearch is away, and past the spool's limit the gap is written down for
+//! `ccstream reindex`); `try_send` never blocks either, and counts what overflows.
 
 pub mod bulk;
 pub mod client;
@@ -21,6 +24,7 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod find;
+pub mod follower;
 pub mod indexer;
 pub mod retry;
 pub mod telemetry;
@@ -33,8 +37,9 @@ pub use find::{
     check_find_query, check_find_query_for, restrict_to_domain, FindError, INVALID_ARGUMENTS,
     PROPERTY_REQUIRED,
 };
+pub use follower::{Follower, FollowerStats};
 pub use indexer::{
-    IndexerHandle, IndexerStats, ItemFailureFn, SearchIndexer, DEFAULT_DRAIN_DEADLINE,
+    Checkpoint, IndexerHandle, IndexerStats, ItemFailureFn, SearchIndexer, DEFAULT_DRAIN_DEADLINE,
 };
 pub use retry::FailureReason;
 pub use telemetry::describe_metrics;

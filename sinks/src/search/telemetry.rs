@@ -23,8 +23,13 @@ pub const ITEMS_RETRIED_TOTAL: &str = "ccstream_search_items_retried_total";
 /// Records never indexed by `reason`: `overflow` (queue full), `closed` (sent after shutdown),
 /// `unavailable` (retries of whole requests ran out), `shutdown` (drain deadline passed).
 pub const DROPPED_TOTAL: &str = "ccstream_search_dropped_total";
-/// Now minus the receive time of the oldest record not yet indexed; 0 when none waits.
+/// Now minus the commit time of the oldest observation in the spool not yet indexed; 0 when
+/// the index has everything (from the spool's cursor, [`super::follower`]).
 pub const LAG_SECONDS: &str = "ccstream_search_lag_seconds";
+/// Observation records in the spool not yet indexed.
+pub const RECORDS_BEHIND: &str = "ccstream_search_records_behind";
+/// Age of the oldest record in the indexer's queue; 0 when it is empty.
+pub const QUEUE_AGE_SECONDS: &str = "ccstream_search_queue_age_seconds";
 /// Records waiting in the queue.
 pub const QUEUE_DEPTH: &str = "ccstream_search_queue_depth";
 
@@ -58,7 +63,16 @@ pub fn describe_metrics() {
     describe_gauge!(
         LAG_SECONDS,
         Unit::Seconds,
-        "Age of the oldest record not yet indexed."
+        "Age of the oldest observation in the spool not yet indexed (0: caught up)."
+    );
+    describe_gauge!(
+        RECORDS_BEHIND,
+        "Observation records in the spool not yet indexed."
+    );
+    describe_gauge!(
+        QUEUE_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest record in the search indexing queue."
     );
     describe_gauge!(QUEUE_DEPTH, "Records waiting in the search indexing queue.");
 }
@@ -77,7 +91,7 @@ pub(crate) enum DropReason {
 pub(crate) struct Metrics {
     pub indexed: Counter,
     pub items_retried: Counter,
-    pub lag: Gauge,
+    pub queue_age: Gauge,
     pub queue_depth: Gauge,
     pub bulk_duration: Histogram,
     dropped: [Counter; 4],
@@ -89,7 +103,7 @@ impl Metrics {
         Self {
             indexed: counter!(INDEXED_TOTAL),
             items_retried: counter!(ITEMS_RETRIED_TOTAL),
-            lag: gauge!(LAG_SECONDS),
+            queue_age: gauge!(QUEUE_AGE_SECONDS),
             queue_depth: gauge!(QUEUE_DEPTH),
             bulk_duration: histogram!(BULK_DURATION_SECONDS),
             dropped: [
