@@ -405,6 +405,129 @@ async fn whole_request_failures_past_max_retries_are_dropped_and_counted() {
     assert!(failures.lock().expect("lock").is_empty());
 }
 
+/// A checkpoint that sends `n` on `tx` when it runs.
+fn checkpoint(tx: &tokio::sync::mpsc::UnboundedSender<u32>, n: u32) -> sinks::search::Checkpoint {
+    let tx = tx.clone();
+    Box::new(move || {
+        let _ = tx.send(n);
+    })
+}
+
+#[tokio::test]
+async fn records_from_the_spool_are_retried_past_max_retries_and_checkpoints_wait_for_them() {
+    let os = StandIn::start();
+    // Ten failures, more than max_retries, then OpenSearch answers again.
+    os.script_bulk(
+        [BulkReply::Status(503), BulkReply::Status(429)]
+            .into_iter()
+            .cycle()
+            .take(10),
+    );
+    let (handle, task, failures) = start(&SearchConfig {
+        max_retries: 2,
+        bulk_max_actions: 2,
+        flush_interval_ms: 10,
+        ..config(&os)
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    handle
+        .send_replayable(record(0, DAY1_NOON), DAY1_NOON)
+        .await
+        .expect("queued");
+    handle.checkpoint(checkpoint(&tx, 1)).await.expect("queued");
+    for n in 1..4 {
+        handle
+            .send_replayable(record(n, DAY1_NOON), DAY1_NOON)
+            .await
+            .expect("queued");
+    }
+    handle.checkpoint(checkpoint(&tx, 2)).await.expect("queued");
+    assert_eq!(rx.recv().await, Some(1));
+    // Checkpoint 1 ran only once record 0 was indexed.
+    let indexed = |os: &StandIn| os.writes().len();
+    assert!(
+        indexed(&os) >= 1,
+        "checkpoint 1 before its record was indexed"
+    );
+    assert_eq!(rx.recv().await, Some(2));
+    assert_eq!(indexed(&os), 4);
+    let stats = stop(handle, task).await;
+    assert_eq!((stats.indexed, stats.dropped), (4, 0));
+    assert!(failures.lock().expect("lock").is_empty());
+    assert!(
+        os.bulks().len() >= 12,
+        "every failure retried, none given up"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_with_nothing_before_it_runs_at_once() {
+    let os = StandIn::start();
+    let (handle, task, _) = start(&config(&os));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    handle.checkpoint(checkpoint(&tx, 7)).await.expect("queued");
+    assert_eq!(rx.recv().await, Some(7));
+    stop(handle, task).await;
+    assert!(os.bulks().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_request_of_spool_records_is_retried_but_a_400_goes_to_errors() {
+    let os = StandIn::start();
+    os.script_bulk([BulkReply::Status(401), BulkReply::Status(403)]);
+    let (handle, task, failures) = start(&SearchConfig {
+        max_retries: 0,
+        flush_interval_ms: 10,
+        ..config(&os)
+    });
+    handle
+        .send_replayable(record(0, DAY1_NOON), DAY1_NOON)
+        .await
+        .expect("queued");
+    os.wait_bulks(3).await;
+    os.script_bulk([BulkReply::Status(400)]);
+    handle
+        .send_replayable(record(1, DAY1_NOON), DAY1_NOON)
+        .await
+        .expect("queued");
+    let stats = stop(handle, task).await;
+    assert_eq!(
+        stats.indexed, 1,
+        "credentials fixed: indexed after two refusals"
+    );
+    let failures = failures.lock().expect("lock");
+    assert_eq!(failures.len(), 1, "the 400 went to the callback");
+    assert!(failures[0].1.contains("HTTP 400"), "{}", failures[0].1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spool_records_left_at_the_drain_deadline_are_not_dropped() {
+    let os = StandIn::start_here();
+    os.bulk_fallback(BulkReply::Status(503));
+    let (handle, task, _) = start(&SearchConfig {
+        backoff_initial_ms: 10_000,
+        backoff_max_ms: 10_000,
+        ..config(&os)
+    });
+    for n in 0..3 {
+        handle
+            .send_replayable(record(n, DAY1_NOON), DAY1_NOON)
+            .await
+            .expect("queued");
+    }
+    send(&handle, 3, DAY1_NOON);
+    handle.close(Duration::from_millis(300));
+    assert!(handle
+        .send_replayable(record(9, DAY1_NOON), DAY1_NOON)
+        .await
+        .is_err());
+    let stats = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops at the deadline")
+        .expect("task");
+    assert_eq!((stats.left_in_spool, stats.dropped), (3, 1));
+}
+
 #[tokio::test]
 async fn an_unreadable_2xx_is_retried_whole() {
     let os = StandIn::start();

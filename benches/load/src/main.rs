@@ -25,6 +25,9 @@ enum Mode {
     Publish,
     /// Only subscribe to the same topics and count messages: the broker's own ceiling.
     BareSubscriber,
+    /// Only serve the receiver (webhooks and the `_bulk` stand-in) until --count documents
+    /// were indexed or --duration seconds passed: how fast ccstream catches up with a backlog.
+    Receive,
 }
 
 /// Load generator for ccstream's end-to-end benchmark: publishes shadow updates over MQTT,
@@ -125,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let report = match args.mode {
         Mode::Publish => run_publish(&args).await?,
         Mode::BareSubscriber => run_subscriber(&args).await?,
+        Mode::Receive => run_receive(&args).await?,
     };
     print!("{}", report.table());
     if let Some(path) = &args.json {
@@ -437,6 +441,47 @@ async fn drain(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Serves the receiver until `--count` documents (or `--duration` s, or `--drain-secs` without a
+/// new document once some came); the rate is over the first to the last `_bulk` request.
+async fn run_receive(args: &Args) -> anyhow::Result<Report> {
+    let addr = args.receiver.context("--mode receive needs --receiver")?;
+    let state = Arc::new(Receiver::default());
+    let bound = receiver::serve(addr, state.clone()).await?;
+    eprintln!("receiver on http://{bound}");
+    let started = Instant::now();
+    let limit = args.duration.map(Duration::from_secs_f64);
+    let mut seen = (0, Instant::now());
+    loop {
+        let documents = state.documents.load(Ordering::Relaxed);
+        if documents != seen.0 {
+            seen = (documents, Instant::now());
+        }
+        let idle = documents > 0 && seen.1.elapsed().as_secs_f64() >= args.drain_secs;
+        if args.count.is_some_and(|n| documents >= n)
+            || limit.is_some_and(|l| started.elapsed() >= l)
+            || idle
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let documents = state.documents.load(Ordering::Relaxed);
+    let first = state.first_bulk_ms.load(Ordering::Relaxed);
+    let last = state.last_bulk_ms.load(Ordering::Relaxed);
+    let secs = last.saturating_sub(first) as f64 / 1000.0;
+    Ok(Report {
+        search_documents: Some(documents),
+        webhooks_received: Some(state.received.load(Ordering::Relaxed)),
+        duration_s: secs,
+        rate_per_s: if secs > 0.0 {
+            documents as f64 / secs
+        } else {
+            0.0
+        },
+        ..base_report(args, "receive")
+    })
 }
 
 async fn run_subscriber(args: &Args) -> anyhow::Result<Report> {

@@ -25,6 +25,9 @@ pub struct Receiver {
     pub received: AtomicU64,
     /// Documents in `_bulk` requests (not counted in `received`).
     pub documents: AtomicU64,
+    /// When the first and the latest `_bulk` request arrived (ms since the epoch; 0: none yet).
+    pub first_bulk_ms: AtomicU64,
+    pub last_bulk_ms: AtomicU64,
     /// std `Mutex`: held only for one `record`, never across an `.await`.
     latencies: Mutex<Latencies>,
 }
@@ -57,7 +60,13 @@ async fn hook(State(r): State<Arc<Receiver>>, uri: Uri, body: Bytes) -> Response
     // Timestamp first: the body is already read, nothing else should count.
     let now = crate::now_ms();
     match uri.path() {
-        "/_bulk" => bulk(&r, &body),
+        "/_bulk" => {
+            let _ = r
+                .first_bulk_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            r.last_bulk_ms.store(now, Ordering::Relaxed);
+            bulk(&r, &body)
+        }
         path if path.starts_with("/_index_template/") => {
             json_response(r#"{"acknowledged":true}"#.to_owned())
         }

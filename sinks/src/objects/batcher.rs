@@ -275,7 +275,9 @@ impl<T: Send + 'static> Batcher<T> {
     /// the queue is bounded — unless the spool is full, then seals every batch.
     fn finish(mut self) {
         for _ in 0..SHUTDOWN_ROUNDS {
-            if self.shared.over_limit() {
+            if self.shared.over_limit()
+                && !self.index_log.as_ref().is_some_and(|log| log.make_room())
+            {
                 break;
             }
             let mut round = Round::default();
@@ -477,9 +479,9 @@ impl<T: Send + 'static> Batcher<T> {
                 }
             }
         }
-        if durable {
-            self.publish_to_index();
-        }
+        // What is durable in each file, sealed or not: after a failed last commit too, so that
+        // the sealed files do not wait for records that never reached the disk.
+        self.publish_to_index();
         if durable && !round.tokens.is_empty() {
             (self.on_commit)(round.tokens);
         } else if !durable && records > 0 {

@@ -311,10 +311,36 @@ impl IndexLog {
         }
     }
 
-    /// Stops following file `id` without touching it: it was moved to `failed/` (where an
-    /// operator finds its records), or it is gone.
+    /// Stops following file `id` without touching it: it is gone (deleted to make room, and
+    /// written down then).
     pub fn forget(&self, id: &str) {
         self.lock().retain(|e| e.id != id);
+    }
+
+    /// The batch of file `id` could not be stored and was moved to `failed/`: what the index
+    /// had not taken of it is written down as a gap (reason `store_failed`), and the file is
+    /// no longer followed.
+    pub(crate) fn store_failed(&self, id: &str) {
+        let entry = {
+            let mut files = self.lock();
+            let Some(at) = files.iter().position(|e| e.id == id) else {
+                return;
+            };
+            files.remove(at)
+        };
+        if let Some(entry) = entry.filter(|e| e.indexed_records < e.records) {
+            write_gap(
+                &self.dir,
+                &Gap {
+                    key: entry.key,
+                    first_received_ms: entry.created_ms,
+                    deleted_ms: now_ms(),
+                    records: entry.records,
+                    indexed_records: entry.indexed_records,
+                    reason: "store_failed".into(),
+                },
+            );
+        }
     }
 
     /// The next range to index: the first file with durable bytes not yet handed to the indexer.
@@ -535,7 +561,11 @@ impl IndexLog {
         };
         let json = serde_json::to_vec(&cursor).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!("{CURSOR_FILE}.tmp"));
-        fs::write(&tmp, json)?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&json)?;
+        // Durable before the rename, so that a power loss leaves the old cursor or the new
+        // one, never an empty file (which would index the whole spool again).
+        file.sync_data()?;
         fs::rename(&tmp, self.dir.join(CURSOR_FILE))
     }
 }

@@ -213,7 +213,7 @@ impl<S: BatchStore> Uploader<S> {
                 Outcome::Failed => {
                     // In failed/ now, where an operator finds its records.
                     if let (Some(log), Some(id)) = (index_log, sealed.path.file_stem()) {
-                        log.forget(&id.to_string_lossy());
+                        log.store_failed(&id.to_string_lossy());
                     }
                 }
                 Outcome::Left => {}

@@ -53,6 +53,8 @@ struct Done {
     id: String,
     end: u64,
     records: u64,
+    /// The file cannot be read past `end`: the rest is a gap, once these records are indexed.
+    damaged: bool,
 }
 
 /// Stops the follower; see [`start`].
@@ -122,16 +124,11 @@ async fn run(
             match read(&log, &chunk).await {
                 Ok(data) => {
                     read_failures = 0;
-                    log.read_to(&chunk.id, data.end);
-                    let damaged = data.damaged;
+                    log.read_to(&chunk.id, if data.damaged { chunk.to } else { data.end });
                     match hand_over(&indexer, &chunk, data, tx).await {
                         Ok(sent) => stats.sent += sent,
                         // The indexer stopped: nothing more goes in.
                         Err(()) => done_tx = None,
-                    }
-                    if damaged {
-                        tracing::error!(file = %chunk.id, "a spool file is damaged past its last readable record; the rest is written down as an index gap");
-                        log.give_up_rest(&chunk.id);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -145,7 +142,12 @@ async fn run(
                     }
                     tokio::select! {
                         () = tokio::time::sleep(READ_RETRY.delay(read_failures)) => {}
-                        _ = stop_rx.changed() => {}
+                        changed = stop_rx.changed() => {
+                            if changed.is_err() {
+                                // Every Follower handle is gone: stop as if asked.
+                                done_tx = None;
+                            }
+                        }
                     }
                 }
             }
@@ -155,8 +157,11 @@ async fn run(
             // No more reading; the checkpoints already queued still report.
             done_tx = None;
         }
+        let save_at = cursor_dirty.then(|| cursor_saved + CURSOR_EVERY);
         tokio::select! {
             () = log.changed(), if done_tx.is_some() => {}
+            // Progress is written down soon even when nothing else happens.
+            () = crate::intake::sleep_until_opt(save_at) => {}
             done = done_rx.recv() => match done {
                 Some(done) => finished(&log, &mut stats, &mut cursor_dirty, done),
                 // Stopped, and the indexer ran or dropped every checkpoint.
@@ -178,6 +183,10 @@ async fn run(
 
 fn finished(log: &IndexLog, stats: &mut FollowerStats, cursor_dirty: &mut bool, done: Done) {
     log.indexed(&done.id, done.end, done.records);
+    if done.damaged {
+        tracing::error!(file = %done.id, "a spool file is damaged past its last readable record; the rest is written down as an index gap");
+        log.give_up_rest(&done.id);
+    }
     stats.done += done.records;
     *cursor_dirty = true;
 }
@@ -199,6 +208,7 @@ async fn hand_over(
     done_tx: &mpsc::UnboundedSender<Done>,
 ) -> Result<u64, ()> {
     let records = data.records.len() as u64;
+    let damaged = data.damaged;
     for record in data.records {
         let timestamp = record_timestamp(&record).unwrap_or(chunk.created_ms);
         indexer
@@ -210,6 +220,7 @@ async fn hand_over(
         id: chunk.id.clone(),
         end: data.end,
         records,
+        damaged,
     };
     let tx = done_tx.clone();
     indexer

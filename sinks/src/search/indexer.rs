@@ -235,8 +235,16 @@ impl IndexerHandle {
         timestamp_ms: u64,
         replayable: bool,
     ) -> Result<(), Full> {
+        // A record from the spool that cannot go in stays there: not a drop.
+        let refused = || {
+            if replayable {
+                Full
+            } else {
+                self.dropped(DropReason::Closed)
+            }
+        };
         if self.shared.gate.is_closed() {
-            return Err(self.dropped(DropReason::Closed));
+            return Err(refused());
         }
         let queued = Queued::Record {
             record,
@@ -253,7 +261,7 @@ impl IndexerHandle {
                     .set(self.queue_depth() as f64);
                 Ok(())
             }
-            Err(_) => Err(self.dropped(DropReason::Closed)),
+            Err(_) => Err(refused()),
         }
     }
 
@@ -600,7 +608,7 @@ impl Worker {
                 .bounded(self.client.bulk(body).instrument(span))
                 .await
             else {
-                self.drop_items(DropReason::Shutdown, items.len());
+                self.left_at_deadline(&items);
                 return false;
             };
             self.metrics
@@ -621,14 +629,31 @@ impl Worker {
                         self.metrics.bulk_request(status_label(status, false));
                         format!("HTTP {status}: {}", error_reason(&body))
                     }
+                    // Credentials, permissions, a wrong URL, a request too large: an operator's
+                    // fix, and the spool keeps its records meanwhile. (A 400 is the request
+                    // itself, which sending again would not mend.)
+                    RequestClass::Fail
+                        if status != 400 && items.iter().any(|item| item.replayable) =>
+                    {
+                        self.metrics.bulk_request(status_label(status, false));
+                        format!("HTTP {status}: {}", error_reason(&body))
+                    }
                     RequestClass::Fail => {
                         self.metrics.bulk_request(status_label(status, false));
                         let detail = format!(
                             "bulk request refused: HTTP {status}: {}",
                             error_reason(&body)
                         );
-                        for item in items {
-                            self.fail(item, FailureReason::Other, detail.clone()).await;
+                        let mut items = items.into_iter();
+                        while let Some(item) = items.next() {
+                            if let Err(item) =
+                                self.fail(item, FailureReason::Other, detail.clone()).await
+                            {
+                                let mut rest: Vec<Item> = items.collect();
+                                rest.push(item);
+                                self.left_at_deadline(&rest);
+                                return false;
+                            }
                         }
                         return true;
                     }
@@ -639,13 +664,14 @@ impl Worker {
                         match parsed {
                             Some((errors, outcomes)) => {
                                 self.metrics.bulk_request(status_label(status, errors));
-                                let Some(again) = self.sort_items(items, outcomes, retries).await
-                                else {
-                                    return true;
+                                let again = match self.sort_items(items, outcomes, retries).await {
+                                    Ok(Some(again)) => again,
+                                    Ok(None) => return true,
+                                    Err(()) => return false,
                                 };
                                 items = again;
                                 if !self.pause(retries).await {
-                                    self.drop_items(DropReason::Shutdown, items.len());
+                                    self.left_at_deadline(&items);
                                     return false;
                                 }
                                 continue;
@@ -692,7 +718,7 @@ impl Worker {
             );
         }
         if !self.pause(retries).await {
-            self.drop_items(DropReason::Shutdown, items.len());
+            self.left_at_deadline(items);
             return Next::Deadline;
         }
         Next::Again
@@ -700,36 +726,50 @@ impl Worker {
 
     /// Counts the indexed, hands on the refused, and returns the items to send again (`None`
     /// when there are none). `next_retry`: the retry those items would be; past `max_retries`
-    /// they are refused for good (`rejected`).
+    /// they are refused for good (`rejected`), unless they are from the spool. `Err`: the
+    /// drain deadline passed while the failure callback waited (the rest is counted).
     async fn sort_items(
         &mut self,
         items: Vec<Item>,
         outcomes: Vec<ItemOutcome>,
         next_retry: u32,
-    ) -> Option<Vec<Item>> {
+    ) -> Result<Option<Vec<Item>>, ()> {
         let mut indexed = 0u64;
         let mut again = Vec::new();
         let mut last_detail = String::new();
-        for (item, outcome) in items.into_iter().zip(outcomes) {
-            match outcome {
-                ItemOutcome::Indexed => indexed += 1,
+        let mut pairs = items.into_iter().zip(outcomes);
+        while let Some((item, outcome)) = pairs.next() {
+            let failed = match outcome {
+                ItemOutcome::Indexed => {
+                    indexed += 1;
+                    Ok(())
+                }
                 ItemOutcome::Failed { reason, detail } => self.fail(item, reason, detail).await,
                 ItemOutcome::Retry { detail } => {
                     if next_retry > self.max_retries && !item.replayable {
                         let detail =
                             format!("still rejected after {} retries: {detail}", next_retry - 1);
-                        self.fail(item, FailureReason::Rejected, detail).await;
+                        self.fail(item, FailureReason::Rejected, detail).await
                     } else {
                         last_detail = detail;
                         again.push(item);
+                        Ok(())
                     }
                 }
+            };
+            if let Err(item) = failed {
+                again.push(item);
+                again.extend(pairs.map(|(item, _)| item));
+                Counters::add(&self.counters.indexed, indexed);
+                self.metrics.indexed.increment(indexed);
+                self.left_at_deadline(&again);
+                return Err(());
             }
         }
         Counters::add(&self.counters.indexed, indexed);
         self.metrics.indexed.increment(indexed);
         if again.is_empty() {
-            return None;
+            return Ok(None);
         }
         let n = again.len() as u64;
         Counters::add(&self.counters.items_retried, n);
@@ -740,7 +780,7 @@ impl Worker {
             reason = %last_detail,
             "OpenSearch rejected bulk items; sending only those again"
         );
-        Some(again)
+        Ok(Some(again))
     }
 
     /// Waits the backoff before retry `retry`; `false` if the drain deadline passed first.
@@ -750,8 +790,13 @@ impl Worker {
     }
 
     /// A record refused for good: counted, logged (limited) and handed to the callback, which
-    /// is waited for.
-    async fn fail(&mut self, item: Item, reason: FailureReason, detail: String) {
+    /// is waited for until the drain deadline (`Err`: it passed first; a copy of the item back).
+    async fn fail(
+        &mut self,
+        item: Item,
+        reason: FailureReason,
+        detail: String,
+    ) -> Result<(), Item> {
         Counters::add(&self.counters.item_failures, 1);
         self.metrics.item_failed(reason);
         if let Some(similar) = self.fail_log.hit(1) {
@@ -763,7 +808,25 @@ impl Worker {
                 "OpenSearch refused a record; handed to the failure callback (logged at most every 10 s)"
             );
         }
-        (self.on_item_failure)(item.record, detail).await;
+        let handed = (self.on_item_failure)(Bytes::clone(&item.record), detail);
+        match self.drain.bounded(handed).await {
+            Some(()) => Ok(()),
+            None => Err(item),
+        }
+    }
+
+    /// The drain deadline passed with `items` unfinished: records from the spool stay there
+    /// for the next start; the others are dropped.
+    fn left_at_deadline(&self, items: &[Item]) {
+        let in_spool = items.iter().filter(|item| item.replayable).count();
+        self.count_left(items.len(), in_spool);
+    }
+
+    fn count_left(&self, total: usize, in_spool: usize) {
+        if in_spool > 0 {
+            Counters::add(&self.counters.left_in_spool, in_spool as u64);
+        }
+        self.drop_items(DropReason::Shutdown, total - in_spool);
     }
 
     fn drop_items(&self, reason: DropReason, count: usize) {
@@ -808,13 +871,11 @@ impl Worker {
             }
         }
         let in_spool = left.iter().filter(|&&replayable| replayable).count();
-        let dropped = left.len() - in_spool;
-        if dropped > 0 {
+        if left.len() > in_spool {
             tracing::warn!(
-                records = dropped,
+                records = left.len() - in_spool,
                 "search indexer drain deadline passed; queued records not indexed"
             );
-            self.drop_items(DropReason::Shutdown, dropped);
         }
         if in_spool > 0 {
             tracing::info!(
@@ -822,8 +883,8 @@ impl Worker {
                 "search indexer drain deadline passed; the spool keeps the records not indexed \
                  for the next start"
             );
-            Counters::add(&self.counters.left_in_spool, in_spool as u64);
         }
+        self.count_left(left.len(), in_spool);
         self.metrics.queue_depth.set(0.0);
         self.metrics.queue_age.set(0.0);
         let stats = self.counters.snapshot();
