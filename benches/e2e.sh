@@ -196,8 +196,12 @@ REDIS_CPU=()
 ENGINE_STATE="state = \"local\""
 SEARCH_SECTION=""
 if [[ $SEARCH == 1 ]]; then
+    # The stand-in is up only while the generator runs: retries at most 0.5 s apart, so that
+    # the index template goes in at the start of run 2 (the bulk requests wait for it).
     SEARCH_SECTION="[search]
-url = \"http://127.0.0.1:$HOOK_PORT\""
+url = \"http://127.0.0.1:$HOOK_PORT\"
+backoff_initial_ms = 100
+backoff_max_ms = 500"
 fi
 if [[ $STATE == redis ]]; then
     command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"

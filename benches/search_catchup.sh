@@ -8,9 +8,11 @@
 #      listens yet: OpenSearch is down (connection refused), and the indexer retries.
 #   2. ccstream-load publishes COUNT observations (QoS 1, as fast as the broker takes them);
 #      the script waits until ccstream_search_records_behind says every one is in the spool.
-#   3. ccstream-load --mode receive serves the _bulk stand-in on that port (OpenSearch is
-#      back): the catch-up runs from the first to the last bulk request. ccstream's CPU is read
-#      from /proc before step 3 and once ccstream_search_records_behind is 0 again.
+#   3. ccstream is stopped (SIGTERM: the batches are stored, the files stay in the spool for the
+#      index) and started again with ccstream-load --mode receive serving the _bulk stand-in on
+#      that port (OpenSearch is back): the new process reads the whole backlog from the spool.
+#      The catch-up runs from the first to the last bulk request; ccstream's CPU is the new
+#      process's, from its start until ccstream_search_records_behind is 0 (start-up included).
 #
 # Prints one JSON line: documents, seconds, documents/s, ccstream CPU µs per document.
 # Needs what benches/e2e.sh needs (cargo, mosquitto, curl, python3). OpenSearch itself cannot be
@@ -92,12 +94,16 @@ url = "http://127.0.0.1:$BULK_PORT"
 backoff_initial_ms = 100
 backoff_max_ms = 500
 EOF
-MALLOC_ARENA_MAX=2 "$CCSTREAM" --config "$TMP/ccstream.toml" >"$TMP/ccstream.log" 2>&1 &
-CC_PID=$!; PIDS+=("$CC_PID")
-for _ in $(seq 300); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && break
-    sleep 0.1
-done
+start_ccstream() {
+    MALLOC_ARENA_MAX=2 "$CCSTREAM" --config "$TMP/ccstream.toml" >>"$TMP/ccstream.log" 2>&1 &
+    CC_PID=$!; PIDS+=("$CC_PID")
+    for _ in $(seq 300); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && return
+        sleep 0.1
+    done
+    die "ccstream not ready"
+}
+start_ccstream
 
 log "OpenSearch down: publishing $COUNT observations"
 "$LOAD" --broker "mqtt://127.0.0.1:$MQTT_PORT" --things "$THINGS" --count "$COUNT" \
@@ -108,15 +114,20 @@ for _ in $(seq 1200); do
     sleep 0.1
 done
 [[ ${behind%.*} -ge $COUNT ]] || die "only $behind observations behind"
-log "$behind observations wait in the spool; OpenSearch back"
-
-cpu0=$(cpu_ticks "$CC_PID")
+log "$behind observations wait in the spool; restarting ccstream with OpenSearch back"
+kill -TERM "$CC_PID"
+while kill -0 "$CC_PID" 2>/dev/null; do sleep 0.1; done
 "$LOAD" --mode receive --receiver "127.0.0.1:$BULK_PORT" --count "$COUNT" --drain-secs 10 \
-    --no-progress --json "$TMP/receive.json" >/dev/null
+    --no-progress --json "$TMP/receive.json" >/dev/null &
+RECV_PID=$!; PIDS+=("$RECV_PID")
+wait_port "$BULK_PORT"
+start_ccstream
+wait "$RECV_PID"
 for _ in $(seq 600); do
     [[ $(metric ccstream_search_records_behind) == 0 ]] && break
     sleep 0.1
 done
+cpu0=0
 cpu1=$(cpu_ticks "$CC_PID")
 hz=$(getconf CLK_TCK)
 python3 - "$TMP/receive.json" "$cpu0" "$cpu1" "$hz" "$COUNT" <<'EOF'
