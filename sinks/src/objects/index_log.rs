@@ -109,6 +109,18 @@ impl Entry {
     fn fully_indexed(&self) -> bool {
         self.sealed && self.indexed >= self.committed
     }
+
+    /// What the index has not taken of this file, written down now for `reason`.
+    fn gap(&self, reason: &str) -> Gap {
+        Gap {
+            key: self.key.clone(),
+            first_received_ms: self.created_ms,
+            deleted_ms: now_ms(),
+            records: self.records,
+            indexed_records: self.indexed_records,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A range of a spool file to index: frames from `from` (0: the file's start, header first) to
@@ -329,17 +341,7 @@ impl IndexLog {
             files.remove(at)
         };
         if let Some(entry) = entry.filter(|e| e.indexed_records < e.records) {
-            write_gap(
-                &self.dir,
-                &Gap {
-                    key: entry.key,
-                    first_received_ms: entry.created_ms,
-                    deleted_ms: now_ms(),
-                    records: entry.records,
-                    indexed_records: entry.indexed_records,
-                    reason: "store_failed".into(),
-                },
-            );
+            write_gap(&self.dir, &entry.gap("store_failed"));
         }
     }
 
@@ -417,14 +419,7 @@ impl IndexLog {
             let Some(entry) = files.iter_mut().find(|e| e.id == id) else {
                 return;
             };
-            let gap = Gap {
-                key: entry.key.clone(),
-                first_received_ms: entry.created_ms,
-                deleted_ms: now_ms(),
-                records: entry.records,
-                indexed_records: entry.indexed_records,
-                reason: "unreadable".into(),
-            };
+            let gap = entry.gap("unreadable");
             // Counted as taken, so that the file goes once stored and indexed up to here.
             entry.indexed_records = entry.records;
             (gap, entry.committed)
@@ -491,7 +486,7 @@ impl IndexLog {
     pub(crate) fn make_room(&self) -> bool {
         let mut any = false;
         while self.shared.over_limit() {
-            let gap = {
+            let dropped = {
                 let mut files = self.lock();
                 let Some(at) = files.iter().position(|e| e.stored) else {
                     break;
@@ -500,16 +495,8 @@ impl IndexLog {
                 entry
             };
             any = true;
-            let record = Gap {
-                key: gap.key.clone(),
-                first_received_ms: gap.created_ms,
-                deleted_ms: now_ms(),
-                records: gap.records,
-                indexed_records: gap.indexed_records,
-                reason: "spool_full".into(),
-            };
-            write_gap(&self.dir, &record);
-            self.remove_files(&gap.id, gap.committed);
+            write_gap(&self.dir, &dropped.gap("spool_full"));
+            self.remove_files(&dropped.id, dropped.committed);
         }
         if any {
             self.wake.notify_one();

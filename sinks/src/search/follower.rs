@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ccstream_common::time::now_ms;
 use ccstream_common::Backoff;
 use metrics::gauge;
@@ -212,7 +211,7 @@ async fn hand_over(
     for record in data.records {
         let timestamp = record_timestamp(&record).unwrap_or(chunk.created_ms);
         indexer
-            .send_replayable(Bytes::clone(&record), timestamp)
+            .send_replayable(record, timestamp)
             .await
             .map_err(|_| ())?;
     }
