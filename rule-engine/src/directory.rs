@@ -98,6 +98,19 @@ pub struct ThingEntry {
     pub domain: String,
 }
 
+/// The first of a thing's three fields that is empty, by its JSON name: a thing the directory
+/// refuses, whether it comes from an import or a life cycle event (the store reloads both
+/// through an import).
+fn empty_field(thing_name: &str, thing_type: &str, domain: &str) -> Option<&'static str> {
+    [
+        ("thingName", thing_name),
+        ("thingType", thing_type),
+        ("domain", domain),
+    ]
+    .into_iter()
+    .find_map(|(field, value)| value.is_empty().then_some(field))
+}
+
 /// Why an import was refused. Nothing is changed when an import fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
@@ -116,6 +129,13 @@ pub enum EventError {
     NotJson(String),
     #[error("{event_type} event without source.{field}")]
     MissingField {
+        event_type: String,
+        field: &'static str,
+    },
+    /// An empty `thingName`, `thingType` or `domain`: an import refuses such a thing, so
+    /// accepting it would leave a directory that the store cannot load at the next start.
+    #[error("{event_type} event with an empty source.{field}")]
+    EmptyField {
         event_type: String,
         field: &'static str,
     },
@@ -179,14 +199,8 @@ impl Directory {
     /// added or replaced. All or nothing: on error the directory is unchanged.
     pub fn import(&mut self, snapshot: DirectorySnapshot) -> Result<(), ImportError> {
         for (index, t) in snapshot.things.iter().enumerate() {
-            for (field, value) in [
-                ("thingName", &t.thing_name),
-                ("thingType", &t.thing_type),
-                ("domain", &t.domain),
-            ] {
-                if value.is_empty() {
-                    return Err(ImportError::EmptyField { index, field });
-                }
+            if let Some(field) = empty_field(&t.thing_name, &t.thing_type, &t.domain) {
+                return Err(ImportError::EmptyField { index, field });
             }
         }
         let mut tree = self.domains.clone();
@@ -352,6 +366,12 @@ impl Directory {
                     (None, Some(k)) => k.domain.to_string(),
                     (None, None) => return Err(missing("domain")),
                 };
+                if let Some(field) = empty_field(&name, &thing_type, &domain) {
+                    return Err(EventError::EmptyField {
+                        event_type: event_type.clone(),
+                        field,
+                    });
+                }
                 Some((name, Some((thing_type, domain))))
             }
             "THING.REMOVE" => {
@@ -660,6 +680,34 @@ mod tests {
                 field: "thingType"
             })
         );
+        // Fuzzing found an empty domain accepted: the stored directory then failed to load
+        // at the next start (an import refuses empty fields).
+        for (event, field) in [
+            (
+                br#"{"type":"THING.CREATE","source":{"thingName":"t","thingType":"P","domain":""}}"#
+                    .as_slice(),
+                "domain",
+            ),
+            (
+                br#"{"type":"THING.UPDATE","source":{"thingName":"t","thingType":"","domain":"d"}}"#,
+                "thingType",
+            ),
+            (
+                br#"{"type":"THING.CREATE","source":{"thingName":"","thingType":"P","domain":"d"}}"#,
+                "thingName",
+            ),
+        ] {
+            assert_eq!(
+                dir.apply_event("event/root", event),
+                Err(EventError::EmptyField {
+                    event_type: serde_json::from_slice::<serde_json::Value>(event).expect("JSON")["type"]
+                        .as_str()
+                        .expect("type")
+                        .to_owned(),
+                    field,
+                })
+            );
+        }
         let bad_path =
             br#"{"type":"THING.CREATE","source":{"thingName":"t","thingType":"P","domain":"d"}}"#;
         assert!(matches!(

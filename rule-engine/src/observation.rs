@@ -212,14 +212,7 @@ impl<'a> ParsedObservation<'a> {
         // One UTF-8 check of the whole payload is much cheaper than serde_json's check of every
         // string it borrows from a byte slice.
         let text = std::str::from_utf8(raw).map_err(|_| Reject::NotJson)?;
-        let mut obs = ParsedObservation {
-            text,
-            timestamp: None,
-            top_keys: TopLevelKeys::default(),
-            resources: SmallVec::new(),
-            sub_things: SmallVec::new(),
-            sub_resources: SmallVec::new(),
-        };
+        let mut obs = ParsedObservation::empty(text);
         if let Some(reported) = scan::scan(text, limits.depth(), &mut obs) {
             return if reported {
                 Ok(obs)
@@ -231,6 +224,35 @@ impl<'a> ParsedObservation<'a> {
         obs.timestamp = None;
         obs.top_keys = TopLevelKeys::default();
         obs.parse_serde(text, limits)
+    }
+
+    /// [`Self::parse`] without the fast path: the serde path alone, the reference the scanner is
+    /// checked against (property tests here, the differential target in `fuzz/`).
+    #[doc(hidden)]
+    pub fn parse_without_fast_path(raw: &'a [u8], limits: &ParseLimits) -> Result<Self, Reject> {
+        if raw.len() > limits.max_bytes {
+            return Err(Reject::TooLarge);
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| Reject::NotJson)?;
+        ParsedObservation::empty(text).parse_serde(text, limits)
+    }
+
+    /// Whether the fast path handles `text` (accepts it, or finds no `state.reported`) instead of
+    /// giving up: for the tests and the fuzz target that check it is taken where expected.
+    #[doc(hidden)]
+    pub fn fast_path_takes(text: &'a str, limits: &ParseLimits) -> bool {
+        scan::scan(text, limits.depth(), &mut ParsedObservation::empty(text)).is_some()
+    }
+
+    fn empty(text: &'a str) -> Self {
+        ParsedObservation {
+            text,
+            timestamp: None,
+            top_keys: TopLevelKeys::default(),
+            resources: SmallVec::new(),
+            sub_things: SmallVec::new(),
+            sub_resources: SmallVec::new(),
+        }
     }
 
     /// The general path: serde_json with the visitors below. Handles every payload, decides
@@ -400,7 +422,10 @@ fn skip_map<'a, A: MapAccess<'a>>(mut map: A, depth: u32, max: u32) -> Result<()
     if depth > max {
         return Err(too_deep());
     }
-    while map.next_key::<de::IgnoredAny>()?.is_some() {
+    // Keys are read, not ignored: serde_json skips an ignored string without checking its
+    // escapes, and a lone surrogate (`"\ud800"`) in a skipped key made this parser accept what
+    // serde_json (and so the record builder and the index) refuses. Found by fuzzing.
+    while map.next_key::<Key<'a>>()?.is_some() {
         map.next_value_seed(Skip {
             depth: depth + 1,
             max,

@@ -42,6 +42,12 @@ pub const MAX_RESOURCE_LEN: usize = 256;
 pub const MAX_ACTIONS: usize = 10;
 /// Longest webhook url (before templates are filled).
 pub const MAX_URL_LEN: usize = 2048;
+/// Deepest nesting of objects and arrays in an action's `config` (the config itself is level
+/// 1). A stored rule is read back by a JSON parser with a depth limit (serde_json's 128); a
+/// rule whose config nests deeper than that would be accepted once and then never load again.
+/// The API's own parser keeps request bodies within that limit, so this guards the store
+/// against any other caller of [`validate_rule`]; no webhook body needs more.
+pub const MAX_CONFIG_DEPTH: usize = 32;
 /// Largest `threshold.count`.
 pub const MAX_THRESHOLD_COUNT: u64 = 1_000_000;
 /// Largest `threshold.interval`: one year in milliseconds.
@@ -456,6 +462,16 @@ fn validate_action(action: &Value, path: &str) -> Result<Action, Invalid> {
 
     let config_path = format!("{path}.config");
     let config = required_object(action, "config", &config_path)?;
+    if config
+        .values()
+        .any(|v| deeper_than(v, MAX_CONFIG_DEPTH - 1))
+    {
+        return Err(Invalid::not_in_range(
+            &config_path,
+            format!("{config_path} must not nest objects and arrays deeper than {MAX_CONFIG_DEPTH} levels"),
+        )
+        .with_params(json!({ "max": MAX_CONFIG_DEPTH })));
+    }
     match kind {
         ActionType::Webhook => validate_webhook_config(config, &config_path)?,
     }
@@ -464,6 +480,16 @@ fn validate_action(action: &Value, path: &str) -> Result<Action, Invalid> {
         kind,
         config: config.clone(),
     })
+}
+
+/// Whether `value` nests objects and arrays more than `levels` deep (a scalar is 0 deep); walks
+/// no further than that.
+fn deeper_than(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Object(map) => levels == 0 || map.values().any(|v| deeper_than(v, levels - 1)),
+        Value::Array(items) => levels == 0 || items.iter().any(|v| deeper_than(v, levels - 1)),
+        _ => false,
+    }
 }
 
 fn validate_webhook_config(config: &Object, path: &str) -> Result<(), Invalid> {

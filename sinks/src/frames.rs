@@ -32,13 +32,19 @@ pub fn push_frame_parts(buf: &mut Vec<u8>, head: &[u8], data: &[u8]) {
     buf.extend_from_slice(data);
 }
 
-/// Reads the frame at `at`: the data's range, or `None` when it is torn, fails its CRC, or
-/// claims more than `max_len` bytes (taken as corruption, never allocated).
+/// Reads the frame at `at`: the data's range, or `None` when it is torn, fails its CRC, is
+/// empty, or claims more than `max_len` bytes (taken as corruption, never allocated).
+///
+/// Eight zero bytes are a well-formed empty frame (length 0, CRC 0), and zeros are what a crash
+/// can leave in a file's tail (extended, never written). No frame ccstream writes is empty (a
+/// record, a firing, a header, a batch of ids), so an empty one is where the intact prefix
+/// ends. Found by fuzzing twice: the spool read zeros back as records never written, the
+/// webhook outbox as firings it could never read, which kept their segment forever.
 pub fn frame(data: &[u8], at: usize, max_len: usize) -> Option<Range<usize>> {
     let head = data.get(at..at.checked_add(FRAME_OVERHEAD)?)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > max_len {
+    if len == 0 || len > max_len {
         return None;
     }
     let range = at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len;
@@ -249,6 +255,19 @@ mod tests {
         // Longer than allowed: refused without reading further.
         assert!(frame(&buf, 0, 2).is_none());
         assert!(frame(&buf, usize::MAX - 3, 100).is_none());
+    }
+
+    /// Zeros, which a crash can leave in a file's tail, hold a well-formed empty frame (length
+    /// 0, CRC 0); it is where the intact prefix ends.
+    #[test]
+    fn an_empty_frame_is_not_a_frame() {
+        let mut buf = Vec::new();
+        push_frame(&mut buf, b"one");
+        let intact = buf.len();
+        buf.extend_from_slice(&[0; 64]);
+        assert_eq!(&buf[frame(&buf, 0, 100).expect("first")], b"one");
+        assert!(frame(&buf, intact, 100).is_none());
+        assert!(frame(&[0; FRAME_OVERHEAD], 0, 100).is_none());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! and the added keys spliced in after the opening `{`.
 
 use base64::Engine;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 /// Which batch stream a record belongs to.
@@ -62,10 +61,70 @@ pub fn build_record(
     let text = std::str::from_utf8(payload)
         .map_err(|e| NotAnObject::new(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     // Validation first, so that the scanner below only ever sees well-formed JSON. Borrowed and
-    // allocation-free: `IgnoredAny` skips every value.
-    serde_json::from_str::<IgnoredAny>(text)
+    // allocation-free.
+    serde_json::from_str::<ValidJson>(text)
         .map_err(|e| NotAnObject::new(format!("invalid JSON: {e}")))?;
     build_record_from_json(text, thing_name, received_at_ms, domain_path, None)
+}
+
+/// Any JSON that `serde_json::Value` (and so the rule engine's parser, the Rule API and the
+/// search index) reads, kept as nothing. Unlike `IgnoredAny`, whose numbers serde_json skips
+/// without reading, every number is read: one beyond `f64` (`1e999`) is refused here as it is
+/// everywhere else, so such a payload goes to `errors/` instead of being stored as an
+/// observation the parser called not JSON (found by the `observation_bytes` fuzz target).
+struct ValidJson;
+
+impl<'de> Deserialize<'de> for ValidJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValidJsonVisitor)
+    }
+}
+
+struct ValidJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValidJsonVisitor {
+    type Value = ValidJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_unit<E>(self) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ValidJson, A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ValidJson, A::Error> {
+        // Keys too: an ignored key's escapes go unchecked (a lone surrogate, `"\ud800"`).
+        while map.next_key::<ValidJson>()?.is_some() {
+            map.next_value::<ValidJson>()?;
+        }
+        Ok(ValidJson)
+    }
 }
 
 /// Which of the keys a record sets are at the payload's top level (whatever their values), when
@@ -460,6 +519,41 @@ mod tests {
         assert_eq!(v["thingName"], json!("thing-1"));
         assert_eq!(v["s"], json!("}{\"thingName\":1,"));
         assert_eq!(v["t"], json!({"u": "]\\"}));
+    }
+
+    /// Fuzzing found `1.79769313486448643849e308` (beyond f64), and a review of the fuzz
+    /// targets a lone surrogate in a key, stored as observations that the rule engine's parser
+    /// had refused as not JSON.
+    #[test]
+    fn what_serde_json_refuses_is_refused() {
+        for payload in [
+            r#"{"state":{"reported":{"f":1.79769313486448643849e308}}}"#,
+            r#"{"a":[1,{"b":-1e999}]}"#,
+        ] {
+            let refused = build_record(payload.as_bytes(), "t", 1, None).expect_err(payload);
+            assert!(
+                refused.reason.contains("number out of range"),
+                "{}",
+                refused.reason
+            );
+        }
+        // And lone surrogates, in keys as in values (found by fuzzing too).
+        for payload in [
+            r#"{"\ud800":1}"#,
+            r#"{"a":{"b\udc00":1}}"#,
+            r#"{"a":"\ud800"}"#,
+        ] {
+            assert!(serde_json::from_str::<Value>(payload).is_err());
+            build_record(payload.as_bytes(), "t", 1, None).expect_err(payload);
+        }
+        // The largest f64, big integers and tiny numbers are fine.
+        for payload in [
+            r#"{"f":1.7976931348623157e308,"u":18446744073709551616,"t":1e-400}"#,
+            r#"{"i":-9223372036854775809}"#,
+        ] {
+            assert!(serde_json::from_str::<Value>(payload).is_ok());
+            build_record(payload.as_bytes(), "t", 1, None).expect(payload);
+        }
     }
 
     #[test]

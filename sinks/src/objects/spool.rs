@@ -77,6 +77,15 @@ pub struct SpoolHeader {
     pub compression: Compression,
 }
 
+/// The bytes a spool file starts with: the magic and the header's frame. Record frames
+/// ([`push_record`]) follow.
+pub fn preamble(header: &SpoolHeader) -> io::Result<Vec<u8>> {
+    let mut preamble = MAGIC.to_vec();
+    let json = serde_json::to_vec(header).map_err(io::Error::other)?;
+    push_frame(&mut preamble, &json);
+    Ok(preamble)
+}
+
 /// Appends the frame of one record in the given format `version` (a version-1 frame has no
 /// room for `id`, which is then dropped).
 pub fn push_record(buf: &mut Vec<u8>, version: u32, record: &[u8], id: Option<u64>) {
@@ -166,7 +175,7 @@ pub fn decode(data: &[u8]) -> Decoded {
     let Some(range) = frame(data, at) else {
         // A complete header frame with a bad CRC is corruption; an incomplete one is torn.
         return bad(if frames::is_complete(data, at, MAX_FRAME_BYTES) {
-            HeaderProblem::Corrupt("header frame CRC mismatch".into())
+            HeaderProblem::Corrupt("header frame CRC mismatch or empty".into())
         } else {
             HeaderProblem::Torn
         });
@@ -200,6 +209,7 @@ pub fn decode_records(
 ) -> (Vec<Range<usize>>, Vec<Option<u64>>, usize) {
     let mut records = Vec::new();
     let mut ids = Vec::new();
+    // An empty frame (zeros in a tail) ends this too: [`frames::frame`] refuses it.
     while let Some(range) = frame(data, at) {
         let (id, record) = if version == FORMAT_VERSION_1 {
             (None, range.clone())
@@ -361,9 +371,7 @@ impl SpoolFile {
     /// Creates `<dir>/<id>.spool` and frames its header (written at the first commit). The
     /// caller must make `dir` durable (`sync_dir`) before acking records in it.
     pub fn create(dir: &Path, id: &str, header: SpoolHeader) -> io::Result<Self> {
-        let mut preamble = MAGIC.to_vec();
-        let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
-        push_frame(&mut preamble, &json);
+        let preamble = preamble(&header)?;
         let file = FramedFile::create(dir.join(format!("{id}.{SPOOL_EXT}")), &preamble)?;
         Ok(Self {
             file,
@@ -514,6 +522,24 @@ mod tests {
         assert_eq!(d.valid_len, data.len());
     }
 
+    /// A crash can leave zeros in a file's tail (extended, never written); eight of them are a
+    /// well-formed empty frame. Found by fuzzing: a version-1 file read them back as empty
+    /// records that were never written.
+    #[test]
+    fn zeros_after_the_records_are_not_records() {
+        for version in [FORMAT_VERSION_1, FORMAT_VERSION] {
+            let records: [(&[u8], Option<u64>); 2] = [(b"{\"a\":1}", None), (b"{}", None)];
+            let data = file_bytes_v(version, &records);
+            let intact = data.len();
+            let mut zeroed = data.clone();
+            zeroed.extend_from_slice(&[0; 64]);
+            let d = decode(&zeroed);
+            assert_eq!(records_of(&zeroed, &d), [&b"{\"a\":1}"[..], b"{}"]);
+            assert_eq!(d.valid_len, intact, "version {version}");
+            assert!(d.has_bad_tail(zeroed.len()));
+        }
+    }
+
     #[test]
     fn version_1_files_are_read_without_ids() {
         // Byte for byte what version 1 wrote: plain record frames.
@@ -522,7 +548,7 @@ mod tests {
             &mut data,
             &serde_json::to_vec(&header_v(FORMAT_VERSION_1)).expect("json"),
         );
-        for r in [&b"{\"a\":1}"[..], b"", b"\x01abcdefgh"] {
+        for r in [&b"{\"a\":1}"[..], b"{}", b"\x01abcdefgh"] {
             push_frame(&mut data, r);
         }
         assert_eq!(
@@ -531,7 +557,7 @@ mod tests {
                 FORMAT_VERSION_1,
                 &[
                     (b"{\"a\":1}", Some(5)),
-                    (b"", None),
+                    (b"{}", None),
                     (b"\x01abcdefgh", None)
                 ]
             ),
@@ -541,7 +567,7 @@ mod tests {
         assert_eq!(d.header.as_ref().expect("header").version, 1);
         assert_eq!(
             records_of(&data, &d),
-            [&b"{\"a\":1}"[..], b"", b"\x01abcdefgh"]
+            [&b"{\"a\":1}"[..], b"{}", b"\x01abcdefgh"]
         );
         assert_eq!(d.ids, [None, None, None]);
         assert_eq!(d.valid_len, data.len());

@@ -133,6 +133,29 @@ fn a_crash_keeps_the_committed_prefix() {
     }
 }
 
+/// Zeros after the committed firings (what a crash can leave in a file's tail) are no
+/// firings: read as empty frames, each came back unfinished, could never be read, and kept its
+/// segment forever. Found by the `outbox_recovery` fuzz target.
+#[test]
+fn zeros_after_the_firings_are_not_firings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    let first = append(&mut log, 0);
+    log.commit().expect("commit");
+    drop(log);
+    let path = segment_path(dir.path(), first.segment);
+    let data = fs::read(&path).expect("read");
+    fs::write(&path, [&data[..], &[0; 4096]].concat()).expect("zeros");
+    let (mut log, found) = OutboxLog::open(dir.path(), 1 << 20).expect("open");
+    assert_eq!(locators(&found), [first]);
+    log.finish(&[first]).expect("finish");
+    assert_eq!(log.unfinished(), 0);
+    assert!(
+        !path.exists(),
+        "a segment with nothing left to send is removed"
+    );
+}
+
 #[test]
 fn torn_headers_are_removed_and_unreadable_segments_moved_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
