@@ -5,9 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use rule_engine::Directory;
 use serde_json::{Map, Value};
-use sinks::search::{
-    check_find_query, dialect, restrict_to_domain, FindError, SearchClient, SearchError,
-};
+use sinks::search::{prepare_find, FindError, SearchClient, SearchError};
 
 use super::error::FunctionError;
 use crate::auth::Caller;
@@ -32,7 +30,7 @@ impl ObservationApi {
         payload: &Map<String, Value>,
     ) -> Result<Value, FunctionError> {
         let refused = |e: FindError| FunctionError::keyed_on(e.key, e.property, e.message);
-        let (domain_path, query) = {
+        let body = {
             let directory = match self.directory.read() {
                 Ok(d) => d,
                 Err(poisoned) => poisoned.into_inner(),
@@ -46,21 +44,9 @@ impl ObservationApi {
                     Err(FindError::not_authorized_domain(id))
                 }
             };
-            let query = payload
-                .get("query")
-                .cloned()
-                .map(|q| dialect::translate(q, &lookup))
-                .transpose()
-                .map_err(refused)?;
-            (domains.path(&caller.domain).join("/"), query)
+            let caller_path = domains.path(&caller.domain).join("/");
+            prepare_find(payload, &caller_path, &lookup).map_err(refused)?
         };
-        let mut checked = payload.clone();
-        if let Some(query) = &query {
-            checked.insert("query".to_owned(), query.clone());
-        }
-        check_find_query(&Value::Object(checked)).map_err(refused)?;
-        let query = query.unwrap_or(Value::Null);
-        let body = restrict_to_domain(query, &domain_path);
         match self.client.search(body).await {
             Ok(output) => Ok(output),
             Err(SearchError::BadQuery(reason)) => Err(FunctionError::invalid_arguments(

@@ -9,6 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::config::defaults;
+use super::dialect;
 
 /// `messageKey` of a missing property (spec 1.2).
 pub const PROPERTY_REQUIRED: &str = "PROPERTY_REQUIRED";
@@ -53,6 +54,31 @@ impl FindError {
             message: format!("not authorized for domain {domain}"),
         }
     }
+}
+
+/// FIND's pure part as the binary runs it on `{"action": "FIND", "query": {...}}`: the query
+/// translated from the spec's dialect ([`dialect::translate`], with `domain_path` answering its
+/// `domains` lookups), checked ([`check_find_query`]) and restricted to the caller's domain
+/// subtree at `caller_path` ([`restrict_to_domain`]). The result is the search body to send.
+/// One function so that the fuzz target (`fuzz/`) checks exactly what the service sends.
+pub fn prepare_find(
+    payload: &Map<String, Value>,
+    caller_path: &str,
+    domain_path: &dyn Fn(&str) -> Result<String, FindError>,
+) -> Result<Value, FindError> {
+    let query = payload
+        .get("query")
+        .cloned()
+        .map(|q| dialect::translate(q, domain_path))
+        .transpose()?;
+    // The checks read nothing but `query`.
+    let checked = json!({ "query": query });
+    check_find_query(&checked)?;
+    let query = match checked {
+        Value::Object(mut map) => map.remove("query").unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Ok(restrict_to_domain(query, caller_path))
 }
 
 /// Checks a FIND payload against spec 5.1.1.1, for searches on the default alias

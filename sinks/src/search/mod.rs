@@ -34,8 +34,8 @@ pub use client::SearchClient;
 pub use config::SearchConfig;
 pub use error::{Full, SearchError};
 pub use find::{
-    check_find_query, check_find_query_for, restrict_to_domain, FindError, INVALID_ARGUMENTS,
-    PROPERTY_REQUIRED,
+    check_find_query, check_find_query_for, prepare_find, restrict_to_domain, FindError,
+    INVALID_ARGUMENTS, PROPERTY_REQUIRED,
 };
 pub use follower::{Follower, FollowerStats};
 pub use indexer::{
