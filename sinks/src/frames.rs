@@ -79,11 +79,24 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> io::Result<Vec<PathBuf>> {
 pub const FAILED_DIR: &str = "failed";
 
 /// Moves a file to `<its dir>/failed/`, keeping its name, durably; returns the new path.
+///
+/// A name already taken there gets a `.1`, `.2`... suffix: ids restart (an outbox's next
+/// segment is 1 again once every segment is gone), and a second unreadable file of the same
+/// name must not replace the first, which an operator may not have looked at yet.
 pub fn move_to_failed(path: &Path) -> io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let failed = dir.join(FAILED_DIR);
     std::fs::create_dir_all(&failed)?;
-    let to = failed.join(path.file_name().unwrap_or_default());
+    let name = path.file_name().unwrap_or_default();
+    let mut to = failed.join(name);
+    let mut suffix = 0u32;
+    // One process owns the directory, so nothing takes the name between the check and the move.
+    while to.try_exists()? {
+        suffix += 1;
+        let mut taken = name.to_owned();
+        taken.push(format!(".{suffix}"));
+        to = failed.join(taken);
+    }
     std::fs::rename(path, &to)?;
     sync_dir(&failed)?;
     sync_dir(dir)?;
@@ -268,6 +281,32 @@ mod tests {
         assert_eq!(&buf[frame(&buf, 0, 100).expect("first")], b"one");
         assert!(frame(&buf, intact, 100).is_none());
         assert!(frame(&[0; FRAME_OVERHEAD], 0, 100).is_none());
+    }
+
+    /// Outbox segment ids restart at 1 once every segment is gone, so a second unreadable
+    /// `1.seg` must not replace the first in `failed/`.
+    #[test]
+    fn a_name_taken_in_failed_gets_a_suffix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("1.seg");
+        let mut moved = Vec::new();
+        for content in ["first", "second", "third"] {
+            std::fs::write(&path, content).expect("write");
+            moved.push(move_to_failed(&path).expect("move"));
+        }
+        let failed = dir.path().join(FAILED_DIR);
+        assert_eq!(
+            moved,
+            [
+                failed.join("1.seg"),
+                failed.join("1.seg.1"),
+                failed.join("1.seg.2")
+            ]
+        );
+        for (to, content) in moved.iter().zip(["first", "second", "third"]) {
+            assert_eq!(std::fs::read_to_string(to).expect("read"), content);
+        }
+        assert!(!path.exists());
     }
 
     #[test]
