@@ -94,21 +94,13 @@ if ! command -v mosquitto >/dev/null || ! weed_on_path; then
 fi
 
 # --- cleanup: every process started here, by pid --------------------------------------------
+# shellcheck source=benches/lib/common.sh
+source "$ROOT/benches/lib/common.sh"
 PIDS=()
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-e2e.XXXXXX")
 cleanup() {
     local rc=$?
-    for pid in "${PIDS[@]}"; do
-        # PostgreSQL: SIGINT is its fast shutdown (SIGTERM would wait for its clients); a SIGKILL
-        # of the postmaster would leave its backends behind.
-        if [[ $pid == "${PG_PID:-}" ]]; then kill -INT "$pid" 2>/dev/null || true; continue; fi
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_started
     if [[ $rc -ne 0 ]]; then
         for f in mosquitto.log weed.log postgres.log ccstream.log ccstream-{1..99}.log; do
             [[ -f $TMP/$f ]] && { echo "--- tail $TMP/$f ---" >&2; tail -n 30 "$TMP/$f" >&2; }
@@ -147,24 +139,7 @@ WEED=$(weed_bin)
 # --- free ports: below 55000, each with port+10000 free too (SeaweedFS gRPC; TESTING.md) -----
 # PG_PORT and the API ports of replicas 2.. (MORE_API_PORTS) are picked with the others.
 read -r S3_PORT MASTER_PORT VOLUME_PORT FILER_PORT MQTT_PORT API_PORT HOOK_PORT REDIS_PORT PG_PORT \
-    MORE_API_PORTS < <(python3 - "$((8 + REPLICAS))" <<'EOF'
-import random, socket, sys
-def free(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-ports = []
-while len(ports) < int(sys.argv[1]):
-    p = random.randrange(20000, 44990)
-    if all(abs(p - q) > 1 for q in ports) and free(p) and free(p + 10000):
-        ports.append(p)
-print(*ports)
-EOF
-)
+    MORE_API_PORTS < <(free_ports "$((8 + REPLICAS))" 10000)
 # shellcheck disable=SC2206 # space-separated numbers
 API_PORTS=("$API_PORT" $MORE_API_PORTS)
 
@@ -216,37 +191,11 @@ redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
 fi
 
 # --- PostgreSQL (REPLICAS > 1): the replicas' shared rule store ------------------------------
-# A server of its own (initdb in $TMP, a free port, TCP on loopback only, trust authentication),
-# never the machine's cluster. initdb and postgres refuse to run as root: as root they run as
-# the `postgres` user (setpriv execs, so $! is the postmaster's pid).
+# A server of its own (benches/lib/common.sh), never the machine's cluster.
 TOPIC_ARGS=()
 STORE_URL=
 if [[ $REPLICAS -gt 1 ]]; then
-    PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
-    [[ -x $PG_BIN/initdb && -x $PG_BIN/postgres ]] ||
-        die "PostgreSQL server binaries not found (apt-get install postgresql, or set PG_BIN)"
-    AS_PG=()
-    mkdir -p "$TMP/pg"
-    if [[ $(id -u) == 0 ]]; then
-        AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
-        chmod 711 "$TMP" # the postgres user passes through to its own directory
-        chown postgres: "$TMP/pg"
-    fi
-    "${AS_PG[@]}" "$PG_BIN/initdb" -D "$TMP/pg/data" -U postgres -A trust -E UTF8 --locale=C \
-        --no-sync >"$TMP/initdb.log" 2>&1 || die "initdb failed: $(tail -n 20 "$TMP/initdb.log")"
-    "${AS_PG[@]}" "$PG_BIN/postgres" -D "$TMP/pg/data" -p "$PG_PORT" \
-        -c listen_addresses=127.0.0.1 -c unix_socket_directories= >"$TMP/postgres.log" 2>&1 &
-    PG_PID=$!; PIDS+=("$PG_PID")
-    for i in $(seq 300); do
-        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
-        kill -0 "$PG_PID" 2>/dev/null || die "postgres exited"
-        [[ $i == 300 ]] && die "postgres not ready within 30 s"
-        sleep 0.1
-    done
-    "$PG_BIN/psql" -w -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-        -c "CREATE DATABASE ccstream" || die "could not create the database"
-    STORE_URL=postgres://postgres@127.0.0.1:$PG_PORT/ccstream
-    log "postgres on $PG_PORT (pid $PG_PID, $("$PG_BIN/postgres" --version))"
+    start_postgres
     # What the replicas share (ccstream subscribes to $share/e2e/thing-update/#), for every run.
     TOPIC_ARGS=(--topic-template "thing-update/{thing}")
 fi

@@ -88,6 +88,19 @@ fn describe() {
         "ccstream_rules_generation",
         "Rule store generation of the rules in force (replicas that agree on it have the same rules)"
     );
+    metrics::describe_histogram!(
+        "ccstream_rules_index_update_seconds",
+        metrics::Unit::Seconds,
+        "Time to apply one batch of rule changes to a copy of the rule index"
+    );
+    metrics::describe_counter!(
+        "ccstream_rules_drift_repaired_total",
+        "Periodic full reloads that found rules the changes since a generation had not shown (written by an earlier version during a rolling upgrade?)"
+    );
+    metrics::describe_counter!(
+        "ccstream_rules_changes_applied_total",
+        "Rule writes and removals applied incrementally (read as changes since a generation)"
+    );
     metrics::describe_counter!(
         "ccstream_redis_round_trips_total",
         "Round trips to Redis deciding a batch's threshold steps (engine.state = \"redis\")"

@@ -9,12 +9,12 @@
 //! match. Short keys are stored inline (`InlineStr`): with 100,000 things and 10,000 rules the
 //! cost of an observation is mostly cache misses, and each pointer not followed is one less.
 //!
-//! Updates: [`RuleIndex::upsert`] and [`RuleIndex::remove`] rebuild the layout of the one thing
-//! type concerned, in time proportional to its rules. A binary that evaluates on other threads
+//! Updates: [`RuleIndex::apply`] (and [`RuleIndex::upsert`], [`RuleIndex::remove`]) rebuild the
+//! layout of the thing types concerned, in time proportional to their rules. A binary that evaluates on other threads
 //! keeps the index in an `Arc`, applies the change to a clone (cheap: entries share `Arc`s) or
 //! rebuilds with [`RuleIndex::from_rules`], and swaps the `Arc`; evaluation never waits on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::compare::Operand;
@@ -230,7 +230,8 @@ impl TypeRules {
 /// All rules by id, and the enabled ones indexed for evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
-    rules: HashMap<String, Arc<CompiledRule>>,
+    /// Keyed by the rule's own id `Arc`, so that cloning the index copies no string.
+    rules: HashMap<Arc<str>, Arc<CompiledRule>>,
     /// Shared so that cloning the index (to change a copy and swap it in) copies pointers, not
     /// entries.
     by_type: HashMap<Key, Arc<TypeRules>>,
@@ -243,69 +244,98 @@ impl RuleIndex {
 
     /// Builds the index; a later rule with the same id replaces an earlier one.
     pub fn from_rules(rules: impl IntoIterator<Item = Rule>) -> Self {
-        let mut all: HashMap<String, Arc<CompiledRule>> = HashMap::new();
-        for rule in rules {
-            all.insert(rule.id.clone(), Arc::new(CompiledRule::new(rule)));
+        let mut index = RuleIndex::default();
+        index.apply(rules, std::iter::empty::<&str>());
+        index
+    }
+
+    /// Applies a batch of changes: the ids in `removed` go, then each rule in `written` is added
+    /// or replaces the rule with its id (a later one replaces an earlier one). Each thing type
+    /// concerned is laid out again once, in time proportional to its rules; the other types
+    /// and every unchanged rule keep their `Arc`s.
+    pub fn apply<S: AsRef<str>>(
+        &mut self,
+        written: impl IntoIterator<Item = Rule>,
+        removed: impl IntoIterator<Item = S>,
+    ) {
+        let mut touched: HashSet<String> = HashSet::new();
+        for id in removed {
+            if let Some(old) = self.rules.remove(id.as_ref()) {
+                touched.insert(old.rule.filter.thing_type.as_str().to_owned());
+            }
         }
-        let mut grouped: HashMap<&str, Vec<Arc<CompiledRule>>> = HashMap::new();
-        for rule in all.values().filter(|r| r.rule.enabled) {
-            grouped
-                .entry(rule.rule.filter.thing_type.as_str())
-                .or_default()
-                .push(Arc::clone(rule));
+        let mut fresh = Vec::new();
+        for rule in written {
+            let compiled = Arc::new(CompiledRule::new(rule));
+            if let Some(old) = self
+                .rules
+                .insert(Arc::clone(&compiled.id), Arc::clone(&compiled))
+            {
+                touched.insert(old.rule.filter.thing_type.as_str().to_owned());
+            }
+            touched.insert(compiled.rule.filter.thing_type.as_str().to_owned());
+            fresh.push(compiled);
         }
-        let by_type = grouped
+        // Per type concerned: its entries whose rule is still the current one, then the new.
+        let mut laid_out: HashMap<String, Vec<Arc<CompiledRule>>> = touched
             .into_iter()
-            .map(|(t, rules)| (Key::new(t), Arc::new(TypeRules::build(rules))))
+            .map(|thing_type| {
+                let kept = self
+                    .by_type
+                    .get(thing_type.as_bytes())
+                    .map(|t| t.rules().filter(|r| self.is_current(r)).cloned().collect())
+                    .unwrap_or_default();
+                (thing_type, kept)
+            })
             .collect();
-        RuleIndex {
-            rules: all,
-            by_type,
+        for compiled in fresh {
+            if compiled.rule.enabled && self.is_current(&compiled) {
+                if let Some(rules) = laid_out.get_mut(compiled.rule.filter.thing_type.as_str()) {
+                    rules.push(compiled);
+                }
+            }
         }
+        for (thing_type, rules) in laid_out {
+            if rules.is_empty() {
+                self.by_type.remove(thing_type.as_bytes());
+            } else {
+                self.by_type
+                    .insert(Key::new(&thing_type), Arc::new(TypeRules::build(rules)));
+            }
+        }
+    }
+
+    /// Whether `rule` is the one the index holds under its id (not replaced, not removed).
+    fn is_current(&self, rule: &Arc<CompiledRule>) -> bool {
+        self.rules
+            .get(rule.id.as_ref())
+            .is_some_and(|c| Arc::ptr_eq(c, rule))
     }
 
     /// Adds or replaces a rule (by id); returns the rule it replaced. Costs a rebuild of the
     /// rule's thing type (proportional to that type's rules).
     pub fn upsert(&mut self, rule: Rule) -> Option<Rule> {
-        let previous = self.remove(&rule.id);
-        let compiled = Arc::new(CompiledRule::new(rule));
-        if compiled.rule.enabled {
-            let thing_type = compiled.rule.filter.thing_type.as_str();
-            let mut rules: Vec<Arc<CompiledRule>> = self
-                .by_type
-                .get(thing_type.as_bytes())
-                .map(|t| t.rules().cloned().collect())
-                .unwrap_or_default();
-            rules.push(Arc::clone(&compiled));
-            self.by_type
-                .insert(Key::new(thing_type), Arc::new(TypeRules::build(rules)));
-        }
-        self.rules.insert(compiled.rule.id.clone(), compiled);
+        let previous = self.get(&rule.id).cloned();
+        self.apply([rule], std::iter::empty::<&str>());
         previous
     }
 
     /// Removes a rule; returns it if it was there.
     pub fn remove(&mut self, id: &str) -> Option<Rule> {
-        let compiled = self.rules.remove(id)?;
-        let thing_type = compiled.rule.filter.thing_type.as_str();
-        if let Some(type_rules) = self.by_type.get(thing_type.as_bytes()) {
-            let rest: Vec<Arc<CompiledRule>> = type_rules
-                .rules()
-                .filter(|r| !Arc::ptr_eq(r, &compiled))
-                .cloned()
-                .collect();
-            if rest.is_empty() {
-                self.by_type.remove(thing_type.as_bytes());
-            } else if rest.len() < type_rules.entries.len() {
-                self.by_type
-                    .insert(Key::new(thing_type), Arc::new(TypeRules::build(rest)));
-            }
+        let previous = self.get(id).cloned();
+        if previous.is_some() {
+            self.apply([], [id]);
         }
-        Some(Arc::unwrap_or_clone(compiled).rule)
+        previous
     }
 
     pub fn get(&self, id: &str) -> Option<&Rule> {
         self.rules.get(id).map(|c| &c.rule)
+    }
+
+    /// One rule as compiled (see [`Self::compiled`]).
+    pub fn compiled_rule(&self, id: &str) -> Option<&Arc<CompiledRule>> {
+        self.rules.get(id)
     }
 
     /// Every rule, enabled or not, in no particular order.
@@ -403,6 +433,113 @@ mod tests {
         assert!(index.remove("a").is_some());
         assert!(index.remove("a").is_none());
         assert!(index.is_empty());
+    }
+
+    /// Every rule's place in the layout: (thing type, sub type, resource, id), sorted.
+    fn layout(index: &RuleIndex) -> Vec<(String, Option<String>, String, String)> {
+        let mut out: Vec<_> = index
+            .by_type
+            .iter()
+            .flat_map(|(t, rules)| {
+                rules.rules().map(move |r| {
+                    (
+                        t.as_str().to_owned(),
+                        r.sub_type.clone(),
+                        r.resource.clone(),
+                        r.id.to_string(),
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_batch_lays_out_only_the_types_it_touches() {
+        let mut index = RuleIndex::from_rules([
+            rule("a", "Pump", "temp", true),
+            rule("b", "Fan", "rpm", true),
+            rule("c", "Valve", "open", true),
+        ]);
+        let before = index.clone();
+        // `a` moves to Fan, `c` goes, `d` comes twice (the later one counts).
+        index.apply(
+            [
+                rule("a", "Fan", "x.rpm", true),
+                rule("d", "Pump", "temp", true),
+                rule("d", "Pump", "pressure", true),
+            ],
+            ["c", "missing"],
+        );
+        assert_eq!(
+            layout(&index),
+            layout(&RuleIndex::from_rules([
+                rule("a", "Fan", "x.rpm", true),
+                rule("b", "Fan", "rpm", true),
+                rule("d", "Pump", "pressure", true),
+            ]))
+        );
+        assert!(index.for_type("Valve").is_none());
+        // The copy the batch was applied to shares nothing it changed with the original.
+        assert_eq!(before.len(), 3);
+        assert_eq!(
+            ids(before.for_type("Valve").unwrap().thing().get("open")),
+            ["c"]
+        );
+        // An untouched type keeps its layout (`Arc`), and unchanged rules their `Arc`s.
+        let mut more = index.clone();
+        more.apply(
+            [rule("e", "Door", "open", true)],
+            std::iter::empty::<&str>(),
+        );
+        assert!(Arc::ptr_eq(
+            &index.by_type[b"Fan".as_slice()],
+            &more.by_type[b"Fan".as_slice()]
+        ));
+        assert!(Arc::ptr_eq(&index.rules["b"], &more.rules["b"]));
+    }
+
+    proptest::proptest! {
+        /// Batches of writes and removals applied one after another leave the same index as a
+        /// build from the rules that remain.
+        #[test]
+        fn batches_match_a_full_build(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0..12u8, 0..4u8, 0..3u8, proptest::bool::ANY, proptest::bool::ANY), 0..8),
+                1..8,
+            )
+        ) {
+            let types = ["Pump", "Fan", "Valve", "Door"];
+            let resources = ["temp", "rpm", "x.temp"];
+            let mut index = RuleIndex::new();
+            let mut model: std::collections::BTreeMap<String, Rule> = Default::default();
+            for batch in batches {
+                let mut written = Vec::new();
+                let mut removed = Vec::new();
+                for (id, t, r, enabled, remove) in batch {
+                    let id = format!("r{id}");
+                    if remove {
+                        removed.push(id);
+                    } else {
+                        written.push(rule(&id, types[t as usize], resources[r as usize], enabled));
+                    }
+                }
+                for id in &removed {
+                    model.remove(id);
+                }
+                for r in &written {
+                    model.insert(r.id.clone(), r.clone());
+                }
+                index.apply(written, &removed);
+                let full = RuleIndex::from_rules(model.values().cloned());
+                proptest::prop_assert_eq!(layout(&index), layout(&full));
+                proptest::prop_assert_eq!(index.len(), model.len());
+                for (id, r) in &model {
+                    proptest::prop_assert_eq!(index.get(id), Some(r));
+                }
+            }
+        }
     }
 
     #[test]

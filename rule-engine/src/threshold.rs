@@ -327,7 +327,16 @@ impl ThresholdState {
     /// Drops every key of a removed (or changed) rule; returns how many. Call it on every rule
     /// update too: a run counted under the old expression says nothing about the new one.
     pub fn forget_rule(&mut self, rule: &str) -> usize {
-        self.retain(|slot| &*slot.rule != rule)
+        self.forget_rules(|r| r == rule)
+    }
+
+    /// Drops every key of the rules for which `gone` says so, in one pass over the state
+    /// however many rules a batch of changes names; returns how many keys.
+    pub fn forget_rules(&mut self, gone: impl Fn(&str) -> bool) -> usize {
+        if self.keys == 0 {
+            return 0;
+        }
+        self.retain(|slot| !gone(&slot.rule))
     }
 
     /// Drops every key of a removed thing; returns how many.

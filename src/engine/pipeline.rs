@@ -21,7 +21,7 @@
 //! await. Firings are handed to the webhook outbox, which makes this loop wait only when it is
 //! full: a slow receiver stalls ingest only once the outbox's disk bound is reached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -727,12 +727,31 @@ impl Stages {
 
 /// Drops the local threshold state of rules that were removed or changed: a changed expression
 /// or threshold starts counting afresh. (In Redis, a changed rule's keys change with it; see
-/// [`super::redis_state`].)
+/// [`super::redis_state`].) When `new` was made from `old` by a batch of changes, only the rules
+/// in the batch are compared; otherwise (a full load, or sets published in between) all of them.
 fn forget_changed_rules(state: &mut ThresholdState, old: &RuleSet, new: &RuleSet) {
-    for rule in old.index.rules() {
-        if new.index.get(&rule.id) != Some(rule) {
-            state.forget_rule(&rule.id);
-        }
+    let changed = |id: &str| {
+        old.index.compiled_rule(id).is_some_and(|was| {
+            !new.index
+                .compiled_rule(id)
+                .is_some_and(|now| Arc::ptr_eq(now, was) || now.rule() == was.rule())
+        })
+    };
+    let gone: HashSet<&str> = match &new.changed_since {
+        Some((from, ids)) if *from == old.generation => ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| changed(id))
+            .collect(),
+        _ => old
+            .index
+            .compiled()
+            .map(|r| &**r.id())
+            .filter(|id| changed(id))
+            .collect(),
+    };
+    if !gone.is_empty() {
+        state.forget_rules(|rule| gone.contains(rule));
     }
 }
 
@@ -768,6 +787,61 @@ fn record_or_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn counting_rule(id: &str, value: i64) -> rule_engine::Rule {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": id, "enabled": true,
+            "filter": {"domain": "root", "thingType": "Pump"},
+            "expression": {"operator": "gt", "resource": "temp", "value": value},
+            "threshold": {"count": 3},
+            "actions": []
+        }))
+        .expect("valid rule")
+    }
+
+    /// A threshold state with one run in progress for each rule of `set`, on thing `t1`.
+    fn runs_of(set: &RuleSet) -> ThresholdState {
+        let mut state = ThresholdState::new();
+        for rule in set.index.compiled() {
+            let path = rule_engine::threshold::ResourcePath::thing("temp");
+            state.on_match(rule.id(), rule.throttle(), "t1", path, 0);
+        }
+        state
+    }
+
+    fn rules_with_runs(state: &ThresholdState) -> Vec<String> {
+        let mut rules: Vec<String> = state.export().into_iter().map(|k| k.rule).collect();
+        rules.sort();
+        rules
+    }
+
+    #[test]
+    fn a_batch_of_changes_forgets_the_runs_of_the_rules_it_changed() {
+        let old = RuleSet::new(
+            rule_engine::RuleIndex::from_rules(["a", "b", "c", "d"].map(|id| counting_rule(id, 1))),
+            5,
+        );
+        // `a` changes, `b` goes, `c` is written again as it was, `d` is untouched.
+        let new = old.with_changes(
+            6,
+            vec![counting_rule("a", 2), counting_rule("c", 1)],
+            vec!["b".to_owned()],
+        );
+        let mut state = runs_of(&old);
+        forget_changed_rules(&mut state, &old, &new);
+        assert_eq!(rules_with_runs(&state), ["c", "d"]);
+
+        // A set that was not made from `old` (sets published in between, a full load): every
+        // rule is compared, with the same outcome.
+        let reloaded = RuleSet::new(new.index.clone(), 6);
+        let mut state = runs_of(&old);
+        forget_changed_rules(&mut state, &old, &reloaded);
+        assert_eq!(rules_with_runs(&state), ["c", "d"]);
+        let skipped = new.with_changes(7, vec![], vec!["d".to_owned()]);
+        let mut state = runs_of(&old);
+        forget_changed_rules(&mut state, &old, &skipped);
+        assert_eq!(rules_with_runs(&state), ["c"]);
+    }
 
     #[test]
     fn one_evaluation_in_sixty_four_is_timed() {

@@ -36,6 +36,10 @@ const RULE_ID_SEQUENCE: &str = "rule";
 /// Counter row bumped with every rule write (seeded by the second migration).
 const RULES_GENERATION: &str = "rules_generation";
 
+/// Counter row holding the highest generation among pruned `rule_removals` rows (seeded by the
+/// fifth migration): changes since an older generation can no longer be told.
+const RULE_REMOVALS_HORIZON: &str = "rule_removals_horizon";
+
 /// How long an SQLite writer waits for another one to finish before giving up with
 /// SQLITE_BUSY. Writes here are single short statements, so a wait this long only happens when
 /// something is badly wrong.
@@ -87,6 +91,20 @@ pub enum StoreError {
 pub struct Versioned {
     pub rule: Rule,
     pub version: i64,
+}
+
+/// What [`RuleStore::changes_since`] found.
+#[derive(Debug)]
+pub enum RuleChanges {
+    /// The store at `generation`: the rules written after the generation asked for (as they are
+    /// now) and the ids removed after it. An id is in at most one of the two.
+    Since {
+        generation: i64,
+        written: Vec<Versioned>,
+        removed: Vec<String>,
+    },
+    /// Removals after the generation asked for have been pruned: read every rule instead.
+    TooOld,
 }
 
 /// Handle on the rule database. Cloning is cheap and shares one connection pool, so every part
@@ -214,6 +232,35 @@ fn decode(row: &AnyRow) -> Result<Versioned, StoreError> {
     }
 }
 
+/// Decodes `SELECT id, doc, version` rows; the ids of rows whose document no longer parses are
+/// returned apart, counted and logged (e.g. an operator this version does not know, written by
+/// hand or by another version: the rule is not evaluated, and that is visible).
+fn decode_readable(rows: &[AnyRow]) -> Result<(Vec<Versioned>, Vec<String>), StoreError> {
+    let mut rules = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        match decode(row) {
+            Ok(rule) => rules.push(rule),
+            Err(StoreError::Corrupt { id, source }) => {
+                metrics::counter!("ccstream_store_unreadable_rules_total").increment(1);
+                tracing::warn!(rule = %id, error = %source, "skipping unreadable stored rule");
+                unreadable.push(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((rules, unreadable))
+}
+
+/// The value of an `id_sequences` counter row (0 when the row is missing).
+async fn counter(conn: &mut sqlx::AnyConnection, name: &str) -> Result<i64, StoreError> {
+    let value: Option<i64> = sqlx::query_scalar("SELECT value FROM id_sequences WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(value.unwrap_or(0))
+}
+
 impl RuleStore {
     /// Opens the store named by `url` and brings its schema up to date, so that a fresh SQLite
     /// file or an empty PostgreSQL database is ready for use without a separate setup step.
@@ -310,23 +357,31 @@ impl RuleStore {
     pub async fn insert(&self, rule: &Rule) -> Result<Versioned, StoreError> {
         let doc = encode(rule)?;
         let mut tx = self.pool.begin().await?;
+        let generation = self.bump_generation(&mut tx).await?;
         let result = sqlx::query(
-            "INSERT INTO rules (id, domain, doc, version, updated_at) VALUES ($1, $2, $3, 1, $4)",
+            "INSERT INTO rules (id, domain, doc, version, updated_at, generation) \
+             VALUES ($1, $2, $3, 1, $4, $5)",
         )
         .bind(&rule.id)
         .bind(&rule.filter.domain)
         .bind(doc)
         .bind(now_ms())
+        .bind(generation)
         .execute(&mut *tx)
         .await;
         match result {
             Ok(_) => {}
+            // Dropping `tx` rolls the generation back too.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::AlreadyExists(rule.id.clone()))
             }
             Err(e) => return Err(e.into()),
         }
-        self.bump_generation(&mut tx).await?;
+        // A re-created id is a write, no longer a removal.
+        sqlx::query("DELETE FROM rule_removals WHERE id = $1")
+            .bind(&rule.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Versioned {
             rule: rule.clone(),
@@ -353,21 +408,90 @@ impl RuleStore {
         let rows = sqlx::query("SELECT id, doc, version FROM rules")
             .fetch_all(&self.pool)
             .await?;
-        let mut rules = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match decode(row) {
-                Ok(rule) => rules.push(rule),
-                Err(StoreError::Corrupt { id, source }) => {
-                    // E.g. an operator this version does not know, written by hand or by
-                    // another version: the rule is not evaluated, and that is visible.
-                    metrics::counter!("ccstream_store_unreadable_rules_total").increment(1);
-                    tracing::warn!(rule = %id, error = %source, "skipping unreadable stored rule");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (mut rules, _) = decode_readable(&rows)?;
         rules.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
         Ok(rules)
+    }
+
+    /// Every rule (as [`Self::list`]) and the generation they are at, read from one snapshot.
+    pub async fn list_with_generation(&self) -> Result<(i64, Vec<Versioned>), StoreError> {
+        let mut tx = self.read_snapshot().await?;
+        let generation = counter(&mut tx, RULES_GENERATION).await?;
+        let rows = sqlx::query("SELECT id, doc, version FROM rules")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let (mut rules, _) = decode_readable(&rows)?;
+        rules.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
+        Ok((generation, rules))
+    }
+
+    /// What changed after `generation`, read from one snapshot: the rules written since (as they
+    /// are now) and the ids removed since, or [`RuleChanges::TooOld`] when removals that old have
+    /// been pruned ([`Self::prune_removals`]). A row that no longer parses counts as removed, as
+    /// [`Self::list`] skips it.
+    pub async fn changes_since(&self, generation: i64) -> Result<RuleChanges, StoreError> {
+        let mut tx = self.read_snapshot().await?;
+        let current = counter(&mut tx, RULES_GENERATION).await?;
+        if generation < counter(&mut tx, RULE_REMOVALS_HORIZON).await? {
+            return Ok(RuleChanges::TooOld);
+        }
+        let rows = sqlx::query("SELECT id, doc, version FROM rules WHERE generation > $1")
+            .bind(generation)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut removed: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM rule_removals WHERE generation > $1")
+                .bind(generation)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let (written, unreadable) = decode_readable(&rows)?;
+        removed.extend(unreadable);
+        Ok(RuleChanges::Since {
+            generation: current,
+            written,
+            removed,
+        })
+    }
+
+    /// Forgets the removals recorded more than `age` ago, so that `rule_removals` stays small,
+    /// and returns how many. A replica whose index predates a forgotten removal then reads every
+    /// rule ([`RuleChanges::TooOld`]); with replicas polling every few seconds, none is that old.
+    pub async fn prune_removals(&self, age: Duration) -> Result<u64, StoreError> {
+        let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        let mut tx = self.pool.begin().await?;
+        // The horizon first (a write: SQLite takes its lock before reading), never lowered.
+        sqlx::query(
+            "UPDATE id_sequences SET value = COALESCE((SELECT MAX(generation) \
+             FROM rule_removals WHERE removed_at < $2 AND generation > id_sequences.value), \
+             value) WHERE name = $1",
+        )
+        .bind(RULE_REMOVALS_HORIZON)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "DELETE FROM rule_removals \
+             WHERE generation <= (SELECT value FROM id_sequences WHERE name = $1)",
+        )
+        .bind(RULE_REMOVALS_HORIZON)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A transaction whose reads all see one snapshot: SQLite's deferred transaction does (in
+    /// WAL mode, from its first read); PostgreSQL's default takes a snapshot per statement.
+    async fn read_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.engine == Engine::Postgres {
+            (&mut *tx)
+                .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Replaces the rule with `rule.id` if its row is still at `expected_version` and returns
@@ -381,13 +505,15 @@ impl RuleStore {
     ) -> Result<Versioned, StoreError> {
         let doc = encode(rule)?;
         let mut tx = self.pool.begin().await?;
+        let generation = self.bump_generation(&mut tx).await?;
         let version: Option<i64> = sqlx::query_scalar(
-            "UPDATE rules SET domain = $1, doc = $2, version = version + 1, updated_at = $3 \
-             WHERE id = $4 AND version = $5 RETURNING version",
+            "UPDATE rules SET domain = $1, doc = $2, version = version + 1, updated_at = $3, \
+             generation = $4 WHERE id = $5 AND version = $6 RETURNING version",
         )
         .bind(&rule.filter.domain)
         .bind(doc)
         .bind(now_ms())
+        .bind(generation)
         .bind(&rule.id)
         .bind(expected_version)
         .fetch_optional(&mut *tx)
@@ -395,7 +521,6 @@ impl RuleStore {
         let Some(version) = version else {
             return Err(StoreError::Conflict(rule.id.clone()));
         };
-        self.bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(Versioned {
             rule: rule.clone(),
@@ -412,6 +537,7 @@ impl RuleStore {
         expected_version: Option<i64>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let generation = self.bump_generation(&mut tx).await?;
         let done = match expected_version {
             None => {
                 sqlx::query("DELETE FROM rules WHERE id = $1")
@@ -428,10 +554,20 @@ impl RuleStore {
             }
         };
         if done.rows_affected() > 0 {
-            self.bump_generation(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO rule_removals (id, generation, removed_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, \
+                 removed_at = excluded.removed_at",
+            )
+            .bind(id)
+            .bind(generation)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(true);
         }
+        // Nothing removed: dropping `tx` rolls the generation back.
         drop(tx);
         if expected_version.is_none() {
             return Ok(false);
@@ -452,12 +588,8 @@ impl RuleStore {
     /// A number that every rule write increases, on every replica sharing the database: the
     /// engine compares it with the one its index was built from to know when to reload.
     pub async fn rules_generation(&self) -> Result<i64, StoreError> {
-        let value: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM id_sequences WHERE name = $1")
-                .bind(RULES_GENERATION)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(value.unwrap_or(0))
+        let mut conn = self.pool.acquire().await?;
+        counter(&mut conn, RULES_GENERATION).await
     }
 
     /// A round trip to the database, for `/readyz`: the service is not ready while it cannot
@@ -467,16 +599,24 @@ impl RuleStore {
         Ok(())
     }
 
-    /// Bumps the rule generation in `tx`; on PostgreSQL also announces it to every replica's
-    /// listener ([`notify`]), delivered when `tx` commits.
+    /// Bumps the rule generation in `tx` and returns the new one; on PostgreSQL also announces
+    /// it to every replica's listener ([`notify`]), delivered when `tx` commits.
+    ///
+    /// Every rule write does this first: the counter row's lock then orders the writes, so
+    /// that generations commit in their order (a reader that sees generation `g` sees every
+    /// write up to `g`), and SQLite takes its write lock before the transaction reads anything.
     async fn bump_generation(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE id_sequences SET value = value + 1 WHERE name = $1")
-            .bind(RULES_GENERATION)
-            .execute(&mut **tx)
-            .await?;
+    ) -> Result<i64, StoreError> {
+        let generation: Option<i64> = sqlx::query_scalar(
+            "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
+        )
+        .bind(RULES_GENERATION)
+        .fetch_optional(&mut **tx)
+        .await?;
+        // The row is seeded by a migration; without it the schema is not ours.
+        let generation = generation.ok_or(sqlx::Error::RowNotFound)?;
         if self.engine == Engine::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)::text")
                 .bind(notify::RULES_CHANNEL)
@@ -484,7 +624,7 @@ impl RuleStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(())
+        Ok(generation)
     }
 
     /// Saves `owner`'s threshold state document (replacing the previous one).

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::Barrier;
 
-use super::{RuleStore, SqliteTarget, StoreError};
+use super::{RuleChanges, RuleStore, SqliteTarget, StoreError};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -177,7 +177,189 @@ backend_suite!(
     corrupt_row_is_reported_not_fatal,
     every_rule_write_bumps_the_generation,
     directory_changes_and_imports_persist,
+    changes_since_tell_writes_and_removals,
+    changes_followed_under_concurrent_writes,
 );
+
+fn since(changes: RuleChanges) -> (i64, BTreeSet<(String, String)>, BTreeSet<String>) {
+    match changes {
+        RuleChanges::Since {
+            generation,
+            written,
+            removed,
+        } => (
+            generation,
+            written
+                .into_iter()
+                .map(|v| (v.rule.id, v.rule.filter.domain))
+                .collect(),
+            removed.into_iter().collect(),
+        ),
+        RuleChanges::TooOld => panic!("changes unexpectedly pruned"),
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+async fn changes_since_tell_writes_and_removals(db: &TestDb) {
+    let store = connect(db).await;
+    for id in ["a", "b", "c"] {
+        store.insert(&rule(id, "acme")).await.expect("insert");
+    }
+    let (g0, all) = store.list_with_generation().await.expect("list");
+    assert_eq!(all.len(), 3);
+    assert_eq!(g0, store.rules_generation().await.expect("generation"));
+    assert_eq!(
+        since(store.changes_since(g0).await.expect("changes")),
+        (g0, BTreeSet::new(), BTreeSet::new())
+    );
+    // From before the first write: everything.
+    let (_, written, removed) = since(store.changes_since(0).await.expect("changes"));
+    assert_eq!(written.len(), 3);
+    assert!(removed.is_empty());
+
+    store.update(&rule("a", "other"), 1).await.expect("update");
+    assert!(store.remove("b", None).await.expect("remove"));
+    store.insert(&rule("d", "acme")).await.expect("insert");
+    // A refused write leaves no trace among the changes.
+    assert!(store.update(&rule("c", "x"), 9).await.is_err());
+    assert!(!store.remove("missing", None).await.expect("remove missing"));
+    let g1 = store.rules_generation().await.expect("generation");
+    assert_eq!(g1, g0 + 3);
+    assert_eq!(
+        since(store.changes_since(g0).await.expect("changes")),
+        (
+            g1,
+            pairs(&[("a", "other"), ("d", "acme")]),
+            BTreeSet::from(["b".to_owned()])
+        )
+    );
+    // A re-created id is a write again, no longer a removal.
+    store.insert(&rule("b", "again")).await.expect("insert");
+    let (_, written, removed) = since(store.changes_since(g0).await.expect("changes"));
+    assert_eq!(
+        written,
+        pairs(&[("a", "other"), ("b", "again"), ("d", "acme")])
+    );
+    assert!(removed.is_empty());
+
+    // Pruning removals moves the horizon: older generations must read everything again.
+    assert!(store.remove("d", None).await.expect("remove"));
+    let g2 = store.rules_generation().await.expect("generation");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .prune_removals(std::time::Duration::from_secs(3600))
+            .await
+            .expect("prune"),
+        0,
+        "nothing is an hour old"
+    );
+    assert_eq!(
+        since(store.changes_since(g0).await.expect("changes")).2,
+        BTreeSet::from(["d".to_owned()])
+    );
+    assert_eq!(
+        store
+            .prune_removals(std::time::Duration::ZERO)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert!(matches!(
+        store.changes_since(g0).await.expect("changes"),
+        RuleChanges::TooOld
+    ));
+    assert!(matches!(
+        store.changes_since(g2 - 1).await.expect("changes"),
+        RuleChanges::TooOld
+    ));
+    assert_eq!(
+        since(store.changes_since(g2).await.expect("changes")),
+        (g2, BTreeSet::new(), BTreeSet::new())
+    );
+}
+
+/// A reader that applies the changes since its generation, again and again while writers
+/// create, update and remove rules, ends with exactly the stored rules.
+async fn changes_followed_under_concurrent_writes(db: &TestDb) {
+    let store = connect(db).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut model = std::collections::BTreeMap::<String, i64>::new();
+            let mut generation = 0;
+            let mut reads = 0;
+            loop {
+                let last = done.load(std::sync::atomic::Ordering::SeqCst);
+                match store.changes_since(generation).await.expect("changes") {
+                    RuleChanges::Since {
+                        generation: g,
+                        written,
+                        removed,
+                    } => {
+                        assert!(g >= generation, "generation went back: {generation} → {g}");
+                        for id in removed {
+                            model.remove(&id);
+                        }
+                        for v in written {
+                            model.insert(v.rule.id, v.version);
+                        }
+                        generation = g;
+                    }
+                    RuleChanges::TooOld => panic!("nothing was pruned"),
+                }
+                reads += 1;
+                if last {
+                    return (model, reads);
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let id = format!("r{}", (w * 7 + i) % 12);
+                    match i % 3 {
+                        0 => {
+                            let _ = store.insert(&rule(&id, "acme")).await;
+                        }
+                        1 => {
+                            if let Some(v) = store.get(&id).await.expect("get") {
+                                let _ = store.update(&rule(&id, "moved"), v.version).await;
+                            }
+                        }
+                        _ => {
+                            store.remove(&id, None).await.expect("remove");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (model, reads) = reader.await.expect("reader");
+    let stored: std::collections::BTreeMap<String, i64> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| (v.rule.id, v.version))
+        .collect();
+    assert_eq!(model, stored);
+    eprintln!("{reads} reads followed {} rules", stored.len());
+}
 
 async fn every_rule_write_bumps_the_generation(db: &TestDb) {
     let store = connect(db).await;

@@ -12,6 +12,8 @@
 //! - [`scrape`]: a counter from ccstream's Prometheus `/metrics` (summed over the replicas when
 //!   there are several), polled to tell when ccstream has stored what was published; the
 //!   text-format parser pure.
+//! - [`rule_writes`]: `--mode rule-writes`, rule writes per second through the RuleLambda API and
+//!   the time until every replica applied them.
 //!
 //! The binary (`src/main.rs`) only parses the command line and wires these together.
 
@@ -20,6 +22,7 @@ pub mod procstat;
 pub mod publish;
 pub mod receiver;
 pub mod report;
+pub mod rule_writes;
 pub mod scenario;
 pub mod scrape;
 pub mod subscriber;

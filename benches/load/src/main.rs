@@ -14,7 +14,7 @@ use ccstream_load::publish::{self, parse_broker, Counters, Outcome, PublishConfi
 use ccstream_load::receiver::{self, Receiver};
 use ccstream_load::report::{per_message_us, ProcessCpu, ReplicaFigures, Report};
 use ccstream_load::scrape::{CounterWatch, STORED_COUNTER};
-use ccstream_load::{scenario, subscriber};
+use ccstream_load::{rule_writes, scenario, subscriber};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rumqttc::QoS;
@@ -28,6 +28,10 @@ enum Mode {
     /// Only serve the receiver (webhooks and the `_bulk` stand-in) until --count documents
     /// were indexed or --duration seconds passed: how fast ccstream catches up with a backlog.
     Receive,
+    /// Write rules through the RuleLambda API of --api (--rules created, then --count created,
+    /// updated and removed, over --connections clients) and wait after each phase until every
+    /// --ccstream-metrics replica has applied them.
+    RuleWrites,
 }
 
 /// Load generator for ccstream's end-to-end benchmark: publishes shadow updates over MQTT,
@@ -92,6 +96,9 @@ struct Args {
     /// and the end-to-end rate.
     #[arg(long = "ccstream-metrics", value_name = "URL")]
     ccstream_metrics: Vec<String>,
+    /// ccstream's API, `http://host:port` (--mode rule-writes).
+    #[arg(long)]
+    api: Option<String>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -126,6 +133,8 @@ async fn main() -> anyhow::Result<()> {
         return generate(&args, dir, rules);
     }
     let report = match args.mode {
+        // Its own figures, one row per phase.
+        Mode::RuleWrites => return run_rule_writes(&args).await,
         Mode::Publish => run_publish(&args).await?,
         Mode::BareSubscriber => run_subscriber(&args).await?,
         Mode::Receive => run_receive(&args).await?,
@@ -158,6 +167,66 @@ fn generate(args: &Args, dir: &PathBuf, rules: &PathBuf) -> anyhow::Result<()> {
         args.rules,
         rules.display()
     );
+    Ok(())
+}
+
+async fn run_rule_writes(args: &Args) -> anyhow::Result<()> {
+    let api = args
+        .api
+        .as_deref()
+        .context("--mode rule-writes needs --api")?;
+    let api = api.trim_end_matches('/');
+    let invoke_url = format!("{api}/2015-03-31/functions/RuleLambda/invocations")
+        .parse()
+        .context("--api")?;
+    let mut metrics_urls = vec![format!("{api}/metrics").parse().context("--api")?];
+    for url in &args.ccstream_metrics {
+        metrics_urls.push(
+            url.parse()
+                .with_context(|| format!("--ccstream-metrics {url}"))?,
+        );
+    }
+    metrics_urls.dedup();
+    let cfg = rule_writes::WritesConfig {
+        invoke_url,
+        metrics_urls,
+        rules: args.rules,
+        count: u32::try_from(count(args).unwrap_or(2000)).unwrap_or(u32::MAX),
+        connections: args.connections,
+        thing_types: args.thing_types,
+        webhook_url: args.webhook_url.clone(),
+    };
+    let figures = rule_writes::run(&cfg).await?;
+    println!(
+        "{:<7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>11} {:>8} {:>8}",
+        "phase",
+        "before",
+        "writes",
+        "write s",
+        "writes/s",
+        "applied s",
+        "applied/s",
+        "p50 ms",
+        "p99 ms"
+    );
+    for f in &figures {
+        println!(
+            "{:<7} {:>7} {:>7} {:>8.2} {:>9.0} {:>10.2} {:>11.0} {:>8.1} {:>8.1}",
+            f.phase,
+            f.rules_before,
+            f.writes,
+            f.write_s,
+            f.writes_per_s,
+            f.applied_s,
+            f.applied_per_s,
+            f.latency_p50_ms,
+            f.latency_p99_ms
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&figures)?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+    }
     Ok(())
 }
 

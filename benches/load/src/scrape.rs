@@ -16,7 +16,7 @@ const MAX_RESPONSE: usize = 16 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GETs `url` and returns the body of a 2xx answer, at most [`MAX_RESPONSE`] bytes.
-async fn get(client: &Client, url: &Url) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn get(client: &Client, url: &Url) -> anyhow::Result<Vec<u8>> {
     let mut response = client
         .get(url.clone())
         .send()
