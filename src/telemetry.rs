@@ -89,6 +89,10 @@ fn describe() {
         "Rule store generation of the rules in force (replicas that agree on it have the same rules)"
     );
     metrics::describe_histogram!(
+        "ccstream_store_writes_per_commit",
+        "Rule writes committed together in one transaction (group commit)"
+    );
+    metrics::describe_histogram!(
         "ccstream_rules_index_update_seconds",
         metrics::Unit::Seconds,
         "Time to apply one batch of rule changes to a copy of the rule index"

@@ -11,12 +11,16 @@
 //! `version` that each write bumps, so that writers can compare-and-swap instead of locking:
 //! the API reads a rule, checks the caller may touch its *current* domain, and writes back only
 //! if nobody changed it meanwhile ([`RuleStore::update`], [`StoreError::Conflict`]).
+//!
+//! Writes are committed in groups ([`group`]): the ones that arrive while a commit is under way
+//! share the next transaction, so concurrent writes cost one log flush, not one each.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
+use group::{Done, Write};
 use rule_engine::Rule;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -26,6 +30,7 @@ pub use credentials::StoredCredential;
 
 mod credentials;
 mod directory;
+mod group;
 pub mod notify;
 #[cfg(test)]
 mod tests;
@@ -76,6 +81,16 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group of writes this one was committed with failed at its commit (whether it took
+    /// effect is unknown, as for any failed commit).
+    #[error("commit of a group of rule writes failed: {0}")]
+    Group(std::sync::Arc<sqlx::Error>),
+    /// The task that applies rule writes has stopped (the runtime is shutting down).
+    #[error("the rule writer has stopped")]
+    WriterGone,
+    /// A bug: the rule writer answered a write with the outcome of another kind of write.
+    #[error("internal error in the rule writer: {0}")]
+    Internal(&'static str),
     /// A row whose JSON no longer matches the rule model (edited by hand, or written by a
     /// version of ccstream with an incompatible model).
     #[error("stored rule {id} is unreadable: {source}")]
@@ -112,6 +127,8 @@ pub enum RuleChanges {
 #[derive(Debug, Clone)]
 pub struct RuleStore {
     pool: AnyPool,
+    /// Every rule write goes through it ([`group`]: many writes, one commit).
+    writer: group::Writer,
     engine: Engine,
     /// The database URL, for the change listener (PostgreSQL).
     url: String,
@@ -216,6 +233,14 @@ fn now_ms() -> i64 {
     i64::try_from(ccstream_common::time::now_ms()).unwrap_or(i64::MAX)
 }
 
+/// The rule of a create or update's answer.
+fn stored_rule(done: Done) -> Result<Versioned, StoreError> {
+    match done {
+        Done::Rule(stored) => Ok(*stored),
+        Done::Removed(_) => Err(StoreError::Internal("a write answered as a removal")),
+    }
+}
+
 fn encode(rule: &Rule) -> Result<String, StoreError> {
     serde_json::to_string(rule).map_err(|e| StoreError::Db(sqlx::Error::Encode(Box::new(e))))
 }
@@ -282,11 +307,13 @@ impl RuleStore {
         };
         MIGRATOR.run(&pool).await?;
         tracing::info!(engine = ?engine, "rule store ready");
+        let instance = format!("{:016x}", fastrand::u64(..));
         Ok(RuleStore {
+            writer: group::Writer::start(pool.clone(), engine, instance.clone()),
             pool,
             engine,
             url: url.to_owned(),
-            instance: format!("{:016x}", fastrand::u64(..)),
+            instance,
         })
     }
 
@@ -295,15 +322,8 @@ impl RuleStore {
     /// because the increment and the read are one atomic statement on a persisted counter.
     /// Numbers taken by a failed create are not reused (gaps are fine, repeats are not).
     pub async fn next_id(&self) -> Result<u64, StoreError> {
-        let value: Option<i64> = sqlx::query_scalar(
-            "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
-        )
-        .bind(RULE_ID_SEQUENCE)
-        .fetch_optional(&self.pool)
-        .await?;
-        // The row is seeded by the migration; without it the schema is not ours.
-        let value = value.ok_or(sqlx::Error::RowNotFound)?;
-        u64::try_from(value).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
+        let mut conn = self.pool.acquire().await?;
+        Ok(group::next_id(&mut conn).await?)
     }
 
     /// Stores a new rule under the next generated id, `<prefix>-00000001` or `00000001` (spec
@@ -317,76 +337,21 @@ impl RuleStore {
         rule: &Rule,
         prefix: Option<&str>,
     ) -> Result<Versioned, StoreError> {
-        let mut rule = rule.clone();
-        for _ in 0..GENERATED_ID_ATTEMPTS {
-            rule.id = generated_id(prefix, self.next_id().await?);
-            match self.insert(&rule).await {
-                Err(StoreError::AlreadyExists(_)) => self.skip_taken_ids(prefix).await?,
-                done => return done,
-            }
-        }
-        Err(StoreError::AlreadyExists(rule.id))
-    }
-
-    /// Moves the id sequence past the highest number among the stored ids of the generated
-    /// form. Rare (after a conflict), so a scan of the ids is fine.
-    async fn skip_taken_ids(&self, prefix: Option<&str>) -> Result<(), StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM rules")
-            .fetch_all(&self.pool)
-            .await?;
-        let highest = ids
-            .iter()
-            .filter_map(|id| generated_number(prefix, id))
-            .max()
-            .unwrap_or(0);
-        let highest = i64::try_from(highest).unwrap_or(i64::MAX);
-        sqlx::query("UPDATE id_sequences SET value = $2 WHERE name = $1 AND value < $2")
-            .bind(RULE_ID_SEQUENCE)
-            .bind(highest)
-            .execute(&self.pool)
-            .await?;
-        tracing::info!(
-            next = highest.saturating_add(1),
-            "rule id sequence moved past ids created with explicit values"
-        );
-        Ok(())
+        let write = Write::Create {
+            rule: rule.clone(),
+            generate_id: Some(prefix.map(str::to_owned)),
+        };
+        self.writer.submit(write).await.and_then(stored_rule)
     }
 
     /// Stores a new rule at version 1. The database's primary key decides duplicates (no
     /// read before the write), so two concurrent creates of one id cannot both succeed.
     pub async fn insert(&self, rule: &Rule) -> Result<Versioned, StoreError> {
-        let doc = encode(rule)?;
-        let mut tx = self.pool.begin().await?;
-        let generation = self.bump_generation(&mut tx).await?;
-        let result = sqlx::query(
-            "INSERT INTO rules (id, domain, doc, version, updated_at, generation) \
-             VALUES ($1, $2, $3, 1, $4, $5)",
-        )
-        .bind(&rule.id)
-        .bind(&rule.filter.domain)
-        .bind(doc)
-        .bind(now_ms())
-        .bind(generation)
-        .execute(&mut *tx)
-        .await;
-        match result {
-            Ok(_) => {}
-            // Dropping `tx` rolls the generation back too.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(StoreError::AlreadyExists(rule.id.clone()))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A re-created id is a write, no longer a removal.
-        sqlx::query("DELETE FROM rule_removals WHERE id = $1")
-            .bind(&rule.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Versioned {
+        let write = Write::Create {
             rule: rule.clone(),
-            version: 1,
-        })
+            generate_id: None,
+        };
+        self.writer.submit(write).await.and_then(stored_rule)
     }
 
     /// Reads one rule. A row whose document no longer parses is [`StoreError::Corrupt`], so
@@ -503,29 +468,11 @@ impl RuleStore {
         rule: &Rule,
         expected_version: i64,
     ) -> Result<Versioned, StoreError> {
-        let doc = encode(rule)?;
-        let mut tx = self.pool.begin().await?;
-        let generation = self.bump_generation(&mut tx).await?;
-        let version: Option<i64> = sqlx::query_scalar(
-            "UPDATE rules SET domain = $1, doc = $2, version = version + 1, updated_at = $3, \
-             generation = $4 WHERE id = $5 AND version = $6 RETURNING version",
-        )
-        .bind(&rule.filter.domain)
-        .bind(doc)
-        .bind(now_ms())
-        .bind(generation)
-        .bind(&rule.id)
-        .bind(expected_version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(version) = version else {
-            return Err(StoreError::Conflict(rule.id.clone()));
-        };
-        tx.commit().await?;
-        Ok(Versioned {
+        let write = Write::Update {
             rule: rule.clone(),
-            version,
-        })
+            expected_version,
+        };
+        self.writer.submit(write).await.and_then(stored_rule)
     }
 
     /// Deletes a rule and says whether there was one. With `expected_version`, the delete only
@@ -536,52 +483,13 @@ impl RuleStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let generation = self.bump_generation(&mut tx).await?;
-        let done = match expected_version {
-            None => {
-                sqlx::query("DELETE FROM rules WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Some(expected) => {
-                sqlx::query("DELETE FROM rules WHERE id = $1 AND version = $2")
-                    .bind(id)
-                    .bind(expected)
-                    .execute(&mut *tx)
-                    .await?
-            }
+        let write = Write::Remove {
+            id: id.to_owned(),
+            expected_version,
         };
-        if done.rows_affected() > 0 {
-            sqlx::query(
-                "INSERT INTO rule_removals (id, generation, removed_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, \
-                 removed_at = excluded.removed_at",
-            )
-            .bind(id)
-            .bind(generation)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(true);
-        }
-        // Nothing removed: dropping `tx` rolls the generation back.
-        drop(tx);
-        if expected_version.is_none() {
-            return Ok(false);
-        }
-        // Nothing deleted: tell a missing rule from one that moved on.
-        let still_there = sqlx::query("SELECT version FROM rules WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if still_there {
-            Err(StoreError::Conflict(id.to_owned()))
-        } else {
-            Ok(false)
+        match self.writer.submit(write).await? {
+            Done::Removed(removed) => Ok(removed),
+            Done::Rule(_) => Err(StoreError::Internal("a removal answered with a rule")),
         }
     }
 
@@ -597,34 +505,6 @@ impl RuleStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.pool.execute("SELECT 1").await?;
         Ok(())
-    }
-
-    /// Bumps the rule generation in `tx` and returns the new one; on PostgreSQL also announces
-    /// it to every replica's listener ([`notify`]), delivered when `tx` commits.
-    ///
-    /// Every rule write does this first: the counter row's lock then orders the writes, so
-    /// that generations commit in their order (a reader that sees generation `g` sees every
-    /// write up to `g`), and SQLite takes its write lock before the transaction reads anything.
-    async fn bump_generation(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ) -> Result<i64, StoreError> {
-        let generation: Option<i64> = sqlx::query_scalar(
-            "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
-        )
-        .bind(RULES_GENERATION)
-        .fetch_optional(&mut **tx)
-        .await?;
-        // The row is seeded by a migration; without it the schema is not ours.
-        let generation = generation.ok_or(sqlx::Error::RowNotFound)?;
-        if self.engine == Engine::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)::text")
-                .bind(notify::RULES_CHANNEL)
-                .bind(&self.instance)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(generation)
     }
 
     /// Saves `owner`'s threshold state document (replacing the previous one).

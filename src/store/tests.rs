@@ -179,7 +179,78 @@ backend_suite!(
     directory_changes_and_imports_persist,
     changes_since_tell_writes_and_removals,
     changes_followed_under_concurrent_writes,
+    concurrent_writes_share_commits_and_keep_their_own_answers,
 );
+
+/// Writes that arrive together are committed together (fewer commits than writes), and each
+/// still gets its own answer: a refused one does not fail the others, and neither does a write
+/// the database rejects (PostgreSQL refuses a NUL in text; SQLite stores it).
+async fn concurrent_writes_share_commits_and_keep_their_own_answers(db: &TestDb) {
+    let store = connect(db).await;
+    for i in 0..10 {
+        store
+            .insert(&rule(&format!("old-{i}"), "acme"))
+            .await
+            .expect("insert");
+    }
+    let concurrently = |rules: Vec<Rule>| {
+        let tasks: Vec<_> = rules
+            .into_iter()
+            .map(|r| {
+                let store = store.clone();
+                tokio::spawn(async move { (r.id.clone(), store.insert(&r).await) })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(task.await.expect("task"));
+            }
+            out
+        }
+    };
+
+    let g0 = store.rules_generation().await.expect("generation");
+    let rules = (0..60)
+        .map(|i| match i % 6 {
+            0 => rule(&format!("old-{}", i % 10), "acme"),
+            _ => rule(&format!("new-{i}"), "acme"),
+        })
+        .collect();
+    let mut created = 0;
+    for (id, result) in concurrently(rules).await {
+        match result {
+            Ok(_) => created += 1,
+            Err(StoreError::AlreadyExists(taken)) if id.starts_with("old-") => {
+                assert_eq!(taken, id)
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(created, 50);
+    let commits = store.rules_generation().await.expect("generation") - g0;
+    eprintln!("60 concurrent writes ({created} accepted) in {commits} commits");
+    assert!(
+        commits < created,
+        "{commits} commits for {created} writes: none shared"
+    );
+
+    let mut rules: Vec<Rule> = (0..10)
+        .map(|i| rule(&format!("more-{i}"), "acme"))
+        .collect();
+    rules.insert(5, rule("nul", "ac\u{0}me"));
+    for (id, result) in concurrently(rules).await {
+        match (id.as_str(), result) {
+            ("nul", result) if db._postgres.is_some() => {
+                assert!(matches!(result, Err(StoreError::Db(_))), "{result:?}")
+            }
+            (_, Ok(stored)) => assert_eq!(stored.rule.id, id),
+            (_, other) => panic!("{id}: {other:?}"),
+        }
+    }
+    let nul_stored = usize::from(db._postgres.is_none());
+    assert_eq!(store.list().await.expect("list").len(), 70 + nul_stored);
+}
 
 fn since(changes: RuleChanges) -> (i64, BTreeSet<(String, String)>, BTreeSet<String>) {
     match changes {
