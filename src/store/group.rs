@@ -3,7 +3,8 @@
 //! one transaction at a time: on SQLite, which has one writer, and on PostgreSQL too, where
 //! every rule write holds the generation row until its commit. So one task per store takes the
 //! writes that queued while the previous group committed and applies them all in one
-//! transaction, with one generation bump and one flush, then answers each.
+//! transaction, with one generation bump and one flush, then answers each. Removal rows are
+//! written once per group too ([`record_removals`]).
 //!
 //! A write's own refusal (the id exists, the version moved on, nothing to remove) is an answer,
 //! not an error: the statements say so without failing (`ON CONFLICT DO NOTHING`, `RETURNING`),
@@ -12,6 +13,7 @@
 //! alone fails alone. A failed commit fails every write of the group (as it would a single
 //! write's: the caller cannot know whether it took effect).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rule_engine::Rule;
@@ -182,6 +184,9 @@ async fn apply_group(
                 .map_err(Failure::Before)?,
         );
     }
+    record_removals(&mut tx, writes, &results, generation)
+        .await
+        .map_err(Failure::Before)?;
     if results
         .iter()
         .any(|r| r.as_ref().is_ok_and(Done::changed_something))
@@ -190,6 +195,72 @@ async fn apply_group(
     }
     // Else dropping `tx` rolls it back.
     Ok(results)
+}
+
+/// Brings `rule_removals` in line with the group's writes, in two statements for the whole
+/// group rather than one per write (each statement is a round trip): an id the group removed
+/// last gets a row at `generation`, an id it created last loses its row (a re-created id is a
+/// write, no longer a removal).
+async fn record_removals(
+    conn: &mut AnyConnection,
+    writes: &[&Write],
+    results: &[Result<Done, StoreError>],
+    generation: i64,
+) -> sqlx::Result<()> {
+    // Id → removed by the group's last write of it.
+    let mut last: HashMap<&str, bool> = HashMap::new();
+    for (write, result) in writes.iter().zip(results) {
+        match (write, result) {
+            (Write::Create { .. }, Ok(Done::Rule(stored))) => {
+                last.insert(&stored.rule.id, false);
+            }
+            (Write::Remove { id, .. }, Ok(Done::Removed(true))) => {
+                last.insert(id, true);
+            }
+            _ => {}
+        }
+    }
+    let (removed, created): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, r)| *r);
+    if !created.is_empty() {
+        let sql = format!(
+            "DELETE FROM rule_removals WHERE id IN ({})",
+            placeholders(created.len(), 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, _) in created {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    if !removed.is_empty() {
+        let sql = format!(
+            "INSERT INTO rule_removals (id, generation, removed_at) VALUES {} \
+             ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, \
+             removed_at = excluded.removed_at",
+            placeholders(removed.len(), 3)
+        );
+        let now = now_ms();
+        let mut query = sqlx::query(&sql);
+        for (id, _) in removed {
+            query = query.bind(id).bind(generation).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `rows` groups of `width` numbered placeholders: `$1, $2` (width 1) or
+/// `($1, $2, $3), ($4, $5, $6)` (width 3).
+fn placeholders(rows: usize, width: usize) -> String {
+    let row = |r: usize| {
+        let cells: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+        if width == 1 {
+            cells.join(", ")
+        } else {
+            format!("({})", cells.join(", "))
+        }
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// Bumps the rule generation and returns the new one; on PostgreSQL also announces it to every
@@ -258,7 +329,7 @@ async fn apply(
         Write::Remove {
             id,
             expected_version,
-        } => remove(conn, id, *expected_version, generation).await,
+        } => remove(conn, id, *expected_version).await,
     }
 }
 
@@ -297,11 +368,6 @@ async fn create(
         .fetch_optional(&mut *conn)
         .await?;
         if inserted.is_some() {
-            // A re-created id is a write, no longer a removal.
-            sqlx::query("DELETE FROM rule_removals WHERE id = $1")
-                .bind(&rule.id)
-                .execute(&mut *conn)
-                .await?;
             return Ok(Ok(Done::Rule(Box::new(Versioned { rule, version: 1 }))));
         }
         if let Some(prefix) = generate_id {
@@ -315,7 +381,6 @@ async fn remove(
     conn: &mut AnyConnection,
     id: &str,
     expected_version: Option<i64>,
-    generation: i64,
 ) -> sqlx::Result<Result<Done, StoreError>> {
     let done = match expected_version {
         None => {
@@ -333,16 +398,6 @@ async fn remove(
         }
     };
     if done.rows_affected() > 0 {
-        sqlx::query(
-            "INSERT INTO rule_removals (id, generation, removed_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, \
-             removed_at = excluded.removed_at",
-        )
-        .bind(id)
-        .bind(generation)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await?;
         return Ok(Ok(Done::Removed(true)));
     }
     if expected_version.is_none() {
@@ -397,4 +452,15 @@ async fn skip_taken_ids(conn: &mut AnyConnection, prefix: Option<&str>) -> sqlx:
         "rule id sequence moved past ids created with explicit values"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_rows_of_cells() {
+        assert_eq!(placeholders(3, 1), "$1, $2, $3");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
 }

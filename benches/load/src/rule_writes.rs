@@ -23,6 +23,9 @@ use crate::scrape::{counter_sum, get};
 const GENERATION_GAUGE: &str = "ccstream_rules_generation";
 /// How long the replicas may take to apply a phase's writes before the run gives up.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long every replica's generation must stay the same to be the last one: longer than a
+/// replica's fallback poll, so one that missed a notification has caught up by then.
+const SETTLED: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, Clone)]
 pub struct WritesConfig {
@@ -96,7 +99,6 @@ pub async fn run(cfg: &WritesConfig) -> anyhow::Result<Vec<PhaseFigures>> {
         .map(|i| json!({"action": "REMOVE", "attributes": {"id": format!("load-extra-{i:06}")}}))
         .collect();
 
-    let mut generation = agreed_generation(&client, &cfg.metrics_urls).await?;
     let mut figures = Vec::new();
     let mut in_place = 0u32;
     for (phase, requests, delta) in [
@@ -109,8 +111,7 @@ pub async fn run(cfg: &WritesConfig) -> anyhow::Result<Vec<PhaseFigures>> {
             continue;
         }
         let n = requests.len();
-        let f = run_phase(&client, cfg, phase, requests, in_place, generation).await?;
-        generation += i64::try_from(f.writes).unwrap_or(i64::MAX);
+        let f = run_phase(&client, cfg, phase, requests, in_place).await?;
         eprintln!(
             "{phase}: {} writes in {:.2} s ({:.0}/s), applied by every replica after {:.2} s ({:.0}/s)",
             f.writes, f.write_s, f.writes_per_s, f.applied_s, f.applied_per_s
@@ -132,7 +133,6 @@ async fn run_phase(
     phase: &str,
     requests: Vec<Value>,
     rules_before: u32,
-    generation: i64,
 ) -> anyhow::Result<PhaseFigures> {
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
@@ -179,9 +179,10 @@ async fn run_phase(
         anyhow::bail!("{phase}: {refused} writes refused, the first: {e}");
     }
     let writes = requests.len() as u64;
-    let target = generation + i64::try_from(writes).unwrap_or(i64::MAX);
-    wait_for_generation(client, &cfg.metrics_urls, target).await?;
-    let applied_s = started.elapsed().as_secs_f64();
+    let applied_s = settled_generation(client, &cfg.metrics_urls)
+        .await?
+        .duration_since(started)
+        .as_secs_f64();
     let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
     Ok(PhaseFigures {
         phase: phase.to_owned(),
@@ -227,32 +228,27 @@ async fn generations(client: &Client, urls: &[Url]) -> anyhow::Result<Vec<i64>> 
     Ok(out)
 }
 
-/// The generation every replica reports, once they agree.
-async fn agreed_generation(client: &Client, urls: &[Url]) -> anyhow::Result<i64> {
+/// When every replica first reported the generation they then all kept for [`SETTLED`].
+async fn settled_generation(client: &Client, urls: &[Url]) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + APPLY_TIMEOUT;
+    // The generation all replicas agree on and since when.
+    let mut agreed: Option<(i64, Instant)> = None;
     loop {
+        let now = Instant::now();
         let g = generations(client, urls).await?;
-        if g.windows(2).all(|w| w[0] == w[1]) {
-            return g.first().copied().context("no --ccstream-metrics");
+        let same = g.windows(2).all(|w| w[0] == w[1]);
+        match (same, agreed, g.first().copied()) {
+            (true, Some((value, since)), Some(first)) if value == first => {
+                if now.duration_since(since) >= SETTLED {
+                    return Ok(since);
+                }
+            }
+            (true, _, Some(first)) => agreed = Some((first, now)),
+            _ => agreed = None,
         }
         anyhow::ensure!(
-            Instant::now() < deadline,
-            "replicas disagree on the rule generation: {g:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_for_generation(client: &Client, urls: &[Url], target: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + APPLY_TIMEOUT;
-    loop {
-        let g = generations(client, urls).await?;
-        if g.iter().all(|&g| g >= target) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "replicas did not reach rule generation {target} within {APPLY_TIMEOUT:?}: {g:?}"
+            now < deadline,
+            "replicas did not settle on a rule generation within {APPLY_TIMEOUT:?}: {g:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
