@@ -158,6 +158,12 @@ async fn commit_group(context: &Context, group: Vec<Request>) {
             }
         }
         Err(Failure::Before(e) | Failure::AtCommit(e)) => {
+            if group.len() == 1 {
+                if let Some(request) = group.into_iter().next() {
+                    let _ = request.reply.send(Err(StoreError::Db(e)));
+                }
+                return;
+            }
             let e = Arc::new(e);
             for request in group {
                 let _ = request.reply.send(Err(StoreError::Group(Arc::clone(&e))));
