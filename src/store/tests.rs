@@ -252,6 +252,39 @@ async fn concurrent_writes_share_commits_and_keep_their_own_answers(db: &TestDb)
     assert_eq!(store.list().await.expect("list").len(), 70 + nul_stored);
 }
 
+/// Writes queued together on a single-threaded runtime (the writer cannot run before both are
+/// queued) share one group; the group's last write of an id decides whether it is a removal.
+async fn one_group_keeps_the_last_write_of_an_id(db: &TestDb) {
+    let store = connect(db).await;
+    store.insert(&rule("x", "acme")).await.expect("insert");
+    let g0 = store.rules_generation().await.expect("generation");
+    let (x, z) = (rule("x", "again"), rule("z", "acme"));
+    let (removed, recreated, created, gone) = tokio::join!(
+        store.remove("x", None),
+        store.insert(&x),
+        store.insert(&z),
+        store.remove("z", None),
+    );
+    assert!(removed.expect("remove x"));
+    recreated.expect("re-create x");
+    created.expect("create z");
+    assert!(gone.expect("remove z"));
+    let (generation, written, removed) = since(store.changes_since(g0).await.expect("changes"));
+    assert_eq!(generation, g0 + 1, "one group, one generation");
+    assert_eq!(written, pairs(&[("x", "again")]));
+    assert_eq!(removed, BTreeSet::from(["z".to_owned()]));
+}
+
+#[tokio::test]
+async fn one_group_keeps_the_last_write_of_an_id_sqlite() {
+    one_group_keeps_the_last_write_of_an_id(&TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn one_group_keeps_the_last_write_of_an_id_postgres() {
+    one_group_keeps_the_last_write_of_an_id(&TestDb::postgres().await).await;
+}
+
 fn since(changes: RuleChanges) -> (i64, BTreeSet<(String, String)>, BTreeSet<String>) {
     match changes {
         RuleChanges::Since {
