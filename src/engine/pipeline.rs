@@ -728,7 +728,8 @@ impl Stages {
 /// Drops the local threshold state of rules that were removed or changed: a changed expression
 /// or threshold starts counting afresh. (In Redis, a changed rule's keys change with it; see
 /// [`super::redis_state`].) When `new` was made from `old` by a batch of changes, only the rules
-/// in the batch are compared; otherwise (a full load, or sets published in between) all of them.
+/// in the batch are compared; otherwise (a full load, or sets published in between, which the
+/// pipeline did not see) all of them.
 fn forget_changed_rules(state: &mut ThresholdState, old: &RuleSet, new: &RuleSet) {
     let changed = |id: &str| {
         old.index.compiled_rule(id).is_some_and(|was| {
@@ -738,7 +739,7 @@ fn forget_changed_rules(state: &mut ThresholdState, old: &RuleSet, new: &RuleSet
         })
     };
     let gone: HashSet<&str> = match &new.changed_since {
-        Some((from, ids)) if *from == old.generation => ids
+        Some((from, ids)) if *from == old.serial => ids
             .iter()
             .map(String::as_str)
             .filter(|id| changed(id))

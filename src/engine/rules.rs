@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,10 +31,13 @@ const FULL_RELOAD_EVERY: Duration = Duration::from_secs(600);
 pub struct RuleSet {
     pub index: RuleIndex,
     pub generation: i64,
-    /// The generation of the set this one was made from and the ids written or removed since
+    /// This set's number ([`RuleSet::new`] and [`RuleSet::with_changes`] count them): a full
+    /// reload at the same generation is another set.
+    pub serial: u64,
+    /// The serial of the set this one was made from and the ids written or removed since
     /// (`None` after a full load), so that the pipeline forgets the threshold state of those
     /// rules alone.
-    pub changed_since: Option<(i64, Vec<String>)>,
+    pub changed_since: Option<(u64, Vec<String>)>,
     /// Rule id `Arc` (by address) → `<id>:<epoch>` ([`super::redis_state::rule_epoch`]), the
     /// part of the rule's Redis keys that changes with it; computed on first use (Redis state
     /// only). By address because evaluation hands the threshold state the index's own `Arc`s:
@@ -73,6 +77,7 @@ impl RuleSet {
         RuleSet {
             index,
             generation,
+            serial: next_serial(),
             changed_since: None,
             key_parts: OnceLock::new(),
         }
@@ -89,28 +94,28 @@ impl RuleSet {
             .collect();
         let mut index = self.index.clone();
         index.apply(written, &removed);
-        let next = RuleSet {
-            index,
-            generation,
-            changed_since: Some((self.generation, changed)),
-            key_parts: OnceLock::new(),
-        };
+        let next_parts = OnceLock::new();
         if let Some(parts) = self.key_parts.get() {
             let mut parts = parts.clone();
-            let ids = next.changed_since.iter().flat_map(|(_, ids)| ids);
-            for id in ids {
+            for id in &changed {
                 // The old `Arc`s live as long as `self`, so no new rule can have their address.
                 if let Some(old) = self.index.compiled_rule(id) {
                     parts.remove(&address(old.id()));
                 }
-                if let Some(new) = next.index.compiled_rule(id) {
+                if let Some(new) = index.compiled_rule(id) {
                     parts.insert(address(new.id()), key_part(new));
                 }
             }
-            // Cannot fail: `next` was made here and nothing has read its key parts yet.
-            let _ = next.key_parts.set(parts);
+            // Cannot fail: the cell was made empty just above.
+            let _ = next_parts.set(parts);
         }
-        next
+        RuleSet {
+            index,
+            generation,
+            serial: next_serial(),
+            changed_since: Some((self.serial, changed)),
+            key_parts: next_parts,
+        }
     }
 
     /// `<rule id>:<epoch>` of the rule whose id `Arc` the evaluation handed over; the epoch
@@ -136,6 +141,11 @@ impl RuleSet {
             .map(super::redis_state::rule_epoch)
             .unwrap_or_default()
     }
+}
+
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn key_part(rule: &CompiledRule) -> Arc<str> {
@@ -333,7 +343,7 @@ mod tests {
         let next = base.with_changes(9, vec![named("b", 20), named("d", 4)], vec!["c".into()]);
         assert_eq!(next.generation, 9);
         let (from, changed) = next.changed_since.clone().unwrap();
-        assert_eq!(from, 7);
+        assert_eq!(from, base.serial);
         assert_eq!(changed, ["c", "b", "d"]);
         assert_eq!(base.index.len(), 3, "the original is untouched");
         assert!(base.index.get("c").is_some());
@@ -382,7 +392,7 @@ mod tests {
         store.insert(&named("c", 3)).await.unwrap();
         let second = catch_up(&store, &first).await.unwrap();
         assert_eq!(second.generation, first.generation + 3);
-        assert_eq!(second.changed_since.as_ref().unwrap().0, first.generation);
+        assert_eq!(second.changed_since.as_ref().unwrap().0, first.serial);
         assert_eq!(second.index.get("a"), Some(&named("a", 10)));
         assert!(second.index.get("b").is_none());
         assert_eq!(second.index.get("c"), Some(&named("c", 3)));

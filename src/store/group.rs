@@ -105,6 +105,11 @@ impl Writer {
         Writer { queue }
     }
 
+    /// Whether the writer task has stopped (every write would fail).
+    pub(super) fn is_gone(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Queues `write` and waits for its group's commit.
     pub(super) async fn submit(&self, write: Write) -> Result<Done, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -131,7 +136,13 @@ enum Failure {
     AtCommit(sqlx::Error),
 }
 
-async fn commit_group(context: &Context, group: Vec<Request>) {
+async fn commit_group(context: &Context, mut group: Vec<Request>) {
+    // A caller that is gone (its request timed out and was answered so) is not written for: a
+    // write must not take effect after its client was told it failed.
+    group.retain(|r| !r.reply.is_closed());
+    if group.is_empty() {
+        return;
+    }
     metrics::histogram!("ccstream_store_writes_per_commit").record(group.len() as f64);
     let writes: Vec<&Write> = group.iter().map(|r| &r.write).collect();
     match apply_group(context, &writes).await {
@@ -141,13 +152,19 @@ async fn commit_group(context: &Context, group: Vec<Request>) {
                 let _ = request.reply.send(result);
             }
         }
-        Err(Failure::Before(e)) if group.len() > 1 => {
+        // A statement the database refused (one write's, e.g. text it cannot store): the others
+        // must not fail with it. Other errors (the connection, the pool) would fail them alone
+        // too, only later.
+        Err(Failure::Before(e @ sqlx::Error::Database(_))) if group.len() > 1 => {
             tracing::warn!(
                 error = %e,
                 writes = group.len(),
                 "a group of rule writes failed before its commit; trying each alone"
             );
             for request in group {
+                if request.reply.is_closed() {
+                    continue;
+                }
                 let result = match apply_group(context, &[&request.write]).await {
                     Ok(mut results) => results
                         .pop()

@@ -370,12 +370,7 @@ impl RuleStore {
     /// A row whose document no longer parses is skipped with a warning rather than failing the
     /// whole list: one bad row must not stop the engine from loading every other rule.
     pub async fn list(&self) -> Result<Vec<Versioned>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc, version FROM rules")
-            .fetch_all(&self.pool)
-            .await?;
-        let (mut rules, _) = decode_readable(&rows)?;
-        rules.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
-        Ok(rules)
+        Ok(self.list_with_generation().await?.1)
     }
 
     /// Every rule (as [`Self::list`]) and the generation they are at, read from one snapshot.
@@ -393,12 +388,14 @@ impl RuleStore {
 
     /// What changed after `generation`, read from one snapshot: the rules written since (as they
     /// are now) and the ids removed since, or [`RuleChanges::TooOld`] when removals that old have
-    /// been pruned ([`Self::prune_removals`]). A row that no longer parses counts as removed, as
+    /// been pruned ([`Self::prune_removals`]) or the store is behind `generation`. A row that no longer parses counts as removed, as
     /// [`Self::list`] skips it.
     pub async fn changes_since(&self, generation: i64) -> Result<RuleChanges, StoreError> {
         let mut tx = self.read_snapshot().await?;
         let current = counter(&mut tx, RULES_GENERATION).await?;
-        if generation < counter(&mut tx, RULE_REMOVALS_HORIZON).await? {
+        // A generation ahead of the store's: the database was replaced (restored from a
+        // backup), and what changed cannot be told either.
+        if generation < counter(&mut tx, RULE_REMOVALS_HORIZON).await? || generation > current {
             return Ok(RuleChanges::TooOld);
         }
         let rows = sqlx::query("SELECT id, doc, version FROM rules WHERE generation > $1")
@@ -426,7 +423,14 @@ impl RuleStore {
     pub async fn prune_removals(&self, age: Duration) -> Result<u64, StoreError> {
         let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
         let mut tx = self.pool.begin().await?;
-        // The horizon first (a write: SQLite takes its lock before reading), never lowered.
+        // The generation row first, as every group of writes takes it: pruning then runs between
+        // groups (never interleaved with one on the rows both touch) and SQLite takes its write
+        // lock before reading.
+        sqlx::query("UPDATE id_sequences SET value = value WHERE name = $1")
+            .bind(RULES_GENERATION)
+            .execute(&mut *tx)
+            .await?;
+        // The horizon, never lowered.
         sqlx::query(
             "UPDATE id_sequences SET value = COALESCE((SELECT MAX(generation) \
              FROM rule_removals WHERE removed_at < $2 AND generation > id_sequences.value), \
@@ -503,6 +507,9 @@ impl RuleStore {
     /// A round trip to the database, for `/readyz`: the service is not ready while it cannot
     /// read its rules.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_gone() {
+            return Err(StoreError::WriterGone);
+        }
         self.pool.execute("SELECT 1").await?;
         Ok(())
     }

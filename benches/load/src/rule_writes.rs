@@ -5,9 +5,11 @@
 //! scenario's rules of [`crate::scenario::rules`]); `create` adds `--count` more
 //! (`load-extra-<i>`); `update` changes `--count` of the first rules' values; `remove` removes
 //! the extras. `--connections` clients write concurrently. After each phase, the run waits until
-//! every replica's `ccstream_rules_generation` gauge has reached the store's generation (every
-//! accepted write moves it by one) and reports that moment too: a write a replica has not yet
-//! applied does not count as done.
+//! every replica reports the same `ccstream_rules_generation` and it stays so for longer than a
+//! replica's fallback poll (`engine.rules_poll_ms`, 500 ms by default): nothing is written any
+//! more, so that is the store's last generation (writes committed together share one, so it
+//! cannot be computed from the count). It reports the moment every replica first had it: a
+//! write a replica has not yet applied does not count as done.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
