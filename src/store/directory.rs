@@ -6,7 +6,7 @@ use rule_engine::directory::{
 };
 use sqlx::Row;
 
-use super::{RuleStore, StoreError};
+use super::{placeholders, RuleStore, StoreError};
 
 /// Rows per multi-row INSERT of an import: 3 parameters each stays far below PostgreSQL's
 /// 65,535-parameter limit and SQLite's 32,766.
@@ -97,26 +97,6 @@ impl RuleStore {
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
-
-/// `$1, $2, $3), ($4, ...` for a multi-row VALUES list.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut out = String::with_capacity(rows * columns * 5);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..columns {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(r * columns + c + 1).to_string());
-        }
-        out.push(')');
-    }
-    out
-}
 
 async fn upsert_domains(tx: &mut Tx<'_>, rows: &[DomainEntry]) -> Result<(), StoreError> {
     if rows.is_empty() {

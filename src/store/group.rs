@@ -21,8 +21,8 @@ use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    encode, generated_id, generated_number, notify, now_ms, Engine, StoreError, Versioned,
-    GENERATED_ID_ATTEMPTS, RULES_GENERATION, RULE_ID_SEQUENCE,
+    encode, generated_id, generated_number, increment, notify, now_ms, placeholders, Engine,
+    StoreError, Versioned, GENERATED_ID_ATTEMPTS, RULES_GENERATION, RULE_ID_SEQUENCE,
 };
 
 /// Most writes one transaction carries: bounds how long a group holds the write lock (and, on
@@ -246,6 +246,7 @@ async fn record_removals(
     let (removed, created): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, r)| *r);
     if !created.is_empty() {
         let sql = format!(
+            // `IN (($1), ($2))`: a list of parenthesized values, as both engines read it.
             "DELETE FROM rule_removals WHERE id IN ({})",
             placeholders(created.len(), 1)
         );
@@ -272,20 +273,6 @@ async fn record_removals(
     Ok(())
 }
 
-/// `rows` groups of `width` numbered placeholders: `$1, $2` (width 1) or
-/// `($1, $2, $3), ($4, $5, $6)` (width 3).
-fn placeholders(rows: usize, width: usize) -> String {
-    let row = |r: usize| {
-        let cells: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-        if width == 1 {
-            cells.join(", ")
-        } else {
-            format!("({})", cells.join(", "))
-        }
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
-}
-
 /// Bumps the rule generation and returns the new one; on PostgreSQL also announces it to every
 /// replica's listener ([`notify`]), delivered at the commit.
 ///
@@ -294,14 +281,7 @@ fn placeholders(rows: usize, width: usize) -> String {
 /// sees every write up to `g`), and SQLite takes its write lock before the transaction reads
 /// anything.
 async fn bump_generation(conn: &mut AnyConnection, context: &Context) -> sqlx::Result<i64> {
-    let generation: Option<i64> = sqlx::query_scalar(
-        "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
-    )
-    .bind(RULES_GENERATION)
-    .fetch_optional(&mut *conn)
-    .await?;
-    // The row is seeded by a migration; without it the schema is not ours.
-    let generation = generation.ok_or(sqlx::Error::RowNotFound)?;
+    let generation = increment(&mut *conn, RULES_GENERATION).await?;
     if context.engine == Engine::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)::text")
             .bind(notify::RULES_CHANNEL)
@@ -441,14 +421,7 @@ async fn remove(
 
 /// The next number of the rule id sequence, inside the group's transaction.
 pub(super) async fn next_id(conn: &mut AnyConnection) -> sqlx::Result<u64> {
-    let value: Option<i64> = sqlx::query_scalar(
-        "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
-    )
-    .bind(RULE_ID_SEQUENCE)
-    .fetch_optional(&mut *conn)
-    .await?;
-    // The row is seeded by the migration; without it the schema is not ours.
-    let value = value.ok_or(sqlx::Error::RowNotFound)?;
+    let value = increment(conn, RULE_ID_SEQUENCE).await?;
     u64::try_from(value).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
@@ -475,15 +448,4 @@ async fn skip_taken_ids(conn: &mut AnyConnection, prefix: Option<&str>) -> sqlx:
         "rule id sequence moved past ids created with explicit values"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::placeholders;
-
-    #[test]
-    fn placeholders_number_rows_of_cells() {
-        assert_eq!(placeholders(3, 1), "$1, $2, $3");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-    }
 }

@@ -277,6 +277,38 @@ fn decode_readable(rows: &[AnyRow]) -> Result<(Vec<Versioned>, Vec<String>), Sto
     Ok((rules, unreadable))
 }
 
+/// `($1, $2, $3), ($4, ...` for a multi-row VALUES list (or, one column wide, an `IN` list).
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * columns + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Adds one to an `id_sequences` counter row and returns the new value. The rows are seeded
+/// by the migrations; without one the schema is not ours.
+async fn increment(conn: &mut sqlx::AnyConnection, name: &str) -> sqlx::Result<i64> {
+    let value: Option<i64> = sqlx::query_scalar(
+        "UPDATE id_sequences SET value = value + 1 WHERE name = $1 RETURNING value",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    value.ok_or(sqlx::Error::RowNotFound)
+}
+
 /// The value of an `id_sequences` counter row (0 when the row is missing).
 async fn counter(conn: &mut sqlx::AnyConnection, name: &str) -> Result<i64, StoreError> {
     let value: Option<i64> = sqlx::query_scalar("SELECT value FROM id_sequences WHERE name = $1")
