@@ -72,6 +72,21 @@ pub struct EngineConfig {
     /// How long a threshold key outlives its interval in Redis when its thing reports no more
     /// (a run in progress is forgotten after this much silence), in seconds.
     pub state_ttl_secs: u64,
+    /// Pipeline tasks evaluating observations, each owning the things its share of names
+    /// routes to (see `engine::dispatch`). Unset: one per core the process may use.
+    pub workers: Option<usize>,
+}
+
+/// Most `engine.workers`: more tasks than this would only share the same cores.
+pub const MAX_WORKERS: usize = 256;
+
+impl EngineConfig {
+    /// `engine.workers`, or the cores this process may run on (cgroup quota included).
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 /// See [`EngineConfig::state`].
@@ -92,6 +107,7 @@ impl Default for EngineConfig {
             redis_url: None,
             state_save_secs: 30,
             state_ttl_secs: 7 * 24 * 3600,
+            workers: None,
         }
     }
 }
@@ -539,6 +555,16 @@ impl Config {
                 "must not be empty outside production",
             ));
         }
+        if self
+            .engine
+            .workers
+            .is_some_and(|w| !(1..=MAX_WORKERS).contains(&w))
+        {
+            return Err(invalid(
+                "engine.workers",
+                "must be between 1 and 256 (unset: one per core)",
+            ));
+        }
         let modes = self.api.auth.modes();
         if modes.is_empty() {
             return Err(invalid(
@@ -790,6 +816,23 @@ mod tests {
         c.objects.sink = SinkKind::S3;
         c.objects.bucket = Some("b".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn engine_workers_default_to_the_cores_and_are_bounded() {
+        let mut c = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(c.engine.worker_count(), cores);
+        for (workers, valid) in [(0, false), (1, true), (256, true), (257, false)] {
+            c.engine.workers = Some(workers);
+            let result = c.validate();
+            assert_eq!(result.is_ok(), valid, "workers = {workers}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("engine.workers"), "{e}");
+            }
+        }
+        c.engine.workers = Some(3);
+        assert_eq!(c.engine.worker_count(), 3);
     }
 
     #[test]

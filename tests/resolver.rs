@@ -512,13 +512,16 @@ async fn thing_lambda_one_get_per_unknown_thing_and_rules_fire_as_if_known() {
         .contains(&json!({"id": "sub2", "parent": "sub1"})));
 }
 
+/// Four workers: each has its own waiting room, the one resolver's answers go to the worker
+/// of their thing, and each worker decides its batches in Redis.
 #[tokio::test]
-async fn thing_lambda_with_threshold_state_in_redis() {
+async fn thing_lambda_with_threshold_state_in_redis_over_four_workers() {
     let lambda = ThingLambda::with_things();
     let endpoint = lambda.serve().await;
     let broker = Mosquitto::start();
     let hooks = Receiver::start();
-    let engine = "state = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n".to_owned();
+    let engine =
+        "state = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nworkers = 4\n".to_owned();
     let svc = start_with(
         &broker,
         Sections {

@@ -4,9 +4,12 @@
 //!
 //! Every test starts its own Mosquitto, receiver and ccstream. Tests never sleep to "let things
 //! settle": a *sentinel* rule (resource `done`, on one thing) fires a webhook for a marker
-//! observation published after the ones under test; the pipeline handles messages in order, so
+//! observation published after the ones under test; with one worker (`engine.workers`, which
+//! these tests set unless they say otherwise) the pipeline handles messages in arrival order, so
 //! once the sentinel's webhook has arrived every earlier observation has been evaluated and the
-//! `ccstream_rules_fired_total` counter is exact.
+//! `ccstream_rules_fired_total` counter is exact. Several workers keep the order per thing only:
+//! their tests publish a sentinel observation for every thing they wait for
+//! ([`Rig::sync_things`]).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -75,6 +78,8 @@ struct Setup {
     proxy: bool,
     /// More `[mqtt]` keys, one per line.
     mqtt: &'static str,
+    /// `engine.workers`; one unless set (see the sentinel in the module docs).
+    workers: Option<usize>,
 }
 
 impl Default for Setup {
@@ -85,6 +90,7 @@ impl Default for Setup {
             webhook: "",
             proxy: false,
             mqtt: "",
+            workers: None,
         }
     }
 }
@@ -119,6 +125,9 @@ fn config(broker_url: &str, setup: &Setup) -> String {
     }
     c.push_str(setup.webhook);
     c.push_str("[engine]\nrules_poll_ms = 200\n");
+    if let Some(workers) = setup.workers {
+        c.push_str(&format!("workers = {workers}\n"));
+    }
     if let Some(file) = &setup.import {
         c.push_str(&format!("[directory]\nimport_file = \"{file}\"\n"));
     }
@@ -323,6 +332,58 @@ impl Rig {
         }
     }
 
+    /// Adds a sentinel rule for every Pump (resource `done`, webhook `/sentinel/<thingName>`),
+    /// for [`Rig::sync_things`].
+    async fn add_sentinel_per_thing(&mut self) {
+        let url = self.hooks.url("/sentinel/${thing.thingName}");
+        self.create(rule("sentinel", "root", "done", "gte", json!(0), &url))
+            .await;
+    }
+
+    /// Publishes a sentinel observation for each of `things` and waits for their webhooks:
+    /// every observation of those things published before has been evaluated, whichever
+    /// worker has them (each worker keeps its things' order).
+    async fn sync_things(&mut self, things: &[String]) {
+        self.syncs += 1;
+        let n = self.syncs;
+        for thing in things {
+            self.report(thing, json!({"done": n}));
+        }
+        for thing in things {
+            let path = format!("/sentinel/{thing}");
+            let deadline = Instant::now() + WAIT;
+            while !self
+                .hooks
+                .requests_to(&path)
+                .iter()
+                .any(|r| r.json()["resource"]["value"] == json!(n))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the sentinel observation {n} for {thing} never fired its webhook"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Adds Pumps named `names` to the directory, in root.
+    async fn add_pumps(&self, names: &[String]) {
+        let things: Vec<Value> = names
+            .iter()
+            .map(|name| json!({"thingName": name, "thingType": "Pump", "domain": "root"}))
+            .collect();
+        let response = self
+            .svc
+            .client()
+            .post(format!("{}/directory", self.svc.base_url()))
+            .json(&json!({"things": things}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "POST /directory");
+    }
+
     /// Rule firings (sentinel included) so far.
     async fn fired(&self) -> f64 {
         self.metric("ccstream_rules_fired_total").await
@@ -365,6 +426,13 @@ impl Rig {
             self.hooks.count()
         );
     }
+}
+
+/// Rule `count3`: temp > 50 three times in a row, for Pumps in root.
+fn count3(url: &str) -> Value {
+    let mut count3 = rule("count3", "root", "temp", "gt", json!(50), url);
+    count3["threshold"] = json!({"count": 3});
+    count3
 }
 
 /// `payload` with `timestamp` removed (what "equal modulo timestamp" compares).
@@ -1747,16 +1815,7 @@ async fn sigterm_turns_readyz_503_at_once_while_the_drain_runs() {
 #[tokio::test]
 async fn local_threshold_state_survives_a_restart() {
     let mut rig = Rig::start().await;
-    let mut count3 = rule(
-        "count3",
-        "root",
-        "temp",
-        "gt",
-        json!(50),
-        &rig.hooks.url("/count3"),
-    );
-    count3["threshold"] = json!({"count": 3});
-    rig.create(count3).await;
+    rig.create(count3(&rig.hooks.url("/count3"))).await;
     let mut hourly = rule(
         "hourly",
         "root",
@@ -1778,6 +1837,123 @@ async fn local_threshold_state_survives_a_restart() {
     assert_eq!(rig.fires("thing-001", json!({"temp": 90})).await, 1);
     assert_eq!(rig.hooks_to("/count3", 1).await.len(), 1);
     assert_eq!(rig.hooks_to("/hourly", 1).await.len(), 1);
+}
+
+/// ccstream with four workers, `n` Pumps named `<prefix>-<i>`, rule `count3` (temp > 50, three
+/// in a row, webhook `/count3/<thingName>`) and a sentinel per thing.
+async fn four_workers_counting_to_three(prefix: &str, n: usize) -> (Rig, Vec<String>) {
+    let mut rig = Rig::start_with(Setup {
+        workers: Some(4),
+        ..Setup::default()
+    })
+    .await;
+    let things: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:02}")).collect();
+    rig.add_pumps(&things).await;
+    rig.create(count3(&rig.hooks.url("/count3/${thing.thingName}")))
+        .await;
+    rig.add_sentinel_per_thing().await;
+    (rig, things)
+}
+
+/// Four workers, 16 things: each thing's updates are evaluated in the order they were published,
+/// so each count-in-a-row run sees its reset and fires once, on the last value; nothing is
+/// evaluated twice or skipped.
+#[tokio::test]
+async fn several_workers_keep_each_things_order_and_runs() {
+    let (mut rig, things) = four_workers_counting_to_three("w", 16).await;
+
+    // Out of order, 10 would come after a run of three and the firing would carry 93.
+    let temps: Vec<Value> = [91, 92, 10, 93, 94, 95]
+        .iter()
+        .map(|t| json!({"temp": t}))
+        .collect();
+    for thing in &things {
+        rig.report_all(thing, &temps);
+    }
+    rig.sync_things(&things).await;
+    rig.all_delivered().await;
+
+    let mut got = fired_values(&rig.hooks, "/count3/");
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Value)> = things.iter().map(|t| (t.clone(), json!(95))).collect();
+    assert_eq!(got, want);
+    let m = rig.metrics().await;
+    assert_eq!(
+        m.get("ccstream_observations_evaluated_total"),
+        (things.len() * (temps.len() + 1)) as f64
+    );
+    assert_eq!(
+        m.get("ccstream_rules_fired_total"),
+        (things.len() * 2) as f64,
+        "one count3 firing and one sentinel per thing"
+    );
+}
+
+/// A life cycle event goes to the worker of its thing: THING.REMOVE there drops the thing's
+/// runs, so after it comes back a run starts from nothing.
+#[tokio::test]
+async fn several_workers_forget_a_removed_things_runs() {
+    let (mut rig, things) = four_workers_counting_to_three("r", 8).await;
+
+    let hot = |t: i64| vec![json!({"temp": t})];
+    for thing in &things {
+        rig.report_all(thing, &[hot(90), hot(91)].concat());
+    }
+    for thing in &things {
+        let source = json!({"thingName": thing, "thingType": "Pump", "domain": "root"});
+        let remove = json!({"type": "THING.REMOVE", "source": {"thingName": thing}});
+        let create = json!({"type": "THING.CREATE", "source": source});
+        rig.broker
+            .publish("event/root", remove.to_string().as_bytes());
+        rig.broker
+            .publish("event/root", create.to_string().as_bytes());
+        rig.report_all(thing, &hot(92));
+    }
+    rig.sync_things(&things).await;
+    assert!(
+        rig.hooks.requests_to("/count3/").is_empty(),
+        "a run survived its thing's removal: {:?}",
+        fired_values(&rig.hooks, "/count3/")
+    );
+    for thing in &things {
+        rig.report_all(thing, &[hot(93), hot(94)].concat());
+    }
+    rig.sync_things(&things).await;
+    let mut got = fired_values(&rig.hooks, "/count3/");
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Value)> = things.iter().map(|t| (t.clone(), json!(94))).collect();
+    assert_eq!(got, want);
+}
+
+/// The local threshold state of four workers is saved as one document and shared out by thing
+/// name at the next start, here over three workers.
+#[tokio::test]
+async fn threshold_state_of_several_workers_survives_a_restart_with_another_count() {
+    let (mut rig, things) = four_workers_counting_to_three("s", 8).await;
+    for thing in &things {
+        rig.report_all(thing, &[json!({"temp": 90}), json!({"temp": 91})]);
+    }
+    rig.sync_things(&things).await;
+
+    let config = rig.svc.dir().join("ccstream.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("workers = 4"), "{text}");
+    std::fs::write(&config, text.replace("workers = 4", "workers = 3")).unwrap();
+    rig.svc.restart().await;
+    rig.wait_ready(true).await;
+    assert!(
+        rig.svc.logs().contains("workers=3"),
+        "restarted with three workers"
+    );
+
+    for thing in &things {
+        rig.report_all(thing, &[json!({"temp": 92})]);
+    }
+    rig.sync_things(&things).await;
+    let mut got = fired_values(&rig.hooks, "/count3/");
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Value)> = things.iter().map(|t| (t.clone(), json!(92))).collect();
+    assert_eq!(got, want, "every run's third match came after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,6 +447,16 @@ impl Directory {
     }
 }
 
+/// The thing a life cycle event is about (`source.thingName`), without applying it: the
+/// engine sends an event to the worker that owns the thing. `None` for an event about no thing
+/// (a domain's) or a payload that is no event (applying it fails with the reason).
+pub fn event_thing_name(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Event>(payload)
+        .ok()?
+        .source?
+        .thing_name
+}
+
 #[derive(Deserialize)]
 struct Event {
     #[serde(rename = "type")]
@@ -649,6 +659,26 @@ mod tests {
         assert!(change.domains.is_empty());
         assert!(!dir.domains().contains("y"));
         assert_eq!(dir.export().domains.len(), 1);
+    }
+
+    #[test]
+    fn an_event_names_its_thing_without_being_applied() {
+        let create = include_str!("../../fixtures/events/thing-create.json");
+        assert_eq!(
+            event_thing_name(create.as_bytes()).as_deref(),
+            Some("thing-001")
+        );
+        // A number as a name, as `apply_event` reads it.
+        let numeric = br#"{"type":"THING.REMOVE","source":{"thingName":42}}"#;
+        assert_eq!(event_thing_name(numeric).as_deref(), Some("42"));
+        for about_no_thing in [
+            br#"{"type":"THING_TYPE.CREATE","source":{"thingType":1,"domain":"sub1"}}"#.as_slice(),
+            br#"{"type":"THING.CREATE"}"#,
+            b"nope",
+            b"[1]",
+        ] {
+            assert_eq!(event_thing_name(about_no_thing), None);
+        }
     }
 
     #[test]

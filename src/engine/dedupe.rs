@@ -54,6 +54,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Ids the window holds: the last observations appended (and those recovered at start).
 pub const WINDOW_CAPACITY: usize = 200_000;
 
+/// Ids each worker's window holds at least, whatever `engine.workers`: the largest in-flight
+/// window a broker may have (65,535) may all be one worker's.
+pub const WINDOW_PER_WORKER_MIN: usize = 70_000;
+
 /// The id of an observation: stable across processes and versions (see the module docs).
 pub fn observation_id(pkid: u16, thing_name: &str, payload: &[u8]) -> u64 {
     let payload = rapidhash::v3::rapidhash_v3(payload);

@@ -2,6 +2,7 @@
 //! index kept current from the store, the directory, and the webhook dispatcher.
 //!
 //! - [`rules`]: loads rules into an index and reloads it when the store's generation moves.
+//! - [`dispatch`]: `engine.workers` pipelines, each owning the things routed to it by name.
 //! - [`pipeline`]: parse, evaluate, enqueue webhooks, spool the record (acked after its fsync),
 //!   offer it to the indexer; life cycle events.
 //! - [`acks`]: an observation that fired is acked once both its record and its firings are
@@ -17,6 +18,7 @@
 
 pub mod acks;
 pub mod dedupe;
+pub mod dispatch;
 pub mod outputs;
 pub mod pipeline;
 pub mod redis_state;
@@ -27,11 +29,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use ingest::{EmbeddedBroker, MqttSource, SourceHandle, SourceStatus};
+use ingest::{Acker, EmbeddedBroker, Inbound, MqttSource, SourceHandle, SourceStatus};
 use rule_engine::{Directory, ParseLimits};
 use sinks::webhook::{WebhookDispatcher, WebhookHandle, WebhookStats};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::{Config, StateMode};
 use crate::store::RuleStore;
@@ -40,8 +43,12 @@ use crate::store::RuleStore;
 pub struct RunningEngine {
     /// Kept alive for the life of the process (rumqttd has no shutdown).
     _broker: Option<EmbeddedBroker>,
-    source: SourceHandle,
-    pipeline: JoinHandle<()>,
+    /// `None` with an in-process intake.
+    source: Option<SourceHandle>,
+    /// Routes messages to the workers, when there are several.
+    dispatcher: Option<JoinHandle<()>>,
+    /// One pipeline task per worker ([`dispatch`]).
+    workers: Vec<JoinHandle<()>>,
     webhooks: WebhookHandle<acks::Ack>,
     webhook_task: JoinHandle<WebhookStats>,
     reloader: JoinHandle<()>,
@@ -50,6 +57,20 @@ pub struct RunningEngine {
     state_status: Option<redis_state::StateStatus>,
     /// The task that PINGs Redis between batches.
     state_health: Option<JoinHandle<()>>,
+}
+
+/// Where observations come from.
+pub enum Intake {
+    /// The MQTT source of the `mqtt` section (and the embedded broker, when configured).
+    Mqtt,
+    /// Messages handed in by this process (the benchmarks' synthetic source): the pipeline ends
+    /// when the channel's senders are dropped; `client_id` names the saved threshold state and
+    /// the Redis step ids, as an MQTT client id does.
+    InProcess {
+        inbound: mpsc::Receiver<Inbound>,
+        acker: Acker,
+        client_id: String,
+    },
 }
 
 /// How often Redis is PINGed for `/readyz` (batches report on it too).
@@ -63,13 +84,25 @@ pub async fn start(
     directory: Arc<RwLock<Directory>>,
     rules_changed: Arc<Notify>,
 ) -> anyhow::Result<RunningEngine> {
-    let broker = if config.mqtt.embedded {
-        let broker = EmbeddedBroker::start(config.mqtt.embedded_listen)
-            .context("starting the embedded MQTT broker (mqtt.embedded)")?;
-        tracing::info!(listen = %broker.local_addr(), "embedded MQTT broker listening");
-        Some(broker)
-    } else {
-        None
+    start_with(config, store, directory, rules_changed, Intake::Mqtt).await
+}
+
+/// [`start`] with messages from `intake`.
+pub async fn start_with(
+    config: &Config,
+    store: &RuleStore,
+    directory: Arc<RwLock<Directory>>,
+    rules_changed: Arc<Notify>,
+    intake: Intake,
+) -> anyhow::Result<RunningEngine> {
+    let broker = match intake {
+        Intake::Mqtt if config.mqtt.embedded => {
+            let broker = EmbeddedBroker::start(config.mqtt.embedded_listen)
+                .context("starting the embedded MQTT broker (mqtt.embedded)")?;
+            tracing::info!(listen = %broker.local_addr(), "embedded MQTT broker listening");
+            Some(broker)
+        }
+        _ => None,
     };
     sinks::webhook::describe_metrics();
     ingest::describe_metrics();
@@ -84,7 +117,7 @@ pub async fn start(
         Duration::from_millis(config.engine.rules_poll_ms),
     ));
 
-    let resolving = match crate::resolver::Source::from_config(&config.directory)
+    let resolver = match crate::resolver::Source::from_config(&config.directory)
         .await
         .map_err(anyhow::Error::msg)
         .context("directory.resolver")?
@@ -95,17 +128,28 @@ pub async fn start(
                 resolver = source.kind(),
                 "updates of unknown things wait for the resolver"
             );
-            let resolver = crate::resolver::spawn(source, &config.directory);
-            Some(pipeline::Resolving::new(resolver, &config.directory))
+            Some(crate::resolver::spawn(source, &config.directory))
         }
         None => None,
     };
 
-    let host = ingest::config::local_hostname().unwrap_or_else(|| "localhost".to_owned());
-    let (inbound, acker, source) = MqttSource::start(&config.mqtt, &config.stack.name, &host)
-        .context("starting the MQTT source")?;
-    // The source logged its URL (password hidden) as it started.
-    tracing::info!(client_id = source.client_id(), "MQTT source started");
+    let (inbound, acker, source, client_id) = match intake {
+        Intake::Mqtt => {
+            let host = ingest::config::local_hostname().unwrap_or_else(|| "localhost".to_owned());
+            let (inbound, acker, source) =
+                MqttSource::start(&config.mqtt, &config.stack.name, &host)
+                    .context("starting the MQTT source")?;
+            // The source logged its URL (password hidden) as it started.
+            tracing::info!(client_id = source.client_id(), "MQTT source started");
+            let client_id = source.client_id().to_owned();
+            (inbound, acker, Some(source), client_id)
+        }
+        Intake::InProcess {
+            inbound,
+            acker,
+            client_id,
+        } => (inbound, acker, None, client_id),
+    };
 
     let outputs = outputs::Outputs::start(config, acker.clone()).await?;
     let outbox_acker = acker.clone();
@@ -120,20 +164,117 @@ pub async fn start(
         ids = recovered.len(),
         "redelivery window seeded with the observations earlier runs stored"
     );
-    let state = match config.engine.state {
-        StateMode::Local => {
-            let owner = source.client_id().to_owned();
-            let rules = Arc::clone(&rules_rx.borrow());
-            let state =
-                saved_state::load(store, &owner, &rules, config.engine.threshold_max_keys).await;
-            pipeline::ThresholdBackend::Local(pipeline::LocalState {
-                state,
-                saver: saved_state::Saver::new(
-                    store.clone(),
-                    owner,
-                    Duration::from_secs(config.engine.state_save_secs),
+
+    let router = dispatch::Router::new(config.engine.worker_count());
+    let workers = router.workers();
+    let states = threshold_backends(config, store, &client_id, &rules_rx, &router).await?;
+    let (state_status, state_health) = match states.first() {
+        Some(pipeline::ThresholdBackend::Redis(shared)) => (
+            Some(shared.redis.status()),
+            Some(shared.redis.spawn_health_check(REDIS_HEALTH_EVERY)),
+        ),
+        _ => (None, None),
+    };
+    let resolvings = resolving_per_worker(resolver, config, &router);
+    let (inputs, dispatcher) = if workers == 1 {
+        (vec![inbound], None)
+    } else {
+        // Each worker may hold a whole in-flight window, so that a busy thing's worker falling
+        // behind does not stop the others at once.
+        let (senders, receivers) = (0..workers)
+            .map(|_| mpsc::channel(config.mqtt.inflight.max(pipeline::BATCH_MAX)))
+            .unzip();
+        let dispatcher = tokio::spawn(dispatch::dispatch(inbound, senders, router.clone()));
+        (receivers, Some(dispatcher))
+    };
+    // Each worker's window covers the broker's in-flight window (at most 65,535 per
+    // connection), however unevenly the things spread.
+    let window = dedupe::WINDOW_CAPACITY
+        .div_ceil(workers)
+        .max(dedupe::WINDOW_PER_WORKER_MIN);
+    let limits = ParseLimits::new(config.mqtt.max_payload_bytes);
+    let mut tasks = Vec::with_capacity(workers);
+    for (worker, ((inbound, state), resolving)) in
+        inputs.into_iter().zip(states).zip(resolvings).enumerate()
+    {
+        let pipeline = pipeline::Pipeline {
+            inbound,
+            rules: rules_rx.clone(),
+            state,
+            stages: pipeline::Stages {
+                acker: acker.clone(),
+                objects: outputs.objects.clone(),
+                directory: Arc::clone(&directory),
+                store: store.clone(),
+                webhooks: webhooks.clone(),
+                limits,
+                key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
+                // A redelivery goes to its thing's worker; the ids recovered at start carry no
+                // name, so every worker gets them all.
+                redeliveries: dedupe::Redeliveries::new(
+                    window,
+                    recovered.clone(),
+                    fired_before.iter().copied(),
                 ),
-            })
+                metrics: pipeline::HotMetrics::register(),
+                domain_paths: pipeline::DomainPaths::default(),
+                check_topic_domain: config.directory.check_topic_domain,
+                actions_sent: 0,
+                resolving,
+                released: Vec::new(),
+                releasing: false,
+            },
+        };
+        let span = tracing::info_span!("worker", worker);
+        tasks.push(tokio::spawn(pipeline.run().instrument(span)));
+    }
+    tracing::info!(workers, "observation pipeline started");
+    Ok(RunningEngine {
+        _broker: broker,
+        source,
+        dispatcher,
+        workers: tasks,
+        webhooks,
+        webhook_task,
+        reloader,
+        outputs,
+        state_status,
+        state_health,
+    })
+}
+
+/// Each worker's threshold state: its shard of the saved local state, or a handle on Redis.
+async fn threshold_backends(
+    config: &Config,
+    store: &RuleStore,
+    client_id: &str,
+    rules: &watch::Receiver<Arc<rules::RuleSet>>,
+    router: &dispatch::Router,
+) -> anyhow::Result<Vec<pipeline::ThresholdBackend>> {
+    Ok(match config.engine.state {
+        StateMode::Local => {
+            let rules = Arc::clone(&rules.borrow());
+            let shards = saved_state::load(
+                store,
+                client_id,
+                &rules,
+                config.engine.threshold_max_keys,
+                router,
+            )
+            .await;
+            let savers = saved_state::Saver::for_workers(
+                store.clone(),
+                client_id.to_owned(),
+                Duration::from_secs(config.engine.state_save_secs),
+                router.workers(),
+            );
+            shards
+                .into_iter()
+                .zip(savers)
+                .map(|(state, saver)| {
+                    pipeline::ThresholdBackend::Local(pipeline::LocalState { state, saver })
+                })
+                .collect()
         }
         StateMode::Redis => {
             let url = config.engine.redis_url.as_deref().unwrap_or_default();
@@ -144,66 +285,62 @@ pub async fn start(
             )
             .context("engine.redis_url")?;
             tracing::info!(url = %ccstream_common::redact::url_password(url), "threshold state in Redis");
-            pipeline::ThresholdBackend::Redis(pipeline::SharedState {
-                redis,
-                backoff: ccstream_common::Backoff::new(
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                ),
-                client_id: source.client_id().to_owned(),
-            })
+            (0..router.workers())
+                .map(|_| {
+                    pipeline::ThresholdBackend::Redis(pipeline::SharedState {
+                        redis: redis.clone(),
+                        backoff: ccstream_common::Backoff::new(
+                            Duration::from_millis(100),
+                            Duration::from_secs(5),
+                        ),
+                        client_id: client_id.to_owned(),
+                    })
+                })
+                .collect()
         }
-    };
-    let (state_status, state_health) = match &state {
-        pipeline::ThresholdBackend::Redis(shared) => (
-            Some(shared.redis.status()),
-            Some(shared.redis.spawn_health_check(REDIS_HEALTH_EVERY)),
-        ),
-        pipeline::ThresholdBackend::Local(_) => (None, None),
-    };
-    let pipeline = pipeline::Pipeline {
-        inbound,
-        rules: rules_rx,
-        state,
-        stages: pipeline::Stages {
-            acker,
-            objects: outputs.objects.clone(),
-            directory,
-            store: store.clone(),
-            webhooks: webhooks.clone(),
-            limits: ParseLimits::new(config.mqtt.max_payload_bytes),
-            key_prefix: format!("{}-{:016x}", config.stack.name, fastrand::u64(..)),
-            redeliveries: dedupe::Redeliveries::new(
-                dedupe::WINDOW_CAPACITY,
-                recovered,
-                fired_before,
-            ),
-            metrics: pipeline::HotMetrics::register(),
-            domain_paths: pipeline::DomainPaths::default(),
-            check_topic_domain: config.directory.check_topic_domain,
-            actions_sent: 0,
-            resolving,
-            released: Vec::new(),
-            releasing: false,
-        },
-    };
-    let pipeline = tokio::spawn(pipeline.run());
-    Ok(RunningEngine {
-        _broker: broker,
-        source,
-        pipeline,
-        webhooks,
-        webhook_task,
-        reloader,
-        outputs,
-        state_status,
-        state_health,
     })
 }
 
+/// Each worker's waiting room for updates of unknown things. The resolver is one: every worker
+/// sends it requests, and each answer goes to the worker that owns the thing.
+fn resolving_per_worker(
+    resolver: Option<crate::resolver::Resolver>,
+    config: &Config,
+    router: &dispatch::Router,
+) -> Vec<Option<pipeline::Resolving>> {
+    let workers = router.workers();
+    let Some(resolver) = resolver else {
+        return (0..workers).map(|_| None).collect();
+    };
+    if workers == 1 {
+        return vec![Some(pipeline::Resolving::new(resolver, &config.directory))];
+    }
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| mpsc::channel(config.directory.resolve_queue))
+        .unzip();
+    tokio::spawn(dispatch::route_by_thing(
+        resolver.answers,
+        senders,
+        router.clone(),
+    ));
+    receivers
+        .into_iter()
+        .map(|answers| {
+            let resolver = crate::resolver::Resolver {
+                requests: resolver.requests.clone(),
+                answers,
+            };
+            Some(pipeline::Resolving::new(resolver, &config.directory))
+        })
+        .collect()
+}
+
 impl RunningEngine {
+    /// The MQTT connection, for `/readyz` (never connected with an in-process intake).
     pub fn mqtt_status(&self) -> SourceStatus {
-        self.source.status()
+        self.source
+            .as_ref()
+            .map_or_else(SourceStatus::default, SourceHandle::status)
     }
 
     /// Whether Redis answers, with `engine.state = "redis"`, for `/readyz`.
@@ -225,14 +362,23 @@ impl RunningEngine {
     /// all within `grace`.
     pub async fn shutdown(self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        if let Err(e) = self.source.shutdown(grace / 4).await {
-            tracing::warn!(error = %e, "MQTT source did not stop cleanly");
+        if let Some(source) = self.source {
+            if let Err(e) = source.shutdown(grace / 4).await {
+                tracing::warn!(error = %e, "MQTT source did not stop cleanly");
+            }
         }
-        // The source's channel is closed now; the pipeline ends when it has drained it.
-        if tokio::time::timeout_at(deadline, self.pipeline)
-            .await
-            .is_err()
-        {
+        // The source's channel is closed now (an in-process intake's sender is dropped); the
+        // dispatcher closes the workers' channels, and each worker ends when it has drained
+        // its own.
+        let drained = async {
+            if let Some(dispatcher) = self.dispatcher {
+                let _ = dispatcher.await;
+            }
+            for worker in self.workers {
+                let _ = worker.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
             tracing::warn!("observation pipeline did not finish within the grace period");
         }
         self.reloader.abort();

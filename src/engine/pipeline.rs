@@ -16,9 +16,10 @@
 //! Redis is unreachable the batch waits and is retried, nothing is evaluated without state and
 //! nothing is acked, and the broker keeps what follows.
 //!
-//! One task owns the threshold state, so it needs no lock. The directory is behind a std
-//! `RwLock` that is held only for a synchronous evaluation or event apply, never across an
-//! await. Firings are handed to the webhook outbox, which makes this loop wait only when it is
+//! Each of `engine.workers` runs one `Pipeline` for the things routed to it
+//! ([`super::dispatch`]) and owns their threshold state, so it needs no lock. The directory is
+//! shared, behind a std `RwLock` that is held only for a synchronous evaluation or event apply,
+//! never across an await. Firings are handed to the webhook outbox, which makes this loop wait only when it is
 //! full: a slow receiver stalls ingest only once the outbox's disk bound is reached.
 
 use std::collections::{HashMap, HashSet};

@@ -143,7 +143,9 @@ pub struct ObservationSteps<'a> {
     pub now_ms: u64,
 }
 
-/// The connection and the script.
+/// The connection and the script. Clones share the connection (multiplexed) and the status:
+/// every worker of the engine has one.
+#[derive(Clone)]
 pub struct RedisThresholds {
     conn: ConnectionManager,
     script: redis::Script,

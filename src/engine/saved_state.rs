@@ -3,17 +3,21 @@
 //! start. So a single replica's rollout keeps its runs and intervals; a crash loses at most the
 //! last period's changes (use `state = "redis"` where that matters).
 //!
+//! With several workers ([`super::dispatch`]) each saves its shard into one document, which is
+//! shared out again at the next start by the thing names (whatever the number of workers then).
+//!
 //! Each key is saved with the epoch of its rule (expression and threshold, as in Redis): a key
 //! whose rule was removed or changed while the replica was down is not restored.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rule_engine::{SavedKey, ThresholdState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use super::dispatch::Router;
 use super::redis_state::rule_epoch;
 use super::rules::RuleSet;
 use crate::store::RuleStore;
@@ -25,27 +29,32 @@ struct Document {
     keys: Vec<SavedKey>,
 }
 
-/// The state saved for `owner`, restored against `rules`, in a state of `max_keys`.
+/// The state saved for `owner`, restored against `rules` and shared out to the workers that
+/// own the things ([`Router`]), each shard holding at most its share of `max_keys`.
 pub async fn load(
     store: &RuleStore,
     owner: &str,
     rules: &RuleSet,
     max_keys: usize,
-) -> ThresholdState {
-    let mut state = ThresholdState::with_max_keys(max_keys);
+    router: &Router,
+) -> Vec<ThresholdState> {
+    let shard_keys = max_keys.div_ceil(router.workers());
+    let mut shards: Vec<ThresholdState> = (0..router.workers())
+        .map(|_| ThresholdState::with_max_keys(shard_keys))
+        .collect();
     let doc = match store.load_threshold_state(owner).await {
         Ok(Some(doc)) => doc,
-        Ok(None) => return state,
+        Ok(None) => return shards,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the saved threshold state; starting empty");
-            return state;
+            return shards;
         }
     };
     let doc: Document = match serde_json::from_str(&doc) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "unreadable saved threshold state; starting empty");
-            return state;
+            return shards;
         }
     };
     let saved = doc.keys.len();
@@ -57,14 +66,26 @@ pub async fn load(
         .filter(|r| doc.epochs.get(r.id().as_ref()) == Some(&rule_epoch(r.rule())))
         .map(|r| (r.id().as_ref(), r.id()))
         .collect();
-    let restored = state.restore(doc.keys, |rule| {
-        unchanged.get(rule).map(|id| Arc::clone(id))
-    });
+    let mut by_shard: Vec<Vec<SavedKey>> = vec![Vec::new(); shards.len()];
+    for key in doc.keys {
+        by_shard[router.worker_of(&key.thing)].push(key);
+    }
+    let mut restored = 0;
+    for (state, keys) in shards.iter_mut().zip(by_shard) {
+        restored += state.restore(keys, |rule| unchanged.get(rule).map(|id| Arc::clone(id)));
+    }
     tracing::info!(saved, restored, "threshold state restored");
-    state
+    shards
 }
 
-fn document(state: &ThresholdState, rules: &RuleSet) -> String {
+/// One worker's keys, with the epochs of their rules.
+#[derive(Debug, Default)]
+struct Part {
+    epochs: HashMap<String, String>,
+    keys: Vec<SavedKey>,
+}
+
+fn part(state: &ThresholdState, rules: &RuleSet) -> Part {
     let keys = state.export();
     let mut epochs = HashMap::new();
     for key in &keys {
@@ -72,51 +93,133 @@ fn document(state: &ThresholdState, rules: &RuleSet) -> String {
             epochs.insert(key.rule.clone(), rules.state_epoch(&key.rule));
         }
     }
-    serde_json::to_string(&Document { epochs, keys }).unwrap_or_default()
+    Part { epochs, keys }
 }
 
-/// Saves the state periodically without making the pipeline wait, and once more at the end.
+/// The document of every worker's latest part. Parts taken across a rule change may give a rule
+/// two epochs: the first part's stands, and keys saved under the other are left out (a changed
+/// rule's keys are not restored anyway).
+fn document(parts: &[Part]) -> String {
+    let mut doc = Document {
+        epochs: HashMap::new(),
+        keys: Vec::with_capacity(parts.iter().map(|p| p.keys.len()).sum()),
+    };
+    for part in parts {
+        for key in &part.keys {
+            let Some(epoch) = part.epochs.get(&key.rule) else {
+                continue;
+            };
+            match doc.epochs.get(&key.rule) {
+                Some(agreed) if agreed != epoch => continue,
+                Some(_) => {}
+                None => {
+                    doc.epochs.insert(key.rule.clone(), epoch.clone());
+                }
+            }
+            doc.keys.push(key.clone());
+        }
+    }
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// Saves the state periodically without making the workers wait, and once more at the end.
+/// Each worker has one, for its shard; they save one document together, under the owner.
 pub struct Saver {
-    store: RuleStore,
-    owner: String,
+    shared: Arc<Mutex<Shared>>,
+    shard: usize,
     every: Duration,
     last: Instant,
+}
+
+/// What the workers' savers share: each one's latest part, and the save in progress.
+struct Shared {
+    store: RuleStore,
+    owner: String,
+    parts: Vec<Part>,
+    last_save: Instant,
     running: Option<JoinHandle<()>>,
+    finished: usize,
 }
 
 impl Saver {
-    pub fn new(store: RuleStore, owner: String, every: Duration) -> Self {
-        Saver {
+    /// One saver per worker, for `workers` shards.
+    pub fn for_workers(
+        store: RuleStore,
+        owner: String,
+        every: Duration,
+        workers: usize,
+    ) -> Vec<Saver> {
+        let now = Instant::now();
+        let shared = Arc::new(Mutex::new(Shared {
             store,
             owner,
-            every,
-            last: Instant::now(),
+            parts: (0..workers).map(|_| Part::default()).collect(),
+            last_save: now,
             running: None,
-        }
+            finished: 0,
+        }));
+        (0..workers)
+            .map(|shard| Saver {
+                shared: Arc::clone(&shared),
+                shard,
+                every,
+                last: now,
+            })
+            .collect()
     }
 
-    /// Starts a save in the background when the period has passed and the last one is done.
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // Every step leaves `Shared` whole; a panic elsewhere does not spoil it.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Once a period: hands this worker's shard in, and starts a save in the background when
+    /// the period has passed since the last one and that one is done.
     pub fn tick(&mut self, state: &ThresholdState, rules: &RuleSet) {
-        if self.last.elapsed() < self.every
-            || self.running.as_ref().is_some_and(|t| !t.is_finished())
-        {
+        if self.last.elapsed() < self.every {
             return;
         }
         self.last = Instant::now();
-        let doc = document(state, rules);
-        let (store, owner) = (self.store.clone(), self.owner.clone());
-        self.running = Some(tokio::spawn(async move {
+        let part = part(state, rules);
+        let mut shared = self.shared();
+        shared.parts[self.shard] = part;
+        if shared.last_save.elapsed() < self.every
+            || shared.running.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        shared.last_save = Instant::now();
+        let doc = document(&shared.parts);
+        let (store, owner) = (shared.store.clone(), shared.owner.clone());
+        shared.running = Some(tokio::spawn(async move {
             save(&store, &owner, &doc).await;
         }));
     }
 
-    /// Saves now and waits for it (shutdown).
+    /// Hands the final shard in; the last worker to finish saves the document and waits for it
+    /// (shutdown).
     pub async fn finish(&mut self, state: &ThresholdState, rules: &RuleSet) {
-        if let Some(running) = self.running.take() {
+        let part = part(state, rules);
+        let (running, save_now) = {
+            let mut shared = self.shared();
+            shared.parts[self.shard] = part;
+            shared.finished += 1;
+            if shared.finished < shared.parts.len() {
+                return;
+            }
+            let doc = document(&shared.parts);
+            let keys: usize = shared.parts.iter().map(|p| p.keys.len()).sum();
+            (
+                shared.running.take(),
+                (shared.store.clone(), shared.owner.clone(), doc, keys),
+            )
+        };
+        if let Some(running) = running {
             let _ = running.await;
         }
-        save(&self.store, &self.owner, &document(state, rules)).await;
-        tracing::info!(keys = state.len(), "threshold state saved");
+        let (store, owner, doc, keys) = save_now;
+        save(&store, &owner, &doc).await;
+        tracing::info!(keys, "threshold state saved");
     }
 }
 

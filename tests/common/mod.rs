@@ -211,6 +211,14 @@ impl Ccstream {
             env.push(("CCSTREAM_MQTT__EMBEDDED_LISTEN".into(), mqtt.clone()));
             env.push(("CCSTREAM_MQTT__URL".into(), format!("mqtt://{mqtt}")));
         }
+        // A test that syncs on a sentinel observation of another thing relies on arrival order
+        // across things, which only one worker keeps (several keep it per thing); the tests of
+        // several workers (tests/workers.rs) choose `engine.workers`.
+        let chooses_workers = config_toml.contains("workers =")
+            || env.iter().any(|(k, _)| k == "CCSTREAM_ENGINE__WORKERS");
+        if !chooses_workers {
+            env.push(("CCSTREAM_ENGINE__WORKERS".into(), "1".into()));
+        }
         let mut svc = Ccstream {
             dir,
             config,
