@@ -63,24 +63,39 @@ impl Router {
     }
 }
 
+/// Batches each worker's channel holds: a worker falling behind holds up the dispatcher (and
+/// the others) only once this many are waiting for it.
+pub const QUEUED_BATCHES: usize = 64;
+
 /// Moves messages from the source to their workers until the source closes its channel; then
 /// the workers' channels close and each worker ends when it has drained its own.
+///
+/// What the source has waiting is taken at once and handed out as one batch per worker, in
+/// arrival order within each: a message at a time would wake a worker, and the thread it runs
+/// on, per message.
 ///
 /// Waits when a worker's channel is full (backpressure reaches the source, and through it the
 /// broker). A worker that is gone (its task panicked) gets nothing more: its messages are
 /// dropped unacked, which the broker sends again after a restart.
 pub async fn dispatch(
     mut from: mpsc::Receiver<Inbound>,
-    to: Vec<mpsc::Sender<Inbound>>,
+    to: Vec<mpsc::Sender<Vec<Inbound>>>,
     router: Router,
 ) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut lanes: Vec<Vec<Inbound>> = to.iter().map(|_| Vec::new()).collect();
     let mut gone = vec![false; to.len()];
     while from.recv_many(&mut batch, BATCH_MAX).await > 0 {
         for item in batch.drain(..) {
-            let worker = router.route(&item);
-            let Some(tx) = to.get(worker) else { continue };
-            if tx.send(item).await.is_err() && !gone[worker] {
+            if let Some(lane) = lanes.get_mut(router.route(&item)) {
+                lane.push(item);
+            }
+        }
+        for (worker, (lane, tx)) in lanes.iter_mut().zip(&to).enumerate() {
+            if lane.is_empty() {
+                continue;
+            }
+            if tx.send(std::mem::take(lane)).await.is_err() && !gone[worker] {
                 gone[worker] = true;
                 metrics::counter!("ccstream_engine_workers_failed_total").increment(1);
                 tracing::error!(
@@ -176,7 +191,7 @@ mod tests {
         let mut workers = Vec::new();
         for _ in 0..3 {
             // Small channels: the dispatcher waits for the workers.
-            let (tx, rx) = mpsc::channel(2);
+            let (tx, rx) = mpsc::channel(1);
             to.push(tx);
             workers.push(rx);
         }
@@ -195,8 +210,13 @@ mod tests {
         for (i, mut rx) in workers.into_iter().enumerate() {
             readers.push(tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Some(Inbound::Shadow(s)) = rx.recv().await {
-                    got.push((s.thing_name, s.received_at_ms));
+                while let Some(batch) = rx.recv().await {
+                    assert!(!batch.is_empty(), "no empty batches");
+                    for item in batch {
+                        if let Inbound::Shadow(s) = item {
+                            got.push((s.thing_name, s.received_at_ms));
+                        }
+                    }
                 }
                 (i, got)
             }));

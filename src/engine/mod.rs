@@ -177,15 +177,17 @@ pub async fn start_with(
     };
     let resolvings = resolving_per_worker(resolver, config, &router);
     let (inputs, dispatcher) = if workers == 1 {
-        (vec![inbound], None)
+        (vec![pipeline::Input::Messages(inbound)], None)
     } else {
-        // Each worker may hold a whole in-flight window, so that a busy thing's worker falling
-        // behind does not stop the others at once.
-        let (senders, receivers) = (0..workers)
-            .map(|_| mpsc::channel(config.mqtt.inflight.max(pipeline::BATCH_MAX)))
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| mpsc::channel(dispatch::QUEUED_BATCHES))
             .unzip();
         let dispatcher = tokio::spawn(dispatch::dispatch(inbound, senders, router.clone()));
-        (receivers, Some(dispatcher))
+        let inputs = receivers
+            .into_iter()
+            .map(pipeline::Input::Batches)
+            .collect();
+        (inputs, Some(dispatcher))
     };
     // Each worker's window covers the broker's in-flight window (at most 65,535 per
     // connection), however unevenly the things spread.

@@ -54,10 +54,47 @@ pub use resolving::Resolving;
 pub use shared::SharedState;
 
 pub struct Pipeline {
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: Input,
     pub rules: watch::Receiver<Arc<RuleSet>>,
     pub state: ThresholdBackend,
     pub stages: Stages,
+}
+
+/// Where a worker's messages come from: the source's channel itself (one worker), or the
+/// dispatcher's batches of its things' messages ([`super::dispatch`]).
+pub enum Input {
+    Messages(mpsc::Receiver<Inbound>),
+    Batches(mpsc::Receiver<Vec<Inbound>>),
+}
+
+impl Input {
+    /// Waits for messages and appends what is waiting to `batch` (up to [`BATCH_MAX`], or one
+    /// dispatcher batch); 0 once the channel is closed and drained.
+    async fn recv_many(&mut self, batch: &mut Vec<Inbound>) -> usize {
+        match self {
+            Input::Messages(rx) => rx.recv_many(batch, BATCH_MAX).await,
+            Input::Batches(rx) => match rx.recv().await {
+                Some(mut items) => {
+                    let n = items.len();
+                    if batch.is_empty() {
+                        std::mem::swap(batch, &mut items);
+                    } else {
+                        batch.append(&mut items);
+                    }
+                    n
+                }
+                None => 0,
+            },
+        }
+    }
+
+    /// Whether the sender is gone (shutdown).
+    fn is_closed(&self) -> bool {
+        match self {
+            Input::Messages(rx) => rx.is_closed(),
+            Input::Batches(rx) => rx.is_closed(),
+        }
+    }
 }
 
 /// Where threshold state lives (`engine.state`).
@@ -264,7 +301,7 @@ impl Pipeline {
     /// Waits for messages (into `batch`) or a resolver's answer.
     async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> Next {
         let Some(resolving) = self.stages.resolving.as_mut() else {
-            return match self.inbound.recv_many(batch, BATCH_MAX).await {
+            return match self.inbound.recv_many(batch).await {
                 0 => Next::Closed,
                 _ => Next::Batch,
             };
@@ -275,7 +312,7 @@ impl Pipeline {
                 Some((name, answer)) => Next::Answer(name, answer),
                 None => Next::ResolverGone,
             },
-            n = self.inbound.recv_many(batch, BATCH_MAX) => match n {
+            n = self.inbound.recv_many(batch) => match n {
                 0 => Next::Closed,
                 _ => Next::Batch,
             },

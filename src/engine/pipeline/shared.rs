@@ -8,9 +8,8 @@ use ccstream_common::Backoff;
 use ingest::{Inbound, ShadowUpdate};
 use rule_engine::deferred::{StepRecorder, StepReplay};
 use rule_engine::{Decision, Engine, Outcome, ParsedObservation};
-use tokio::sync::mpsc;
 
-use super::{Pending, Stages};
+use super::{Input, Pending, Stages};
 use crate::engine::dedupe::{observation_id, Delivery};
 use crate::engine::redis_state::{ObservationSteps, RedisThresholds};
 use crate::engine::rules::RuleSet;
@@ -45,7 +44,7 @@ impl Stages {
         rules: &RuleSet,
         batch: &mut Vec<Inbound>,
         shared: &mut SharedState,
-        inbound: &mpsc::Receiver<Inbound>,
+        inbound: &Input,
     ) -> bool {
         let mut pending: Vec<Pending> = Vec::new();
         for item in batch.drain(..) {
@@ -116,7 +115,7 @@ impl Stages {
         rules: &RuleSet,
         pending: &mut Vec<Pending>,
         shared: &mut SharedState,
-        inbound: &mpsc::Receiver<Inbound>,
+        inbound: &Input,
     ) -> bool {
         if pending.is_empty() {
             return true;
