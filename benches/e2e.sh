@@ -7,6 +7,7 @@
 #   STATE=redis benches/e2e.sh           # threshold state in a Redis of its own (engine.state)
 #   REPLICAS=3 STATE=redis benches/e2e.sh   # three replicas sharing the stream (README, "Several
 #                                           # replicas"); needs STATE=redis
+#   WORKERS=1 benches/e2e.sh             # engine.workers (default: one per core)
 #   SEARCH=1 benches/e2e.sh              # with search.url: every observation indexed too, into the
 #                                        # generator's _bulk stand-in (OpenSearch cannot be
 #                                        # installed here); run 2 waits until all are indexed
@@ -58,6 +59,8 @@ FIRE_RATIO=${FIRE_RATIO:-0.01}
 REPORT=${REPORT:-$ROOT/benches/e2e-report.json}
 KEEP_TMP=${KEEP_TMP:-0}
 OBJECTS_SINK=${OBJECTS_SINK:-s3}    # local: batches to files instead (to compare; S3 checks skipped)
+WORKERS=${WORKERS:-}                # engine.workers (unset: one per core)
+ENGINE_WORKERS=${WORKERS:+workers = $WORKERS}
 MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} # glibc arenas for ccstream (0: glibc's default)
 PERF=${PERF:-0}                     # 1: sample ccstream with `perf record` during run 2
 STATE=${STATE:-local}               # engine.state: local, or redis (a redis-server started here)
@@ -297,6 +300,7 @@ $shared
 
 [engine]
 $ENGINE_STATE
+$ENGINE_WORKERS
 
 [webhook]
 allow_cidrs = ["127.0.0.1/32"]

@@ -72,6 +72,11 @@ impl Options {
 struct Run {
     per_second: f64,
     cpu_us_per_observation: f64,
+    /// Of that, the runtime's threads (workers, dispatcher, acks, uploads) and the main thread
+    /// (the synthetic source); the rest ran on threads that ended with the run (the spool's
+    /// and the outbox's).
+    runtime_us: f64,
+    source_us: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,8 +113,13 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await?;
                 println!(
-                    "run {run} workers {workers}: {:.0} observations/s, {:.2} µs CPU per observation",
-                    result.per_second, result.cpu_us_per_observation
+                    "run {run} workers {workers}: {:.0} observations/s, {:.2} µs CPU per observation \
+                     (runtime threads {:.2}, source {:.2}, spool and outbox {:.2})",
+                    result.per_second,
+                    result.cpu_us_per_observation,
+                    result.runtime_us,
+                    result.source_us,
+                    result.cpu_us_per_observation - result.runtime_us - result.source_us,
                 );
                 runs.push(result);
             }
@@ -184,6 +194,7 @@ async fn one_run(
         .collect();
 
     let cpu_before = process_on_cpu_ns()?;
+    let threads_before = threads_on_cpu_ns()?;
     let started = Instant::now();
     for message in messages {
         tx.send(message)
@@ -194,9 +205,18 @@ async fn one_run(
     engine.shutdown(Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process_on_cpu_ns()?.saturating_sub(cpu_before) as f64;
+    let threads = threads_on_cpu_ns()?;
+    let spent = |name: &str| {
+        let ns = |t: &[(String, u64)]| -> u64 {
+            t.iter().filter(|(n, _)| n == name).map(|(_, ns)| ns).sum()
+        };
+        ns(&threads).saturating_sub(ns(&threads_before)) as f64 / 1e3 / count as f64
+    };
     Ok(Run {
         per_second: count as f64 / elapsed,
         cpu_us_per_observation: cpu / 1e3 / count as f64,
+        runtime_us: spent("tokio-rt-worker"),
+        source_us: spent("main"),
     })
 }
 
@@ -218,6 +238,29 @@ fn process_on_cpu_ns() -> anyhow::Result<u64> {
         .sum::<Option<u64>>()
         .context("/proc/self/stat: utime, stime")?;
     Ok(ticks * 10_000_000)
+}
+
+/// (name, ns on a CPU) of each thread alive now; the main thread is named `main`.
+fn threads_on_cpu_ns() -> anyhow::Result<Vec<(String, u64)>> {
+    let main = std::process::id().to_string();
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?;
+        let ns: u64 = std::fs::read_to_string(task.path().join("schedstat"))?
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .context("schedstat")?;
+        let name = if task.file_name().to_str() == Some(main.as_str()) {
+            "main".to_owned()
+        } else {
+            std::fs::read_to_string(task.path().join("comm"))?
+                .trim()
+                .to_owned()
+        };
+        out.push((name, ns));
+    }
+    Ok(out)
 }
 
 fn median(runs: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {

@@ -4,7 +4,9 @@
 //! every rule write holds the generation row until its commit. So one task per store takes the
 //! writes that queued while the previous group committed and applies them all in one
 //! transaction, with one generation bump and one flush, then answers each. Removal rows are
-//! written once per group too ([`record_removals`]).
+//! written once per group too ([`record_removals`]), and updates of distinct rules that queued
+//! side by side go in one statement ([`update_many`]): each statement is a round trip to
+//! PostgreSQL.
 //!
 //! A write's own refusal (the id exists, the version moved on, nothing to remove) is an answer,
 //! not an error: the statements say so without failing (`ON CONFLICT DO NOTHING`, `RETURNING`),
@@ -200,12 +202,24 @@ async fn apply_group(
         .await
         .map_err(Failure::Before)?;
     let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
+    let mut rest = writes;
+    while let Some((write, after)) = rest.split_first() {
+        let updates = distinct_updates(rest);
+        if updates.len() > 1 {
+            results.extend(
+                update_many(&mut tx, &updates, generation)
+                    .await
+                    .map_err(Failure::Before)?,
+            );
+            rest = &rest[updates.len()..];
+            continue;
+        }
         results.push(
             apply(&mut tx, write, generation)
                 .await
                 .map_err(Failure::Before)?,
         );
+        rest = after;
     }
     record_removals(&mut tx, writes, &results, generation)
         .await
@@ -334,6 +348,93 @@ async fn apply(
             expected_version,
         } => remove(conn, id, *expected_version).await,
     }
+}
+
+/// The updates at the start of `writes`, up to the first write that is not an update or updates
+/// an id already among them.
+fn distinct_updates<'w>(writes: &[&'w Write]) -> Vec<(&'w Rule, i64)> {
+    let mut updates: Vec<(&Rule, i64)> = Vec::new();
+    for write in writes {
+        match write {
+            Write::Update {
+                rule,
+                expected_version,
+            } if !updates.iter().any(|(r, _)| r.id == rule.id) => {
+                updates.push((rule, *expected_version));
+            }
+            _ => break,
+        }
+    }
+    updates
+}
+
+/// Updates of distinct rules in one statement: one round trip for all of them instead of one
+/// each, which is what bounds a group's updates on PostgreSQL. Each row changes only if it is
+/// still at its expected version, as [`apply`] would change it; the rows returned tell which.
+/// (`UPDATE ... FROM (VALUES ...)`, whose columns are `column1`... on both SQLite and
+/// PostgreSQL.)
+async fn update_many(
+    conn: &mut AnyConnection,
+    updates: &[(&Rule, i64)],
+    generation: i64,
+) -> sqlx::Result<Vec<Result<Done, StoreError>>> {
+    let mut answers: Vec<Option<Result<Done, StoreError>>> = Vec::with_capacity(updates.len());
+    let mut rows = Vec::with_capacity(updates.len());
+    for (rule, expected_version) in updates {
+        match encode(rule) {
+            Ok(doc) => {
+                rows.push((*rule, doc, *expected_version));
+                answers.push(None);
+            }
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    let values: Vec<String> = (0..rows.len())
+        .map(|k| {
+            let first = 3 + 4 * k;
+            format!(
+                "(${}, ${}, ${}, CAST(${} AS BIGINT))",
+                first,
+                first + 1,
+                first + 2,
+                first + 3
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE rules SET domain = v.column2, doc = v.column3, version = version + 1, \
+         updated_at = $1, generation = $2 FROM (VALUES {}) AS v \
+         WHERE rules.id = v.column1 AND rules.version = v.column4 RETURNING id, version",
+        values.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql)
+        .bind(now_ms())
+        .bind(generation);
+    for (rule, doc, expected_version) in &rows {
+        query = query
+            .bind(&rule.id)
+            .bind(&rule.filter.domain)
+            .bind(doc)
+            .bind(*expected_version);
+    }
+    let updated: HashMap<String, i64> = if rows.is_empty() {
+        HashMap::new()
+    } else {
+        query.fetch_all(&mut *conn).await?.into_iter().collect()
+    };
+    Ok(updates
+        .iter()
+        .zip(answers)
+        .map(|((rule, _), answer)| {
+            answer.unwrap_or_else(|| match updated.get(&rule.id) {
+                Some(&version) => Ok(Done::Rule(Box::new(Versioned {
+                    rule: (*rule).clone(),
+                    version,
+                }))),
+                None => Err(StoreError::Conflict(rule.id.clone())),
+            })
+        })
+        .collect())
 }
 
 async fn create(

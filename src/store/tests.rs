@@ -285,6 +285,71 @@ async fn one_group_keeps_the_last_write_of_an_id_postgres() {
     one_group_keeps_the_last_write_of_an_id(&TestDb::postgres().await).await;
 }
 
+/// Updates queued together go in one statement: each still gets its own answer (a stale
+/// version, a rule that is not there, a second update of an id in the same group), and a create
+/// between them splits the statement without changing what happens.
+async fn one_group_updates_distinct_rules_in_one_statement(db: &TestDb) {
+    let store = connect(db).await;
+    for id in ["a", "b", "c", "d"] {
+        store.insert(&rule(id, "acme")).await.expect("insert");
+    }
+    store.update(&rule("d", "acme"), 1).await.expect("update d");
+    let g0 = store.rules_generation().await.expect("generation");
+    let rules = [
+        rule("a", "first"),
+        rule("b", "stale"),
+        rule("a", "second"),
+        rule("e", "acme"),
+        rule("c", "after-create"),
+        rule("missing", "acme"),
+        rule("d", "acme/d"),
+    ];
+    let (a, stale, a_again, created, c, missing, d) = tokio::join!(
+        store.update(&rules[0], 1),
+        store.update(&rules[1], 7),
+        store.update(&rules[2], 1),
+        store.insert(&rules[3]),
+        store.update(&rules[4], 1),
+        store.update(&rules[5], 1),
+        store.update(&rules[6], 2),
+    );
+    assert_eq!(a.expect("a").version, 2);
+    assert!(matches!(stale, Err(StoreError::Conflict(id)) if id == "b"));
+    assert!(
+        matches!(a_again, Err(StoreError::Conflict(id)) if id == "a"),
+        "the first update of a moved its version on"
+    );
+    created.expect("create e");
+    assert_eq!(c.expect("c").version, 2);
+    assert!(matches!(missing, Err(StoreError::Conflict(id)) if id == "missing"));
+    assert_eq!(d.expect("d").version, 3);
+
+    let (generation, written, removed) = since(store.changes_since(g0).await.expect("changes"));
+    assert_eq!(generation, g0 + 1, "one group, one generation");
+    assert_eq!(
+        written,
+        pairs(&[
+            ("a", "first"),
+            ("c", "after-create"),
+            ("d", "acme/d"),
+            ("e", "acme")
+        ])
+    );
+    assert!(removed.is_empty());
+    let b = store.get("b").await.expect("get").expect("b");
+    assert_eq!((b.version, b.rule.filter.domain.as_str()), (1, "acme"));
+}
+
+#[tokio::test]
+async fn one_group_updates_distinct_rules_in_one_statement_sqlite() {
+    one_group_updates_distinct_rules_in_one_statement(&TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn one_group_updates_distinct_rules_in_one_statement_postgres() {
+    one_group_updates_distinct_rules_in_one_statement(&TestDb::postgres().await).await;
+}
+
 fn since(changes: RuleChanges) -> (i64, BTreeSet<(String, String)>, BTreeSet<String>) {
     match changes {
         RuleChanges::Since {
