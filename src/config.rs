@@ -84,7 +84,9 @@ impl EngineConfig {
     /// `engine.workers`, or the cores this process may run on (cgroup quota included).
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_WORKERS)
         })
     }
 }

@@ -107,6 +107,13 @@ struct Cluster {
 /// changes arrive by notification.
 const POLL_MS: u64 = 200;
 
+/// The `[engine]` settings a test varies.
+#[derive(Clone, Copy)]
+struct Engine {
+    poll_ms: u64,
+    workers: usize,
+}
+
 fn replica_config(
     i: usize,
     broker: &Mosquitto,
@@ -114,8 +121,9 @@ fn replica_config(
     db: &PgDb,
     directory: &str,
     run: &str,
-    poll_ms: u64,
+    engine: Engine,
 ) -> String {
+    let Engine { poll_ms, workers } = engine;
     format!(
         "[api]\nlisten = \"{LISTEN}\"\n\
          [mqtt]\nembedded = false\nurl = \"{}\"\nclient_id = \"ccstream-{run}-{i}\"\n\
@@ -123,6 +131,7 @@ fn replica_config(
          keep_alive_secs = 5\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\
          [webhook]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nallow_cidrs = [\"127.0.0.1/32\"]\n\
          [engine]\nrules_poll_ms = {poll_ms}\nstate = \"redis\"\nredis_url = \"{}\"\n\
+         workers = {workers}\n\
          [store]\nurl = \"{}\"\n\
          [objects]\ndelimiter = \"newline\"\nmax_age_secs = 1\n\
          [directory]\nimport_file = \"{directory}\"\n",
@@ -138,6 +147,14 @@ impl Cluster {
     }
 
     async fn start_polling(replicas: usize, things: usize, poll_ms: u64) -> Cluster {
+        let engine = Engine {
+            poll_ms,
+            workers: 1,
+        };
+        Cluster::start_with(replicas, things, engine).await
+    }
+
+    async fn start_with(replicas: usize, things: usize, engine: Engine) -> Cluster {
         let broker = Mosquitto::builder().log_packets(false).start();
         let redis = Redis::start_persistent();
         let db = PgDb::create();
@@ -146,7 +163,7 @@ impl Cluster {
         let run = unique_suffix();
         let mut started = Vec::new();
         for i in 0..replicas {
-            let config = replica_config(i, &broker, &redis, &db, &directory, &run, poll_ms);
+            let config = replica_config(i, &broker, &redis, &db, &directory, &run, engine);
             started.push(Ccstream::start(&config).await);
         }
         let cluster = Cluster {
@@ -746,7 +763,14 @@ async fn a_replica_killed_mid_round_stores_every_observation_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_redis_is_down_leaves_the_unevaluated_to_the_broker() {
     const THINGS: usize = 200;
-    let mut cluster = Cluster::start(1, THINGS).await;
+    // Four workers, each holding a batch it cannot decide: shutdown still ends within its grace
+    // period. (They learn of it from the engine, not only from their channels: with a broker
+    // window larger than a worker's queue the dispatcher could be waiting on a full one.)
+    let engine = Engine {
+        poll_ms: POLL_MS,
+        workers: 4,
+    };
+    let mut cluster = Cluster::start_with(1, THINGS, engine).await;
     cluster.create_rules().await;
     cluster.publish_rounds(THINGS, 0..3).await;
 

@@ -18,9 +18,9 @@ use std::hash::{BuildHasher, RandomState};
 
 use ingest::Inbound;
 use rule_engine::directory::event_thing_name;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::pipeline::BATCH_MAX;
+use super::pipeline::{Batch, BATCH_MAX};
 
 /// Which worker owns a thing.
 #[derive(Debug, Clone)]
@@ -74,36 +74,85 @@ pub const QUEUED_BATCHES: usize = 64;
 /// arrival order within each: a message at a time would wake a worker, and the thread it runs
 /// on, per message.
 ///
+/// A life cycle event changes the directory every worker reads (a domain's place in the tree,
+/// which the `thing-update` topic check and the records' paths use), so it is applied in
+/// arrival order against all of them: every worker first handles what came before it (a
+/// fence), then its thing's worker applies it, and only then does anything after it go out.
+/// Events are rare; the fences cost a round trip through the workers each.
+///
 /// Waits when a worker's channel is full (backpressure reaches the source, and through it the
-/// broker). A worker that is gone (its task panicked) gets nothing more: its messages are
-/// dropped unacked, which the broker sends again after a restart.
+/// broker). A worker that is gone gets nothing more: its messages are dropped unacked, which
+/// the broker sends again after a restart.
 pub async fn dispatch(
     mut from: mpsc::Receiver<Inbound>,
-    to: Vec<mpsc::Sender<Vec<Inbound>>>,
+    to: Vec<mpsc::Sender<Batch>>,
     router: Router,
 ) {
+    let mut workers = Workers {
+        lanes: to.iter().map(|_| Vec::new()).collect(),
+        gone: vec![false; to.len()],
+        to,
+    };
     let mut batch = Vec::with_capacity(BATCH_MAX);
-    let mut lanes: Vec<Vec<Inbound>> = to.iter().map(|_| Vec::new()).collect();
-    let mut gone = vec![false; to.len()];
     while from.recv_many(&mut batch, BATCH_MAX).await > 0 {
         for item in batch.drain(..) {
-            if let Some(lane) = lanes.get_mut(router.route(&item)) {
+            let worker = router.route(&item);
+            if matches!(item, Inbound::Event { .. }) && workers.to.len() > 1 {
+                workers.flush().await;
+                workers.fence(0..workers.to.len()).await;
+                workers.send(worker, Batch::Messages(vec![item])).await;
+                workers.fence(worker..=worker).await;
+            } else if let Some(lane) = workers.lanes.get_mut(worker) {
                 lane.push(item);
             }
         }
-        for (worker, (lane, tx)) in lanes.iter_mut().zip(&to).enumerate() {
-            if lane.is_empty() {
-                continue;
+        workers.flush().await;
+    }
+}
+
+/// The dispatcher's side of the workers' channels.
+struct Workers {
+    to: Vec<mpsc::Sender<Batch>>,
+    /// Messages for each worker, not sent yet.
+    lanes: Vec<Vec<Inbound>>,
+    /// Workers found gone (logged once each).
+    gone: Vec<bool>,
+}
+
+impl Workers {
+    /// Sends each worker its lane.
+    async fn flush(&mut self) {
+        for worker in 0..self.to.len() {
+            if !self.lanes[worker].is_empty() {
+                let lane = std::mem::take(&mut self.lanes[worker]);
+                self.send(worker, Batch::Messages(lane)).await;
             }
-            if tx.send(std::mem::take(lane)).await.is_err() && !gone[worker] {
-                gone[worker] = true;
-                metrics::counter!("ccstream_engine_workers_failed_total").increment(1);
-                tracing::error!(
-                    worker,
-                    "an engine worker stopped; its things' messages are left unacked for the \
-                     broker to send again after a restart"
-                );
-            }
+        }
+    }
+
+    async fn send(&mut self, worker: usize, batch: Batch) {
+        if self.to[worker].send(batch).await.is_err() && !self.gone[worker] {
+            self.gone[worker] = true;
+            metrics::counter!("ccstream_engine_workers_failed_total").increment(1);
+            tracing::error!(
+                worker,
+                "an engine worker stopped; its things' messages are left unacked for the broker \
+                 to send again after a restart"
+            );
+        }
+    }
+
+    /// Waits until each of `workers` has handled everything sent to it so far (a worker that is
+    /// gone answers at once: its fence is dropped with its channel).
+    async fn fence(&mut self, workers: impl Iterator<Item = usize>) {
+        let mut answers = Vec::new();
+        for worker in workers {
+            let (done, answer) = oneshot::channel();
+            self.send(worker, Batch::Fence(done)).await;
+            answers.push(answer);
+        }
+        for answer in answers {
+            let _ = answer.await;
         }
     }
 }
@@ -183,6 +232,70 @@ mod tests {
         assert!(names.iter().any(|n| a.worker_of(n) != b.worker_of(n)));
     }
 
+    /// An event goes out only once every worker has handled what came before it, and nothing
+    /// after it goes out before it is applied: the log of what the workers handled has every
+    /// earlier update before the event and every later one after it.
+    #[tokio::test]
+    async fn an_event_is_handled_between_what_came_before_and_after_it() {
+        let router = Router::new(3);
+        let (source, from) = mpsc::channel(64);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let mut to = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let (tx, mut rx) = mpsc::channel::<Batch>(4);
+            to.push(tx);
+            let log = std::sync::Arc::clone(&log);
+            workers.push(tokio::spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    match batch {
+                        Batch::Messages(items) => {
+                            for item in items {
+                                // Handling takes a while: a dispatcher that did not wait for
+                                // the workers would send what follows the event too early.
+                                tokio::task::yield_now().await;
+                                let seq = match item {
+                                    Inbound::Shadow(s) => s.received_at_ms,
+                                    Inbound::Event { received_at_ms, .. } => received_at_ms,
+                                };
+                                log.lock().expect("log").push(seq);
+                            }
+                        }
+                        Batch::Fence(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            }));
+        }
+        // 0..30 updates, the event as 30, then 31..60, all waiting in the source at once.
+        for seq in 0..61u64 {
+            let item = if seq == 30 {
+                Inbound::Event {
+                    topic: "event/root/b/sub1".to_owned(),
+                    received_at_ms: seq,
+                    payload: Bytes::from_static(br#"{"type":"THING_TYPE.CREATE"}"#),
+                    dup: false,
+                    pkid: 0,
+                    ack: AckToken::not_required(),
+                }
+            } else {
+                shadow(&format!("thing-{}", seq % 7), seq)
+            };
+            source.send(item).await.expect("queued");
+        }
+        drop(source);
+        dispatch(from, to, router).await;
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+        let log = log.lock().expect("log").clone();
+        let event_at = log.iter().position(|&s| s == 30).expect("the event");
+        assert!(log[..event_at].iter().all(|&s| s < 30), "{log:?}");
+        assert!(log[event_at + 1..].iter().all(|&s| s > 30), "{log:?}");
+        assert_eq!(log.len(), 61);
+    }
+
     #[tokio::test]
     async fn dispatch_keeps_each_things_order() {
         let router = Router::new(3);
@@ -211,6 +324,9 @@ mod tests {
             readers.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 while let Some(batch) = rx.recv().await {
+                    let Batch::Messages(batch) = batch else {
+                        panic!("a fence without an event")
+                    };
                     assert!(!batch.is_empty(), "no empty batches");
                     for item in batch {
                         if let Inbound::Shadow(s) = item {

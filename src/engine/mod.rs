@@ -49,6 +49,8 @@ pub struct RunningEngine {
     dispatcher: Option<JoinHandle<()>>,
     /// One pipeline task per worker ([`dispatch`]).
     workers: Vec<JoinHandle<()>>,
+    /// Tells the workers the source has stopped (see [`pipeline::Input`]).
+    stopping: watch::Sender<bool>,
     webhooks: WebhookHandle<acks::Ack>,
     webhook_task: JoinHandle<WebhookStats>,
     reloader: JoinHandle<()>,
@@ -176,6 +178,7 @@ pub async fn start_with(
         _ => (None, None),
     };
     let resolvings = resolving_per_worker(resolver, config, &router);
+    let (stopping, stopping_rx) = watch::channel(false);
     let (inputs, dispatcher) = if workers == 1 {
         (vec![pipeline::Input::Messages(inbound)], None)
     } else {
@@ -185,7 +188,10 @@ pub async fn start_with(
         let dispatcher = tokio::spawn(dispatch::dispatch(inbound, senders, router.clone()));
         let inputs = receivers
             .into_iter()
-            .map(pipeline::Input::Batches)
+            .map(|rx| pipeline::Input::Batches {
+                rx,
+                stopping: stopping_rx.clone(),
+            })
             .collect();
         (inputs, Some(dispatcher))
     };
@@ -236,6 +242,7 @@ pub async fn start_with(
         source,
         dispatcher,
         workers: tasks,
+        stopping,
         webhooks,
         webhook_task,
         reloader,
@@ -268,7 +275,8 @@ async fn threshold_backends(
                 store.clone(),
                 client_id.to_owned(),
                 Duration::from_secs(config.engine.state_save_secs),
-                router.workers(),
+                &shards,
+                &rules,
             );
             shards
                 .into_iter()
@@ -369,6 +377,8 @@ impl RunningEngine {
                 tracing::warn!(error = %e, "MQTT source did not stop cleanly");
             }
         }
+        // Nobody waits for the receiver: the workers may all be gone.
+        let _ = self.stopping.send(true);
         // The source's channel is closed now (an in-process intake's sender is dropped); the
         // dispatcher closes the workers' channels, and each worker ends when it has drained
         // its own.

@@ -38,7 +38,7 @@ use sinks::objects::{
     ObjectSinkHandle, PayloadKeys, RecordKind,
 };
 use sinks::webhook::{WebhookHandle, WebhookRequest};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::acks::{Ack, JointAck};
 use super::dedupe::{observation_id, Delivery, Redeliveries};
@@ -64,35 +64,60 @@ pub struct Pipeline {
 /// dispatcher's batches of its things' messages ([`super::dispatch`]).
 pub enum Input {
     Messages(mpsc::Receiver<Inbound>),
-    Batches(mpsc::Receiver<Vec<Inbound>>),
+    Batches {
+        rx: mpsc::Receiver<Batch>,
+        /// Set by the engine's shutdown once the source has stopped: a worker that cannot make
+        /// progress (Redis unreachable) then gives up, as one reading the source would when
+        /// the source's channel closes.
+        stopping: watch::Receiver<bool>,
+    },
+}
+
+/// What the dispatcher sends a worker.
+#[derive(Debug)]
+pub enum Batch {
+    /// Messages of the worker's things, in arrival order.
+    Messages(Vec<Inbound>),
+    /// Answered once everything sent before it has been handled ([`super::dispatch`]).
+    Fence(oneshot::Sender<()>),
+}
+
+/// What [`Input::recv_many`] got.
+enum Received {
+    Messages,
+    Fence(oneshot::Sender<()>),
+    Closed,
 }
 
 impl Input {
     /// Waits for messages and appends what is waiting to `batch` (up to [`BATCH_MAX`], or one
-    /// dispatcher batch); 0 once the channel is closed and drained.
-    async fn recv_many(&mut self, batch: &mut Vec<Inbound>) -> usize {
+    /// dispatcher batch), or a fence.
+    async fn recv_many(&mut self, batch: &mut Vec<Inbound>) -> Received {
         match self {
-            Input::Messages(rx) => rx.recv_many(batch, BATCH_MAX).await,
-            Input::Batches(rx) => match rx.recv().await {
-                Some(mut items) => {
-                    let n = items.len();
+            Input::Messages(rx) => match rx.recv_many(batch, BATCH_MAX).await {
+                0 => Received::Closed,
+                _ => Received::Messages,
+            },
+            Input::Batches { rx, .. } => match rx.recv().await {
+                Some(Batch::Messages(mut items)) => {
                     if batch.is_empty() {
                         std::mem::swap(batch, &mut items);
                     } else {
                         batch.append(&mut items);
                     }
-                    n
+                    Received::Messages
                 }
-                None => 0,
+                Some(Batch::Fence(done)) => Received::Fence(done),
+                None => Received::Closed,
             },
         }
     }
 
-    /// Whether the sender is gone (shutdown).
+    /// Whether the source is gone (shutdown).
     fn is_closed(&self) -> bool {
         match self {
             Input::Messages(rx) => rx.is_closed(),
-            Input::Batches(rx) => rx.is_closed(),
+            Input::Batches { rx, stopping } => rx.is_closed() || *stopping.borrow(),
         }
     }
 }
@@ -251,6 +276,12 @@ impl Pipeline {
                 match self.next_batch(&mut batch).await {
                     Next::Batch => {}
                     Next::Closed => break,
+                    Next::Fence(done) => {
+                        // Everything received before it has been handled: batches are handled
+                        // whole before the next one is taken.
+                        let _ = done.send(());
+                        continue;
+                    }
                     Next::Answer(name, answer) => {
                         self.stages.on_answer(name, answer).await;
                         continue;
@@ -301,10 +332,7 @@ impl Pipeline {
     /// Waits for messages (into `batch`) or a resolver's answer.
     async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> Next {
         let Some(resolving) = self.stages.resolving.as_mut() else {
-            return match self.inbound.recv_many(batch).await {
-                0 => Next::Closed,
-                _ => Next::Batch,
-            };
+            return self.inbound.recv_many(batch).await.into();
         };
         tokio::select! {
             biased;
@@ -312,10 +340,7 @@ impl Pipeline {
                 Some((name, answer)) => Next::Answer(name, answer),
                 None => Next::ResolverGone,
             },
-            n = self.inbound.recv_many(batch) => match n {
-                0 => Next::Closed,
-                _ => Next::Batch,
-            },
+            received = self.inbound.recv_many(batch) => received.into(),
         }
     }
 }
@@ -324,8 +349,19 @@ impl Pipeline {
 enum Next {
     Batch,
     Closed,
+    Fence(oneshot::Sender<()>),
     Answer(String, crate::resolver::Answer),
     ResolverGone,
+}
+
+impl From<Received> for Next {
+    fn from(received: Received) -> Next {
+        match received {
+            Received::Messages => Next::Batch,
+            Received::Fence(done) => Next::Fence(done),
+            Received::Closed => Next::Closed,
+        }
+    }
 }
 
 impl Stages {

@@ -78,9 +78,11 @@ pub async fn load(
     shards
 }
 
-/// One worker's keys, with the epochs of their rules.
+/// One worker's keys, with the epochs of their rules in the rule set it evaluated with.
 #[derive(Debug, Default)]
 struct Part {
+    /// [`RuleSet::serial`]: a later set has a larger one.
+    serial: u64,
     epochs: HashMap<String, String>,
     keys: Vec<SavedKey>,
 }
@@ -93,33 +95,37 @@ fn part(state: &ThresholdState, rules: &RuleSet) -> Part {
             epochs.insert(key.rule.clone(), rules.state_epoch(&key.rule));
         }
     }
-    Part { epochs, keys }
+    Part {
+        serial: rules.serial,
+        epochs,
+        keys,
+    }
 }
 
 /// The document of every worker's latest part. Parts taken across a rule change may give a rule
-/// two epochs: the first part's stands, and keys saved under the other are left out (a changed
-/// rule's keys are not restored anyway).
+/// two epochs: the one of the latest rule set stands, and keys saved under the other are left
+/// out (a changed rule's keys are not restored anyway).
 fn document(parts: &[Part]) -> String {
-    let mut doc = Document {
-        epochs: HashMap::new(),
-        keys: Vec::with_capacity(parts.iter().map(|p| p.keys.len()).sum()),
-    };
-    for part in parts {
-        for key in &part.keys {
-            let Some(epoch) = part.epochs.get(&key.rule) else {
-                continue;
-            };
-            match doc.epochs.get(&key.rule) {
-                Some(agreed) if agreed != epoch => continue,
-                Some(_) => {}
-                None => {
-                    doc.epochs.insert(key.rule.clone(), epoch.clone());
-                }
+    let mut newest_first: Vec<&Part> = parts.iter().collect();
+    newest_first.sort_by_key(|p| std::cmp::Reverse(p.serial));
+    let mut epochs: HashMap<String, String> = HashMap::new();
+    for part in newest_first {
+        for (rule, epoch) in &part.epochs {
+            if !epochs.contains_key(rule) {
+                epochs.insert(rule.clone(), epoch.clone());
             }
-            doc.keys.push(key.clone());
         }
     }
-    serde_json::to_string(&doc).unwrap_or_default()
+    let keys = parts
+        .iter()
+        .flat_map(|part| {
+            part.keys
+                .iter()
+                .filter(|key| part.epochs.get(&key.rule) == epochs.get(&key.rule))
+                .cloned()
+        })
+        .collect();
+    serde_json::to_string(&Document { epochs, keys }).unwrap_or_default()
 }
 
 /// Saves the state periodically without making the workers wait, and once more at the end.
@@ -142,18 +148,21 @@ struct Shared {
 }
 
 impl Saver {
-    /// One saver per worker, for `workers` shards.
+    /// One saver per worker, for the `shards` [`load`] gave them: until a worker hands its
+    /// shard in, what it loaded is saved for it.
     pub fn for_workers(
         store: RuleStore,
         owner: String,
         every: Duration,
-        workers: usize,
+        shards: &[ThresholdState],
+        rules: &RuleSet,
     ) -> Vec<Saver> {
         let now = Instant::now();
+        let workers = shards.len();
         let shared = Arc::new(Mutex::new(Shared {
             store,
             owner,
-            parts: (0..workers).map(|_| Part::default()).collect(),
+            parts: shards.iter().map(|shard| part(shard, rules)).collect(),
             last_save: now,
             running: None,
             finished: 0,
@@ -227,5 +236,82 @@ async fn save(store: &RuleStore, owner: &str, doc: &str) {
     if let Err(e) = store.save_threshold_state(owner, doc).await {
         metrics::counter!("ccstream_threshold_state_save_errors_total").increment(1);
         tracing::warn!(error = %e, "cannot save the threshold state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rule_engine::threshold::ResourcePath;
+    use rule_engine::RuleIndex;
+
+    fn count3() -> rule_engine::Rule {
+        serde_json::from_value(serde_json::json!({
+            "id": "count3", "name": "count3", "enabled": true,
+            "filter": {"domain": "root", "thingType": "Pump"},
+            "expression": {"operator": "gt", "resource": "temp", "value": 50},
+            "threshold": {"count": 3},
+            "actions": []
+        }))
+        .expect("valid rule")
+    }
+
+    fn key(thing: &str) -> SavedKey {
+        SavedKey {
+            rule: "count3".into(),
+            thing: thing.into(),
+            path: "temp".into(),
+            run: 2,
+            quiet_until: 0,
+        }
+    }
+
+    fn part_of(serial: u64, epoch: &str, things: &[&str]) -> Part {
+        Part {
+            serial,
+            epochs: HashMap::from([("count3".to_owned(), epoch.to_owned())]),
+            keys: things.iter().map(|t| key(t)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_latest_rule_sets_epoch_decides_which_keys_are_saved() {
+        // Worker 1 handed its part in after the rule changed, worker 0 before.
+        let parts = [part_of(7, "old", &["a"]), part_of(9, "new", &["b"])];
+        let doc: Document = serde_json::from_str(&document(&parts)).expect("json");
+        assert_eq!(doc.epochs["count3"], "new");
+        let things: Vec<&str> = doc.keys.iter().map(|k| k.thing.as_str()).collect();
+        assert_eq!(things, ["b"]);
+    }
+
+    /// The first periodic save, by whichever worker comes first, carries what the others
+    /// loaded: it replaces the whole saved document.
+    #[tokio::test]
+    async fn a_workers_first_save_keeps_what_the_others_loaded() {
+        let store = RuleStore::connect("sqlite::memory:").await.expect("store");
+        let rules = RuleSet::new(RuleIndex::from_rules([count3()]), 1);
+        let rule = rules.index.compiled().next().expect("rule");
+        let mut shards = vec![ThresholdState::new(), ThresholdState::new()];
+        let path = ResourcePath::thing("temp");
+        shards[1].on_match(rule.id(), rule.throttle(), "t1", path, 0);
+        let mut savers = Saver::for_workers(
+            store.clone(),
+            "owner".into(),
+            Duration::ZERO,
+            &shards,
+            &rules,
+        );
+        savers[0].tick(&shards[0], &rules);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let doc = loop {
+            if let Some(doc) = store.load_threshold_state("owner").await.expect("load") {
+                break doc;
+            }
+            assert!(Instant::now() < deadline, "nothing saved");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let doc: Document = serde_json::from_str(&doc).expect("json");
+        let things: Vec<&str> = doc.keys.iter().map(|k| k.thing.as_str()).collect();
+        assert_eq!(things, ["t1"]);
     }
 }

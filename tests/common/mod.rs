@@ -213,8 +213,10 @@ impl Ccstream {
         }
         // A test that syncs on a sentinel observation of another thing relies on arrival order
         // across things, which only one worker keeps (several keep it per thing); the tests of
-        // several workers (tests/workers.rs) choose `engine.workers`.
-        let chooses_workers = config_toml.contains("workers =")
+        // several workers (in tests/rule_engine.rs and tests/resolver.rs) set `engine.workers`.
+        let chooses_workers = config_toml
+            .lines()
+            .any(|line| line.trim_start().starts_with("workers ="))
             || env.iter().any(|(k, _)| k == "CCSTREAM_ENGINE__WORKERS");
         if !chooses_workers {
             env.push(("CCSTREAM_ENGINE__WORKERS".into(), "1".into()));
