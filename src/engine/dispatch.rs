@@ -11,8 +11,9 @@
 //! tenants: with a fixed hash, names picked to collide would load one worker with another
 //! tenant's traffic.
 //!
-//! An event about no thing (a domain's) goes to worker 0: the directory it changes is shared,
-//! so another worker sees the change as soon as it is applied, not in arrival order.
+//! An event about no thing (a domain's) goes to worker 0. Either way an event is applied in
+//! arrival order against every worker, not only its own: the directory it changes is shared
+//! (see [`dispatch`]).
 
 use std::hash::{BuildHasher, RandomState};
 
