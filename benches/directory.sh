@@ -135,22 +135,23 @@ BASE_KIB=$(kib "$PID" VmRSS)
 stop_ccstream
 rm -f "$TMP"/ccstream.db*
 
+# measure IMPORT: one measured start (see start_ccstream); sets READY, PEAK_KIB and RSS_KIB.
+measure() {
+    start_ccstream "$1"
+    sleep 2
+    PEAK_KIB=$(kib "$PID" VmHWM)
+    RSS_KIB=$(kib "$PID" VmRSS)
+    stop_ccstream
+}
+
 log "2/3 import of $((JSON_BYTES / 1024 / 1024)) MiB of JSON"
-start_ccstream 1
-IMPORT_READY=$READY
-sleep 2
-IMPORT_PEAK_KIB=$(kib "$PID" VmHWM)
-IMPORT_RSS_KIB=$(kib "$PID" VmRSS)
-stop_ccstream
+measure 1
+IMPORT_READY=$READY IMPORT_PEAK_KIB=$PEAK_KIB IMPORT_RSS_KIB=$RSS_KIB
 STORE_BYTES=$(du -cb "$TMP"/ccstream.db* | tail -n 1 | cut -f1)
 
 log "3/3 restart from the store"
-start_ccstream 0
-LOAD_READY=$READY
-sleep 2
-LOAD_PEAK_KIB=$(kib "$PID" VmHWM)
-LOAD_RSS_KIB=$(kib "$PID" VmRSS)
-stop_ccstream
+measure 0
+LOAD_READY=$READY LOAD_PEAK_KIB=$PEAK_KIB LOAD_RSS_KIB=$RSS_KIB
 
 python3 - "$REPORT" <<PY
 import json, sys
