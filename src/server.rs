@@ -25,11 +25,11 @@ use crate::store::RuleStore;
 /// The directory as the store has it, then `[[domains]]` from the config, then the start-up
 /// import file (stored too, so the next start has it without the file).
 pub async fn load_directory(config: &Config, store: &RuleStore) -> anyhow::Result<Directory> {
-    let stored = store
-        .load_directory()
+    let mut directory = Directory::new();
+    store
+        .load_directory_into(&mut directory)
         .await
         .context("loading the directory from the store")?;
-    let mut directory = Directory::from_snapshot(stored).context("the stored directory")?;
     for d in &config.domains {
         directory
             .insert_domain(&d.id, &d.parent)

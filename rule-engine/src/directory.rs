@@ -218,6 +218,18 @@ impl Directory {
         Ok(())
     }
 
+    /// Adds or replaces one thing of a snapshot read row by row (the store's, at start-up),
+    /// refusing an empty field as [`Directory::import`] does; `index` is the row's position,
+    /// for the error.
+    pub fn import_thing(&mut self, index: usize, t: &ThingEntry) -> Result<(), ImportError> {
+        if let Some(field) = empty_field(&t.thing_name, &t.thing_type, &t.domain) {
+            return Err(ImportError::EmptyField { index, field });
+        }
+        let thing = self.shared(&t.thing_type, &t.domain);
+        self.things.insert(ThingName::new(&t.thing_name), thing);
+        Ok(())
+    }
+
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(shared) = self.interned.get(s) {
             return Arc::clone(shared);
@@ -679,6 +691,29 @@ mod tests {
         ] {
             assert_eq!(event_thing_name(about_no_thing), None);
         }
+    }
+
+    #[test]
+    fn things_imported_one_by_one_refuse_empty_fields() {
+        let mut dir = Directory::new();
+        let entry = |name: &str, domain: &str| ThingEntry {
+            thing_name: name.into(),
+            thing_type: "Pump".into(),
+            domain: domain.into(),
+        };
+        dir.import_thing(0, &entry("t1", "root")).unwrap();
+        assert_eq!(
+            dir.import_thing(7, &entry("t2", "")),
+            Err(ImportError::EmptyField {
+                index: 7,
+                field: "domain"
+            })
+        );
+        assert_eq!(dir.len(), 1);
+        assert_eq!(
+            dir.thing("t1").map(Thing::to_info),
+            Some(info("Pump", "root"))
+        );
     }
 
     #[test]

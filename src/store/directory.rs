@@ -1,21 +1,58 @@
 //! The directory of things and domains in the store, so that a restart keeps what life cycle
 //! events and imports taught the engine.
 
+use futures_util::TryStreamExt;
 use rule_engine::directory::{
-    DirectoryChange, DirectorySnapshot, DomainEntry, ThingChange, ThingEntry,
+    DirectoryChange, DirectorySnapshot, DomainEntry, ImportError, ThingChange, ThingEntry,
 };
+use rule_engine::Directory;
 use sqlx::Row;
 
 use super::{placeholders, RuleStore, StoreError};
+
+/// Why the stored directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadDirectoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A row the directory refuses (written by hand, or by a version that let it in).
+    #[error("the stored directory: {0}")]
+    Refused(#[from] ImportError),
+}
 
 /// Rows per multi-row INSERT of an import: 3 parameters each stays far below PostgreSQL's
 /// 65,535-parameter limit and SQLite's 32,766.
 const IMPORT_CHUNK: usize = 1000;
 
 impl RuleStore {
-    /// Everything the directory holds, domains by id and things by name.
-    pub async fn load_directory(&self) -> Result<DirectorySnapshot, StoreError> {
-        let domains = sqlx::query("SELECT id, parent FROM domains ORDER BY id")
+    /// The stored directory, read into a [`Directory`] row by row: at start-up, ten million
+    /// things must not be held as rows and then as a snapshot before they are a directory.
+    pub async fn load_directory_into(
+        &self,
+        directory: &mut Directory,
+    ) -> Result<(), LoadDirectoryError> {
+        let domains = self.load_domains().await?;
+        directory.import(DirectorySnapshot {
+            domains,
+            things: Vec::new(),
+        })?;
+        let mut rows =
+            sqlx::query("SELECT thing_name, thing_type, domain FROM things").fetch(&self.pool);
+        let mut index = 0;
+        while let Some(row) = rows.try_next().await.map_err(StoreError::Db)? {
+            let entry = ThingEntry {
+                thing_name: row.try_get("thing_name").map_err(StoreError::Db)?,
+                thing_type: row.try_get("thing_type").map_err(StoreError::Db)?,
+                domain: row.try_get("domain").map_err(StoreError::Db)?,
+            };
+            directory.import_thing(index, &entry)?;
+            index += 1;
+        }
+        Ok(())
+    }
+
+    async fn load_domains(&self) -> Result<Vec<DomainEntry>, StoreError> {
+        sqlx::query("SELECT id, parent FROM domains ORDER BY id")
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -25,7 +62,13 @@ impl RuleStore {
                     parent: r.try_get("parent")?,
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::Db)
+    }
+
+    /// Everything the directory holds, domains by id and things by name.
+    pub async fn load_directory(&self) -> Result<DirectorySnapshot, StoreError> {
+        let domains = self.load_domains().await?;
         let things =
             sqlx::query("SELECT thing_name, thing_type, domain FROM things ORDER BY thing_name")
                 .fetch_all(&self.pool)

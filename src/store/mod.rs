@@ -27,6 +27,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor, Row};
 
 pub use credentials::StoredCredential;
+pub use directory::LoadDirectoryError;
 
 mod credentials;
 mod directory;

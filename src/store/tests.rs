@@ -609,6 +609,13 @@ async fn directory_changes_and_imports_persist(db: &TestDb) {
 
     let reloaded = store.load_directory().await.expect("reload");
     assert_eq!(reloaded, dir.export());
+    // Read row by row into a directory, as at start-up: the same directory.
+    let mut streamed = rule_engine::Directory::new();
+    store
+        .load_directory_into(&mut streamed)
+        .await
+        .expect("load into a directory");
+    assert_eq!(streamed.export(), dir.export());
     let names: Vec<_> = reloaded
         .things
         .iter()
