@@ -6,9 +6,19 @@ use rule_engine::directory::{
     DirectoryChange, DirectorySnapshot, DomainEntry, ImportError, ThingChange, ThingEntry,
 };
 use rule_engine::Directory;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{placeholders, RuleStore, StoreError};
+
+/// A row of `SELECT thing_name, thing_type, domain FROM things`.
+fn thing_entry(row: &AnyRow) -> Result<ThingEntry, sqlx::Error> {
+    Ok(ThingEntry {
+        thing_name: row.try_get("thing_name")?,
+        thing_type: row.try_get("thing_type")?,
+        domain: row.try_get("domain")?,
+    })
+}
 
 /// Why the stored directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +50,7 @@ impl RuleStore {
             sqlx::query("SELECT thing_name, thing_type, domain FROM things").fetch(&self.pool);
         let mut index = 0;
         while let Some(row) = rows.try_next().await.map_err(StoreError::Db)? {
-            let entry = ThingEntry {
-                thing_name: row.try_get("thing_name").map_err(StoreError::Db)?,
-                thing_type: row.try_get("thing_type").map_err(StoreError::Db)?,
-                domain: row.try_get("domain").map_err(StoreError::Db)?,
-            };
-            directory.import_thing(index, &entry)?;
+            directory.import_thing(index, &thing_entry(&row).map_err(StoreError::Db)?)?;
             index += 1;
         }
         Ok(())
@@ -74,13 +79,7 @@ impl RuleStore {
                 .fetch_all(&self.pool)
                 .await?
                 .iter()
-                .map(|r| {
-                    Ok(ThingEntry {
-                        thing_name: r.try_get("thing_name")?,
-                        thing_type: r.try_get("thing_type")?,
-                        domain: r.try_get("domain")?,
-                    })
-                })
+                .map(thing_entry)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(DirectorySnapshot { domains, things })
     }
