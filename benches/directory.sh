@@ -33,19 +33,7 @@ die() { log "FAILED: $*"; exit 1; }
 # shellcheck source=benches/lib/common.sh
 source "$ROOT/benches/lib/common.sh"
 PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-directory.XXXXXX")
-cleanup() {
-    local rc=$?
-    stop_started
-    if [[ $rc -ne 0 ]]; then
-        [[ -f $TMP/ccstream.log ]] && { echo "--- tail $TMP/ccstream.log ---" >&2; tail -n 30 "$TMP/ccstream.log" >&2; }
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp directory ccstream.log
 
 log "building the release binary"
 cargo build --release -q -p ccstream -p ccstream-load

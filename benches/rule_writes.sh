@@ -32,21 +32,7 @@ die() { log "FAILED: $*"; exit 1; }
 # shellcheck source=benches/lib/common.sh
 source "$ROOT/benches/lib/common.sh"
 PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-rule-writes.XXXXXX")
-cleanup() {
-    local rc=$?
-    stop_started
-    if [[ $rc -ne 0 ]]; then
-        for f in postgres.log ccstream-{1..9}.log; do
-            [[ -f $TMP/$f ]] && { echo "--- tail $TMP/$f ---" >&2; tail -n 30 "$TMP/$f" >&2; }
-        done
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp rule-writes postgres.log ccstream-{1..9}.log
 
 log "building release binaries"
 cargo build --release -q -p ccstream -p ccstream-load

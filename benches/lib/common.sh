@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by the benchmark scripts (benches/e2e.sh, benches/rule_writes.sh): what they start and
-# stop the same way. Each expects the caller's `log` and `die`, $TMP and the array PIDS.
+# Sourced by the benchmark scripts (benches/e2e.sh, benches/rule_writes.sh, benches/directory.sh):
+# what they start and stop the same way. Each expects the caller's `log` and `die`, $TMP (made by
+# bench_tmp, or the caller's own) and the array PIDS.
 
 # stop_started: every process in PIDS, by pid: SIGTERM (SIGINT for PostgreSQL, its fast
 # shutdown; SIGTERM would wait for its clients, and a SIGKILL of the postmaster would leave its
@@ -16,6 +17,31 @@ stop_started() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+}
+
+# bench_tmp NAME LOG...: makes $TMP (ccstream-NAME.XXXXXX) and sets the exit trap: stop what
+# PIDS holds, then remove $TMP; on failure print the tail of each LOG (under $TMP) there is and
+# keep $TMP.
+bench_tmp() {
+    local name=$1
+    shift
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccstream-$name.XXXXXX")
+    BENCH_LOGS=("$@")
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    local rc=$? f
+    stop_started
+    if [[ $rc -ne 0 ]]; then
+        for f in "${BENCH_LOGS[@]}"; do
+            [[ -f $TMP/$f ]] && { echo "--- tail $TMP/$f ---" >&2; tail -n 30 "$TMP/$f" >&2; }
+        done
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
 }
 
 # free_ports N [GAP]: N distinct free loopback ports in 20000-44989, printed on one line; with
