@@ -20,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod dead_letters;
+pub mod directory_file;
 pub mod engine;
 pub mod healthcheck;
 pub mod reindex;

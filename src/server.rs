@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ccstream_common::redact;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rule_engine::{Directory, DirectorySnapshot};
+use rule_engine::Directory;
 use sinks::search::SearchClient;
 use tokio::sync::Notify;
 
@@ -36,24 +36,17 @@ pub async fn load_directory(config: &Config, store: &RuleStore) -> anyhow::Resul
             .with_context(|| format!("[[domains]] id = {:?}, parent = {:?}", d.id, d.parent))?;
     }
     if let Some(path) = &config.directory.import_file {
-        let text = std::fs::read(path)
-            .with_context(|| format!("directory.import_file {}", path.display()))?;
-        let snapshot: DirectorySnapshot = serde_json::from_slice(&text)
-            .with_context(|| format!("directory.import_file {}", path.display()))?;
-        directory
-            .import(snapshot.clone())
-            .with_context(|| format!("directory.import_file {}", path.display()))?;
-        store
-            .import_directory(&snapshot)
+        let imported = crate::directory_file::import_file(path, &mut directory, store)
             .await
-            .context("storing the imported directory")?;
+            .with_context(|| format!("directory.import_file {}", path.display()))?;
         tracing::info!(
             file = %path.display(),
-            domains = snapshot.domains.len(),
-            things = snapshot.things.len(),
+            domains = imported.domains,
+            things = imported.things,
             "directory imported"
         );
     }
+    directory.shrink_to_fit();
     Ok(directory)
 }
 

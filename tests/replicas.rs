@@ -641,6 +641,30 @@ async fn changes_reach_every_replica_at_once() {
     eprintln!("thing imported through replica 0 known to replicas 1 and 2 after {took:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
+    // An import too large for a notification: the notice says "read the store", and the others
+    // merge the stored directory a piece (1,024 things) at a time.
+    let bulk: Vec<Value> = (0..1500)
+        .map(
+            |i| json!({"thingName": format!("bulk-{i:04}"), "thingType": "Pump", "domain": "root"}),
+        )
+        .collect();
+    let answer = cluster.replicas[0]
+        .client()
+        .post(format!("{}/directory", cluster.replicas[0].base_url()))
+        .json(&json!({ "things": bulk }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let took = time_until("the large import reached replicas 1 and 2", || async {
+        let all =
+            |things: BTreeSet<String>| (0..1500).all(|i| things.contains(&format!("bulk-{i:04}")));
+        all(directory_things(&cluster, 1).await) && all(directory_things(&cluster, 2).await)
+    })
+    .await;
+    eprintln!("1,500 things imported through replica 0 known to replicas 1 and 2 after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
     // A life cycle event is not shared: every replica applies it.
     let create = json!({"type": "THING.CREATE",
                         "source": {"thingName": "created-1", "thingType": "Pump", "domain": "root"}});

@@ -188,7 +188,9 @@ fn evaluate(rule: Rule, observation: &str) {
         .as_ref()
         .and_then(|names| names.first().cloned())
         .unwrap_or_else(|| "thing-001".to_owned());
-    directory.upsert_thing(&name, rule.filter.thing_type.as_str(), &domain);
+    directory
+        .upsert_thing(&name, rule.filter.thing_type.as_str(), &domain)
+        .expect("one thing fits");
     let index = RuleIndex::from_rules([rule]);
     let mut thresholds = ThresholdState::new();
     for at in [ccstream_fuzz::NOW_MS, ccstream_fuzz::NOW_MS + 60_000] {

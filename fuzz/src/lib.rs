@@ -348,7 +348,9 @@ pub fn directory() -> Directory {
         .insert_domain("sub2", "sub1")
         .expect("fixture domain");
     for (name, kind, domain) in THINGS {
-        directory.upsert_thing(name, kind, domain);
+        directory
+            .upsert_thing(name, kind, domain)
+            .expect("fixture thing");
     }
     directory
 }

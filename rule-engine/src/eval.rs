@@ -92,7 +92,7 @@ impl<'a> Engine<'a> {
     pub fn evaluate_thing(
         &self,
         thing_name: &str,
-        thing: Option<&Thing>,
+        thing: Option<Thing<'_>>,
         obs: &ParsedObservation<'_>,
         now_ms: u64,
         thresholds: &mut impl Thresholds,
@@ -141,7 +141,7 @@ impl<'a> Engine<'a> {
 struct Run<'e, 'o, 'a, T: Thresholds> {
     engine: &'e Engine<'e>,
     thing_name: &'e str,
-    thing: &'e Thing,
+    thing: Thing<'e>,
     obs: &'o ParsedObservation<'a>,
     now_ms: u64,
     thresholds: &'e mut T,
@@ -464,7 +464,7 @@ mod tests {
         let raw = shadow(json!({"temp": 80}));
         let o = eval(&rules, &dir, "ghost", &raw, &mut ThresholdState::new());
         assert!(o.unknown_thing);
-        dir.upsert_thing("odd", "NoRules", "root");
+        dir.upsert_thing("odd", "NoRules", "root").unwrap();
         let o = eval(&rules, &dir, "odd", &raw, &mut ThresholdState::new());
         assert_eq!(o, Outcome::default());
     }

@@ -125,7 +125,7 @@ pub async fn import(
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Err(e) = directory.import(snapshot.clone()) {
+        if let Err(e) = directory.import(&snapshot) {
             return error(StatusCode::BAD_REQUEST, e.to_string());
         }
     }

@@ -401,7 +401,7 @@ impl Stages {
                 if unchanged {
                     None
                 } else {
-                    Some(directory.import(snapshot.clone()))
+                    Some(directory.import(&snapshot))
                 }
             };
             match applied {

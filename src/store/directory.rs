@@ -30,6 +30,32 @@ pub enum LoadDirectoryError {
     Refused(#[from] ImportError),
 }
 
+/// Things per piece of [`RuleStore::read_directory`].
+pub const READ_CHUNK: usize = 1024;
+
+/// A piece of the stored directory (see [`RuleStore::read_directory`]).
+pub enum StoredPart<'a> {
+    Domains(&'a [DomainEntry]),
+    /// Things in the store's order; `first` is the row number of the first (for errors).
+    Things {
+        first: usize,
+        things: &'a [ThingEntry],
+    },
+}
+
+impl StoredPart<'_> {
+    /// Merges this piece into `directory`.
+    pub fn import_into(self, directory: &mut Directory) -> Result<(), ImportError> {
+        match self {
+            StoredPart::Domains(domains) => directory.import_domains(domains),
+            StoredPart::Things { first, things } => things
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, t)| directory.import_thing(first + i, t)),
+        }
+    }
+}
+
 /// Rows per multi-row INSERT of an import: 3 parameters each stays far below PostgreSQL's
 /// 65,535-parameter limit and SQLite's 32,766.
 const IMPORT_CHUNK: usize = 1000;
@@ -41,17 +67,40 @@ impl RuleStore {
         &self,
         directory: &mut Directory,
     ) -> Result<(), LoadDirectoryError> {
+        self.read_directory(|part| part.import_into(directory))
+            .await
+    }
+
+    /// The stored directory, handed to `apply` a piece at a time (the domains, then things
+    /// [`READ_CHUNK`] at a time), so that a replica merging it holds its directory's lock for
+    /// one piece at a time, and no copy of the whole directory is ever made. An error from
+    /// `apply` stops the read.
+    pub async fn read_directory(
+        &self,
+        mut apply: impl FnMut(StoredPart<'_>) -> Result<(), ImportError>,
+    ) -> Result<(), LoadDirectoryError> {
         let domains = self.load_domains().await?;
-        directory.import(DirectorySnapshot {
-            domains,
-            things: Vec::new(),
-        })?;
+        apply(StoredPart::Domains(&domains))?;
         let mut rows =
             sqlx::query("SELECT thing_name, thing_type, domain FROM things").fetch(&self.pool);
-        let mut index = 0;
+        let mut things = Vec::with_capacity(READ_CHUNK);
+        let mut first = 0;
         while let Some(row) = rows.try_next().await.map_err(StoreError::Db)? {
-            directory.import_thing(index, &thing_entry(&row).map_err(StoreError::Db)?)?;
-            index += 1;
+            things.push(thing_entry(&row).map_err(StoreError::Db)?);
+            if things.len() == READ_CHUNK {
+                apply(StoredPart::Things {
+                    first,
+                    things: &things,
+                })?;
+                first += things.len();
+                things.clear();
+            }
+        }
+        if !things.is_empty() {
+            apply(StoredPart::Things {
+                first,
+                things: &things,
+            })?;
         }
         Ok(())
     }
@@ -116,24 +165,64 @@ impl RuleStore {
     /// Adds or replaces every domain and thing of `snapshot`, in one transaction (all or
     /// nothing). Entries not in the snapshot are kept: an import merges.
     pub async fn import_directory(&self, snapshot: &DirectorySnapshot) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut import = self.begin_directory_import().await?;
+        import.domains(&snapshot.domains).await?;
+        for chunk in snapshot.things.chunks(IMPORT_CHUNK) {
+            import.things(chunk).await?;
+        }
+        import.commit(Some(snapshot)).await
+    }
+
+    /// An import written piece by piece, in one transaction: a streamed import file.
+    pub async fn begin_directory_import(&self) -> Result<DirectoryImport<'_>, StoreError> {
+        Ok(DirectoryImport {
+            store: self,
+            tx: self.pool.begin().await?,
+        })
+    }
+}
+
+/// An import in progress (see [`RuleStore::begin_directory_import`]); nothing of it is stored
+/// unless it is committed.
+pub struct DirectoryImport<'s> {
+    store: &'s RuleStore,
+    tx: Tx<'static>,
+}
+
+impl DirectoryImport<'_> {
+    pub async fn domains(&mut self, domains: &[DomainEntry]) -> Result<(), StoreError> {
         // Domains are few; one by one also keeps a domain listed twice from failing the
         // statement.
-        for d in &snapshot.domains {
-            upsert_domains(&mut tx, std::slice::from_ref(d)).await?;
+        for d in domains {
+            upsert_domains(&mut self.tx, std::slice::from_ref(d)).await?;
         }
-        for chunk in snapshot.things.chunks(IMPORT_CHUNK) {
-            upsert_things(&mut tx, chunk).await?;
+        Ok(())
+    }
+
+    pub async fn things(&mut self, things: &[ThingEntry]) -> Result<(), StoreError> {
+        for chunk in things.chunks(IMPORT_CHUNK) {
+            upsert_things(&mut self.tx, chunk).await?;
         }
-        if self.announces_changes() {
-            let payload = super::notify::DirectoryNotice::of(&self.instance, snapshot).encode();
+        Ok(())
+    }
+
+    /// Commits, announcing the import to the other replicas (PostgreSQL): with the snapshot
+    /// when it is given and fits in a notification, else as "read the stored directory".
+    pub async fn commit(mut self, snapshot: Option<&DirectorySnapshot>) -> Result<(), StoreError> {
+        if self.store.announces_changes() {
+            let notice = match snapshot {
+                Some(snapshot) => {
+                    super::notify::DirectoryNotice::of(&self.store.instance, snapshot)
+                }
+                None => super::notify::DirectoryNotice::reload(&self.store.instance),
+            };
             sqlx::query("SELECT pg_notify($1, $2)::text")
                 .bind(super::notify::DIRECTORY_CHANNEL)
-                .bind(payload)
-                .execute(&mut *tx)
+                .bind(notice.encode())
+                .execute(&mut *self.tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.tx.commit().await?;
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor, Row};
 
 pub use credentials::StoredCredential;
-pub use directory::LoadDirectoryError;
+pub use directory::{DirectoryImport, LoadDirectoryError, StoredPart};
 
 mod credentials;
 mod directory;

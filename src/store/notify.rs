@@ -47,6 +47,14 @@ impl DirectoryNotice {
         }
     }
 
+    /// "Read the whole directory from the store": an import too large to carry.
+    pub fn reload(from: &str) -> Self {
+        DirectoryNotice {
+            from: from.to_owned(),
+            snapshot: None,
+        }
+    }
+
     /// JSON, with the snapshot left out when the notice would not fit.
     pub fn encode(mut self) -> String {
         let text = serde_json::to_string(&self).unwrap_or_default();
@@ -132,10 +140,21 @@ async fn listen_until_error(
     }
 }
 
+/// Merges the stored directory into this replica's a piece at a time: the lock is held for
+/// one piece, so observations keep being evaluated while ten million things are read.
 async fn merge_stored_directory(store: &RuleStore, directory: &RwLock<Directory>) {
-    match store.load_directory().await {
-        Ok(snapshot) => merge(directory, snapshot),
-        Err(e) => tracing::warn!(error = %e, "cannot read the stored directory"),
+    let merged = store
+        .read_directory(|part| {
+            let mut directory = match directory.write() {
+                Ok(d) => d,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            part.import_into(&mut directory)
+        })
+        .await;
+    match merged {
+        Ok(()) => tracing::debug!("stored directory merged"),
+        Err(e) => tracing::warn!(error = %e, "stored directory not wholly merged"),
     }
 }
 
@@ -145,7 +164,7 @@ fn merge(directory: &RwLock<Directory>, snapshot: DirectorySnapshot) {
         Ok(d) => d,
         Err(poisoned) => poisoned.into_inner(),
     };
-    match directory.import(snapshot) {
+    match directory.import(&snapshot) {
         Ok(()) => tracing::debug!(things, "directory merged from the store"),
         Err(e) => tracing::warn!(error = %e, "directory change from another replica not applied"),
     }

@@ -10,17 +10,19 @@
 //! Thing types are strings; events that carry a number (`thingType: 1`, as in spec 1.3) are
 //! stored as its decimal text, the form rules' `filter.thingType` compares against.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+mod interner;
+mod stream;
+mod table;
+
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::domain::{DomainError, DomainTree, ROOT};
-use crate::inline_str::InlineStr;
-
-/// Thing names up to 38 bytes (a UUID is 36) are kept inside the directory's table, so finding
-/// a thing does not follow a pointer to compare names: a cache miss less per observation.
-type ThingName = InlineStr<38>;
+use interner::Interner;
+pub use stream::{read_snapshot, ReadSnapshotError, SnapshotEntry};
+pub use table::Full;
+use table::{Ids, ThingTable};
 
 /// What the directory knows about a thing (as reported in a [`DirectoryChange`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,28 +32,27 @@ pub struct ThingInfo {
     pub domain: String,
 }
 
-/// A thing as the directory stores it: its type and domain strings are shared by all things of
-/// that type or domain. Less memory, and the type string an evaluation hashes next is usually
-/// already in cache: one cache miss less per observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Thing {
-    thing_type: Arc<str>,
-    domain: Arc<str>,
+/// A thing as found in the directory: its type and domain, borrowed from the directory (each
+/// distinct type and domain is stored once, whatever the number of things).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thing<'a> {
+    thing_type: &'a str,
+    domain: &'a str,
 }
 
-impl Thing {
-    pub fn thing_type(&self) -> &str {
-        &self.thing_type
+impl<'a> Thing<'a> {
+    pub fn thing_type(&self) -> &'a str {
+        self.thing_type
     }
 
-    pub fn domain(&self) -> &str {
-        &self.domain
+    pub fn domain(&self) -> &'a str {
+        self.domain
     }
 
     pub fn to_info(&self) -> ThingInfo {
         ThingInfo {
-            thing_type: self.thing_type.to_string(),
-            domain: self.domain.to_string(),
+            thing_type: self.thing_type.to_owned(),
+            domain: self.domain.to_owned(),
         }
     }
 }
@@ -118,6 +119,8 @@ pub enum ImportError {
     Domain { index: usize, source: DomainError },
     #[error("things[{index}]: {field} must not be empty")]
     EmptyField { index: usize, field: &'static str },
+    #[error("things[{index}]: {source}")]
+    Full { index: usize, source: Full },
 }
 
 /// Why a life cycle event could not be applied.
@@ -141,6 +144,8 @@ pub enum EventError {
     },
     #[error("event topic names a bad domain path: {0}")]
     Domain(#[from] DomainError),
+    #[error(transparent)]
+    Full(#[from] Full),
 }
 
 /// What applying an event changed, for the caller to persist.
@@ -175,13 +180,14 @@ pub enum ThingChange {
 /// Things and domains. See the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    things: HashMap<ThingName, Thing>,
+    things: ThingTable,
+    /// The thing types and the domains that things name, interned: a directory of ten million
+    /// things has a few thousand of each.
+    types: Interner,
+    thing_domains: Interner,
     domains: DomainTree,
     /// Every domain id stored in `domains`; the tree does not list its ids, export needs them.
     domain_ids: BTreeSet<String>,
-    /// Interned thing types and domains. Grows with the distinct values ever seen (a few
-    /// thousand in practice); [`Directory::compact`] drops unused ones.
-    interned: HashSet<Arc<str>>,
 }
 
 impl Directory {
@@ -191,30 +197,36 @@ impl Directory {
 
     pub fn from_snapshot(snapshot: DirectorySnapshot) -> Result<Self, ImportError> {
         let mut directory = Self::new();
-        directory.import(snapshot)?;
+        directory.import(&snapshot)?;
         Ok(directory)
     }
 
     /// Merges a snapshot: its domains are inserted in order (moving known ones), its things
-    /// added or replaced. All or nothing: on error the directory is unchanged.
-    pub fn import(&mut self, snapshot: DirectorySnapshot) -> Result<(), ImportError> {
+    /// added or replaced. All or nothing: on error the directory is unchanged (but for the
+    /// arena being full, which leaves the things before the one that did not fit).
+    pub fn import(&mut self, snapshot: &DirectorySnapshot) -> Result<(), ImportError> {
         for (index, t) in snapshot.things.iter().enumerate() {
             if let Some(field) = empty_field(&t.thing_name, &t.thing_type, &t.domain) {
                 return Err(ImportError::EmptyField { index, field });
             }
         }
+        self.import_domains(&snapshot.domains)?;
+        for (index, t) in snapshot.things.iter().enumerate() {
+            self.put(&t.thing_name, &t.thing_type, &t.domain)
+                .map_err(|source| ImportError::Full { index, source })?;
+        }
+        Ok(())
+    }
+
+    /// Inserts domains in order (moving known ones); all or nothing.
+    pub fn import_domains(&mut self, domains: &[DomainEntry]) -> Result<(), ImportError> {
         let mut tree = self.domains.clone();
-        for (index, d) in snapshot.domains.iter().enumerate() {
+        for (index, d) in domains.iter().enumerate() {
             tree.insert(d.id.as_str(), d.parent.as_str())
                 .map_err(|source| ImportError::Domain { index, source })?;
         }
         self.domains = tree;
-        self.domain_ids
-            .extend(snapshot.domains.into_iter().map(|d| d.id));
-        for t in snapshot.things {
-            let thing = self.shared(&t.thing_type, &t.domain);
-            self.things.insert(ThingName::new(&t.thing_name), thing);
-        }
+        self.domain_ids.extend(domains.iter().map(|d| d.id.clone()));
         Ok(())
     }
 
@@ -225,30 +237,56 @@ impl Directory {
         if let Some(field) = empty_field(&t.thing_name, &t.thing_type, &t.domain) {
             return Err(ImportError::EmptyField { index, field });
         }
-        let thing = self.shared(&t.thing_type, &t.domain);
-        self.things.insert(ThingName::new(&t.thing_name), thing);
+        self.put(&t.thing_name, &t.thing_type, &t.domain)
+            .map_err(|source| ImportError::Full { index, source })
+    }
+
+    /// Stores a thing, forgetting what it replaced.
+    fn put(&mut self, thing_name: &str, thing_type: &str, domain: &str) -> Result<(), Full> {
+        if let Some(previous) = self.store(thing_name, thing_type, domain)? {
+            self.release(previous);
+        }
         Ok(())
     }
 
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.interned.get(s) {
-            return Arc::clone(shared);
-        }
-        let shared: Arc<str> = Arc::from(s);
-        self.interned.insert(Arc::clone(&shared));
-        shared
+    /// Stores a thing; returns the ids it replaced, still counted as used, for the caller to
+    /// read and then [`Self::release`].
+    fn store(
+        &mut self,
+        thing_name: &str,
+        thing_type: &str,
+        domain: &str,
+    ) -> Result<Option<Ids>, Full> {
+        let ids = Ids {
+            thing_type: self.types.acquire(thing_type),
+            domain: self.thing_domains.acquire(domain),
+        };
+        self.things
+            .insert(thing_name, ids)
+            .inspect_err(|_| self.release(ids))
     }
 
-    fn shared(&mut self, thing_type: &str, domain: &str) -> Thing {
+    fn release(&mut self, ids: Ids) {
+        self.types.release(ids.thing_type);
+        self.thing_domains.release(ids.domain);
+    }
+
+    fn view(&self, ids: Ids) -> Thing<'_> {
         Thing {
-            thing_type: self.intern(thing_type),
-            domain: self.intern(domain),
+            thing_type: self.types.get(ids.thing_type),
+            domain: self.thing_domains.get(ids.domain),
         }
     }
 
-    /// Forgets interned types and domains no thing uses any more.
-    pub fn compact(&mut self) {
-        self.interned.retain(|s| Arc::strong_count(s) > 1);
+    /// Gives back what growing over-allocated, after a bulk load.
+    pub fn shrink_to_fit(&mut self) {
+        self.things.shrink_to_fit();
+    }
+
+    /// Heap bytes of the things' table and names (the types, domains and tree aside): for the
+    /// benchmark's memory per thing.
+    pub fn table_bytes(&self) -> usize {
+        self.things.heap_bytes()
     }
 
     /// The whole directory, sorted (see [`DirectorySnapshot`]).
@@ -266,18 +304,21 @@ impl Directory {
         let mut things: Vec<ThingEntry> = self
             .things
             .iter()
-            .map(|(name, info)| ThingEntry {
-                thing_name: name.as_str().to_owned(),
-                thing_type: info.thing_type.to_string(),
-                domain: info.domain.to_string(),
+            .map(|(name, ids)| {
+                let thing = self.view(ids);
+                ThingEntry {
+                    thing_name: name.to_owned(),
+                    thing_type: thing.thing_type.to_owned(),
+                    domain: thing.domain.to_owned(),
+                }
             })
             .collect();
         things.sort_unstable_by(|a, b| a.thing_name.cmp(&b.thing_name));
         DirectorySnapshot { domains, things }
     }
 
-    pub fn thing(&self, thing_name: &str) -> Option<&Thing> {
-        self.things.get(thing_name.as_bytes())
+    pub fn thing(&self, thing_name: &str) -> Option<Thing<'_>> {
+        self.things.get(thing_name).map(|ids| self.view(ids))
     }
 
     /// Adds or replaces a thing; returns what it replaced.
@@ -286,17 +327,20 @@ impl Directory {
         thing_name: &str,
         thing_type: &str,
         domain: &str,
-    ) -> Option<ThingInfo> {
-        let thing = self.shared(thing_type, domain);
-        self.things
-            .insert(ThingName::new(thing_name), thing)
-            .map(|t| t.to_info())
+    ) -> Result<Option<ThingInfo>, Full> {
+        let previous = self.store(thing_name, thing_type, domain)?;
+        Ok(previous.map(|ids| {
+            let info = self.view(ids).to_info();
+            self.release(ids);
+            info
+        }))
     }
 
     pub fn remove_thing(&mut self, thing_name: &str) -> Option<ThingInfo> {
-        self.things
-            .remove(thing_name.as_bytes())
-            .map(|t| t.to_info())
+        let ids = self.things.remove(thing_name)?;
+        let info = self.view(ids).to_info();
+        self.release(ids);
+        Some(info)
     }
 
     /// Number of things.
@@ -305,7 +349,7 @@ impl Directory {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.things.is_empty()
+        self.things.len() == 0
     }
 
     pub fn domains(&self) -> &DomainTree {
@@ -367,15 +411,15 @@ impl Directory {
                     .thing_name
                     .clone()
                     .ok_or_else(|| missing("thingName"))?;
-                let known = self.things.get(name.as_bytes());
+                let known = self.thing(&name);
                 let thing_type = match (&source.thing_type, known) {
                     (Some(t), _) => t.clone(),
-                    (None, Some(k)) => k.thing_type.to_string(),
+                    (None, Some(k)) => k.thing_type.to_owned(),
                     (None, None) => return Err(missing("thingType")),
                 };
                 let domain = match (&source.domain, known) {
                     (Some(d), _) => d.clone(),
-                    (None, Some(k)) => k.domain.to_string(),
+                    (None, Some(k)) => k.domain.to_owned(),
                     (None, None) => return Err(missing("domain")),
                 };
                 if let Some(field) = empty_field(&name, &thing_type, &domain) {
@@ -406,22 +450,25 @@ impl Directory {
         let thing = match thing {
             None => ThingChange::Unchanged,
             Some((thing_name, Some((thing_type, domain)))) => {
-                let thing = self.shared(&thing_type, &domain);
-                if self.things.get(thing_name.as_bytes()) == Some(&thing) {
+                let unchanged = Thing {
+                    thing_type: &thing_type,
+                    domain: &domain,
+                };
+                if self.thing(&thing_name) == Some(unchanged) {
                     ThingChange::Unchanged
                 } else {
-                    let previous = self.things.insert(ThingName::new(&thing_name), thing);
+                    let previous = self.upsert_thing(&thing_name, &thing_type, &domain)?;
                     ThingChange::Upserted {
                         thing_name,
                         thing: ThingInfo { thing_type, domain },
-                        previous: previous.map(|t| t.to_info()),
+                        previous,
                     }
                 }
             }
-            Some((thing_name, None)) => match self.things.remove(thing_name.as_bytes()) {
+            Some((thing_name, None)) => match self.remove_thing(&thing_name) {
                 Some(previous) => ThingChange::Removed {
                     thing_name,
-                    previous: previous.to_info(),
+                    previous,
                 },
                 None => ThingChange::Unchanged,
             },
@@ -519,7 +566,7 @@ mod tests {
 
     fn small() -> Directory {
         let snapshot: DirectorySnapshot =
-            serde_json::from_str(include_str!("../../fixtures/directory/small.json")).unwrap();
+            serde_json::from_str(include_str!("../../../fixtures/directory/small.json")).unwrap();
         Directory::from_snapshot(snapshot).unwrap()
     }
 
@@ -534,11 +581,11 @@ mod tests {
     fn import_and_export_round_trip() {
         let dir = small();
         assert_eq!(
-            dir.thing("thing-001").map(Thing::to_info),
+            dir.thing("thing-001").map(|t| t.to_info()),
             Some(info("Pump", "root"))
         );
         assert_eq!(
-            dir.thing("thing-101").map(Thing::to_info),
+            dir.thing("thing-101").map(|t| t.to_info()),
             Some(info("Pump", "sub1"))
         );
         assert!(dir.domains().is_within("sub2", "sub1"));
@@ -569,7 +616,7 @@ mod tests {
         let s: DirectorySnapshot =
             serde_json::from_str(r#"{"things":[{"thingName":"n","thingType":7,"domain":"root"}]}"#)
                 .unwrap();
-        dir.import(s).unwrap();
+        dir.import(&s).unwrap();
         assert_eq!(dir.thing("n").unwrap().thing_type(), "7");
         assert!(serde_json::from_str::<DirectorySnapshot>(
             r#"{"things":[{"thingName":"n","thingtype":"x","domain":"root"}]}"#
@@ -590,7 +637,7 @@ mod tests {
             things: vec![],
         };
         assert!(matches!(
-            dir.import(bad),
+            dir.import(&bad),
             Err(ImportError::Domain { index: 1, .. })
         ));
         assert_eq!(dir.export(), before);
@@ -599,7 +646,7 @@ mod tests {
     #[test]
     fn life_cycle_events() {
         let mut dir = Directory::new();
-        let create = include_str!("../../fixtures/events/thing-create.json");
+        let create = include_str!("../../../fixtures/events/thing-create.json");
         let change = dir
             .apply_event("event/root/sub1", create.as_bytes())
             .unwrap();
@@ -638,7 +685,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            dir.thing("thing-001").map(Thing::to_info),
+            dir.thing("thing-001").map(|t| t.to_info()),
             Some(info("1", "sub2"))
         );
         assert!(dir.domains().is_within("sub2", "sub1"));
@@ -675,7 +722,7 @@ mod tests {
 
     #[test]
     fn an_event_names_its_thing_without_being_applied() {
-        let create = include_str!("../../fixtures/events/thing-create.json");
+        let create = include_str!("../../../fixtures/events/thing-create.json");
         assert_eq!(
             event_thing_name(create.as_bytes()).as_deref(),
             Some("thing-001")
@@ -711,7 +758,7 @@ mod tests {
         );
         assert_eq!(dir.len(), 1);
         assert_eq!(
-            dir.thing("t1").map(Thing::to_info),
+            dir.thing("t1").map(|t| t.to_info()),
             Some(info("Pump", "root"))
         );
     }
