@@ -74,15 +74,16 @@ fn written(v1: bool, key: String, records: &[(Vec<u8>, Option<u64>)], damage: &[
         boundaries.push(file.len());
     }
     let written = file;
-    let file = damaged(&written, damage);
+    let damage = damaged(&written, damage);
+    let file = &damage.bytes;
     // The first byte that is not what was written (flips that cancel out are no damage).
     let first_damage = written
         .iter()
-        .zip(&file)
+        .zip(file)
         .position(|(a, b)| a != b)
         .unwrap_or(written.len().min(file.len()));
 
-    let decoded = decode(&file);
+    let decoded = decode(file);
     match &decoded.header {
         Ok(h) => assert_eq!(h, &header),
         Err(_) => {
@@ -92,9 +93,9 @@ fn written(v1: bool, key: String, records: &[(Vec<u8>, Option<u64>)], damage: &[
         }
     }
     // Every frame that ends before the damage comes back as written; no frame comes back that
-    // spans the damage (it would be a changed record); frames after it can only be well-formed
-    // frames in bytes that no write of ours produced (appended garbage), which the reader
-    // cannot tell from a write.
+    // spans the damage (it would be a changed record) unless it reaches into appended garbage;
+    // frames after it can only be well-formed frames in bytes that no write of ours produced
+    // (appended garbage), which the reader cannot tell from a write.
     let intact = boundaries[1..]
         .iter()
         .filter(|&&b| b <= first_damage)
@@ -114,7 +115,7 @@ fn written(v1: bool, key: String, records: &[(Vec<u8>, Option<u64>)], damage: &[
                 _ => decoded.records[i - 1].end,
             };
             assert!(
-                frame_start >= first_damage,
+                frame_start >= first_damage || damage.reaches_garbage(frame_start..range.end),
                 "a record that was not written came back: frame {i} spans the damage at {first_damage}"
             );
         }
@@ -123,7 +124,7 @@ fn written(v1: bool, key: String, records: &[(Vec<u8>, Option<u64>)], damage: &[
     // From any frame boundary (the index follower's cursor), the records from there on.
     let k = usize::from(from) % boundaries.len();
     if first_damage == written.len() {
-        let (ranges, ids, _) = decode_records(&file, boundaries[k], version);
+        let (ranges, ids, _) = decode_records(file, boundaries[k], version);
         let tail: Vec<(&[u8], Option<u64>)> = ranges
             .iter()
             .zip(&ids)

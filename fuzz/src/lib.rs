@@ -561,12 +561,33 @@ pub enum Damage {
     Garbage(Vec<u8>),
 }
 
+/// A file after damage (see [`damaged`]).
+pub struct Damaged {
+    pub bytes: Vec<u8>,
+    /// Where the appended garbage still in the file starts; `None` when none is left.
+    pub foreign_from: Option<usize>,
+}
+
+impl Damaged {
+    /// Whether `range` reaches into appended garbage. A frame that does may be completed by
+    /// it: a CRC guards against random damage, not against bytes made to match (and the
+    /// fuzzer makes them match: it writes into the garbage the CRC it sees compared), so a
+    /// reader cannot tell such a frame from a write.
+    pub fn reaches_garbage(&self, range: std::ops::Range<usize>) -> bool {
+        self.foreign_from.is_some_and(|from| range.end > from)
+    }
+}
+
 /// `written` with every `damage` applied in turn.
-pub fn damaged(written: &[u8], damage: &[Damage]) -> Vec<u8> {
+pub fn damaged(written: &[u8], damage: &[Damage]) -> Damaged {
     let mut file = written.to_vec();
+    let mut foreign_from = None;
     for d in damage {
         match d {
-            Damage::Truncate(at) => file.truncate(*at as usize % (file.len() + 1)),
+            Damage::Truncate(at) => {
+                file.truncate(*at as usize % (file.len() + 1));
+                foreign_from = foreign_from.filter(|&from| from < file.len());
+            }
             Damage::Flip(at, xor) => {
                 if !file.is_empty() {
                     let at = *at as usize % file.len();
@@ -578,8 +599,16 @@ pub fn damaged(written: &[u8], damage: &[Damage]) -> Vec<u8> {
                 let end = (at + usize::from(*len)).min(file.len());
                 file[at..end].fill(0);
             }
-            Damage::Garbage(bytes) => file.extend_from_slice(bytes),
+            Damage::Garbage(bytes) => {
+                if !bytes.is_empty() {
+                    foreign_from = foreign_from.or(Some(file.len()));
+                }
+                file.extend_from_slice(bytes);
+            }
         }
     }
-    file
+    Damaged {
+        bytes: file,
+        foreign_from,
+    }
 }
