@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::api::observation_lambda::ObservationApi;
 use crate::api::rule_lambda::RuleApi;
+use crate::api::starting::Starting;
 use crate::api::{router, AppState, EngineStatus};
 use crate::auth::exchange::Exchange;
 use crate::auth::oidc::OidcVerifier;
@@ -56,6 +57,13 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Bound first, so probes get an answer while the store and the directory load.
+    let api_socket = std::net::TcpListener::bind(config.api.listen)
+        .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+        .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+    let starting = Starting::serve(api_socket.try_clone().context("api.listen socket")?)
+        .context("serving the API while starting")?;
+    tracing::info!(listen = %api_socket.local_addr()?, "starting; /healthz answers, /readyz says not ready");
     let store = RuleStore::connect(&config.store.url)
         .await
         .with_context(|| {
@@ -126,9 +134,8 @@ pub async fn run(
         Duration::from_secs(config.api.request_timeout_secs),
     );
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+    starting.finish().await;
+    let listener = tokio::net::TcpListener::from_std(api_socket).context("api.listen socket")?;
     tracing::info!(
         listen = %listener.local_addr()?,
         auth = ?config.api.auth,

@@ -94,3 +94,79 @@ async fn a_bad_import_file_stops_the_start_and_stores_nothing_of_it() {
     assert_eq!(status, 200, "{again}");
     assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), directory);
 }
+
+/// While a large import loads, the API already answers: `/healthz` 200 (alive, starting),
+/// `/readyz` and the rest 503 saying so; then the service takes over the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_the_directory_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let import = dir.path().join("large.json");
+    std::fs::write(&import, snapshot(300_000, None).to_string()).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config_file = dir.path().join("ccstream.toml");
+    std::fs::write(
+        &config_file,
+        config(&dir.path().join("ccstream.db"), &import).replace(LISTEN, &listen),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(common::binary());
+    cmd.arg("--config")
+        .arg(&config_file)
+        .current_dir(dir.path());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CCSTREAM_") {
+            cmd.env_remove(key);
+        }
+    }
+    let log = std::fs::File::create(dir.path().join("ccstream.log")).unwrap();
+    let mut child = cmd
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client.get(format!("http://{listen}{path}")).send();
+        async move {
+            let r = request.await.ok()?;
+            Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut starting = None;
+    let built = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ccstream exited: {}",
+            std::fs::read_to_string(dir.path().join("ccstream.log")).unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "not ready in time");
+        if let (Some(health), Some(ready), Some(rules)) = (
+            get("/healthz").await,
+            get("/readyz").await,
+            get("/directory").await,
+        ) {
+            if ready.0 == 200 {
+                break (health, rules);
+            }
+            if ready.1.contains("starting") {
+                starting.get_or_insert((health, ready, rules));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (health, ready, other) = starting.expect("no answer while the directory loaded");
+    assert_eq!(health.0, 200, "{health:?}");
+    assert!(health.1.contains("starting"), "{health:?}");
+    assert_eq!(ready.0, 503, "{ready:?}");
+    assert_eq!(other.0, 503, "{other:?}");
+    let (health, directory) = built;
+    assert_eq!(health, (200, "ok\n".to_owned()));
+    assert_eq!(directory.0, 200);
+    let directory: Value = serde_json::from_str(&directory.1).unwrap();
+    assert_eq!(directory["things"].as_array().unwrap().len(), 300_000);
+}

@@ -15,6 +15,7 @@ pub mod health;
 pub mod invoke;
 pub mod observation_lambda;
 pub mod rule_lambda;
+pub mod starting;
 pub mod sts;
 
 use std::sync::atomic::{AtomicBool, Ordering};

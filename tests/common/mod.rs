@@ -320,14 +320,20 @@ impl Ccstream {
                     );
                 }
             }
-            let ok = self
+            // While it loads the store and the directory, /healthz already answers 200 but says
+            // "starting" (src/api/starting.rs); a test needs the service built.
+            let ok = match self
                 .client
                 .get(&url)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false);
+            {
+                Ok(r) if r.status() == 200 => {
+                    !r.text().await.unwrap_or_default().contains("starting")
+                }
+                _ => false,
+            };
             if ok {
                 return;
             }

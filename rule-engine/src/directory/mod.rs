@@ -283,12 +283,6 @@ impl Directory {
         self.things.shrink_to_fit();
     }
 
-    /// Heap bytes of the things' table and names (the types, domains and tree aside): for the
-    /// benchmark's memory per thing.
-    pub fn table_bytes(&self) -> usize {
-        self.things.heap_bytes()
-    }
-
     /// The whole directory, sorted (see [`DirectorySnapshot`]).
     pub fn export(&self) -> DirectorySnapshot {
         let domains = self

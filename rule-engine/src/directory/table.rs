@@ -120,12 +120,6 @@ impl ThingTable {
         arena.shrink_to_fit();
     }
 
-    /// Bytes the table holds on the heap (capacity, not only what is used).
-    pub fn heap_bytes(&self) -> usize {
-        // hashbrown: one control byte per bucket besides the slot.
-        self.slots.capacity() * (std::mem::size_of::<Slot>() + 1) + self.arena.capacity()
-    }
-
     /// Copies the live names into a new arena, dropping the garbage.
     fn compact_arena(&mut self) {
         let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
