@@ -84,7 +84,12 @@ pub async fn import_file(
                     counts.domains += 1;
                 }
                 SnapshotEntry::Thing(t) => {
-                    directory.import_thing(counts.things, &t)?;
+                    directory.import_thing(
+                        counts.things,
+                        &t.thing_name,
+                        &t.thing_type,
+                        &t.domain,
+                    )?;
                     things.push(t);
                     counts.things += 1;
                 }

@@ -1,15 +1,17 @@
 //! The directory of things and domains in the store, so that a restart keeps what life cycle
 //! events and imports taught the engine.
 
-use futures_util::TryStreamExt;
+use std::borrow::Cow;
+
 use rule_engine::directory::{
     DirectoryChange, DirectorySnapshot, DomainEntry, ImportError, ThingChange, ThingEntry,
 };
 use rule_engine::Directory;
+use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{placeholders, RuleStore, StoreError};
+use super::{placeholders, Engine, RuleStore, StoreError};
 
 /// A row of `SELECT thing_name, thing_type, domain FROM things`.
 fn thing_entry(row: &AnyRow) -> Result<ThingEntry, sqlx::Error> {
@@ -28,10 +30,40 @@ pub enum LoadDirectoryError {
     /// A row the directory refuses (written by hand, or by a version that let it in).
     #[error("the stored directory: {0}")]
     Refused(#[from] ImportError),
+    /// A page of things the database built that is not the JSON asked for (a bug).
+    #[error("the stored directory: a page of things is unreadable: {0}")]
+    Page(serde_json::Error),
 }
 
-/// Things per piece of [`RuleStore::read_directory`].
-pub const READ_CHUNK: usize = 1024;
+/// Things per page of [`RuleStore::read_directory`].
+pub const READ_PAGE: i64 = 4096;
+
+/// A page of things after a rowid (SQLite: in table order, no index lookups), as one JSON array.
+/// The aggregate answers one row even for an empty page, with `last` NULL.
+const SQLITE_PAGE: &str = "SELECT json_group_array(json_array(thing_name, thing_type, domain)) \
+     AS page, max(id) AS last FROM (SELECT rowid AS id, thing_name, thing_type, domain \
+     FROM things WHERE rowid > $1 ORDER BY rowid LIMIT $2)";
+
+/// A page of things after a name (PostgreSQL: along the primary key).
+const POSTGRES_PAGE: &str =
+    "SELECT json_agg(json_build_array(thing_name, thing_type, domain))::text \
+     AS page, max(thing_name) AS last FROM (SELECT thing_name, thing_type, domain \
+     FROM things WHERE thing_name > $1 ORDER BY thing_name LIMIT $2) AS things_page";
+
+/// Where the next page of [`RuleStore::read_directory`] starts.
+enum After {
+    Rowid(i64),
+    Name(String),
+}
+
+/// A thing of a page: name, type and domain, borrowed from the page where JSON needs no
+/// unescaping.
+#[derive(Debug, Deserialize)]
+pub struct StoredThing<'a>(
+    #[serde(borrow)] pub Cow<'a, str>,
+    #[serde(borrow)] pub Cow<'a, str>,
+    #[serde(borrow)] pub Cow<'a, str>,
+);
 
 /// A piece of the stored directory (see [`RuleStore::read_directory`]).
 pub enum StoredPart<'a> {
@@ -39,7 +71,7 @@ pub enum StoredPart<'a> {
     /// Things in the store's order; `first` is the row number of the first (for errors).
     Things {
         first: usize,
-        things: &'a [ThingEntry],
+        things: &'a [StoredThing<'a>],
     },
 }
 
@@ -51,7 +83,7 @@ impl StoredPart<'_> {
             StoredPart::Things { first, things } => things
                 .iter()
                 .enumerate()
-                .try_for_each(|(i, t)| directory.import_thing(first + i, t)),
+                .try_for_each(|(i, t)| directory.import_thing(first + i, &t.0, &t.1, &t.2)),
         }
     }
 }
@@ -67,40 +99,66 @@ impl RuleStore {
         &self,
         directory: &mut Directory,
     ) -> Result<(), LoadDirectoryError> {
+        // Sized once: a table grown by doubling holds the old table while it moves.
+        let things: i64 = sqlx::query_scalar("SELECT count(*) FROM things")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::Db)?;
+        directory.reserve(usize::try_from(things).unwrap_or(0));
         self.read_directory(|part| part.import_into(directory))
             .await
     }
 
-    /// The stored directory, handed to `apply` a piece at a time (the domains, then things
-    /// [`READ_CHUNK`] at a time), so that a replica merging it holds its directory's lock for
-    /// one piece at a time, and no copy of the whole directory is ever made. An error from
-    /// `apply` stops the read.
+    /// The stored directory, handed to `apply` a piece at a time (the domains, then pages of
+    /// [`READ_PAGE`] things), so that a replica merging it holds its directory's lock for one
+    /// piece at a time, and no copy of the whole directory is ever made. An error from `apply`
+    /// stops the read.
+    ///
+    /// A page is one row: the things as one JSON array, built by the database. Ten million rows
+    /// one by one cost a hand-off between sqlx's SQLite thread and the reader, a row
+    /// conversion and three strings each, twice what putting them in the directory costs; a
+    /// page parses in place.
     pub async fn read_directory(
         &self,
         mut apply: impl FnMut(StoredPart<'_>) -> Result<(), ImportError>,
     ) -> Result<(), LoadDirectoryError> {
         let domains = self.load_domains().await?;
         apply(StoredPart::Domains(&domains))?;
-        let mut rows =
-            sqlx::query("SELECT thing_name, thing_type, domain FROM things").fetch(&self.pool);
-        let mut things = Vec::with_capacity(READ_CHUNK);
         let mut first = 0;
-        while let Some(row) = rows.try_next().await.map_err(StoreError::Db)? {
-            things.push(thing_entry(&row).map_err(StoreError::Db)?);
-            if things.len() == READ_CHUNK {
-                apply(StoredPart::Things {
-                    first,
-                    things: &things,
-                })?;
-                first += things.len();
-                things.clear();
-            }
-        }
-        if !things.is_empty() {
+        let mut after = match self.engine {
+            Engine::Sqlite => After::Rowid(0),
+            Engine::Postgres => After::Name(String::new()),
+        };
+        loop {
+            let query = match &after {
+                After::Rowid(rowid) => sqlx::query(SQLITE_PAGE).bind(*rowid),
+                After::Name(name) => sqlx::query(POSTGRES_PAGE).bind(name.clone()),
+            };
+            let row = query
+                .bind(READ_PAGE)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::Db)?;
+            let page: Option<String> = row.try_get("page").map_err(StoreError::Db)?;
+            after = match after {
+                After::Rowid(_) => match row.try_get::<Option<i64>, _>("last") {
+                    Ok(Some(rowid)) => After::Rowid(rowid),
+                    Ok(None) => break,
+                    Err(e) => return Err(StoreError::Db(e).into()),
+                },
+                After::Name(_) => match row.try_get::<Option<String>, _>("last") {
+                    Ok(Some(name)) => After::Name(name),
+                    Ok(None) => break,
+                    Err(e) => return Err(StoreError::Db(e).into()),
+                },
+            };
+            let things: Vec<StoredThing> = serde_json::from_str(page.as_deref().unwrap_or("[]"))
+                .map_err(LoadDirectoryError::Page)?;
             apply(StoredPart::Things {
                 first,
                 things: &things,
             })?;
+            first += things.len();
         }
         Ok(())
     }

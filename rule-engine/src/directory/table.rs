@@ -108,6 +108,16 @@ impl ThingTable {
             .map(|s| (str_at(&self.arena, s.name), s.ids))
     }
 
+    pub fn reserve(&mut self, additional: usize) {
+        let Self {
+            slots,
+            arena,
+            hasher,
+            ..
+        } = self;
+        slots.reserve(additional, |s| hasher.hash_one(name_at(arena, s.name)));
+    }
+
     /// Gives back what growth over-allocated, after a bulk load.
     pub fn shrink_to_fit(&mut self) {
         let Self {
