@@ -10,7 +10,9 @@
 //! - the build time, and resident memory after it minus before (VmRSS), per thing; the peak
 //!   (VmHWM) rise over the same, per thing: what growing the table cost on top;
 //! - lookups per second of known names in a random order, and of unknown names (a miss also
-//!   hashes and probes), median of five rounds of one million lookups each.
+//!   hashes and probes), median of five rounds of one million lookups each;
+//! - the cost of a life cycle event (`THING.UPDATE` of a known thing to another type, applied
+//!   with `Directory::apply_event`, JSON parse included), the mean of 100,000.
 //!
 //! The names looked up are generated into one buffer first, so the figure is the directory's
 //! cost, not the benchmark's allocations.
@@ -22,6 +24,7 @@ use rule_engine::directory::ThingEntry;
 use rule_engine::Directory;
 
 const LOOKUPS: usize = 1_000_000;
+const EVENTS: usize = 100_000;
 const ROUNDS: usize = 5;
 
 fn name(i: usize) -> String {
@@ -111,14 +114,34 @@ fn run(things: usize) {
     let (unknown, unknown_ranges) = names(LOOKUPS, || name(things + rng.below(things)));
     let hits = lookups_per_sec(&directory, &known, &known_ranges);
     let misses = lookups_per_sec(&directory, &unknown, &unknown_ranges);
+    let events: Vec<Vec<u8>> = (0..EVENTS)
+        .map(|e| {
+            let i = rng.below(things);
+            format!(
+                r#"{{"type":"THING.UPDATE","source":{{"thingName":"{}","thingType":"type-{:04}","domain":"dom-{:04}"}}}}"#,
+                name(i),
+                (i * 7 + e + 1) % 1000,
+                (i * 13) % 1000
+            )
+            .into_bytes()
+        })
+        .collect();
+    let started = Instant::now();
+    for event in &events {
+        directory
+            .apply_event("event/root", black_box(event))
+            .expect("generated events apply");
+    }
+    let per_event = started.elapsed().as_secs_f64() / EVENTS as f64;
     println!(
-        "| {things} | {:.1} s | {:.0} MiB | {:.1} | {:.1} | {:.2} M/s | {:.2} M/s |",
+        "| {things} | {:.1} s | {:.0} MiB | {:.1} | {:.1} | {:.2} M/s | {:.2} M/s | {:.1} µs |",
         built.as_secs_f64(),
         rss as f64 / 1024.0,
         per_thing(rss),
         per_thing(peak),
         hits / 1e6,
         misses / 1e6,
+        per_event * 1e6,
     );
     drop(directory);
 }
@@ -137,9 +160,9 @@ fn main() {
         }
     }
     println!(
-        "| things | build | RSS added | bytes per thing | peak rise per thing | hits | misses |"
+        "| things | build | RSS added | bytes per thing | peak rise per thing | hits | misses | event |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for things in sizes {
         run(things);
     }
