@@ -91,22 +91,11 @@ where
             if std::mem::replace(&mut seen[field], true) {
                 return Err(de::Error::duplicate_field(FIELDS[field]));
             }
+            let (each, stopped) = (&mut *self.each, &mut *self.stopped);
             if field == 0 {
-                map.next_value_seed(List {
-                    each: &mut *self.each,
-                    stopped: &mut *self.stopped,
-                    entry: SnapshotEntry::Domain,
-                    what: "a list of domains",
-                    _entry: PhantomData,
-                })?;
+                map.next_value_seed(List::new(each, stopped, SnapshotEntry::Domain, "domains"))?;
             } else {
-                map.next_value_seed(List {
-                    each: &mut *self.each,
-                    stopped: &mut *self.stopped,
-                    entry: SnapshotEntry::Thing,
-                    what: "a list of things",
-                    _entry: PhantomData,
-                })?;
+                map.next_value_seed(List::new(each, stopped, SnapshotEntry::Thing, "things"))?;
             }
         }
         Ok(())
@@ -120,6 +109,18 @@ struct List<'a, F, E, T, W> {
     entry: W,
     what: &'static str,
     _entry: PhantomData<T>,
+}
+
+impl<'a, F, E, T, W> List<'a, F, E, T, W> {
+    fn new(each: &'a mut F, stopped: &'a mut Option<E>, entry: W, what: &'static str) -> Self {
+        List {
+            each,
+            stopped,
+            entry,
+            what,
+            _entry: PhantomData,
+        }
+    }
 }
 
 impl<'de, F, E, T, W> DeserializeSeed<'de> for List<'_, F, E, T, W>
@@ -144,7 +145,7 @@ where
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.what)
+        write!(f, "a list of {}", self.what)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
