@@ -14,7 +14,9 @@ use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Context;
-use rule_engine::directory::{read_snapshot, ImportError, ReadSnapshotError, SnapshotEntry};
+use rule_engine::directory::{
+    read_snapshot, DirectorySnapshot, ImportError, ReadSnapshotError, SnapshotEntry,
+};
 use rule_engine::Directory;
 
 use crate::store::RuleStore;
@@ -23,6 +25,9 @@ use crate::store::RuleStore;
 const PIECE: usize = 1024;
 /// Pieces parsed ahead of the import.
 const PIECES_AHEAD: usize = 4;
+/// Entries of a file small enough for the other replicas' notice to carry it (the notice
+/// falls back to "read the store" when it does not fit).
+const INLINE_ENTRIES: usize = 100;
 
 /// What an import file held.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,9 @@ pub async fn import_file(
         .context("starting the store's import")?;
     let mut counts = Imported::default();
     let mut things = Vec::with_capacity(PIECE);
+    // A small file travels in the notice, as `POST /directory` does: a start does not make
+    // every other replica read the whole stored directory.
+    let mut inline = Some(DirectorySnapshot::default());
     while let Some(piece) = received.recv().await {
         for entry in piece {
             match entry {
@@ -82,6 +90,9 @@ pub async fn import_file(
                         .await
                         .context("storing the imported directory")?;
                     counts.domains += 1;
+                    if let Some(snapshot) = inline.as_mut() {
+                        snapshot.domains.push(d);
+                    }
                 }
                 SnapshotEntry::Thing(t) => {
                     directory.import_thing(
@@ -90,6 +101,9 @@ pub async fn import_file(
                         &t.thing_type,
                         &t.domain,
                     )?;
+                    if let Some(snapshot) = inline.as_mut() {
+                        snapshot.things.push(t.clone());
+                    }
                     things.push(t);
                     counts.things += 1;
                 }
@@ -100,6 +114,9 @@ pub async fn import_file(
             .await
             .context("storing the imported directory")?;
         things.clear();
+        if counts.domains + counts.things > INLINE_ENTRIES {
+            inline = None;
+        }
     }
     match reader.await.context("the import file's reader")? {
         Ok(()) => {}
@@ -107,9 +124,8 @@ pub async fn import_file(
         // The receiving side only goes away by returning above.
         Err(ReadSnapshotError::Stopped(ImporterGone)) => anyhow::bail!("import interrupted"),
     }
-    // The other replicas read what was stored rather than a notice this size.
     import
-        .commit(None)
+        .commit(inline.as_ref())
         .await
         .context("storing the imported directory")?;
     Ok(counts)

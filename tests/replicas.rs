@@ -642,7 +642,7 @@ async fn changes_reach_every_replica_at_once() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
     // An import too large for a notification: the notice says "read the store", and the others
-    // merge the stored directory a piece (1,024 things) at a time.
+    // merge the stored directory a page (4,096 things) at a time.
     let bulk: Vec<Value> = (0..1500)
         .map(
             |i| json!({"thingName": format!("bulk-{i:04}"), "thingType": "Pump", "domain": "root"}),

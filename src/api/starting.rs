@@ -6,12 +6,16 @@
 //! service serves the same socket, so connections made meanwhile wait in its queue.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// How long [`Starting::finish`] waits for requests in flight.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The starting API, serving until [`Starting::finish`].
 pub struct Starting {
@@ -42,13 +46,16 @@ impl Starting {
         Ok(Starting { stop, served })
     }
 
-    /// Stops accepting and waits for the requests in flight.
+    /// Stops accepting and waits a little for the requests in flight: a client that opened a
+    /// connection and sends nothing must not hold the start (hyper has no header timeout
+    /// here); what is still open after that is dropped with the task.
     pub async fn finish(self) {
         let _ = self.stop.send(());
-        match self.served.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the starting API stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "the starting API panicked"),
+        match tokio::time::timeout(FINISH_WAIT, self.served).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the starting API stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the starting API panicked"),
+            Err(_) => tracing::debug!("the starting API's open connections dropped"),
         }
     }
 }

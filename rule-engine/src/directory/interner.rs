@@ -59,6 +59,10 @@ impl Interner {
         let Some(count) = self.uses.get_mut(id as usize) else {
             return;
         };
+        debug_assert!(
+            *count > 0,
+            "interned id {id} released more often than acquired"
+        );
         *count = count.saturating_sub(1);
         if *count > 0 {
             return;
