@@ -41,20 +41,14 @@ pub const READ_PAGE: i64 = 4096;
 /// A page of things after a rowid (SQLite: in table order, no index lookups), as one JSON array.
 /// The aggregate answers one row even for an empty page, with `last` NULL.
 const SQLITE_PAGE: &str = "SELECT json_group_array(json_array(thing_name, thing_type, domain)) \
-     AS page, max(id) AS last FROM (SELECT rowid AS id, thing_name, thing_type, domain \
-     FROM things WHERE rowid > $1 ORDER BY rowid LIMIT $2)";
+     AS page, CAST(max(id) AS TEXT) AS last FROM (SELECT rowid AS id, thing_name, thing_type, \
+     domain FROM things WHERE rowid > CAST($1 AS INTEGER) ORDER BY rowid LIMIT $2)";
 
 /// A page of things after a name (PostgreSQL: along the primary key).
 const POSTGRES_PAGE: &str =
     "SELECT json_agg(json_build_array(thing_name, thing_type, domain))::text \
      AS page, max(thing_name) AS last FROM (SELECT thing_name, thing_type, domain \
      FROM things WHERE thing_name > $1 ORDER BY thing_name LIMIT $2) AS things_page";
-
-/// Where the next page of [`RuleStore::read_directory`] starts.
-enum After {
-    Rowid(i64),
-    Name(String),
-}
 
 /// A thing of a page: name, type and domain, borrowed from the page where JSON needs no
 /// unescaping.
@@ -124,34 +118,25 @@ impl RuleStore {
     ) -> Result<(), LoadDirectoryError> {
         let domains = self.load_domains().await?;
         apply(StoredPart::Domains(&domains))?;
-        let mut first = 0;
-        let mut after = match self.engine {
-            Engine::Sqlite => After::Rowid(0),
-            Engine::Postgres => After::Name(String::new()),
+        // Where the next page starts, as text on both engines (SQLite's rowid cast).
+        let (sql, mut after) = match self.engine {
+            Engine::Sqlite => (SQLITE_PAGE, "0".to_owned()),
+            Engine::Postgres => (POSTGRES_PAGE, String::new()),
         };
+        let mut first = 0;
         loop {
-            let query = match &after {
-                After::Rowid(rowid) => sqlx::query(SQLITE_PAGE).bind(*rowid),
-                After::Name(name) => sqlx::query(POSTGRES_PAGE).bind(name.clone()),
-            };
-            let row = query
+            let row = sqlx::query(sql)
+                .bind(after.as_str())
                 .bind(READ_PAGE)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(StoreError::Db)?;
             let page: Option<String> = row.try_get("page").map_err(StoreError::Db)?;
-            after = match after {
-                After::Rowid(_) => match row.try_get::<Option<i64>, _>("last") {
-                    Ok(Some(rowid)) => After::Rowid(rowid),
-                    Ok(None) => break,
-                    Err(e) => return Err(StoreError::Db(e).into()),
-                },
-                After::Name(_) => match row.try_get::<Option<String>, _>("last") {
-                    Ok(Some(name)) => After::Name(name),
-                    Ok(None) => break,
-                    Err(e) => return Err(StoreError::Db(e).into()),
-                },
-            };
+            match row.try_get::<Option<String>, _>("last") {
+                Ok(Some(last)) => after = last,
+                Ok(None) => break,
+                Err(e) => return Err(StoreError::Db(e).into()),
+            }
             let things: Vec<StoredThing> = serde_json::from_str(page.as_deref().unwrap_or("[]"))
                 .map_err(LoadDirectoryError::Page)?;
             apply(StoredPart::Things {
@@ -225,9 +210,7 @@ impl RuleStore {
     pub async fn import_directory(&self, snapshot: &DirectorySnapshot) -> Result<(), StoreError> {
         let mut import = self.begin_directory_import().await?;
         import.domains(&snapshot.domains).await?;
-        for chunk in snapshot.things.chunks(IMPORT_CHUNK) {
-            import.things(chunk).await?;
-        }
+        import.things(&snapshot.things).await?;
         import.commit(Some(snapshot)).await
     }
 
