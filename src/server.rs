@@ -128,6 +128,7 @@ pub async fn run(
         objects: engine.objects(),
         threshold_state: engine.state_status(),
         outbox: engine.outbox(),
+        tasks: engine.task_failure(),
     });
     let app = router(
         state.clone(),

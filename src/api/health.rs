@@ -5,14 +5,15 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use std::sync::atomic::Ordering;
 
-use super::AppState;
+use super::{AppState, EngineStatus};
 
-/// The process serves HTTP and can still do its work: 503 once the objects batcher thread has
-/// died, which only a restart mends (nothing is lost: what it did not commit was not acked, and
-/// its spool is stored at the next start), so that a liveness probe restarts the process.
+/// The process serves HTTP and can still do its work: 503 once the objects batcher thread or
+/// an engine worker has died, which only a restart mends (nothing is lost: what they did not
+/// commit was not acked, and the spool is stored at the next start), so that a liveness probe
+/// restarts the process.
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let engine = state.inner.engine.read().ok().and_then(|s| s.clone());
-    match engine.and_then(|status| status.objects.failure()) {
+    match engine.and_then(|status| dead_part(&status)) {
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: {why}\n"),
@@ -42,7 +43,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         } else if !status.mqtt.is_subscribed() {
             reasons.push("MQTT subscriptions not confirmed".to_owned());
         }
-        if let Some(why) = status.objects.failure() {
+        if let Some(why) = dead_part(&status) {
             reasons.push(why);
         }
         if let Some(why) = status.objects.backpressure_reason() {
@@ -65,6 +66,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             format!("not ready: {}\n", reasons.join("; ")),
         )
     }
+}
+
+/// Why a part that only a restart mends is dead: the objects batcher first (nothing is stored),
+/// then an engine task.
+fn dead_part(status: &EngineStatus) -> Option<String> {
+    status
+        .objects
+        .failure()
+        .or_else(|| status.tasks.reason().map(str::to_owned))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

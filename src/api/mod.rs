@@ -76,6 +76,8 @@ pub struct EngineStatus {
     pub threshold_state: Option<crate::engine::redis_state::StateStatus>,
     /// The webhook outbox (full: acks stop).
     pub outbox: Arc<sinks::webhook::OutboxStatus>,
+    /// Set once a worker or the dispatcher has panicked.
+    pub tasks: crate::engine::tasks::TaskFailure,
 }
 
 impl AppState {

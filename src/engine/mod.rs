@@ -12,6 +12,7 @@
 //! - [`outputs`]: the object sink and the OpenSearch indexer.
 //! - [`redis_state`]: threshold state shared by replicas in Redis (`engine.state = "redis"`).
 //! - [`saved_state`]: local threshold state saved to the store and loaded at start.
+//! - [`tasks`]: a worker or the dispatcher that panics turns the health checks red.
 //!
 //! Updates of unknown things wait for `directory.resolver` in `pipeline` (see
 //! [`crate::resolver`]).
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod redis_state;
 pub mod rules;
 pub mod saved_state;
+pub mod tasks;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -59,6 +61,8 @@ pub struct RunningEngine {
     state_status: Option<redis_state::StateStatus>,
     /// The task that PINGs Redis between batches.
     state_health: Option<JoinHandle<()>>,
+    /// Set when a worker or the dispatcher panics.
+    failure: tasks::TaskFailure,
 }
 
 /// Where observations come from.
@@ -108,6 +112,8 @@ pub async fn start_with(
     };
     sinks::webhook::describe_metrics();
     ingest::describe_metrics();
+    tasks::describe_metrics();
+    let failure = tasks::TaskFailure::default();
 
     let initial = rules::load(store).await.context("loading rules")?;
     tracing::info!(rules = initial.index.len(), "rules loaded");
@@ -185,7 +191,11 @@ pub async fn start_with(
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(dispatch::QUEUED_BATCHES))
             .unzip();
-        let dispatcher = tokio::spawn(dispatch::dispatch(inbound, senders, router.clone()));
+        let dispatcher = tasks::spawn_watched(
+            "dispatcher".to_owned(),
+            &failure,
+            dispatch::dispatch(inbound, senders, router.clone()),
+        );
         let inputs = receivers
             .into_iter()
             .map(|rx| pipeline::Input::Batches {
@@ -201,7 +211,7 @@ pub async fn start_with(
         .div_ceil(workers)
         .max(dedupe::WINDOW_PER_WORKER_MIN);
     let limits = ParseLimits::new(config.mqtt.max_payload_bytes);
-    let mut tasks = Vec::with_capacity(workers);
+    let mut workers_running = Vec::with_capacity(workers);
     for (worker, ((inbound, state), resolving)) in
         inputs.into_iter().zip(states).zip(resolvings).enumerate()
     {
@@ -234,14 +244,18 @@ pub async fn start_with(
             },
         };
         let span = tracing::info_span!("worker", worker);
-        tasks.push(tokio::spawn(pipeline.run().instrument(span)));
+        workers_running.push(tasks::spawn_watched(
+            format!("worker {worker}"),
+            &failure,
+            pipeline.run().instrument(span),
+        ));
     }
     tracing::info!(workers, "observation pipeline started");
     Ok(RunningEngine {
         _broker: broker,
         source,
         dispatcher,
-        workers: tasks,
+        workers: workers_running,
         stopping,
         webhooks,
         webhook_task,
@@ -249,6 +263,7 @@ pub async fn start_with(
         outputs,
         state_status,
         state_health,
+        failure,
     })
 }
 
@@ -356,6 +371,12 @@ impl RunningEngine {
     /// Whether Redis answers, with `engine.state = "redis"`, for `/readyz`.
     pub fn state_status(&self) -> Option<redis_state::StateStatus> {
         self.state_status.clone()
+    }
+
+    /// Why the engine stopped working (a worker or the dispatcher panicked), for the health
+    /// checks.
+    pub fn task_failure(&self) -> tasks::TaskFailure {
+        self.failure.clone()
     }
 
     /// The webhook outbox, for `/readyz` (full, or its disk failing).
