@@ -25,6 +25,8 @@ pub mod defaults {
     pub const RETRY_INITIAL_MS: u64 = 500;
     /// Largest retry backoff, milliseconds.
     pub const RETRY_MAX_MS: u64 = 30_000;
+    /// How long a group commit may wait for more records while they keep arriving, µs.
+    pub const COMMIT_LINGER_US: u64 = 1_000;
 }
 
 // Upper bounds that keep a typo from becoming a resource problem.
@@ -33,6 +35,8 @@ const MAX_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 const MAX_MAX_AGE_SECS: u64 = 24 * 3600;
 const MAX_UPLOAD_CONCURRENCY: usize = 256;
 const MAX_RETRY_MS: u64 = 3_600_000;
+/// A linger adds to every ack's latency under load: past 100 ms it would be a stall.
+const MAX_COMMIT_LINGER_US: u64 = 100_000;
 
 /// Where sealed batches are stored (`objects.sink`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +118,11 @@ pub struct ObjectsConfig {
     pub retry_initial_ms: u64,
     /// Cap on one retry backoff, ms.
     pub retry_max_ms: u64,
+    /// While observations keep arriving, a group commit of the spool waits up to this many
+    /// microseconds from its first record for more, so that one `fsync` (and one flush of
+    /// PUBACKs) covers more of them; it stops early when a quarter millisecond brings nothing.
+    /// A lone observation is committed at once. Default 1000; 0 commits at once always.
+    pub commit_linger_us: u64,
     /// S3 bucket (required for `sink = "s3"`).
     pub bucket: Option<String>,
     /// AWS region of the bucket or delivery stream; default: the standard AWS chain.
@@ -141,6 +150,7 @@ impl Default for ObjectsConfig {
             upload_concurrency: defaults::UPLOAD_CONCURRENCY,
             retry_initial_ms: defaults::RETRY_INITIAL_MS,
             retry_max_ms: defaults::RETRY_MAX_MS,
+            commit_linger_us: defaults::COMMIT_LINGER_US,
             bucket: None,
             region: None,
             endpoint: None,
@@ -197,6 +207,12 @@ impl ObjectsConfig {
             MAX_RETRY_MS,
         )?;
         ConfigError::check_range("objects.retry_max_ms", self.retry_max_ms, 1, MAX_RETRY_MS)?;
+        ConfigError::check_range(
+            "objects.commit_linger_us",
+            self.commit_linger_us,
+            0,
+            MAX_COMMIT_LINGER_US,
+        )?;
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(ConfigError::new(
                 "objects.retry_max_ms",
@@ -227,6 +243,10 @@ impl ObjectsConfig {
     /// Age at which a batch rolls.
     pub fn max_age(&self) -> Duration {
         Duration::from_secs(self.max_age_secs)
+    }
+
+    pub fn commit_linger(&self) -> Duration {
+        Duration::from_micros(self.commit_linger_us)
     }
 }
 

@@ -135,6 +135,7 @@ impl ObjectSink {
                 compression: cfg.compression,
                 commit_max_records: COMMIT_MAX_RECORDS,
                 commit_max_bytes: COMMIT_MAX_BYTES,
+                commit_linger: cfg.commit_linger(),
             },
             record_rx,
             sealed_tx,
