@@ -10,7 +10,8 @@
 //! drained and the spool has committed everything (the engine's shutdown). Worker counts are
 //! interleaved run by run, so the machine's drift spreads over both.
 //!
-//! Run: `cargo bench --bench workers [-- --workers 1,2 --observations 1000000 --runs 5]`.
+//! Run: `cargo bench --bench workers [-- --workers 1,2 --observations 1000000 --runs 5
+//! --linger-us 1000]` (`--linger-us`: `objects.commit_linger_us`, default its default).
 //! Prints one line per run (observations/s, CPU per observation of the whole process) and the
 //! median per worker count.
 
@@ -38,6 +39,8 @@ struct Options {
     workers: Vec<usize>,
     observations: usize,
     runs: usize,
+    /// `objects.commit_linger_us`; the default when not given.
+    linger_us: Option<u64>,
 }
 
 impl Options {
@@ -47,6 +50,7 @@ impl Options {
             workers: vec![1, 2],
             observations: 1_000_000,
             runs: 5,
+            linger_us: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -61,6 +65,7 @@ impl Options {
                 }
                 "--observations" => options.observations = value()?.parse()?,
                 "--runs" => options.runs = value()?.parse()?,
+                "--linger-us" => options.linger_us = Some(value()?.parse()?),
                 _ => {}
             }
         }
@@ -106,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             for (workers, runs) in &mut results {
                 let result = one_run(
                     *workers,
+                    options.linger_us,
                     options.observations,
                     &directory,
                     &rules,
@@ -140,6 +146,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn one_run(
     workers: usize,
+    linger_us: Option<u64>,
     count: usize,
     directory: &Directory,
     rules: &[rule_engine::Rule],
@@ -153,6 +160,9 @@ async fn one_run(
     config.objects.spool_dir = dir.path().join("spool");
     config.webhook.outbox_dir = dir.path().join("outbox");
     config.engine.workers = Some(workers);
+    if let Some(linger_us) = linger_us {
+        config.objects.commit_linger_us = linger_us;
+    }
     let store = RuleStore::connect(&config.store.url).await?;
     // Concurrent creates share the group writer's commits.
     let mut creates = tokio::task::JoinSet::new();
