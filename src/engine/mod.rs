@@ -183,7 +183,7 @@ pub async fn start_with(
         ),
         _ => (None, None),
     };
-    let resolvings = resolving_per_worker(resolver, config, &router);
+    let resolvings = resolving_per_worker(resolver, config, &router, &failure);
     let (stopping, stopping_rx) = watch::channel(false);
     let (inputs, dispatcher) = if workers == 1 {
         (vec![pipeline::Input::Messages(inbound)], None)
@@ -332,6 +332,7 @@ fn resolving_per_worker(
     resolver: Option<crate::resolver::Resolver>,
     config: &Config,
     router: &dispatch::Router,
+    failure: &tasks::TaskFailure,
 ) -> Vec<Option<pipeline::Resolving>> {
     let workers = router.workers();
     let Some(resolver) = resolver else {
@@ -343,11 +344,11 @@ fn resolving_per_worker(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| mpsc::channel(config.directory.resolve_queue))
         .unzip();
-    tokio::spawn(dispatch::route_by_thing(
-        resolver.answers,
-        senders,
-        router.clone(),
-    ));
+    tasks::spawn_watched(
+        "resolver answers router".to_owned(),
+        failure,
+        dispatch::route_by_thing(resolver.answers, senders, router.clone()),
+    );
     receivers
         .into_iter()
         .map(|answers| {

@@ -7,8 +7,12 @@
 //! The loop: wait for a record (or the next batch's age deadline); take every record already
 //! queued, up to a cap; frame them into their batch's buffer; write and `fsync` each touched
 //! file once; hand the round's tokens to `on_commit` in arrival order; pass sealed batches to
-//! the uploader. The next round starts as soon as the `fsync` returns, never on a timer, so the
-//! commit latency — which caps a broker's in-flight window (DESIGN.md) — stays one `fsync`.
+//! the uploader. The next round starts as soon as the `fsync` returns. Only a round that finds
+//! a stream going on (records arrived during the last commit, and more behind the first)
+//! lingers, up to `commit_linger` and never past a quarter millisecond that brought nothing
+//! ([`Batcher::linger`]): a lone record, and a broker's in-flight window that is all in the
+//! round (DESIGN.md: the window ÷ the commit latency caps a connection), are committed at once
+//! or after one empty slice.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -242,7 +246,8 @@ impl<T: Send + 'static> Batcher<T> {
                     let mut round = Round::default();
                     self.take(msg, &mut round);
                     self.drain_queued(&mut round);
-                    if streaming {
+                    // One record carried over a commit alone is no stream yet.
+                    if streaming && round.tokens.len() > 1 {
                         self.linger(&mut round, now);
                     }
                     self.commit_round(round);
@@ -254,8 +259,8 @@ impl<T: Send + 'static> Batcher<T> {
         }
     }
 
-    /// A round taken while records keep arriving (some came during the last commit) waits up
-    /// to `commit_linger` from `started` for more, a slice at a time, so that one `fsync` and
+    /// A round taken while records keep arriving (some came during the last commit, and more
+    /// were queued behind the first) waits up to `commit_linger` from `started` for more, a slice at a time, so that one `fsync` and
     /// one ack flush cover more records: per record, the commit's system calls, the disk's
     /// interrupts and the wake-ups of the threads that ack cost more than everything else the
     /// spool does. It stops at a slice that brought nothing (the stream paused, or the

@@ -119,9 +119,10 @@ pub struct ObjectsConfig {
     /// Cap on one retry backoff, ms.
     pub retry_max_ms: u64,
     /// While observations keep arriving, a group commit of the spool waits up to this many
-    /// microseconds from its first record for more, so that one `fsync` (and one flush of
-    /// PUBACKs) covers more of them; it stops early when a quarter millisecond brings nothing.
-    /// A lone observation is committed at once. Default 1000; 0 commits at once always.
+    /// microseconds from the start of its round for more, so that one `fsync` (and one flush
+    /// of PUBACKs) covers more of them; it stops early when a quarter millisecond brings
+    /// nothing. A lone observation is committed at once. Default 1000, at most 100000; 0
+    /// commits at once always.
     pub commit_linger_us: u64,
     /// S3 bucket (required for `sink = "s3"`).
     pub bucket: Option<String>,
@@ -269,6 +270,7 @@ mod tests {
         assert_eq!(cfg.upload_concurrency, 4);
         assert_eq!(cfg.delimiter, Delimiter::None);
         assert_eq!(cfg.compression, Compression::None);
+        assert_eq!(cfg.commit_linger(), Duration::from_millis(1));
     }
 
     #[test]
@@ -301,5 +303,9 @@ mod tests {
         assert!(bad(|c| c.prefix = "../x/".into()).starts_with("objects.prefix: "));
         assert!(bad(|c| c.spool_dir = PathBuf::new()).starts_with("objects.spool_dir: "));
         assert!(bad(|c| c.spool_max_bytes = 1000).starts_with("objects.spool_max_bytes: "));
+        assert!(bad(|c| c.commit_linger_us = 100_001).starts_with("objects.commit_linger_us: "));
+        let mut cfg = ObjectsConfig::default();
+        cfg.commit_linger_us = 0;
+        cfg.validate().expect("no linger is valid");
     }
 }
