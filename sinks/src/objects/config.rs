@@ -304,8 +304,10 @@ mod tests {
         assert!(bad(|c| c.spool_dir = PathBuf::new()).starts_with("objects.spool_dir: "));
         assert!(bad(|c| c.spool_max_bytes = 1000).starts_with("objects.spool_max_bytes: "));
         assert!(bad(|c| c.commit_linger_us = 100_001).starts_with("objects.commit_linger_us: "));
-        let mut cfg = ObjectsConfig::default();
-        cfg.commit_linger_us = 0;
+        let cfg = ObjectsConfig {
+            commit_linger_us: 0,
+            ..ObjectsConfig::default()
+        };
         cfg.validate().expect("no linger is valid");
     }
 }
