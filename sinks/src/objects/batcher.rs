@@ -630,10 +630,20 @@ mod tests {
     }
 
     fn start(max_bytes: u64, max_age: Duration, delimiter: Delimiter) -> Harness {
-        start_lingering(max_bytes, max_age, delimiter, Duration::ZERO)
+        start_full(max_bytes, max_age, delimiter, Duration::ZERO)
     }
 
-    fn start_lingering(
+    /// One open batch for the whole test, rounds lingering up to `commit_linger`.
+    fn start_lingering(commit_linger: Duration) -> Harness {
+        start_full(
+            u64::MAX,
+            Duration::from_secs(3600),
+            Delimiter::None,
+            commit_linger,
+        )
+    }
+
+    fn start_full(
         max_bytes: u64,
         max_age: Duration,
         delimiter: Delimiter,
@@ -754,12 +764,7 @@ mod tests {
     fn a_lone_record_is_committed_without_lingering() {
         // A linger far longer than the test's patience: a record with nothing arriving after
         // it must not wait for it.
-        let h = start_lingering(
-            u64::MAX,
-            Duration::from_secs(3600),
-            Delimiter::None,
-            Duration::from_secs(60),
-        );
+        let h = start_lingering(Duration::from_secs(60));
         for token in 0..3 {
             send(&h, token, b"{}");
             wait_acked(&h, token as usize + 1, Duration::from_secs(20));
@@ -772,10 +777,10 @@ mod tests {
 
     #[test]
     fn a_steady_stream_lingers_into_fewer_commits() {
-        // Records every 50 µs or so for about 60 ms: committed greedily, each commit takes
+        // A record every 60 µs for about 60 ms: committed greedily, each commit takes
         // what arrived during the last fsync; lingering (at most 20 ms a round) takes more.
         let commits = |linger: Duration| {
-            let h = start_lingering(u64::MAX, Duration::from_secs(3600), Delimiter::None, linger);
+            let h = start_lingering(linger);
             let records = 1_000u32;
             let mut next = Instant::now();
             for token in 0..records {
@@ -804,12 +809,7 @@ mod tests {
 
     #[test]
     fn a_record_carried_over_a_commit_is_committed_at_shutdown() {
-        let h = start_lingering(
-            u64::MAX,
-            Duration::from_secs(3600),
-            Delimiter::None,
-            Duration::from_millis(50),
-        );
+        let h = start_lingering(Duration::from_millis(50));
         for token in 0..2_000u32 {
             send(&h, token, b"{}");
         }
