@@ -6,11 +6,13 @@
 //!   (`webhook.timeout_secs`), and the range check most keys use.
 //! - [`time`]: wall-clock milliseconds since the Unix epoch.
 //! - [`redact`]: URLs with their password hidden, for logs.
+//! - [`panic`]: the message of a caught panic.
 //!
 //! No I/O and no async runtime: the callers sleep, this crate only computes.
 
 pub mod backoff;
 pub mod config;
+pub mod panic;
 pub mod redact;
 pub mod time;
 

@@ -1,12 +1,15 @@
 //! The engine's own tasks (the workers, the dispatcher, the router of the resolver's answers):
-//! one that panics has taken messages it will never ack, and the acker holds every later ack behind them, so intake is over until a
-//! restart. Its death is recorded for `/healthz` and `/readyz` at once, not when the shutdown
-//! joins it: a liveness probe then restarts the process, and the broker sends again what was
-//! not acked.
+//! one that panics has taken messages it will never ack, and the acker holds every later ack
+//! behind them, so intake is over until a restart. Its death is recorded for `/healthz` and
+//! `/readyz` at once, not when the shutdown joins it: a liveness probe then restarts the
+//! process, and the broker sends again what was not acked.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 
+use ccstream_common::panic::panic_text;
+use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 
 /// Why the engine stopped working, once one of its tasks has died.
@@ -25,32 +28,25 @@ impl TaskFailure {
     }
 }
 
-/// Spawns `task` as the engine's task `name`; the returned handle ends when it does. A panic is
-/// logged with its message, counted (`ccstream_engine_tasks_failed_total`) and recorded in
-/// `failure` without it (the health checks answer without authentication, and a panic's
-/// message may quote what a device sent).
-///
-/// The handle watches the task: aborting it would not stop the task (none of these is ever
-/// aborted; they end when their input closes).
+/// Spawns `task` as the engine's task `name`. A panic is caught in the task itself, logged with
+/// its message, counted (`ccstream_engine_tasks_failed_total`) and recorded in `failure`
+/// without it (the health checks answer without authentication, and a panic's message may
+/// quote what a device sent); the task then ends as if it had returned.
 pub fn spawn_watched<F>(name: String, failure: &TaskFailure, task: F) -> JoinHandle<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let inner = tokio::spawn(task);
     let failure = failure.clone();
     tokio::spawn(async move {
-        let Err(error) = inner.await else {
+        // Nothing the task owned is looked at after the panic: it is dropped with the future.
+        let Err(payload) = AssertUnwindSafe(task).catch_unwind().await else {
             return;
         };
-        if !error.is_panic() {
-            return;
-        }
-        let cause = panic_text(error.into_panic());
         let reason = format!(
             "the engine's {name} task panicked (its message is in the log): its messages are no \
              longer evaluated or acked; restart ccstream (the broker keeps what was not acked)"
         );
-        tracing::error!(%reason, panic = %cause, "engine task died");
+        tracing::error!(%reason, panic = %panic_text(&*payload), "engine task died");
         metrics::counter!("ccstream_engine_tasks_failed_total").increment(1);
         failure.record(reason);
     })
@@ -61,17 +57,6 @@ pub fn describe_metrics() {
         "ccstream_engine_tasks_failed_total",
         "Engine tasks (workers, the dispatcher, the resolver answers router) that panicked: /healthz and /readyz turn 503"
     );
-}
-
-/// The message of a panic payload (`panic!` with a literal or a formatted string).
-fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => payload.downcast_ref::<&str>().map_or_else(
-            || "a panic without a message".to_owned(),
-            |s| (*s).to_owned(),
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The object sink's entry point: starts the batcher thread and the uploader task, and the
 //! handle producers append through.
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info};
 
+use ccstream_common::panic::panic_text;
 use ccstream_common::Backoff;
 
 use super::batcher::{
@@ -403,15 +403,6 @@ fn batcher_died(shared: &Shared, cause: String) {
     );
     error!(%reason, "objects batcher died");
     shared.set_failed(reason);
-}
-
-/// The message of a panic payload (`panic!` with a literal or a formatted string).
-fn panic_text(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn check_size(record: &[u8]) -> Result<(), AppendError> {
