@@ -108,15 +108,16 @@ pub async fn import_file(
                     counts.things += 1;
                 }
             }
+            // Past what a notice carries, nothing more is copied for it.
+            if counts.domains + counts.things > INLINE_ENTRIES {
+                inline = None;
+            }
         }
         import
             .things(&things)
             .await
             .context("storing the imported directory")?;
         things.clear();
-        if counts.domains + counts.things > INLINE_ENTRIES {
-            inline = None;
-        }
     }
     match reader.await.context("the import file's reader")? {
         Ok(()) => {}
