@@ -260,10 +260,10 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     /// A round taken while records keep arriving (some came during the last commit, and more
-    /// were queued behind the first) waits up to `commit_linger` from `started` for more, a slice at a time, so that one `fsync` and
-    /// one ack flush cover more records: per record, the commit's system calls, the disk's
-    /// interrupts and the wake-ups of the threads that ack cost more than everything else the
-    /// spool does. It stops at a slice that brought nothing (the stream paused, or the
+    /// were queued behind the first) waits up to `commit_linger` from `started` for more, a
+    /// slice at a time, so that one `fsync` and one ack flush cover more records: per record,
+    /// the commit's system calls, the disk's interrupts and the wake-ups of the threads that
+    /// ack cost more than everything else the spool does. It stops at a slice that brought nothing (the stream paused, or the
     /// broker's window of unacked messages is all in this round, so more waiting gains
     /// nothing), at the round's caps and at shutdown. A lone record, or the first after a
     /// pause, is committed at once.
