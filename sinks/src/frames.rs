@@ -173,6 +173,14 @@ impl FramedFile {
         at
     }
 
+    /// Appends frames framed elsewhere ([`push_frame_parts`]), as they are; returns the offset
+    /// of the first in the file.
+    pub fn push_framed(&mut self, frames: &[u8]) -> u64 {
+        let at = self.len();
+        self.pending.extend_from_slice(frames);
+        at
+    }
+
     /// Appends one frame whose data `write` puts straight into the pending buffer (no copy of
     /// its own); returns the frame's offset in the file and its data length. When `write`
     /// fails, or writes more than `max_len` bytes, nothing is appended.

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use regex::Regex;
+use sinks::objects::sink::RECORD_QUEUE;
 use sinks::objects::spool::{SpoolFile, SpoolHeader, FORMAT_VERSION};
 use sinks::objects::{
     object_key, random_suffix, Batch, BatchStore, Compression, Delimiter, LocalWriter, ObjectSink,
-    ObjectSinkHandle, ObjectsConfig, RecordKind, ShutdownReport, SinkKind, WriteError, Writer,
+    ObjectSinkHandle, ObjectsConfig, RecordBatch, RecordKind, ShutdownReport, SinkKind, WriteError,
+    Writer,
 };
 use tokio::task::JoinHandle;
 
@@ -697,4 +699,169 @@ async fn a_dead_batcher_is_reported_and_refuses_records() {
     // Shutdown still ends (the thread is joined) and the committed record is in the spool.
     handle.shutdown(Duration::from_secs(5)).await;
     task.await.expect("uploader task");
+}
+
+/// `n`'s id in these tests.
+fn id_of(n: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// A batch of the records `range`, each with its id, and `marker` = (after record, token).
+fn record_batch(
+    range: std::ops::Range<u64>,
+    len: usize,
+    marker: Option<(u64, u64)>,
+) -> RecordBatch<u64> {
+    let mut batch = RecordBatch::default();
+    for n in range {
+        batch
+            .push_record(
+                &record(n, len),
+                RecordKind::Observations,
+                id_of(n),
+                now_ms(),
+                n,
+            )
+            .expect("push");
+        if let Some((_, token)) = marker.filter(|(after, _)| *after == n) {
+            batch.push_marker(token);
+        }
+    }
+    batch
+}
+
+#[tokio::test]
+async fn records_handed_over_in_batches_are_stored_and_acked_like_single_appends() {
+    let d = dirs();
+    // 100-byte records and delimiters: five to an object.
+    let cfg = ObjectsConfig {
+        max_bytes: 505,
+        delimiter: Delimiter::Newline,
+        ..config(&d)
+    };
+    let acks = Acks::default();
+    let (handle, task) = ObjectSink::start(
+        &cfg,
+        STACK,
+        Writer::Local(LocalWriter::new(&cfg.dir)),
+        acks.on_commit(),
+    )
+    .expect("start");
+    // Tokens 0..=9 are records 0..=9 with a marker (token 100) after record 3; a single
+    // append (10) between two batches; then records 11..23.
+    handle
+        .append_batch(record_batch(0..10, 100, Some((3, 100))))
+        .await
+        .expect("batch");
+    handle
+        .append_with_id(
+            record(10, 100),
+            RecordKind::Observations,
+            id_of(10),
+            now_ms(),
+            10,
+        )
+        .await
+        .expect("append");
+    handle
+        .append_batch(record_batch(11..23, 100, None))
+        .await
+        .expect("batch");
+    handle
+        .append_batch(RecordBatch::default())
+        .await
+        .expect("an empty batch is nothing to do");
+    let mut expected: Vec<u64> = (0..4).chain([100]).chain(4..23).collect();
+    wait_until("every token acked", Duration::from_secs(10), || {
+        acks.len() == expected.len()
+    })
+    .await;
+    assert_eq!(acks.all(), expected, "acked in hand-over order");
+
+    let report = handle.shutdown(Duration::from_secs(10)).await;
+    assert!(report.completed, "{report:?}");
+    task.await.expect("uploader");
+    let stored = objects(&d.objects);
+    assert_eq!(stored.len(), 5, "rolled at max_bytes: {:?}", stored.keys());
+    for body in stored.values() {
+        assert!(body.len() <= 505, "{} bytes", body.len());
+        assert!(body.ends_with(b"\n"));
+    }
+    // Keys opened in the same millisecond differ only in their random part, so objects are
+    // in no order; each holds a run of records in order.
+    let mut seen = Vec::new();
+    for body in stored.values() {
+        let run = numbers(body);
+        assert!(run.windows(2).all(|w| w[1] == w[0] + 1), "{run:?}");
+        seen.extend(run);
+    }
+    seen.sort_unstable();
+    expected.retain(|&n| n != 100);
+    assert_eq!(seen, expected, "every record once");
+}
+
+#[tokio::test]
+async fn a_batch_waits_for_room_in_the_queue_and_fails_once_the_sink_is_gone() {
+    let d = dirs();
+    let cfg = ObjectsConfig {
+        max_bytes: 500,
+        spool_max_bytes: 1000,
+        ..config(&d)
+    };
+    let acks = Acks::default();
+    let (store, down) = flaky(&cfg, true);
+    let (handle, task) =
+        ObjectSink::start_with_store(&cfg, STACK, store, acks.on_commit()).expect("start");
+    // Over the spool's limit with the store down: the batcher takes nothing more.
+    handle
+        .append_batch(record_batch(0..20, 100, None))
+        .await
+        .expect("batch");
+    wait_until("backpressure", Duration::from_secs(10), || {
+        handle.is_backpressured()
+    })
+    .await;
+    // A batch as big as the queue fills it; the next one waits.
+    let mut full = RecordBatch::default();
+    for token in 1000..1000 + RECORD_QUEUE as u64 {
+        full.push_marker(token);
+    }
+    handle
+        .append_batch(full)
+        .await
+        .expect("room for one full queue");
+    let waiting = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.append_batch(record_batch(20..21, 100, None)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "no room while the queue is full");
+
+    // The store comes back: the queue drains, the waiting batch goes in, everything is acked
+    // in order.
+    down.store(false, Ordering::SeqCst);
+    waiting
+        .await
+        .expect("task")
+        .expect("taken once there was room");
+    let expected: Vec<u64> = (0..20)
+        .chain(1000..1000 + RECORD_QUEUE as u64)
+        .chain([20])
+        .collect();
+    wait_until("every token acked", Duration::from_secs(20), || {
+        acks.len() == expected.len()
+    })
+    .await;
+    assert_eq!(acks.all(), expected);
+
+    let report = handle.shutdown(Duration::from_secs(10)).await;
+    assert!(report.completed, "{report:?}");
+    task.await.expect("uploader");
+    assert_eq!(
+        handle
+            .append_batch(record_batch(21..22, 100, None))
+            .await
+            .expect_err("the sink is gone"),
+        sinks::objects::AppendError::Closed
+    );
 }

@@ -23,12 +23,14 @@ use ccstream_common::time::now_ms;
 use ccstream_common::Backoff;
 use metrics::{counter, histogram};
 use tokio::sync::mpsc::Sender;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{error, info, warn};
 
 use super::config::{Compression, Delimiter};
 use super::index_log::IndexLog;
 use super::key::{object_key, random_suffix};
 use super::record::RecordKind;
+use super::record_batch::{Entry, RecordBatch};
 use super::spool::{sync_dir, SealedSpool, SpoolFile, SpoolHeader, FORMAT_VERSION};
 use super::state::Shared;
 use super::telemetry;
@@ -126,6 +128,13 @@ pub(crate) enum Msg<T> {
     /// A token without a record: acked with the round that takes it, so after every record
     /// queued before it is durable.
     Marker { token: T },
+    /// Records framed by their producer, and markers, in order. Taken into one round whole,
+    /// which may so pass the round's caps by one batch. The permit is the batch's room in the
+    /// queue, freed when the batch is taken.
+    Batch {
+        batch: RecordBatch<T>,
+        room: OwnedSemaphorePermit,
+    },
     /// Look at the shutdown flag.
     Wake,
 }
@@ -344,51 +353,90 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     fn take(&mut self, msg: Msg<T>, round: &mut Round<T>) {
-        let (record, kind, id, at_ms, token) = match msg {
+        match msg {
             Msg::Record {
                 record,
                 kind,
                 id,
                 at_ms,
                 token,
-            } => (record, kind, id, at_ms, token),
-            Msg::Marker { token } => {
-                // Channel order: every record queued before it is in this round or an earlier
-                // one, so it is durable when this round's tokens are handed out — unless the
-                // spool refused one (disk failing at shutdown): then no marker is acked.
-                if self.refused_records {
-                    return;
-                }
-                round.markers += 1;
-                round.tokens.push(token);
-                return;
+            } => {
+                let taken = self.append(kind, record.len(), at_ms, |file| file.push(&record, id));
+                self.tally(round, kind, record.len(), token, taken);
             }
-            Msg::Wake => return,
-        };
-        if !self.append(kind, &record, id, at_ms) {
-            // The spool could not take it (disk failing during shutdown): not acked.
+            Msg::Marker { token } => self.take_marker(token, round),
+            Msg::Batch { batch, room } => {
+                // Its room in the queue is free once it is out of the queue.
+                drop(room);
+                self.take_batch(batch, round);
+            }
+            Msg::Wake => {}
+        }
+    }
+
+    /// A producer's [`RecordBatch`], entry by entry as [`take`](Self::take) would.
+    fn take_batch(&mut self, batch: RecordBatch<T>, round: &mut Round<T>) {
+        let mut at = 0;
+        for entry in batch.entries {
+            match entry {
+                Entry::Record {
+                    kind,
+                    frame_len,
+                    record_len,
+                    at_ms,
+                    token,
+                } => {
+                    let frame = batch.frames.get(at..at + frame_len).unwrap_or_default();
+                    at += frame_len;
+                    let taken = self.append(kind, record_len, Some(at_ms), |file| {
+                        file.push_frame(frame, record_len);
+                    });
+                    self.tally(round, kind, record_len, token, taken);
+                }
+                Entry::Marker { token } => self.take_marker(token, round),
+            }
+        }
+    }
+
+    /// A marker's token joins the round (see [`Msg::Marker`]).
+    fn take_marker(&mut self, token: T, round: &mut Round<T>) {
+        // Channel order: every record queued before it is in this round or an earlier one, so
+        // it is durable when this round's tokens are handed out — unless the spool refused one
+        // (disk failing at shutdown): then no marker is acked.
+        if self.refused_records {
+            return;
+        }
+        round.markers += 1;
+        round.tokens.push(token);
+    }
+
+    /// Counts a record the spool `taken` into the round, its token with it; one it could not
+    /// take (the disk failing during shutdown) is not acked, nor any marker after it.
+    fn tally(&mut self, round: &mut Round<T>, kind: RecordKind, len: usize, token: T, taken: bool) {
+        if !taken {
             self.refused_records = true;
             return;
         }
         let k = slot(kind);
         round.records[k] += 1;
-        round.bytes[k] += record.len() as u64;
-        round.taken_bytes += record.len();
+        round.bytes[k] += len as u64;
+        round.taken_bytes += len;
         round.tokens.push(token);
     }
 
-    /// Frames `record` into its kind's open batch, rolling first or after as the policy says.
+    /// Adds a `record_len`-byte record to its kind's open batch (`push` frames it there),
+    /// rolling first or after as the policy says.
     fn append(
         &mut self,
         kind: RecordKind,
-        record: &[u8],
-        id: Option<u64>,
+        record_len: usize,
         at_ms: Option<u64>,
+        push: impl FnOnce(&mut SpoolFile),
     ) -> bool {
         let k = slot(kind);
         let policy = self.cfg.policy;
         if let Some(open) = &self.open[k] {
-            let add = open.file.object_bytes_of(record.len());
+            let add = open.file.object_bytes_of(record_len);
             if policy.roll_before(open.file.object_bytes(), open.file.records(), add) {
                 self.seal(k);
             }
@@ -405,7 +453,7 @@ impl<T: Send + 'static> Batcher<T> {
         let Some(open) = &mut self.open[k] else {
             return false;
         };
-        open.file.push(record, id);
+        push(&mut open.file);
         if policy.is_full(open.file.object_bytes()) {
             self.seal(k);
         }

@@ -12,6 +12,7 @@
 //!
 //! - [`config`]: the `[objects]` section ([`ObjectsConfig`]), defaults and validation.
 //! - [`record`]: the stored record of an observation, and the error record (pure).
+//! - [`record_batch`]: records framed by their producer, handed over many at a time.
 //! - [`key`]: object keys (pure).
 //! - [`spool`]: the framed spool file format, reading back, crash recovery (records and ids).
 //! - [`stored_ids`]: the ids of recently stored batches, kept across restarts.
@@ -31,6 +32,7 @@ pub mod index_log;
 pub mod key;
 pub mod readback;
 pub mod record;
+pub mod record_batch;
 pub mod sink;
 pub mod spool;
 mod state;
@@ -47,6 +49,7 @@ pub use key::{object_key, random_suffix};
 pub use record::{
     build_error_record, build_record, build_record_from_json, NotAnObject, PayloadKeys, RecordKind,
 };
+pub use record_batch::RecordBatch;
 pub use sink::{IndexFollow, ObjectSink, ObjectSinkHandle};
 pub use spool::{recover, Recovered, SealedSpool, SpoolHeader};
 pub use state::ObjectStats;

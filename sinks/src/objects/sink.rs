@@ -6,7 +6,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -21,14 +21,16 @@ use super::config::ObjectsConfig;
 use super::error::{AppendError, ObjectsError};
 use super::index_log::{abandon_stored, IndexLog};
 use super::record::RecordKind;
+use super::record_batch::RecordBatch;
 use super::spool::{self, MAX_RECORD_BYTES};
 use super::state::{ObjectStats, Shared};
 use super::stored_ids::{StoredIds, IDS_PER_FILE};
 use super::uploader::{BatchStore, ShutdownReport, Uploader};
 use super::writer::Writer;
 
-/// Records waiting for the batcher. When full, `append` waits: that is the backpressure that
-/// reaches the MQTT client (no ack, so the broker's in-flight window closes).
+/// Records waiting for the batcher, whether sent one by one or in [`RecordBatch`]es. When full,
+/// `append` waits: that is the backpressure that reaches the MQTT client (no ack, so the
+/// broker's in-flight window closes).
 pub const RECORD_QUEUE: usize = 8192;
 /// Sealed batches waiting to be taken by the uploader (it takes them eagerly).
 const SEALED_QUEUE: usize = 1024;
@@ -144,6 +146,11 @@ impl ObjectSink {
             index_log.clone(),
         );
         let batcher_shared = Arc::clone(&shared);
+        // Room for the records of `RecordBatch`es, as the channel's capacity is for records sent
+        // one by one (a batch is one message). Closed when the batcher ends, so that a producer
+        // waiting for room learns the sink is gone.
+        let room = Arc::new(Semaphore::new(RECORD_QUEUE));
+        let batcher_room = Arc::clone(&room);
         let batcher_thread = std::thread::Builder::new()
             .name("ccstream-spool".into())
             .spawn(move || {
@@ -151,6 +158,7 @@ impl ObjectSink {
                 if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| batcher.run())) {
                     batcher_died(&batcher_shared, panic_text(&*panic));
                 }
+                batcher_room.close();
             })
             .map_err(ObjectsError::Thread)?;
 
@@ -173,6 +181,7 @@ impl ObjectSink {
 
         let handle = ObjectSinkHandle {
             tx: record_tx,
+            room,
             shared,
             deadline_tx: Arc::new(deadline_tx),
             done_rx,
@@ -187,6 +196,8 @@ impl ObjectSink {
 /// Appends records and reports readiness; cheap to clone.
 pub struct ObjectSinkHandle<T> {
     tx: SyncSender<Msg<T>>,
+    /// The queue's room for records sent in batches.
+    room: Arc<Semaphore>,
     shared: Arc<Shared>,
     deadline_tx: Arc<watch::Sender<Option<Instant>>>,
     done_rx: watch::Receiver<Option<ShutdownReport>>,
@@ -209,6 +220,7 @@ impl<T> Clone for ObjectSinkHandle<T> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            room: Arc::clone(&self.room),
             shared: self.shared.clone(),
             deadline_tx: self.deadline_tx.clone(),
             done_rx: self.done_rx.clone(),
@@ -269,6 +281,23 @@ impl<T: Send + 'static> ObjectSinkHandle<T> {
     /// is safe, such as a redelivered duplicate.
     pub async fn append_marker(&self, token: T) -> Result<(), AppendError> {
         self.send(Msg::Marker { token }).await
+    }
+
+    /// Queues a producer's batch of records and markers, framed already; each token comes back
+    /// through `on_commit` as if its record or marker had been appended alone, in the batch's
+    /// order. Waits while the queue holds [`RECORD_QUEUE`] records (a batch bigger than that
+    /// waits for an empty queue). On an error no token of the batch is acked.
+    pub async fn append_batch(&self, batch: RecordBatch<T>) -> Result<(), AppendError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Both are at most RECORD_QUEUE, far below u32::MAX.
+        let records = batch.len().min(RECORD_QUEUE) as u32;
+        let room = Arc::clone(&self.room)
+            .acquire_many_owned(records)
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        self.send(Msg::Batch { batch, room }).await
     }
 
     /// The ids of the records that earlier runs committed and that may have been acked: those

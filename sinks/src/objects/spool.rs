@@ -391,6 +391,16 @@ impl SpoolFile {
         self.records += 1;
     }
 
+    /// Appends the frame of a `record_len`-byte record framed by its producer
+    /// ([`super::record_batch::RecordBatch`]), in [`FORMAT_VERSION`]: the version of every file
+    /// [`create`](Self::create) makes from the batcher's headers.
+    pub fn push_frame(&mut self, frame: &[u8], record_len: usize) {
+        debug_assert_eq!(self.header.version, FORMAT_VERSION);
+        self.file.push_framed(frame);
+        self.object_bytes += record_len as u64 + self.delimiter_len;
+        self.records += 1;
+    }
+
     /// Object bytes this record would add.
     pub fn object_bytes_of(&self, record_len: usize) -> u64 {
         record_len as u64 + self.delimiter_len
