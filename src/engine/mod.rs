@@ -222,6 +222,7 @@ pub async fn start_with(
             stages: pipeline::Stages {
                 acker: acker.clone(),
                 objects: outputs.objects.clone(),
+                spool: sinks::objects::RecordBatch::default(),
                 directory: Arc::clone(&directory),
                 store: store.clone(),
                 webhooks: webhooks.clone(),

@@ -34,8 +34,8 @@ use rule_engine::{
     Thresholds,
 };
 use sinks::objects::{
-    build_error_record, build_record, build_record_from_json, AppendError, NotAnObject,
-    ObjectSinkHandle, PayloadKeys, RecordKind,
+    build_error_record, build_record, build_record_from_json, NotAnObject, ObjectSinkHandle,
+    PayloadKeys, RecordBatch, RecordKind,
 };
 use sinks::webhook::{WebhookHandle, WebhookRequest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -142,6 +142,9 @@ pub struct Stages {
     pub store: RuleStore,
     pub webhooks: WebhookHandle<Ack>,
     pub objects: ObjectSinkHandle<Token>,
+    /// Records and markers for the spool, handed over at the end of each batch
+    /// ([`Stages::hand_over`]).
+    pub spool: RecordBatch<Token>,
     pub limits: ParseLimits,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
@@ -174,6 +177,47 @@ struct Pending {
     delivery: Delivery,
     observed: Observed,
     steps: Vec<Step>,
+}
+
+/// An evaluated observation, to be stored ([`Stages::complete`]).
+struct Evaluated {
+    thing_name: String,
+    record: Vec<u8>,
+    kind: RecordKind,
+    received_at_ms: u64,
+    id: u64,
+    delivery: Delivery,
+    /// Whether it counted as an evaluation.
+    counted: bool,
+}
+
+/// An evaluated observation whose firings go to the outbox before it is stored.
+struct Fired {
+    requests: Vec<WebhookRequest>,
+    ack: Ack,
+    observation: Evaluated,
+}
+
+/// What a message with local threshold state still needs after [`Stages::handle_local`].
+enum Later {
+    /// The resolver may have to look its thing up first ([`Stages::hold_if_unknown`]).
+    Resolving(ShadowUpdate),
+    /// A life cycle event, applied to the directory and the store.
+    Event {
+        topic: String,
+        payload: bytes::Bytes,
+        ack: AckToken,
+    },
+    /// An evaluated observation's last step.
+    Observation(Waiting),
+}
+
+/// What an evaluated observation still waits for.
+enum Waiting {
+    /// A redelivered copy of one handled already ([`Stages::skip_copy`]).
+    Copy { thing_name: String, token: AckToken },
+    /// Room in the webhook outbox for its firings.
+    Fired(Fired),
 }
 
 /// What evaluating and recording an observation produced.
@@ -210,15 +254,18 @@ impl DomainPaths {
 }
 
 /// Handles of the metrics every observation touches, registered once: a `counter!` call looks
-/// its key up in the registry each time, which the hot path need not pay.
+/// its key up in the registry each time, which the hot path need not pay. The counts of every
+/// observation are tallied here and added to the shared counters once per batch
+/// ([`HotMetrics::flush`]): an atomic add per counter and observation made the workers take
+/// turns at the counters' cache lines.
 pub struct HotMetrics {
-    received: metrics::Counter,
-    evaluated: metrics::Counter,
+    received: Tallied,
+    evaluated: Tallied,
     evaluated_again: metrics::Counter,
-    unknown_thing: metrics::Counter,
-    rules_evaluated: metrics::Counter,
-    rules_matched: metrics::Counter,
-    rules_throttled: metrics::Counter,
+    unknown_thing: Tallied,
+    rules_evaluated: Tallied,
+    rules_matched: Tallied,
+    rules_throttled: Tallied,
     webhooks_fired: metrics::Counter,
     rules_fired: metrics::Counter,
     evaluation_seconds: metrics::Histogram,
@@ -226,21 +273,62 @@ pub struct HotMetrics {
     untimed: u32,
 }
 
+/// A counter and what was counted since the last flush.
+struct Tallied {
+    counter: metrics::Counter,
+    pending: u64,
+}
+
+impl Tallied {
+    fn new(counter: metrics::Counter) -> Self {
+        Self {
+            counter,
+            pending: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.pending += n;
+    }
+
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            self.counter.increment(std::mem::take(&mut self.pending));
+        }
+    }
+}
+
 impl HotMetrics {
     /// Call after the metrics recorder is installed.
     pub fn register() -> HotMetrics {
         HotMetrics {
-            received: metrics::counter!("ccstream_observations_received_total"),
-            evaluated: metrics::counter!("ccstream_observations_evaluated_total"),
+            received: Tallied::new(metrics::counter!("ccstream_observations_received_total")),
+            evaluated: Tallied::new(metrics::counter!("ccstream_observations_evaluated_total")),
             evaluated_again: metrics::counter!("ccstream_observations_evaluated_again_total"),
-            unknown_thing: metrics::counter!("ccstream_observations_unknown_thing_total"),
-            rules_evaluated: metrics::counter!("ccstream_rules_evaluated_total"),
-            rules_matched: metrics::counter!("ccstream_rules_matched_total"),
-            rules_throttled: metrics::counter!("ccstream_rules_throttled_total"),
+            unknown_thing: Tallied::new(metrics::counter!(
+                "ccstream_observations_unknown_thing_total"
+            )),
+            rules_evaluated: Tallied::new(metrics::counter!("ccstream_rules_evaluated_total")),
+            rules_matched: Tallied::new(metrics::counter!("ccstream_rules_matched_total")),
+            rules_throttled: Tallied::new(metrics::counter!("ccstream_rules_throttled_total")),
             webhooks_fired: metrics::counter!("ccstream_actions_fired_total", "type" => "WEBHOOK"),
             rules_fired: metrics::counter!("ccstream_rules_fired_total"),
             evaluation_seconds: metrics::histogram!("ccstream_evaluation_duration_seconds"),
             untimed: 0,
+        }
+    }
+
+    /// Adds what was tallied to the shared counters.
+    fn flush(&mut self) {
+        for tallied in [
+            &mut self.received,
+            &mut self.evaluated,
+            &mut self.unknown_thing,
+            &mut self.rules_evaluated,
+            &mut self.rules_matched,
+            &mut self.rules_throttled,
+        ] {
+            tallied.flush();
         }
     }
 
@@ -273,6 +361,7 @@ impl Pipeline {
                 let n = self.stages.released.len().min(BATCH_MAX);
                 batch.extend(self.stages.released.drain(..n));
             } else {
+                self.stages.hand_over().await;
                 match self.next_batch(&mut batch).await {
                     Next::Batch => {}
                     Next::Closed => break,
@@ -302,10 +391,12 @@ impl Pipeline {
             match &mut self.state {
                 ThresholdBackend::Local(local) => {
                     for item in batch.drain(..) {
-                        self.stages
-                            .handle_local(&rules, item, &mut local.state)
-                            .await;
+                        let state = &mut local.state;
+                        if let Some(later) = self.stages.handle_local(&rules, item, state) {
+                            Box::pin(self.stages.finish_local(&rules, later, state)).await;
+                        }
                     }
+                    self.stages.hand_over().await;
                     local.saver.tick(&local.state, &rules);
                 }
                 ThresholdBackend::Redis(shared) => {
@@ -320,9 +411,11 @@ impl Pipeline {
                         );
                         break;
                     }
+                    self.stages.hand_over().await;
                 }
             }
         }
+        self.stages.hand_over().await;
         if let ThresholdBackend::Local(local) = &mut self.state {
             local.saver.finish(&local.state, &rules).await;
         }
@@ -438,19 +531,51 @@ impl Stages {
         }
     }
 
-    /// One message with local threshold state.
-    async fn handle_local(&mut self, rules: &RuleSet, item: Inbound, state: &mut ThresholdState) {
+    /// One message with local threshold state, as far as it goes without waiting; what must
+    /// wait is returned, for [`finish_local`](Self::finish_local).
+    ///
+    /// Most observations need no `.await` (nothing fires, and the spool takes records without
+    /// waiting, see [`Stages::hand_over`]), so they are handled by plain calls. Awaiting an
+    /// async step per observation built and copied a future of up to 2 KB each time, which
+    /// made `memmove` a tenth of a worker's time.
+    fn handle_local(
+        &mut self,
+        rules: &RuleSet,
+        item: Inbound,
+        state: &mut ThresholdState,
+    ) -> Option<Later> {
         match item {
-            Inbound::Shadow(shadow) => {
-                for shadow in self.hold_if_unknown(shadow) {
-                    self.handle_shadow_local(rules, shadow, state).await;
-                }
-            }
+            Inbound::Shadow(shadow) if self.resolving.is_none() || self.releasing => self
+                .handle_shadow_local(rules, shadow, state)
+                .map(Later::Observation),
+            Inbound::Shadow(shadow) => Some(Later::Resolving(shadow)),
             Inbound::Event {
                 topic,
                 payload,
                 ack,
                 ..
+            } => Some(Later::Event {
+                topic,
+                payload,
+                ack,
+            }),
+        }
+    }
+
+    /// Completes what [`handle_local`](Self::handle_local) returned.
+    async fn finish_local(&mut self, rules: &RuleSet, later: Later, state: &mut ThresholdState) {
+        match later {
+            Later::Resolving(shadow) => {
+                for shadow in self.hold_if_unknown(shadow) {
+                    if let Some(waiting) = self.handle_shadow_local(rules, shadow, state) {
+                        self.finish_waiting(waiting).await;
+                    }
+                }
+            }
+            Later::Event {
+                topic,
+                payload,
+                ack,
             } => {
                 if let Some(thing) = self.apply_event(&topic, &payload).await {
                     let dropped = state.forget_thing(&thing);
@@ -458,68 +583,113 @@ impl Stages {
                 }
                 self.acker.ack(ack);
             }
+            Later::Observation(waiting) => self.finish_waiting(waiting).await,
         }
     }
 
-    /// One shadow update with local threshold state.
-    async fn handle_shadow_local(
+    /// One shadow update with local threshold state, as far as it goes without waiting; what
+    /// must wait is returned.
+    fn handle_shadow_local(
         &mut self,
         rules: &RuleSet,
         shadow: ShadowUpdate,
         state: &mut ThresholdState,
-    ) {
-        self.metrics.received.increment(1);
+    ) -> Option<Waiting> {
+        self.metrics.received.add(1);
         let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
         let delivery = self.redeliveries.classify(shadow.dup, id);
         if delivery == Delivery::Done {
-            self.skip_copy(&shadow.thing_name, shadow.ack).await;
-            return;
+            return Some(Waiting::Copy {
+                thing_name: shadow.thing_name,
+                token: shadow.ack,
+            });
         }
         let observed = self.observe(rules, &shadow, state);
-        self.finish(shadow, id, delivery, observed).await;
+        self.finish(shadow, id, delivery, observed)
+            .map(Waiting::Fired)
     }
 
-    /// Counts the outcome, hands its firings to the webhook outbox and stores the record; the
-    /// message is acked once both are on disk ([`super::acks`]). A redelivery after a crash
-    /// completes only the part the earlier run did not ([`Delivery`]).
-    async fn finish(
+    /// Completes what [`handle_shadow_local`](Self::handle_shadow_local) left.
+    async fn finish_waiting(&mut self, waiting: Waiting) {
+        match waiting {
+            Waiting::Copy { thing_name, token } => self.skip_copy(&thing_name, token).await,
+            Waiting::Fired(fired) => self.finish_firing(fired).await,
+        }
+    }
+
+    /// Counts the outcome and stores the record, or marks a redelivery whose record is stored;
+    /// the message is acked once the record (and its firings, if any) are on disk
+    /// ([`super::acks`]). An observation that fired is returned instead, for
+    /// [`finish_firing`](Self::finish_firing): its firings go to the outbox first. A
+    /// redelivery after a crash completes only the part the earlier run did not
+    /// ([`Delivery`]).
+    fn finish(
         &mut self,
         shadow: ShadowUpdate,
         id: u64,
         delivery: Delivery,
         observed: Observed,
-    ) {
-        let mut ack = Ack::One(shadow.ack);
+    ) -> Option<Fired> {
         let mut evaluated = false;
+        let mut requests = Vec::new();
         if let Some(outcome) = observed.outcome {
             evaluated = self.count_outcome(&outcome);
-            let requests = self.webhook_requests(&shadow.thing_name, outcome.firings);
-            if !requests.is_empty() {
-                if delivery == Delivery::FiredNotStored {
-                    metrics::counter!("ccstream_actions_refire_skipped_total").increment(1);
-                    tracing::debug!(thing = %shadow.thing_name, "redelivered observation fired before the restart; its firings are in the outbox");
-                } else {
-                    ack = self.enqueue_webhooks(requests, Some(id), ack).await;
-                }
+            requests = self.webhook_requests(&shadow.thing_name, outcome.firings);
+            if !requests.is_empty() && delivery == Delivery::FiredNotStored {
+                metrics::counter!("ccstream_actions_refire_skipped_total").increment(1);
+                tracing::debug!(thing = %shadow.thing_name, "redelivered observation fired before the restart; its firings are in the outbox");
+                requests.clear();
             }
         }
-        if delivery == Delivery::StoredNotFired {
-            if evaluated {
+        let observation = Evaluated {
+            thing_name: shadow.thing_name,
+            record: observed.record,
+            kind: observed.kind,
+            received_at_ms: shadow.received_at_ms,
+            id,
+            delivery,
+            counted: evaluated,
+        };
+        let ack = Ack::One(shadow.ack);
+        if requests.is_empty() {
+            self.complete(observation, ack);
+            return None;
+        }
+        Some(Fired {
+            requests,
+            ack,
+            observation,
+        })
+    }
+
+    /// Hands a firing observation's requests to the outbox (waiting while it is full), then
+    /// completes it as [`finish`](Self::finish) does the others.
+    async fn finish_firing(&mut self, fired: Fired) {
+        let ack = self
+            .enqueue_webhooks(fired.requests, Some(fired.observation.id), fired.ack)
+            .await;
+        self.complete(fired.observation, ack);
+    }
+
+    /// Stores an observation's record, or, for a redelivery whose record the earlier run
+    /// stored, only marks its place so that it is acked in turn.
+    fn complete(&mut self, observation: Evaluated, ack: Ack) {
+        if observation.delivery == Delivery::StoredNotFired {
+            if observation.counted {
                 // Evaluated by the earlier run too (its record is stored): counted twice in
                 // `ccstream_observations_evaluated_total`, once here.
                 self.metrics.evaluated_again.increment(1);
             }
-            self.skip_redelivered(&shadow.thing_name, ack).await;
+            self.skip_redelivered(&observation.thing_name, ack);
             return;
         }
         self.store(
-            observed.record,
-            observed.kind,
-            id,
-            shadow.received_at_ms,
+            &observation.record,
+            observation.kind,
+            observation.id,
+            observation.received_at_ms,
             ack,
-        )
-        .await;
+        );
     }
 
     /// Hands an observation's webhook requests to the outbox, with a share of its ack (see
@@ -655,46 +825,53 @@ impl Stages {
         let ack = self
             .enqueue_webhooks(Vec::new(), None, Ack::One(token))
             .await;
-        self.skip_redelivered(thing_name, ack).await;
+        self.skip_redelivered(thing_name, ack);
     }
 
     /// A redelivery of an observation already handed to the spool: not stored again, acked
     /// once the spool has committed everything before it (the earlier copy included).
-    async fn skip_redelivered(&mut self, thing_name: &str, ack: Ack) {
+    fn skip_redelivered(&mut self, thing_name: &str, ack: Ack) {
         metrics::counter!("ccstream_observations_redelivered_skipped_total").increment(1);
         tracing::debug!(thing = %thing_name, "redelivered observation already stored; not stored again");
-        if self.objects.append_marker(Some(ack)).await.is_err() {
-            // Not acked, so the broker delivers it again after the restart, when the spool's
-            // recovered ids still know it.
-            self.sink_closed();
-        }
+        self.spool.push_marker(Some(ack));
     }
 
-    /// Appends the record with the observation's id to the spool (which acks it after its
-    /// group commit; the search index follows the spool) and remembers the id for redeliveries.
-    async fn store(
-        &mut self,
-        record: Vec<u8>,
-        kind: RecordKind,
-        id: u64,
-        received_at_ms: u64,
-        ack: Ack,
-    ) {
+    /// Adds the record with the observation's id to the batch for the spool (which acks it
+    /// after its group commit; the search index follows the spool) and remembers the id for
+    /// redeliveries.
+    fn store(&mut self, record: &[u8], kind: RecordKind, id: u64, received_at_ms: u64, ack: Ack) {
         match self
-            .objects
-            .append_with_id(record, kind, id, received_at_ms, Some(ack))
-            .await
+            .spool
+            .push_record(record, kind, id, received_at_ms, Some(ack))
         {
-            // Recorded at append, not at commit: the batcher commits what it was handed even if
-            // the connection drops, and after a crash the committed ids come back from the
-            // spool (see `super::dedupe`).
+            // Recorded when taken, not at commit, so that a copy later in the same batch is
+            // known: the batch goes to the spool before the worker waits for anything (see
+            // `hand_over`), the batcher commits what it was handed even if the connection
+            // drops, and after a crash the committed ids come back from the spool (see
+            // `super::dedupe`).
             Ok(()) => self.redeliveries.insert(id),
-            // Not acked, so the broker delivers it again after the restart.
-            Err(AppendError::Closed) => self.sink_closed(),
             Err(e) => {
                 metrics::counter!("ccstream_objects_append_refused_total").increment(1);
                 tracing::warn!(error = %e, "record not stored");
             }
+        }
+    }
+
+    /// Hands the records and markers taken since the last call to the spool in one message:
+    /// the spool's thread, which every worker shares, then does one hand-over per batch
+    /// instead of one per observation. Called before the worker waits for its next messages,
+    /// so nothing that was taken waits on anything but the spool. The batch's counts go to
+    /// the metrics here too.
+    async fn hand_over(&mut self) {
+        self.metrics.flush();
+        if self.spool.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.spool);
+        if self.objects.append_batch(batch).await.is_err() {
+            // Not acked, so the broker delivers them again after the restart, when the spool's
+            // recovered ids know those that were stored before.
+            self.sink_closed();
         }
     }
 
@@ -708,19 +885,15 @@ impl Stages {
     }
 
     /// The evaluation's metrics; whether it counted as an evaluation (the thing was known).
-    fn count_outcome(&self, outcome: &Outcome) -> bool {
+    fn count_outcome(&mut self, outcome: &Outcome) -> bool {
         if outcome.unknown_thing {
-            self.metrics.unknown_thing.increment(1);
+            self.metrics.unknown_thing.add(1);
             return false;
         }
-        self.metrics.evaluated.increment(1);
-        self.metrics
-            .rules_evaluated
-            .increment(outcome.evaluated.into());
-        self.metrics.rules_matched.increment(outcome.matched.into());
-        self.metrics
-            .rules_throttled
-            .increment(outcome.throttled.into());
+        self.metrics.evaluated.add(1);
+        self.metrics.rules_evaluated.add(outcome.evaluated.into());
+        self.metrics.rules_matched.add(outcome.matched.into());
+        self.metrics.rules_throttled.add(outcome.throttled.into());
         if outcome.state_full > 0 {
             metrics::counter!("ccstream_rules_threshold_state_full_total")
                 .increment(outcome.state_full.into());

@@ -51,7 +51,7 @@ impl Stages {
             match item {
                 Inbound::Shadow(shadow) => {
                     for shadow in self.hold_if_unknown(shadow) {
-                        self.metrics.received.increment(1);
+                        self.metrics.received.add(1);
                         let id = observation_id(shadow.pkid, &shadow.thing_name, &shadow.payload);
                         // The original may still be waiting in this batch: it is stored first, so
                         // that the marker acks the copy after the original's commit.
@@ -171,7 +171,9 @@ impl Stages {
                 observed,
                 ..
             } = p;
-            self.finish(shadow, id, delivery, observed).await;
+            if let Some(fired) = self.finish(shadow, id, delivery, observed) {
+                self.finish_firing(fired).await;
+            }
         }
         true
     }
