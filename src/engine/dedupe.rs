@@ -7,7 +7,7 @@
 //!
 //! **The rule** (in [`super::pipeline`]): a message with DUP set whose id is in the window is
 //! not stored again; its ack goes through the spool as a marker
-//! ([`sinks::objects::ObjectSinkHandle::append_marker`]), so it is sent after the earlier copy's
+//! ([`sinks::objects::RecordBatch::push_marker`]), so it is sent after the earlier copy's
 //! commit, in order. A message without DUP is always stored: a device may send the same payload
 //! twice, and the broker sets DUP only on a message it sent this session before.
 //!
@@ -30,10 +30,12 @@
 //! (at-least-once, as without the check). Collisions are at 2⁻⁶⁴ per pair: a DUP message
 //! wrongly skipped needs a collision with one of the window's ids, some 10⁻¹⁴.
 //!
-//! **Recorded at append, not at commit.** Within one run, a record handed to the spool is
-//! committed by the batcher even if the MQTT connection drops meanwhile (only a process exit
-//! stops it), so when its redelivery arrives — after the original, on the same channel — the
-//! original is in the window and will be durable before the marker acks the copy. Across a
+//! **Recorded when taken, not at commit.** Within one run, a record a worker takes into its
+//! batch for the spool is handed over before the worker waits for anything, and committed by
+//! the batcher even if the MQTT connection drops meanwhile (only a process exit stops it), so
+//! when its redelivery arrives — after the original, on the same channel, maybe in the same
+//! batch — the original is in the window and will be durable before the marker, which follows
+//! it into the spool, acks the copy. Across a
 //! crash only committed records exist, and their ids come back from the spool at start
 //! ([`sinks::objects::ObjectSinkHandle::take_recovered_ids`]: the spool files left and the
 //! journal of batches stored just before), seeding the window.

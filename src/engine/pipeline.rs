@@ -148,8 +148,8 @@ pub struct Stages {
     pub limits: ParseLimits,
     /// Prefix of idempotency keys, unique per process start.
     pub key_prefix: String,
-    /// What tells a redelivery: the ids handed to the spool lately, and what the spool and the
-    /// webhook outbox recovered at start.
+    /// What tells a redelivery: the ids taken for the spool lately (see [`Stages::store`]), and
+    /// what the spool and the webhook outbox recovered at start.
     pub redeliveries: Redeliveries,
     pub metrics: HotMetrics,
     pub domain_paths: DomainPaths,
@@ -200,16 +200,18 @@ struct Fired {
 
 /// What a message with local threshold state still needs after [`Stages::handle_local`].
 enum Later {
-    /// The resolver may have to look its thing up first ([`Stages::hold_if_unknown`]).
-    Resolving(ShadowUpdate),
     /// A life cycle event, applied to the directory and the store.
     Event {
         topic: String,
         payload: bytes::Bytes,
         ack: AckToken,
     },
-    /// An evaluated observation's last step.
-    Observation(Waiting),
+    /// An evaluated observation's last step, and the updates the resolver released with it,
+    /// to handle after it.
+    Observation {
+        waiting: Waiting,
+        then: Vec<ShadowUpdate>,
+    },
 }
 
 /// What an evaluated observation still waits for.
@@ -547,8 +549,22 @@ impl Stages {
         match item {
             Inbound::Shadow(shadow) if self.resolving.is_none() || self.releasing => self
                 .handle_shadow_local(rules, shadow, state)
-                .map(Later::Observation),
-            Inbound::Shadow(shadow) => Some(Later::Resolving(shadow)),
+                .map(|waiting| Later::Observation {
+                    waiting,
+                    then: Vec::new(),
+                }),
+            Inbound::Shadow(shadow) => {
+                let mut admitted = self.hold_if_unknown(shadow).into_iter();
+                while let Some(shadow) = admitted.next() {
+                    if let Some(waiting) = self.handle_shadow_local(rules, shadow, state) {
+                        return Some(Later::Observation {
+                            waiting,
+                            then: admitted.collect(),
+                        });
+                    }
+                }
+                None
+            }
             Inbound::Event {
                 topic,
                 payload,
@@ -562,11 +578,14 @@ impl Stages {
         }
     }
 
-    /// Completes what [`handle_local`](Self::handle_local) returned.
+    /// Completes what [`handle_local`](Self::handle_local) returned. What the batch took for
+    /// the spool before goes there first: it waits for nothing this one waits for.
     async fn finish_local(&mut self, rules: &RuleSet, later: Later, state: &mut ThresholdState) {
+        self.hand_over().await;
         match later {
-            Later::Resolving(shadow) => {
-                for shadow in self.hold_if_unknown(shadow) {
+            Later::Observation { waiting, then } => {
+                self.finish_waiting(waiting).await;
+                for shadow in then {
                     if let Some(waiting) = self.handle_shadow_local(rules, shadow, state) {
                         self.finish_waiting(waiting).await;
                     }
@@ -583,7 +602,6 @@ impl Stages {
                 }
                 self.acker.ack(ack);
             }
-            Later::Observation(waiting) => self.finish_waiting(waiting).await,
         }
     }
 
@@ -703,6 +721,8 @@ impl Stages {
         ack: Ack,
     ) -> Ack {
         let Ack::One(token) = ack else { return ack };
+        // The outbox may make this wait; what was taken for the spool does not.
+        self.hand_over().await;
         let count = requests.len() as u64;
         let joint = JointAck::new(token);
         match self
@@ -859,15 +879,16 @@ impl Stages {
 
     /// Hands the records and markers taken since the last call to the spool in one message:
     /// the spool's thread, which every worker shares, then does one hand-over per batch
-    /// instead of one per observation. Called before the worker waits for its next messages,
-    /// so nothing that was taken waits on anything but the spool. The batch's counts go to
-    /// the metrics here too.
+    /// instead of one per observation. Called before the worker waits for anything else (its
+    /// next messages, room in the webhook outbox, the store, Redis), so what was taken waits
+    /// on nothing but the spool. The counts of what was handled go to the metrics here too.
     async fn hand_over(&mut self) {
         self.metrics.flush();
         if self.spool.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.spool);
+        let next = RecordBatch::with_capacity(self.spool.len(), self.spool.frame_bytes());
+        let batch = std::mem::replace(&mut self.spool, next);
         if self.objects.append_batch(batch).await.is_err() {
             // Not acked, so the broker delivers them again after the restart, when the spool's
             // recovered ids know those that were stored before.

@@ -5,7 +5,8 @@
 //! `fsync` can take milliseconds; on a runtime worker that would stall unrelated tasks.
 //!
 //! The loop: wait for a record (or the next batch's age deadline); take every record already
-//! queued, up to a cap; frame them into their batch's buffer; write and `fsync` each touched
+//! queued, up to a cap; frame them into their batch's buffer (records handed over in a
+//! [`RecordBatch`] come framed, and are copied as they are); write and `fsync` each touched
 //! file once; hand the round's tokens to `on_commit` in arrival order; pass sealed batches to
 //! the uploader. The next round starts as soon as the `fsync` returns. Only a round that finds
 //! a stream going on (records arrived during the last commit, and more behind the first)
@@ -386,7 +387,15 @@ impl<T: Send + 'static> Batcher<T> {
                     at_ms,
                     token,
                 } => {
-                    let frame = batch.frames.get(at..at + frame_len).unwrap_or_default();
+                    let Some(frame) = batch.frames.get(at..at + frame_len) else {
+                        // Not built by `RecordBatch`: never acked, nor anything after it.
+                        error!(
+                            frame_len,
+                            "a handed-over record's frame is missing; not stored"
+                        );
+                        self.refused_records = true;
+                        continue;
+                    };
                     at += frame_len;
                     let taken = self.append(kind, record_len, Some(at_ms), |file| {
                         file.push_frame(frame, record_len);

@@ -48,6 +48,20 @@ impl<T> Default for RecordBatch<T> {
 }
 
 impl<T> RecordBatch<T> {
+    /// An empty batch with room for `entries` entries and `frame_bytes` bytes of frames
+    /// without growing (a producer sizes the next batch like the last one).
+    pub fn with_capacity(entries: usize, frame_bytes: usize) -> Self {
+        Self {
+            frames: Vec::with_capacity(frame_bytes),
+            entries: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Bytes of frames held.
+    pub fn frame_bytes(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Frames `record` with its id, as [`super::ObjectSinkHandle::append_with_id`] would.
     pub fn push_record(
         &mut self,

@@ -98,6 +98,7 @@ impl Stages {
                         return false;
                     }
                     // A removed thing's keys in Redis expire on their own (see redis_state).
+                    self.hand_over().await;
                     let _ = self.apply_event(&topic, &payload).await;
                     self.acker.ack(ack);
                 }
@@ -120,6 +121,9 @@ impl Stages {
         if pending.is_empty() {
             return true;
         }
+        // Redis may make this wait (while it is unreachable); what was taken for the spool
+        // before does not.
+        self.hand_over().await;
         let ids: Vec<String> = pending
             .iter()
             .map(|p| {
