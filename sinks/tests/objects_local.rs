@@ -401,18 +401,32 @@ fn flaky(cfg: &ObjectsConfig, down: bool) -> (Flaky, Arc<AtomicBool>) {
     )
 }
 
-#[tokio::test]
-async fn backpressure_while_the_store_fails_then_nothing_lost() {
-    let d = dirs();
+/// A sink whose store is down (until `down` is cleared) and whose spool holds two 500-byte
+/// batches: intake stops once they are sealed.
+fn start_with_the_store_down(
+    d: &Dirs,
+) -> (
+    ObjectSinkHandle<u64>,
+    JoinHandle<ShutdownReport>,
+    Acks,
+    Arc<AtomicBool>,
+) {
     let cfg = ObjectsConfig {
         max_bytes: 500,
         spool_max_bytes: 1000,
-        ..config(&d)
+        ..config(d)
     };
     let acks = Acks::default();
     let (store, down) = flaky(&cfg, true);
     let (handle, task) =
         ObjectSink::start_with_store(&cfg, STACK, store, acks.on_commit()).expect("start");
+    (handle, task, acks, down)
+}
+
+#[tokio::test]
+async fn backpressure_while_the_store_fails_then_nothing_lost() {
+    let d = dirs();
+    let (handle, task, acks, down) = start_with_the_store_down(&d);
     let (first, total) = (30u64, 200u64);
     // More than the spool may hold: one group commit takes them, then intake stops.
     for n in 0..first {
@@ -803,15 +817,7 @@ async fn records_handed_over_in_batches_are_stored_and_acked_like_single_appends
 #[tokio::test]
 async fn a_batch_waits_for_room_in_the_queue_and_fails_once_the_sink_is_gone() {
     let d = dirs();
-    let cfg = ObjectsConfig {
-        max_bytes: 500,
-        spool_max_bytes: 1000,
-        ..config(&d)
-    };
-    let acks = Acks::default();
-    let (store, down) = flaky(&cfg, true);
-    let (handle, task) =
-        ObjectSink::start_with_store(&cfg, STACK, store, acks.on_commit()).expect("start");
+    let (handle, task, acks, down) = start_with_the_store_down(&d);
     // Over the spool's limit with the store down: the batcher takes nothing more.
     handle
         .append_batch(record_batch(0..20, 100, None))
