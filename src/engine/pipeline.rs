@@ -358,12 +358,13 @@ impl Pipeline {
         let mut rules = Arc::clone(&self.rules.borrow_and_update());
         let mut batch = Vec::with_capacity(BATCH_MAX);
         loop {
+            // What the last batch took for the spool goes there before anything else.
+            self.stages.hand_over().await;
             self.stages.releasing = !self.stages.released.is_empty();
             if self.stages.releasing {
                 let n = self.stages.released.len().min(BATCH_MAX);
                 batch.extend(self.stages.released.drain(..n));
             } else {
-                self.stages.hand_over().await;
                 match self.next_batch(&mut batch).await {
                     Next::Batch => {}
                     Next::Closed => break,
@@ -398,6 +399,7 @@ impl Pipeline {
                             Box::pin(self.stages.finish_local(&rules, later, state)).await;
                         }
                     }
+                    // Before the state that counts them may be saved.
                     self.stages.hand_over().await;
                     local.saver.tick(&local.state, &rules);
                 }
@@ -413,7 +415,6 @@ impl Pipeline {
                         );
                         break;
                     }
-                    self.stages.hand_over().await;
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! that is not a JSON object) are not errors of the API: they are counted and logged.
 
 use ccstream_common::ConfigError;
+
+use super::spool::MAX_RECORD_BYTES;
 use std::path::PathBuf;
 
 /// Everything starting the object sink can fail with.
@@ -32,4 +34,15 @@ pub enum AppendError {
     /// The sink is shutting down or gone.
     #[error("the object sink is shut down")]
     Closed,
+}
+
+/// [`AppendError::TooLarge`] for a record a spool frame cannot hold.
+pub(crate) fn check_size(record: &[u8]) -> Result<(), AppendError> {
+    if record.len() > MAX_RECORD_BYTES {
+        return Err(AppendError::TooLarge {
+            len: record.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
 }

@@ -10,9 +10,9 @@
 //! The frames are the spool's own, in [`FORMAT_VERSION`]: the batcher appends them only to
 //! files it created in that version.
 
-use super::error::AppendError;
+use super::error::{check_size, AppendError};
 use super::record::RecordKind;
-use super::spool::{push_record, FORMAT_VERSION, MAX_RECORD_BYTES};
+use super::spool::{push_record, FORMAT_VERSION};
 
 /// Records and markers in hand-over order; see the module docs.
 #[derive(Debug)]
@@ -71,12 +71,7 @@ impl<T> RecordBatch<T> {
         received_at_ms: u64,
         token: T,
     ) -> Result<(), AppendError> {
-        if record.len() > MAX_RECORD_BYTES {
-            return Err(AppendError::TooLarge {
-                len: record.len(),
-                max: MAX_RECORD_BYTES,
-            });
-        }
+        check_size(record)?;
         let start = self.frames.len();
         push_record(&mut self.frames, FORMAT_VERSION, record, Some(id));
         self.entries.push(Entry::Record {
@@ -107,7 +102,7 @@ impl<T> RecordBatch<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::spool::frame;
+    use crate::objects::spool::{frame, MAX_RECORD_BYTES};
 
     #[test]
     fn frames_are_the_spools_own_back_to_back() {

@@ -18,11 +18,11 @@ use super::batcher::{
     Batcher, BatcherConfig, Msg, OnCommit, RollPolicy, COMMIT_MAX_BYTES, COMMIT_MAX_RECORDS,
 };
 use super::config::ObjectsConfig;
-use super::error::{AppendError, ObjectsError};
+use super::error::{check_size, AppendError, ObjectsError};
 use super::index_log::{abandon_stored, IndexLog};
 use super::record::RecordKind;
 use super::record_batch::RecordBatch;
-use super::spool::{self, MAX_RECORD_BYTES};
+use super::spool;
 use super::state::{ObjectStats, Shared};
 use super::stored_ids::{StoredIds, IDS_PER_FILE};
 use super::uploader::{BatchStore, ShutdownReport, Uploader};
@@ -432,14 +432,4 @@ fn batcher_died(shared: &Shared, cause: String) {
     );
     error!(%reason, "objects batcher died");
     shared.set_failed(reason);
-}
-
-fn check_size(record: &[u8]) -> Result<(), AppendError> {
-    if record.len() > MAX_RECORD_BYTES {
-        return Err(AppendError::TooLarge {
-            len: record.len(),
-            max: MAX_RECORD_BYTES,
-        });
-    }
-    Ok(())
 }
